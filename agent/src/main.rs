@@ -1,0 +1,201 @@
+//! `tangle-agent`: the command line.
+
+use std::{path::PathBuf, process::ExitCode, time::Duration};
+
+use anyhow::Context as _;
+use clap::{Args, Parser, Subcommand};
+use tangle_agent::{
+    output::{Format, LineWriter},
+    probe::{self, Probe, ProbeOptions},
+    reader::Reader,
+};
+
+/// Tangle's per-node agent: sees every TCP conversation on this node with eBPF,
+/// with no change to the services.
+#[derive(Parser)]
+#[command(version, about, long_about = None)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Print every TCP connection open/close and every transfer on it, live.
+    ///
+    /// Needs root (or CAP_BPF and CAP_PERFMON). Stops on Ctrl-C, after
+    /// --duration, or after --max-events; then prints the counters.
+    Capture(CaptureArgs),
+}
+
+#[derive(Args)]
+struct CaptureArgs {
+    /// Print JSON lines instead of text.
+    #[arg(long)]
+    json: bool,
+    /// Print nothing per event (only the counters): for benchmarks.
+    #[arg(long, conflicts_with = "json")]
+    quiet: bool,
+    /// Only this process id.
+    #[arg(long, env = "TANGLE_PID")]
+    pid: Option<u32>,
+    /// Only processes in this cgroup (v2 path, absolute or under /sys/fs/cgroup).
+    #[arg(long, env = "TANGLE_CGROUP")]
+    cgroup: Option<PathBuf>,
+    /// Only connections with this local or remote port.
+    #[arg(long, env = "TANGLE_PORT")]
+    port: Option<u16>,
+    /// Only sockets in this network namespace (e.g. /run/netns/NAME or /proc/PID/ns/net).
+    #[arg(long, env = "TANGLE_NETNS")]
+    netns: Option<PathBuf>,
+    /// Bytes captured from the start of each transfer (1 to 8192).
+    #[arg(long, env = "TANGLE_CAPTURE_SIZE", default_value_t = tangle_common::DEFAULT_CAPTURE)]
+    capture_size: u32,
+    /// Ring buffer size in KiB (rounded up to a power of two).
+    #[arg(long, env = "TANGLE_RING_KIB", default_value_t = 16384)]
+    ring_kib: u32,
+    /// Most connections tracked at once.
+    #[arg(long, env = "TANGLE_MAX_CONNECTIONS", default_value_t = 65536)]
+    max_connections: u32,
+    /// Stop after this long (e.g. 10s, 2m).
+    #[arg(long, value_parser = humantime::parse_duration)]
+    duration: Option<Duration>,
+    /// Stop after this many events.
+    #[arg(long)]
+    max_events: Option<u64>,
+    /// Print the counters this often (e.g. 5s); always printed at the end.
+    #[arg(long, value_parser = humantime::parse_duration)]
+    stats_interval: Option<Duration>,
+    /// Write a line to this file once the programs are attached (for scripts).
+    #[arg(long)]
+    ready_file: Option<PathBuf>,
+}
+
+fn main() -> ExitCode {
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"))
+        .target(env_logger::Target::Stderr)
+        .init();
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Capture(args) => capture(args),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("tangle-agent: error: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn capture(args: CaptureArgs) -> anyhow::Result<()> {
+    let options = ProbeOptions {
+        capture_size: args.capture_size,
+        ring_size: args.ring_kib.saturating_mul(1024),
+        max_connections: args.max_connections,
+        pid: args.pid,
+        cgroup_id: args
+            .cgroup
+            .as_deref()
+            .map(|p| probe::cgroup_id(p).with_context(|| format!("cgroup {}", p.display())))
+            .transpose()?,
+        port: args.port,
+        netns: args
+            .netns
+            .as_deref()
+            .map(|p| probe::netns_inode(p).with_context(|| format!("netns {}", p.display())))
+            .transpose()?,
+    };
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the runtime")?;
+    rt.block_on(async move {
+        let mut probe = Probe::load(options)?;
+        let ring = probe.take_events()?;
+        let mut reader = Reader::new(ring, args.max_connections as usize)
+            .context("watching the ring buffer")?;
+        if let Some(path) = &args.ready_file {
+            std::fs::write(path, "ready\n")
+                .with_context(|| format!("writing {}", path.display()))?;
+        }
+        let format = if args.json {
+            Format::Json
+        } else if args.quiet {
+            Format::None
+        } else {
+            Format::Human
+        };
+        let mut out = LineWriter::new(std::io::BufWriter::new(std::io::stdout().lock()), format);
+        let started = std::time::Instant::now();
+        let deadline = tokio::time::sleep(args.duration.unwrap_or(Duration::MAX / 4));
+        tokio::pin!(deadline);
+        let mut stats_tick =
+            tokio::time::interval(args.stats_interval.unwrap_or(Duration::from_secs(3600)));
+        stats_tick.tick().await;
+        let mut sweep_tick = tokio::time::interval(Duration::from_secs(5));
+        let ctrl_c = tokio::signal::ctrl_c();
+        tokio::pin!(ctrl_c);
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .context("installing the SIGTERM handler")?;
+        loop {
+            tokio::select! {
+                res = reader.next_batch(&mut out) => { res.context("reading the ring buffer")?; }
+                _ = &mut deadline => break,
+                _ = &mut ctrl_c => break,
+                _ = term.recv() => break,
+                _ = stats_tick.tick() => print_stats(&probe, &reader, &mut out, started)?,
+                _ = sweep_tick.tick() => {
+                    let gone = reader.sweep().len() + probe.sweep_dead_processes()?;
+                    if gone > 0 {
+                        log::debug!("forgot {gone} connections of exited processes");
+                    }
+                }
+            }
+            if let Some(err) = out.write_error.take() {
+                if err.kind() == std::io::ErrorKind::BrokenPipe {
+                    return Ok(());
+                }
+                return Err(err).context("writing output");
+            }
+            if args.max_events.is_some_and(|max| reader.stats().events >= max) {
+                break;
+            }
+        }
+        // Events already in the ring buffer still count.
+        reader.drain(&mut out);
+        print_stats(&probe, &reader, &mut out, started)?;
+        Ok(())
+    })
+}
+
+fn print_stats(
+    probe: &Probe,
+    reader: &Reader,
+    out: &mut LineWriter<impl std::io::Write>,
+    started: std::time::Instant,
+) -> anyhow::Result<()> {
+    let kernel = probe.stats()?;
+    let user = reader.stats();
+    let secs = started.elapsed().as_secs_f64().max(1e-9);
+    let human = format!(
+        "stats: {} events ({:.0}/s), lost {}, decode errors {}, connections {} (kernel {}), \
+         conn table full {}, read faults {}",
+        user.events,
+        user.events as f64 / secs,
+        kernel.events_lost,
+        user.decode_errors,
+        user.connections,
+        kernel.conns_tracked,
+        kernel.conn_table_full,
+        kernel.read_faults,
+    );
+    let json = serde_json::json!({
+        "type": "stats",
+        "elapsed_s": secs,
+        "kernel": kernel,
+        "agent": user,
+    });
+    out.note(&human, &json);
+    Ok(())
+}

@@ -1,0 +1,358 @@
+//! Loads Tangle's eBPF programs, attaches them, and gives access to their
+//! maps: the event ring buffer, the connection table and the counters.
+
+use std::{
+    io,
+    path::{Path, PathBuf},
+};
+
+use aya::{
+    Ebpf, EbpfLoader,
+    maps::{Array, HashMap, MapData, PerCpuArray, RingBuf},
+    programs::TracePoint,
+};
+use tangle_common::{
+    Config, ConnInfo, ConnKey, DEFAULT_CAPTURE, KernelOffsets, MAX_CAPTURE, PendingIo, STAT_COUNT,
+    SockOwner, Stat,
+};
+
+use crate::btf::{Btf, BtfError, VMLINUX_BTF};
+
+/// The compiled eBPF object, built by this crate's build script.
+static EBPF_OBJECT: &[u8] =
+    aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/tangle-agent-ebpf"));
+
+/// Each program and the tracepoint (category, name) it attaches to.
+const ATTACHMENTS: &[(&str, &str, &str)] = &[
+    ("connect_enter", "syscalls", "sys_enter_connect"),
+    ("connect_exit", "syscalls", "sys_exit_connect"),
+    ("accept_exit", "syscalls", "sys_exit_accept"),
+    ("accept_exit", "syscalls", "sys_exit_accept4"),
+    ("close_enter", "syscalls", "sys_enter_close"),
+    ("sock_set_state", "sock", "inet_sock_set_state"),
+    ("read_enter", "syscalls", "sys_enter_read"),
+    ("read_exit", "syscalls", "sys_exit_read"),
+    ("write_enter", "syscalls", "sys_enter_write"),
+    ("write_exit", "syscalls", "sys_exit_write"),
+    ("recvfrom_enter", "syscalls", "sys_enter_recvfrom"),
+    ("recvfrom_exit", "syscalls", "sys_exit_recvfrom"),
+    ("sendto_enter", "syscalls", "sys_enter_sendto"),
+    ("sendto_exit", "syscalls", "sys_exit_sendto"),
+    ("readv_enter", "syscalls", "sys_enter_readv"),
+    ("readv_exit", "syscalls", "sys_exit_readv"),
+    ("writev_enter", "syscalls", "sys_enter_writev"),
+    ("writev_exit", "syscalls", "sys_exit_writev"),
+    ("recvmsg_enter", "syscalls", "sys_enter_recvmsg"),
+    ("recvmsg_exit", "syscalls", "sys_exit_recvmsg"),
+    ("sendmsg_enter", "syscalls", "sys_enter_sendmsg"),
+    ("sendmsg_exit", "syscalls", "sys_exit_sendmsg"),
+    ("sendfile_enter", "syscalls", "sys_enter_sendfile64"),
+    ("sendfile_exit", "syscalls", "sys_exit_sendfile64"),
+];
+
+/// Where tracefs is mounted when nothing else has mounted it.
+const TRACEFS: &str = "/sys/kernel/tracing";
+
+/// Why the probe could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum ProbeError {
+    /// The process lacks the capabilities to load eBPF programs.
+    #[error(
+        "not allowed to load eBPF programs: run as root, or grant CAP_BPF and CAP_PERFMON \
+         (effective capabilities here: {caps:#x})"
+    )]
+    NotPrivileged { caps: u64 },
+    /// The kernel publishes no BTF, which the agent needs to find sockets.
+    #[error("the kernel has no BTF at {VMLINUX_BTF} (needs CONFIG_DEBUG_INFO_BTF=y)")]
+    NoBtf,
+    /// The kernel's BTF lacks something the agent needs.
+    #[error(transparent)]
+    Btf(#[from] BtfError),
+    /// Tracepoints need tracefs, which is not mounted and could not be.
+    #[error("tracefs is not mounted and mounting it at {TRACEFS} failed: {0}")]
+    NoTracefs(io::Error),
+    /// The kernel refused the eBPF object.
+    #[error("loading the eBPF object failed: {0}")]
+    Load(#[from] aya::EbpfError),
+    /// The kernel refused a program (the verifier's log follows).
+    #[error("loading or attaching program `{name}` to {tracepoint} failed: {source}")]
+    Program {
+        name: String,
+        tracepoint: String,
+        #[source]
+        source: aya::programs::ProgramError,
+    },
+    /// A map operation failed.
+    #[error("eBPF map `{name}`: {source}")]
+    Map {
+        name: &'static str,
+        #[source]
+        source: aya::maps::MapError,
+    },
+    /// The object lacks a map or program this code expects (a build mismatch).
+    #[error("the eBPF object has no {0}")]
+    Missing(String),
+    /// An option is out of range.
+    #[error("invalid option: {0}")]
+    Invalid(String),
+}
+
+/// What to capture. `Default` captures everything with default sizes.
+#[derive(Clone, Debug)]
+pub struct ProbeOptions {
+    /// Bytes captured per transfer (1..=`MAX_CAPTURE`).
+    pub capture_size: u32,
+    /// Ring buffer size in bytes; rounded up to a power of two pages.
+    pub ring_size: u32,
+    /// Most connections tracked at once.
+    pub max_connections: u32,
+    /// Only this process (thread-group id).
+    pub pid: Option<u32>,
+    /// Only processes in this cgroup (v2 id, see [`cgroup_id`]).
+    pub cgroup_id: Option<u64>,
+    /// Only connections with this local or remote port.
+    pub port: Option<u16>,
+    /// Only sockets in this network namespace (inode, see [`netns_inode`]).
+    pub netns: Option<u32>,
+}
+
+impl Default for ProbeOptions {
+    fn default() -> Self {
+        Self {
+            capture_size: DEFAULT_CAPTURE,
+            ring_size: 16 * 1024 * 1024,
+            max_connections: 65536,
+            pid: None,
+            cgroup_id: None,
+            port: None,
+            netns: None,
+        }
+    }
+}
+
+/// Kernel-side counters, summed over CPUs, and the maps' current sizes.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct KernelStats {
+    /// Events dropped because the ring buffer was full.
+    pub events_lost: u64,
+    pub conn_table_full: u64,
+    pub data_events: u64,
+    pub conn_events: u64,
+    pub read_faults: u64,
+    pub in_flight_full: u64,
+    /// Entries in the kernel's connection table now.
+    pub conns_tracked: u64,
+    /// Entries in the kernel's socket-to-connection map now.
+    pub socks_tracked: u64,
+    /// Data syscalls between enter and exit now.
+    pub in_flight: u64,
+}
+
+/// The loaded, attached programs and their maps.
+pub struct Probe {
+    ebpf: Ebpf,
+    stats: PerCpuArray<MapData, u64>,
+    options: ProbeOptions,
+}
+
+/// Checks the things whose absence gives an obscure error later.
+fn preflight() -> Result<(), ProbeError> {
+    let caps = effective_caps();
+    const CAP_SYS_ADMIN: u64 = 1 << 21;
+    const CAP_PERFMON: u64 = 1 << 38;
+    const CAP_BPF: u64 = 1 << 39;
+    if caps & CAP_SYS_ADMIN == 0 && (caps & CAP_BPF == 0 || caps & CAP_PERFMON == 0) {
+        return Err(ProbeError::NotPrivileged { caps });
+    }
+    if !Path::new(VMLINUX_BTF).exists() {
+        return Err(ProbeError::NoBtf);
+    }
+    ensure_tracefs()?;
+    // Kernels before 5.11 charge eBPF maps to RLIMIT_MEMLOCK; raising it is harmless later.
+    let rlim = libc::rlimit { rlim_cur: libc::RLIM_INFINITY, rlim_max: libc::RLIM_INFINITY };
+    // SAFETY: setrlimit reads the struct we pass; failure is only logged.
+    if unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &rlim) } != 0 {
+        log::debug!("could not raise RLIMIT_MEMLOCK: {}", io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// The effective capability set of this process, from /proc.
+fn effective_caps() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("CapEff:"))
+                .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
+        })
+        .unwrap_or(0)
+}
+
+fn ensure_tracefs() -> Result<(), ProbeError> {
+    for dir in [TRACEFS, "/sys/kernel/debug/tracing"] {
+        if Path::new(dir).join("events/syscalls").exists() {
+            return Ok(());
+        }
+    }
+    let target = std::ffi::CString::new(TRACEFS).map_err(|e| ProbeError::NoTracefs(e.into()))?;
+    // SAFETY: plain mount(2) with NUL-terminated strings that outlive the call.
+    let rc = unsafe {
+        libc::mount(c"nodev".as_ptr(), target.as_ptr(), c"tracefs".as_ptr(), 0, std::ptr::null())
+    };
+    if rc != 0 {
+        return Err(ProbeError::NoTracefs(io::Error::last_os_error()));
+    }
+    log::info!("mounted tracefs at {TRACEFS}");
+    Ok(())
+}
+
+impl Probe {
+    /// Loads and attaches every program. Traffic is followed from here on.
+    pub fn load(options: ProbeOptions) -> Result<Self, ProbeError> {
+        if options.capture_size == 0 || options.capture_size as usize > MAX_CAPTURE {
+            return Err(ProbeError::Invalid(format!(
+                "capture size {} is not in 1..={MAX_CAPTURE}",
+                options.capture_size
+            )));
+        }
+        if options.max_connections == 0 {
+            return Err(ProbeError::Invalid("max connections must be at least 1".into()));
+        }
+        preflight()?;
+        let offsets = Btf::from_file(Path::new(VMLINUX_BTF))?.kernel_offsets()?;
+        let ring_size = options.ring_size.max(4096).next_power_of_two();
+        let mut ebpf = EbpfLoader::new()
+            .map_max_entries("EVENTS", ring_size)
+            .map_max_entries("CONNS", options.max_connections)
+            .map_max_entries("SOCKS", options.max_connections)
+            .load(EBPF_OBJECT)?;
+        write_config(&mut ebpf, &options, offsets)?;
+        let mut loaded: Vec<&str> = Vec::new();
+        for &(name, category, tracepoint) in ATTACHMENTS {
+            let err = |source| ProbeError::Program {
+                name: name.to_owned(),
+                tracepoint: format!("{category}:{tracepoint}"),
+                source,
+            };
+            let program: &mut TracePoint = ebpf
+                .program_mut(name)
+                .ok_or_else(|| ProbeError::Missing(format!("program {name}")))?
+                .try_into()
+                .map_err(err)?;
+            if !loaded.contains(&name) {
+                program.load().map_err(err)?;
+                loaded.push(name);
+            }
+            program.attach(category, tracepoint).map_err(err)?;
+        }
+        let stats = PerCpuArray::try_from(take_map(&mut ebpf, "STATS")?)
+            .map_err(|source| ProbeError::Map { name: "STATS", source })?;
+        log::info!(
+            "eBPF programs attached to {} tracepoints (capture {} bytes, ring buffer {} KiB)",
+            ATTACHMENTS.len(),
+            options.capture_size,
+            ring_size / 1024
+        );
+        Ok(Self { ebpf, stats, options })
+    }
+
+    pub fn options(&self) -> &ProbeOptions {
+        &self.options
+    }
+
+    /// The event ring buffer, for one reader. Call once.
+    pub fn take_events(&mut self) -> Result<RingBuf<MapData>, ProbeError> {
+        RingBuf::try_from(take_map(&mut self.ebpf, "EVENTS")?)
+            .map_err(|source| ProbeError::Map { name: "EVENTS", source })
+    }
+
+    /// The kernel's counters and map sizes now.
+    pub fn stats(&self) -> Result<KernelStats, ProbeError> {
+        let sum = |stat: Stat| -> Result<u64, ProbeError> {
+            let values = self
+                .stats
+                .get(&(stat as u32), 0)
+                .map_err(|source| ProbeError::Map { name: "STATS", source })?;
+            Ok(values.iter().sum())
+        };
+        debug_assert_eq!(STAT_COUNT, 6);
+        Ok(KernelStats {
+            events_lost: sum(Stat::EventsLost)?,
+            conn_table_full: sum(Stat::ConnTableFull)?,
+            data_events: sum(Stat::DataEvents)?,
+            conn_events: sum(Stat::ConnEvents)?,
+            read_faults: sum(Stat::ReadFaults)?,
+            in_flight_full: sum(Stat::InFlightFull)?,
+            conns_tracked: self.map_len::<ConnKey, ConnInfo>("CONNS")?,
+            socks_tracked: self.map_len::<u64, SockOwner>("SOCKS")?,
+            in_flight: self.map_len::<u64, PendingIo>("IN_FLIGHT")?,
+        })
+    }
+
+    fn map_len<K: aya::Pod, V: aya::Pod>(&self, name: &'static str) -> Result<u64, ProbeError> {
+        let map = self.ebpf.map(name).ok_or_else(|| ProbeError::Missing(format!("map {name}")))?;
+        let map = HashMap::<_, K, V>::try_from(map).map_err(|source| ProbeError::Map { name, source })?;
+        Ok(map.keys().count() as u64)
+    }
+
+    /// Forgets kernel entries of processes that no longer exist (a safety net:
+    /// the kernel side removes them when it sees the socket close).
+    pub fn sweep_dead_processes(&mut self) -> Result<usize, ProbeError> {
+        let map = self.ebpf.map_mut("CONNS").ok_or_else(|| ProbeError::Missing("map CONNS".into()))?;
+        let mut conns = HashMap::<_, ConnKey, ConnInfo>::try_from(map)
+            .map_err(|source| ProbeError::Map { name: "CONNS", source })?;
+        let dead: Vec<ConnKey> = conns
+            .keys()
+            .filter_map(Result::ok)
+            .filter(|k| !Path::new(&format!("/proc/{}", k.tgid)).exists())
+            .collect();
+        for key in &dead {
+            let _ = conns.remove(key);
+        }
+        Ok(dead.len())
+    }
+}
+
+fn take_map(ebpf: &mut Ebpf, name: &str) -> Result<aya::maps::Map, ProbeError> {
+    ebpf.take_map(name).ok_or_else(|| ProbeError::Missing(format!("map {name}")))
+}
+
+fn write_config(
+    ebpf: &mut Ebpf,
+    options: &ProbeOptions,
+    offsets: KernelOffsets,
+) -> Result<(), ProbeError> {
+    let config = Config {
+        capture_size: options.capture_size,
+        filter_tgid: options.pid.unwrap_or(0),
+        filter_cgroup: options.cgroup_id.unwrap_or(0),
+        filter_port: options.port.unwrap_or(0),
+        self_tgid: std::process::id(),
+        filter_netns: options.netns.unwrap_or(0),
+        offsets,
+        ..Config::default()
+    };
+    let map = ebpf.map_mut("CONFIG").ok_or_else(|| ProbeError::Missing("map CONFIG".into()))?;
+    let mut array = Array::<_, Config>::try_from(map)
+        .map_err(|source| ProbeError::Map { name: "CONFIG", source })?;
+    array.set(0, config, 0).map_err(|source| ProbeError::Map { name: "CONFIG", source })
+}
+
+/// The cgroup v2 id of a cgroup directory (its inode number), for `--cgroup`.
+pub fn cgroup_id(path: &Path) -> io::Result<u64> {
+    use std::os::unix::fs::MetadataExt as _;
+    let path: PathBuf = if path.is_absolute() {
+        path.to_owned()
+    } else {
+        Path::new("/sys/fs/cgroup").join(path)
+    };
+    Ok(std::fs::metadata(path)?.ino())
+}
+
+/// The inode of a network namespace file (`/proc/PID/ns/net`, `/run/netns/NAME`).
+pub fn netns_inode(path: &Path) -> io::Result<u32> {
+    use std::os::unix::fs::MetadataExt as _;
+    let ino = std::fs::metadata(path)?.ino();
+    u32::try_from(ino).map_err(|_| io::Error::other("namespace inode does not fit 32 bits"))
+}

@@ -1,0 +1,141 @@
+//! Reads the ring buffer, keeps the connection table, and hands each event
+//! to a [`Sink`] with the connection it belongs to.
+
+use std::io;
+
+use aya::maps::{MapData, RingBuf};
+use tangle_common::{CloseReason, ConnEvent, DataHeader};
+use tokio::io::unix::AsyncFd;
+
+use crate::{
+    conntrack::{ConnTable, Connection},
+    events::{Event, decode},
+};
+
+/// Where decoded events go. Borrowed data is only valid during the call.
+pub trait Sink {
+    fn open(&mut self, conn: &Connection, ev: &ConnEvent);
+    /// `conn` is None when the open was not seen (table full).
+    fn close(&mut self, conn: Option<&Connection>, ev: &ConnEvent);
+    fn data(&mut self, conn: Option<&Connection>, header: &DataHeader, bytes: &[u8]);
+    /// A batch of events ended: a good time to flush.
+    fn flush(&mut self) {}
+}
+
+/// Counters of the userspace side.
+#[derive(Clone, Copy, Debug, Default, serde::Serialize)]
+pub struct ReaderStats {
+    pub events: u64,
+    pub opens: u64,
+    pub closes: u64,
+    pub data: u64,
+    /// Records that did not decode.
+    pub decode_errors: u64,
+    /// Data for a connection whose open was never seen.
+    pub orphan_data: u64,
+    /// Connections in the userspace table now.
+    pub connections: u64,
+    /// Opens not kept because the userspace table was full.
+    pub table_overflow: u64,
+}
+
+pub struct Reader {
+    ring: AsyncFd<RingBuf<MapData>>,
+    table: ConnTable,
+    stats: ReaderStats,
+}
+
+/// Human name of a close reason byte.
+pub fn close_reason(r: u8) -> &'static str {
+    match r {
+        x if x == CloseReason::Syscall as u8 => "close",
+        x if x == CloseReason::TcpClose as u8 => "tcp-close",
+        _ => "unknown",
+    }
+}
+
+impl Reader {
+    pub fn new(ring: RingBuf<MapData>, max_connections: usize) -> io::Result<Self> {
+        // SAFETY: the ring buffer owns its fd and the AsyncFd owns the ring
+        // buffer, so the fd stays open for as long as it is registered.
+        let ring = unsafe { AsyncFd::register_with_interest(ring, tokio::io::Interest::READABLE) }
+            .map_err(|e| e.into_parts().1)?;
+        Ok(Self {
+            ring,
+            table: ConnTable::new(max_connections),
+            stats: ReaderStats::default(),
+        })
+    }
+
+    pub fn stats(&self) -> ReaderStats {
+        ReaderStats {
+            connections: self.table.len() as u64,
+            table_overflow: self.table.overflow,
+            ..self.stats
+        }
+    }
+
+    pub fn table(&self) -> &ConnTable {
+        &self.table
+    }
+
+    /// Waits for events, then hands all that are ready to `sink`. Returns how many.
+    pub async fn next_batch(&mut self, sink: &mut impl Sink) -> io::Result<usize> {
+        let Self { ring, table, stats } = self;
+        let mut guard = ring.readable_mut().await?;
+        let mut n = 0;
+        while let Some(item) = guard.get_inner_mut().next() {
+            n += 1;
+            dispatch(&item, table, stats, sink);
+        }
+        guard.clear_ready();
+        sink.flush();
+        Ok(n)
+    }
+
+    /// Hands over whatever is ready now, without waiting.
+    pub fn drain(&mut self, sink: &mut impl Sink) -> usize {
+        let Self { ring, table, stats } = self;
+        let mut n = 0;
+        while let Some(item) = ring.get_mut().next() {
+            n += 1;
+            dispatch(&item, table, stats, sink);
+        }
+        sink.flush();
+        n
+    }
+
+    /// Drops connections of processes that have exited.
+    pub fn sweep(&mut self) -> Vec<Connection> {
+        self.table.sweep_dead()
+    }
+}
+
+fn dispatch(record: &[u8], table: &mut ConnTable, stats: &mut ReaderStats, sink: &mut impl Sink) {
+    stats.events += 1;
+    match decode(record) {
+        Ok(Event::Open(ev)) => {
+            stats.opens += 1;
+            if let Some(conn) = table.open(&ev) {
+                sink.open(conn, &ev);
+            }
+        }
+        Ok(Event::Close(ev)) => {
+            stats.closes += 1;
+            let conn = table.close(ev.conn_id);
+            sink.close(conn.as_ref(), &ev);
+        }
+        Ok(Event::Data(header, bytes)) => {
+            stats.data += 1;
+            let conn = table.get(header.conn_id);
+            if conn.is_none() {
+                stats.orphan_data += 1;
+            }
+            sink.data(conn, &header, bytes);
+        }
+        Err(err) => {
+            stats.decode_errors += 1;
+            log::debug!("dropped a ring buffer record: {err}");
+        }
+    }
+}

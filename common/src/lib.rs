@@ -1,0 +1,347 @@
+//! Types shared by the eBPF programs (`tangle-agent-ebpf`) and the agent.
+//!
+//! Every type here is `#[repr(C)]` with explicit padding, so both sides see
+//! the same bytes. With the `user` feature they implement `aya::Pod` and can
+//! be read from maps and the ring buffer.
+#![no_std]
+
+/// The largest capture size the kernel side supports (bytes of one transfer).
+/// Twice this plus a header must fit a per-CPU map value (32 KiB at most).
+pub const MAX_CAPTURE: usize = 8 * 1024;
+/// The capture size used when the user does not choose one.
+pub const DEFAULT_CAPTURE: u32 = 4096;
+/// The most iovec entries copied from one readv/writev/sendmsg/recvmsg.
+pub const MAX_IOV: u32 = 16;
+/// Length of a task's command name (`TASK_COMM_LEN`).
+pub const COMM_LEN: usize = 16;
+
+/// Address families, as in `<sys/socket.h>`.
+pub const AF_INET: u16 = 2;
+pub const AF_INET6: u16 = 10;
+
+/// Identifies a socket in one process: the thread-group id and the fd.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct ConnKey {
+    pub tgid: u32,
+    pub fd: u32,
+}
+
+/// Which end of the TCP connection this process is.
+#[repr(u8)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Role {
+    /// The process called `connect`.
+    Client = 1,
+    /// The process got the socket from `accept`.
+    Server = 2,
+}
+
+impl Role {
+    pub fn from_u8(v: u8) -> Option<Self> {
+        match v {
+            1 => Some(Self::Client),
+            2 => Some(Self::Server),
+            _ => None,
+        }
+    }
+}
+
+/// Both ends of a TCP connection as this process sees them.
+/// IPv4 addresses are stored in the first 4 bytes of the 16.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SockAddrs {
+    pub local_addr: [u8; 16],
+    pub remote_addr: [u8; 16],
+    /// Host byte order.
+    pub local_port: u16,
+    /// Host byte order.
+    pub remote_port: u16,
+    /// `AF_INET` or `AF_INET6`.
+    pub family: u16,
+    pub _pad: u16,
+}
+
+/// A tracked connection, kept in the kernel's `CONNS` map.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct ConnInfo {
+    /// Unique on the node for the agent's lifetime.
+    pub conn_id: u64,
+    /// The kernel `struct sock *`, used to notice the TCP close.
+    pub sock: u64,
+    pub opened_ns: u64,
+    pub bytes_sent: u64,
+    pub bytes_recv: u64,
+    pub addrs: SockAddrs,
+    pub role: u8,
+    pub _pad: [u8; 7],
+}
+
+/// The connection that owns a `struct sock *`, in the kernel's `SOCKS` map.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct SockOwner {
+    pub key: ConnKey,
+    pub conn_id: u64,
+}
+
+/// A data syscall between its enter and exit, in the kernel's `IN_FLIGHT` map.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct PendingIo {
+    pub fd: u32,
+    /// `Syscall`.
+    pub syscall: u8,
+    /// `Direction`.
+    pub direction: u8,
+    /// 1 when `ptr` is an iovec array, 0 when it is a plain buffer.
+    pub vectored: u8,
+    pub _pad: u8,
+    pub ptr: u64,
+    pub iov_count: u64,
+    pub start_ns: u64,
+}
+
+/// What the kernel tells userspace about; the first byte of every event.
+#[repr(u8)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EventKind {
+    ConnOpen = 1,
+    ConnClose = 2,
+    Data = 3,
+}
+
+impl EventKind {
+    pub fn from_u8(v: u8) -> Option<Self> {
+        match v {
+            1 => Some(Self::ConnOpen),
+            2 => Some(Self::ConnClose),
+            3 => Some(Self::Data),
+            _ => None,
+        }
+    }
+}
+
+/// Why a connection event of kind `ConnClose` was sent.
+#[repr(u8)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CloseReason {
+    /// The process called `close(fd)`.
+    Syscall = 1,
+    /// The kernel moved the socket to `TCP_CLOSE` (process exit, reset).
+    TcpClose = 2,
+}
+
+/// A connection opened or closed.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct ConnEvent {
+    /// `EventKind::ConnOpen` or `EventKind::ConnClose`.
+    pub kind: u8,
+    pub role: u8,
+    /// `CloseReason` for closes, 0 for opens.
+    pub close_reason: u8,
+    pub _pad: [u8; 5],
+    pub tgid: u32,
+    pub tid: u32,
+    pub fd: u32,
+    pub _pad2: u32,
+    pub conn_id: u64,
+    /// `bpf_ktime_get_ns` (CLOCK_MONOTONIC).
+    pub ts_ns: u64,
+    pub cgroup_id: u64,
+    pub bytes_sent: u64,
+    pub bytes_recv: u64,
+    pub addrs: SockAddrs,
+    pub comm: [u8; COMM_LEN],
+}
+
+/// Direction of a data transfer, seen from the process.
+#[repr(u8)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Direction {
+    /// The process wrote (sent) the bytes.
+    Egress = 1,
+    /// The process read (received) the bytes.
+    Ingress = 2,
+}
+
+impl Direction {
+    pub fn from_u8(v: u8) -> Option<Self> {
+        match v {
+            1 => Some(Self::Egress),
+            2 => Some(Self::Ingress),
+            _ => None,
+        }
+    }
+}
+
+/// The syscall family a transfer came from.
+#[repr(u8)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Syscall {
+    Read = 1,
+    Write = 2,
+    RecvFrom = 3,
+    SendTo = 4,
+    ReadV = 5,
+    WriteV = 6,
+    RecvMsg = 7,
+    SendMsg = 8,
+    /// Only the length is known: the bytes came from a file.
+    SendFile = 9,
+}
+
+impl Syscall {
+    pub fn from_u8(v: u8) -> Option<Self> {
+        Some(match v {
+            1 => Self::Read,
+            2 => Self::Write,
+            3 => Self::RecvFrom,
+            4 => Self::SendTo,
+            5 => Self::ReadV,
+            6 => Self::WriteV,
+            7 => Self::RecvMsg,
+            8 => Self::SendMsg,
+            9 => Self::SendFile,
+            _ => return None,
+        })
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Read => "read",
+            Self::Write => "write",
+            Self::RecvFrom => "recvfrom",
+            Self::SendTo => "sendto",
+            Self::ReadV => "readv",
+            Self::WriteV => "writev",
+            Self::RecvMsg => "recvmsg",
+            Self::SendMsg => "sendmsg",
+            Self::SendFile => "sendfile",
+        }
+    }
+}
+
+/// The fixed part of a data event; `captured_len` bytes follow it in the
+/// ring buffer record.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct DataHeader {
+    /// `EventKind::Data`.
+    pub kind: u8,
+    /// `Direction`.
+    pub direction: u8,
+    /// `Syscall`.
+    pub syscall: u8,
+    pub _pad: u8,
+    /// How many bytes follow the header.
+    pub captured_len: u32,
+    pub tgid: u32,
+    pub tid: u32,
+    pub fd: u32,
+    pub _pad2: u32,
+    pub conn_id: u64,
+    /// `bpf_ktime_get_ns` at the end of the syscall.
+    pub ts_ns: u64,
+    /// `bpf_ktime_get_ns` at the start of the syscall.
+    pub start_ns: u64,
+    pub cgroup_id: u64,
+    /// The whole transfer's length (the syscall's return value).
+    pub total_len: u64,
+}
+
+/// A data event as built in the per-CPU scratch buffer. The buffer is twice
+/// the capture limit so that copies at a bounded offset pass the verifier.
+#[repr(C)]
+pub struct DataEvent {
+    pub header: DataHeader,
+    pub data: [u8; 2 * MAX_CAPTURE],
+}
+
+/// Byte offsets of kernel struct members, read from BTF by the agent, so the
+/// eBPF side can find a socket from an fd without CO-RE.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct KernelOffsets {
+    pub task_files: u32,
+    pub files_fdt: u32,
+    pub fdt_max_fds: u32,
+    pub fdt_fd: u32,
+    pub file_private_data: u32,
+    pub socket_sk: u32,
+    pub sk_family: u32,
+    pub sk_protocol: u32,
+    pub sk_num: u32,
+    pub sk_dport: u32,
+    pub sk_daddr: u32,
+    pub sk_rcv_saddr: u32,
+    pub sk_v6_daddr: u32,
+    pub sk_v6_rcv_saddr: u32,
+    /// `sock_common.skc_net` (a `struct net *`).
+    pub sk_net: u32,
+    /// `net.ns.inum`: the network namespace's inode number.
+    pub net_ns_inum: u32,
+}
+
+/// Runtime settings of the eBPF programs, element 0 of the `CONFIG` map.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Config {
+    /// Bytes captured per transfer, at most `MAX_CAPTURE`.
+    pub capture_size: u32,
+    /// Only track this process (thread-group id); 0 for all.
+    pub filter_tgid: u32,
+    /// Only track processes in this cgroup (v2 id); 0 for all.
+    pub filter_cgroup: u64,
+    /// Only track connections with this local or remote port; 0 for all.
+    pub filter_port: u16,
+    pub _pad: u16,
+    /// The agent's own process, never tracked.
+    pub self_tgid: u32,
+    /// Only track processes in this network namespace (inode); 0 for all.
+    pub filter_netns: u32,
+    pub _pad2: u32,
+    pub offsets: KernelOffsets,
+}
+
+/// Counters kept per CPU in the `STATS` map; the index of each.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Stat {
+    /// Events dropped because the ring buffer was full.
+    EventsLost = 0,
+    /// Connections not tracked because the connection table was full.
+    ConnTableFull = 1,
+    /// Data events sent.
+    DataEvents = 2,
+    /// Connection events sent.
+    ConnEvents = 3,
+    /// Reads of user or kernel memory that failed.
+    ReadFaults = 4,
+    /// Syscalls not followed because the in-flight table was full.
+    InFlightFull = 5,
+}
+
+/// The number of `Stat` counters.
+pub const STAT_COUNT: u32 = 6;
+
+#[cfg(feature = "user")]
+mod pod {
+    use super::*;
+    // SAFETY: all of these are #[repr(C)], made only of integers and byte
+    // arrays, with explicit padding fields, so any bit pattern is valid.
+    unsafe impl aya::Pod for ConnKey {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for ConnInfo {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for Config {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for SockOwner {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for PendingIo {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for KernelOffsets {}
+}
