@@ -48,7 +48,6 @@ struct Member {
 
 #[derive(Default)]
 struct Type {
-    name_off: u32,
     kind: u32,
     members: Vec<Member>,
 }
@@ -106,7 +105,7 @@ impl Btf {
             let kind = (info >> 24) & 0x1f;
             let vlen = (info & 0xffff) as usize;
             let kind_flag = info >> 31 == 1;
-            let mut ty = Type { name_off, kind, members: Vec::new() };
+            let mut ty = Type { kind, members: Vec::new() };
             let extra = match kind {
                 1 | 14 | 17 => 4,                 // INT, VAR, DECL_TAG
                 3 => 12,                          // ARRAY

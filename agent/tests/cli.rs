@@ -1,0 +1,118 @@
+//! `tangle-agent` as a user runs it: the binary, its output, its errors.
+
+mod support;
+
+use std::{process::Command, time::Duration};
+
+use support::*;
+
+fn agent() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_tangle-agent"))
+}
+
+#[test]
+fn help_lists_capture_and_filters() {
+    let out = agent().args(["capture", "--help"]).output().unwrap();
+    assert!(out.status.success());
+    let help = String::from_utf8(out.stdout).unwrap();
+    for flag in ["--json", "--pid", "--cgroup", "--port", "--netns", "--capture-size", "--duration"] {
+        assert!(help.contains(flag), "--help lacks {flag}:\n{help}");
+    }
+}
+
+#[test]
+fn bad_options_are_clear_errors() {
+    let out = agent().args(["capture", "--port", "banana"]).output().unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--port"));
+    if ebpf_skip_reason().is_some() {
+        return; // the next check needs to get as far as loading
+    }
+    let out = agent().args(["capture", "--capture-size", "0", "--duration", "1s"]).output().unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("capture size 0 is not in 1..=8192"), "{err}");
+}
+
+/// Without privileges the agent says why it cannot run, and fails.
+#[test]
+fn unprivileged_run_says_why() {
+    // SAFETY: geteuid has no preconditions.
+    let root = unsafe { libc::geteuid() } == 0;
+    let mut cmd = if root {
+        let Some(setpriv) = which("setpriv") else {
+            skip("unprivileged_run_says_why", "`setpriv` (util-linux) is not installed");
+            return;
+        };
+        let mut c = Command::new(setpriv);
+        c.args(["--reuid=65534", "--regid=65534", "--clear-groups", "--inh-caps=-all", "--bounding-set=-all"]);
+        c.arg(env!("CARGO_BIN_EXE_tangle-agent"));
+        c
+    } else {
+        agent()
+    };
+    let out = cmd.args(["capture", "--duration", "1s"]).output().unwrap();
+    assert!(!out.status.success(), "must fail without privileges");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("not allowed to load eBPF programs"), "unclear error: {err}");
+}
+
+/// JSON lines, with a pid filter: only the server's side of the connection.
+#[test]
+fn json_lines_with_pid_filter() {
+    let name = "json_lines_with_pid_filter";
+    if require(name, &["curl", "python3"]).is_none() {
+        return;
+    }
+    let port = free_port();
+    let server = Proc::spawn_ready(
+        Command::new("python3").args(["-u", "-m", "http.server", &port.to_string(), "--bind", "127.0.0.1"]),
+        "Serving HTTP",
+    );
+    let ready = std::env::temp_dir().join(format!("tangle-ready-{port}"));
+    let _ = std::fs::remove_file(&ready);
+    let agent = agent()
+        .args(["capture", "--json", "--duration", "8s", "--port", &port.to_string()])
+        .args(["--pid", &server.pid().to_string(), "--ready-file"])
+        .arg(&ready)
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_for("the agent to attach", Duration::from_secs(20), || ready.exists());
+    for _ in 0..2 {
+        let ok = Command::new("curl")
+            .args(["-sS", "-o", "/dev/null", &format!("http://127.0.0.1:{port}/")])
+            .status()
+            .unwrap();
+        assert!(ok.success());
+    }
+    let out = agent.wait_with_output().unwrap();
+    assert!(out.status.success());
+    let lines: Vec<serde_json::Value> = String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+        .collect();
+    let of = |t: &str| lines.iter().filter(|l| l["type"] == t).collect::<Vec<_>>();
+    let opens = of("open");
+    assert_eq!(opens.len(), 2, "two connections, server side only: {opens:#?}");
+    for open in &opens {
+        assert_eq!(open["pid"], server.pid());
+        assert_eq!(open["role"], "server");
+        assert_eq!(open["local"], format!("127.0.0.1:{port}"));
+    }
+    let requests: Vec<_> = of("data").into_iter().filter(|d| d["direction"] == "ingress").collect();
+    assert_eq!(requests.len(), 2);
+    use base64::Engine as _;
+    let bytes = base64::engine::general_purpose::STANDARD
+        .decode(requests[0]["data"].as_str().unwrap())
+        .unwrap();
+    assert!(bytes.starts_with(b"GET / HTTP/1.1\r\n"));
+    assert_eq!(requests[0]["len"], bytes.len());
+    assert_eq!(of("close").len(), 2);
+    let stats = of("stats");
+    let last = stats.last().expect("a final stats line");
+    assert_eq!(last["kernel"]["events_lost"], 0);
+    assert_eq!(last["agent"]["decode_errors"], 0);
+    let _ = std::fs::remove_file(&ready);
+}

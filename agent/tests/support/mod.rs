@@ -1,0 +1,242 @@
+//! Shared helpers for tests that load the real eBPF programs.
+#![allow(dead_code)]
+
+use std::{
+    io::{BufRead as _, BufReader},
+    net::TcpListener,
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use tangle_agent::{
+    conntrack::Connection,
+    probe::{KernelStats, Probe, ProbeOptions},
+    reader::{Reader, Sink},
+};
+use tangle_common::{ConnEvent, DataHeader, Direction, Role};
+
+/// Why this machine cannot run eBPF tests, if it cannot.
+pub fn ebpf_skip_reason() -> Option<String> {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        return Some("not root: loading eBPF programs needs root".into());
+    }
+    if !Path::new("/sys/kernel/btf/vmlinux").exists() {
+        return Some("the kernel has no BTF at /sys/kernel/btf/vmlinux".into());
+    }
+    None
+}
+
+/// Says loudly why a test is skipped; in CI (which runs as root with every
+/// tool installed) a skip is a failure, so nothing passes silently there.
+pub fn skip(test: &str, reason: &str) {
+    if std::env::var_os("CI").is_some() {
+        panic!("{test} cannot run in CI: {reason}");
+    }
+    eprintln!("SKIPPED {test}: {reason}");
+}
+
+/// `Some(())` if the machine can load eBPF and has `tools`; else prints why.
+pub fn require(test: &str, tools: &[&str]) -> Option<()> {
+    if let Some(reason) = ebpf_skip_reason() {
+        skip(test, &reason);
+        return None;
+    }
+    for tool in tools {
+        if which(tool).is_none() {
+            skip(test, &format!("`{tool}` is not installed (run `cargo xtask setup --test-deps`)"));
+            return None;
+        }
+    }
+    Some(())
+}
+
+pub fn which(tool: &str) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path)
+        .chain([PathBuf::from("/usr/sbin"), PathBuf::from("/sbin")])
+        .map(|d| d.join(tool))
+        .find(|p| p.is_file())
+}
+
+/// A port free on loopback now (bound and released).
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).unwrap()
+}
+
+pub fn fixture(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(name)
+}
+
+/// An event copied out of the ring buffer.
+#[derive(Clone, Debug)]
+pub enum Owned {
+    Open(Connection, ConnEvent),
+    Close(Option<Connection>, ConnEvent),
+    Data(Option<Connection>, DataHeader, Vec<u8>),
+}
+
+#[derive(Default)]
+struct Collect(Vec<Owned>);
+
+impl Sink for Collect {
+    fn open(&mut self, conn: &Connection, ev: &ConnEvent) {
+        self.0.push(Owned::Open(conn.clone(), *ev));
+    }
+    fn close(&mut self, conn: Option<&Connection>, ev: &ConnEvent) {
+        self.0.push(Owned::Close(conn.cloned(), *ev));
+    }
+    fn data(&mut self, conn: Option<&Connection>, header: &DataHeader, bytes: &[u8]) {
+        self.0.push(Owned::Data(conn.cloned(), *header, bytes.to_vec()));
+    }
+}
+
+/// The real probe, loaded and attached, with everything it has sent so far.
+pub struct Capture {
+    pub probe: Probe,
+    reader: Reader,
+    rt: tokio::runtime::Runtime,
+    collected: Collect,
+}
+
+impl Capture {
+    pub fn start(options: ProbeOptions) -> Self {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        let (probe, reader) = rt.block_on(async {
+            let mut probe = Probe::load(options).expect("load and attach the eBPF programs");
+            let ring = probe.take_events().unwrap();
+            let reader = Reader::new(ring, 100_000).unwrap();
+            (probe, reader)
+        });
+        Self { probe, reader, rt, collected: Collect::default() }
+    }
+
+    /// Reads events until `done` holds for all of them or `timeout` passes.
+    /// Returns whether `done` held.
+    pub fn until(&mut self, timeout: Duration, done: impl Fn(&[Owned]) -> bool) -> bool {
+        let deadline = Instant::now() + timeout;
+        let Self { reader, rt, collected, .. } = self;
+        rt.block_on(async {
+            loop {
+                if done(&collected.0) {
+                    return true;
+                }
+                let left = deadline.saturating_duration_since(Instant::now());
+                if left.is_zero() {
+                    return false;
+                }
+                let _ = tokio::time::timeout(left.min(Duration::from_millis(200)), reader.next_batch(collected)).await;
+            }
+        })
+    }
+
+    /// Reads for `d` whatever comes.
+    pub fn settle(&mut self, d: Duration) {
+        self.until(d, |_| false);
+    }
+
+    pub fn events(&self) -> &[Owned] {
+        &self.collected.0
+    }
+
+    pub fn kernel_stats(&self) -> KernelStats {
+        self.probe.stats().unwrap()
+    }
+
+    pub fn opens(&self) -> Vec<&Connection> {
+        self.events().iter().filter_map(|e| if let Owned::Open(c, _) = e { Some(c) } else { None }).collect()
+    }
+
+    pub fn closes(&self) -> Vec<&ConnEvent> {
+        self.events().iter().filter_map(|e| if let Owned::Close(_, ev) = e { Some(ev) } else { None }).collect()
+    }
+
+    /// Data events of one connection in one direction, in time order.
+    pub fn data(&self, conn_id: u64, dir: Direction) -> Vec<(&DataHeader, &[u8])> {
+        let mut v: Vec<_> = self
+            .events()
+            .iter()
+            .filter_map(|e| match e {
+                Owned::Data(_, h, b) if h.conn_id == conn_id && h.direction == dir as u8 => {
+                    Some((h, b.as_slice()))
+                }
+                _ => None,
+            })
+            .collect();
+        v.sort_by_key(|(h, _)| h.ts_ns);
+        v
+    }
+
+    /// The captured bytes of one direction of a connection, concatenated.
+    pub fn stream(&self, conn_id: u64, dir: Direction) -> Vec<u8> {
+        self.data(conn_id, dir).into_iter().flat_map(|(_, b)| b.to_vec()).collect()
+    }
+
+    pub fn conn_of(&self, pid: u32, role: Role) -> Option<&Connection> {
+        self.opens().into_iter().find(|c| c.pid == pid && c.role == role)
+    }
+}
+
+/// A child process killed when dropped.
+pub struct Proc(pub Child);
+
+impl Proc {
+    /// Starts `cmd` and waits until it prints a line containing `ready`.
+    pub fn spawn_ready(cmd: &mut Command, ready: &str) -> Self {
+        let mut child = cmd.stdout(Stdio::piped()).stderr(Stdio::inherit()).spawn().expect("spawn");
+        let stdout = child.stdout.take().unwrap();
+        let mut lines = BufReader::new(stdout).lines();
+        loop {
+            match lines.next() {
+                Some(Ok(l)) if l.contains(ready) => break,
+                Some(Ok(_)) => {}
+                other => panic!("{cmd:?} exited before it was ready: {other:?}"),
+            }
+        }
+        // Keep draining stdout so the child never blocks on a full pipe.
+        std::thread::spawn(move || for _ in lines {});
+        Self(child)
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.0.id()
+    }
+}
+
+impl Drop for Proc {
+    /// SIGTERM first, so a server (nginx) stops its own children; then SIGKILL.
+    fn drop(&mut self) {
+        // SAFETY: signals our own child, whose pid we still hold (not yet reaped).
+        unsafe { libc::kill(self.0.id() as i32, libc::SIGTERM) };
+        let deadline = Instant::now() + Duration::from_secs(3);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.0.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Polls `f` until it holds (a server's port open, say) or panics after `timeout`.
+pub fn wait_for(what: &str, timeout: Duration, f: impl Fn() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !f() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+pub fn python() -> Command {
+    let mut c = Command::new("python3");
+    c.arg("-u").arg(fixture("peer.py"));
+    c
+}
+
+/// The test pattern of `peer.py`.
+pub fn pattern(size: usize) -> Vec<u8> {
+    (0..size).map(|i| (i % 251) as u8).collect()
+}
