@@ -10,6 +10,7 @@
 use core::{mem::size_of, ptr};
 
 use aya_ebpf::{
+    bindings::{BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
     helpers::{
         bpf_get_current_cgroup_id, bpf_get_current_comm, bpf_get_current_pid_tgid,
         bpf_get_current_task, bpf_get_smp_processor_id, bpf_ktime_get_ns, bpf_probe_read_kernel,
@@ -246,6 +247,21 @@ fn track(fd: u32, role: Role) {
     emit_conn(EventKind::ConnOpen, &key, &info, 0, now);
 }
 
+/// Ring buffer flags for the next record: wake the reader only when enough
+/// has piled up, so it reads in batches instead of once per event.
+#[inline(always)]
+fn wakeup_flags() -> u64 {
+    let threshold = config().map_or(0, |c| c.wakeup_bytes as u64);
+    if threshold == 0 {
+        return 0;
+    }
+    if EVENTS.query(BPF_RB_AVAIL_DATA as u64) >= threshold {
+        BPF_RB_FORCE_WAKEUP as u64
+    } else {
+        BPF_RB_NO_WAKEUP as u64
+    }
+}
+
 #[inline(always)]
 fn emit_conn(kind: EventKind, key: &ConnKey, info: &ConnInfo, close_reason: u8, now: u64) {
     let Some(mut entry) = EVENTS.reserve::<ConnEvent>(0) else {
@@ -277,7 +293,7 @@ fn emit_conn(kind: EventKind, key: &ConnKey, info: &ConnInfo, close_reason: u8, 
         let comm = if from_task { bpf_get_current_comm().unwrap_or([0; 16]) } else { [0; 16] };
         ptr::addr_of_mut!((*e).comm).write(comm);
     }
-    entry.submit(0);
+    entry.submit(wakeup_flags());
     count(Stat::ConnEvents);
 }
 
@@ -527,7 +543,7 @@ fn io_exit(ctx: &TracePointContext) {
         core::slice::from_raw_parts(ptr::from_mut(event).cast::<u8>(), size_of::<DataEvent>())
     };
     let Some(record) = bytes.get(..size as usize) else { return };
-    if EVENTS.output::<[u8]>(record, 0).is_err() {
+    if EVENTS.output::<[u8]>(record, wakeup_flags()).is_err() {
         count(Stat::EventsLost);
     } else {
         count(Stat::DataEvents);

@@ -33,7 +33,7 @@ struct CaptureArgs {
     /// Print JSON lines instead of text.
     #[arg(long)]
     json: bool,
-    /// Print nothing per event (only the counters): for benchmarks.
+    /// Print no line per event, only the counters as JSON: for benchmarks.
     #[arg(long, conflicts_with = "json")]
     quiet: bool,
     /// Only this process id.
@@ -54,6 +54,10 @@ struct CaptureArgs {
     /// Ring buffer size in KiB (rounded up to a power of two).
     #[arg(long, env = "TANGLE_RING_KIB", default_value_t = 16384)]
     ring_kib: u32,
+    /// Wake the reader once this many KiB wait in the ring buffer (it also
+    /// polls every 20 ms); 0 wakes it for every event (lowest latency, most CPU).
+    #[arg(long, env = "TANGLE_WAKEUP_KIB", default_value_t = tangle_common::DEFAULT_WAKEUP_BYTES / 1024)]
+    wakeup_kib: u32,
     /// Most connections tracked at once.
     #[arg(long, env = "TANGLE_MAX_CONNECTIONS", default_value_t = 65536)]
     max_connections: u32,
@@ -100,6 +104,7 @@ fn capture(args: CaptureArgs) -> anyhow::Result<()> {
             .map(|p| probe::cgroup_id(p).with_context(|| format!("cgroup {}", p.display())))
             .transpose()?,
         port: args.port,
+        wakeup_bytes: args.wakeup_kib.saturating_mul(1024),
         netns: args
             .netns
             .as_deref()

@@ -141,7 +141,7 @@ pub enum Line<'a> {
 pub enum Format {
     Human,
     Json,
-    /// Count only: for benchmarks.
+    /// No line per event, only the counters (as JSON): for benchmarks.
     None,
 }
 
@@ -184,8 +184,9 @@ impl<W: Write> LineWriter<W> {
     /// Writes a free-form JSON object (stats) in JSON mode, or `human` otherwise.
     pub fn note(&mut self, human: &str, json: &serde_json::Value) {
         let res = match self.format {
-            Format::None => writeln!(io::stderr(), "{human}"),
             Format::Human => writeln!(self.out, "{human}"),
+            // Nothing else is on stdout: the counters go there, machine-readable.
+            Format::None => writeln!(self.out, "{json}"),
             Format::Json => writeln!(self.out, "{json}"),
         };
         if let Err(e) = res.and_then(|()| self.out.flush()) {

@@ -12,7 +12,7 @@ use aya::{
     programs::TracePoint,
 };
 use tangle_common::{
-    Config, ConnInfo, ConnKey, DEFAULT_CAPTURE, KernelOffsets, MAX_CAPTURE, PendingIo, STAT_COUNT,
+    Config, ConnInfo, ConnKey, DEFAULT_CAPTURE, DEFAULT_WAKEUP_BYTES, KernelOffsets, MAX_CAPTURE, PendingIo, STAT_COUNT,
     SockOwner, Stat,
 };
 
@@ -114,6 +114,8 @@ pub struct ProbeOptions {
     pub port: Option<u16>,
     /// Only sockets in this network namespace (inode, see [`netns_inode`]).
     pub netns: Option<u32>,
+    /// Bytes pending before the kernel wakes the reader; 0 wakes it per event.
+    pub wakeup_bytes: u32,
 }
 
 impl Default for ProbeOptions {
@@ -126,6 +128,7 @@ impl Default for ProbeOptions {
             cgroup_id: None,
             port: None,
             netns: None,
+            wakeup_bytes: DEFAULT_WAKEUP_BYTES,
         }
     }
 }
@@ -330,6 +333,7 @@ fn write_config(
         filter_port: options.port.unwrap_or(0),
         self_tgid: std::process::id(),
         filter_netns: options.netns.unwrap_or(0),
+        wakeup_bytes: options.wakeup_bytes,
         offsets,
         ..Config::default()
     };
@@ -339,13 +343,27 @@ fn write_config(
     array.set(0, config, 0).map_err(|source| ProbeError::Map { name: "CONFIG", source })
 }
 
+/// Where the cgroup v2 hierarchy is mounted: `/sys/fs/cgroup` on a unified
+/// system, `/sys/fs/cgroup/unified` on a hybrid one.
+pub fn cgroup2_root() -> Option<PathBuf> {
+    let mounts = std::fs::read_to_string("/proc/self/mounts").ok()?;
+    mounts.lines().find_map(|l| {
+        let mut f = l.split_whitespace();
+        let (_, dir, fstype) = (f.next()?, f.next()?, f.next()?);
+        (fstype == "cgroup2").then(|| PathBuf::from(dir))
+    })
+}
+
 /// The cgroup v2 id of a cgroup directory (its inode number), for `--cgroup`.
+/// A relative path is taken under the cgroup v2 mount.
 pub fn cgroup_id(path: &Path) -> io::Result<u64> {
     use std::os::unix::fs::MetadataExt as _;
     let path: PathBuf = if path.is_absolute() {
         path.to_owned()
     } else {
-        Path::new("/sys/fs/cgroup").join(path)
+        cgroup2_root()
+            .ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, "no cgroup v2 hierarchy is mounted"))?
+            .join(path)
     };
     Ok(std::fs::metadata(path)?.ino())
 }

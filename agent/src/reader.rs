@@ -39,6 +39,9 @@ pub struct ReaderStats {
     pub table_overflow: u64,
 }
 
+/// The longest a ready event waits for the reader.
+pub const POLL_INTERVAL: std::time::Duration = std::time::Duration::from_millis(20);
+
 pub struct Reader {
     ring: AsyncFd<RingBuf<MapData>>,
     table: ConnTable,
@@ -79,18 +82,16 @@ impl Reader {
         &self.table
     }
 
-    /// Waits for events, then hands all that are ready to `sink`. Returns how many.
+    /// Waits for a wake-up from the kernel or for the poll interval, then
+    /// hands every event that is ready to `sink`. Returns how many. The kernel
+    /// wakes the reader only once a batch has piled up, so the interval bounds
+    /// how late a lone event can be.
     pub async fn next_batch(&mut self, sink: &mut impl Sink) -> io::Result<usize> {
-        let Self { ring, table, stats } = self;
-        let mut guard = ring.readable_mut().await?;
-        let mut n = 0;
-        while let Some(item) = guard.get_inner_mut().next() {
-            n += 1;
-            dispatch(&item, table, stats, sink);
+        match tokio::time::timeout(POLL_INTERVAL, self.ring.readable_mut()).await {
+            Ok(guard) => guard?.clear_ready(),
+            Err(_elapsed) => {}
         }
-        guard.clear_ready();
-        sink.flush();
-        Ok(n)
+        Ok(self.drain(sink))
     }
 
     /// Hands over whatever is ready now, without waiting.

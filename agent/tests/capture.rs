@@ -323,11 +323,10 @@ fn cgroup_filter_keeps_only_that_cgroup() {
     if require(name, &["curl", "python3"]).is_none() {
         return;
     }
-    let root = std::path::Path::new("/sys/fs/cgroup");
-    if !root.join("cgroup.procs").exists() {
-        skip(name, "no cgroup v2 hierarchy at /sys/fs/cgroup");
+    let Some(root) = tangle_agent::probe::cgroup2_root() else {
+        skip(name, "no cgroup v2 hierarchy is mounted");
         return;
-    }
+    };
     let port = free_port();
     let group = root.join(format!("tangle-test-{port}"));
     std::fs::create_dir_all(&group).unwrap();
@@ -353,4 +352,29 @@ fn cgroup_filter_keeps_only_that_cgroup() {
     assert_eq!(opens.len(), 1, "only the process in the cgroup: {opens:#?}");
     assert_eq!((opens[0].pid, opens[0].role), (curl_pid, Role::Client));
     assert_eq!(opens[0].cgroup_id, id);
+}
+
+/// A ring buffer too small for the load, not read meanwhile: the kernel
+/// counts every event it could not deliver, and nothing goes unaccounted.
+#[test]
+fn full_ring_buffer_counts_lost_events() {
+    let name = "full_ring_buffer_counts_lost_events";
+    if require(name, &["python3"]).is_none() {
+        return;
+    }
+    const N: usize = 300;
+    let port = free_port();
+    let mut cap = Capture::start(ProbeOptions { ring_size: 4096, ..options(port) });
+    let server =
+        Proc::spawn_ready(python().args(["echo-many", "127.0.0.1", &port.to_string(), &N.to_string()]), "listening");
+    let ok = python().args(["ping-many", "127.0.0.1", &port.to_string(), &N.to_string()]).status().unwrap();
+    assert!(ok.success());
+    drop(server);
+    // Only now read what fitted.
+    cap.settle(Duration::from_millis(500));
+    let stats = cap.kernel_stats();
+    let received = cap.events().len() as u64;
+    assert!(stats.events_lost > 0, "a 4 KiB ring buffer cannot hold {} events", 8 * N);
+    assert_eq!(received, stats.data_events + stats.conn_events, "delivered = counted as sent");
+    assert_eq!(received + stats.events_lost, 8 * N as u64, "every event delivered or counted lost");
 }

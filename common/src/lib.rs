@@ -8,6 +8,8 @@
 /// The largest capture size the kernel side supports (bytes of one transfer).
 /// Twice this plus a header must fit a per-CPU map value (32 KiB at most).
 pub const MAX_CAPTURE: usize = 8 * 1024;
+/// Bytes waiting in the ring buffer before the reader is woken.
+pub const DEFAULT_WAKEUP_BYTES: u32 = 256 * 1024;
 /// The capture size used when the user does not choose one.
 pub const DEFAULT_CAPTURE: u32 = 4096;
 /// The most iovec entries copied from one readv/writev/sendmsg/recvmsg.
@@ -303,7 +305,9 @@ pub struct Config {
     pub self_tgid: u32,
     /// Only track processes in this network namespace (inode); 0 for all.
     pub filter_netns: u32,
-    pub _pad2: u32,
+    /// Wake the reader only once this many bytes wait in the ring buffer
+    /// (it also polls on a timer); 0 wakes it for every event.
+    pub wakeup_bytes: u32,
     pub offsets: KernelOffsets,
 }
 

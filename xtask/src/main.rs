@@ -1,1 +1,77 @@
-fn main(){}
+//! `cargo xtask`: Tangle's developer tasks.
+
+mod bench;
+mod demo;
+mod setup;
+mod util;
+
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(about = "Tangle's developer tasks: set-up, build, demo, tests, benchmarks")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Install what building eBPF needs (nightly rust-src, bpf-linker); idempotent.
+    Setup {
+        /// Also install the Debian packages the tests and benchmarks use.
+        #[arg(long)]
+        test_deps: bool,
+    },
+    /// Build the agent (and its embedded eBPF programs) in release mode.
+    Build,
+    /// Run the local demo: three services on loopback, watched by the agent.
+    Demo {
+        /// How long to generate traffic.
+        #[arg(long, default_value = "10s", value_parser = humantime_secs)]
+        duration: Duration,
+    },
+    /// Run the test suite (eBPF tests need root; they say so when skipped).
+    Test {
+        /// Extra arguments for `cargo test`.
+        #[arg(trailing_var_arg = true)]
+        args: Vec<String>,
+    },
+    /// Measure the agent's overhead: wrk against nginx, without and with the agent.
+    Bench {
+        /// Length of each wrk run.
+        #[arg(long, default_value = "10s", value_parser = humantime_secs)]
+        duration: Duration,
+        /// Concurrent wrk connections.
+        #[arg(long, default_value_t = 50)]
+        connections: u32,
+        /// Rounds of (baseline, with agent) pairs.
+        #[arg(long, default_value_t = 3)]
+        rounds: u32,
+    },
+}
+
+fn humantime_secs(s: &str) -> Result<Duration, String> {
+    let secs = s.strip_suffix('s').unwrap_or(s);
+    secs.parse::<u64>().map(Duration::from_secs).map_err(|e| format!("{s}: {e} (use e.g. 10s)"))
+}
+
+fn main() -> anyhow::Result<()> {
+    match Cli::parse().command {
+        Command::Setup { test_deps } => setup::run(test_deps),
+        Command::Build => util::build_agent().map(|_| ()),
+        Command::Demo { duration } => demo::run(duration),
+        Command::Test { args } => test(&args),
+        Command::Bench { duration, connections, rounds } => bench::run(duration, connections, rounds),
+    }
+}
+
+fn test(args: &[String]) -> anyhow::Result<()> {
+    match util::ebpf_unavailable() {
+        Some(reason) => eprintln!("xtask: eBPF tests will be SKIPPED: {reason}"),
+        None => eprintln!("xtask: running as root with BTF: eBPF tests load the real programs"),
+    }
+    // Default members only: the eBPF crate builds for the BPF target alone.
+    util::run(util::cargo().arg("test").args(args))
+}

@@ -1,0 +1,203 @@
+//! `cargo xtask bench`: the agent's cost to the traffic it watches. wrk
+//! drives nginx on loopback, alternating runs without and with the agent
+//! attached, and reports ratios measured in the same session.
+
+use std::{
+    path::Path,
+    process::{Command, Stdio},
+    time::Duration,
+};
+
+use anyhow::{Context as _, bail};
+
+use crate::util::{Child, build_agent, is_root, output, root, wait_file, wait_port, which};
+
+const PORT: u16 = 18090;
+
+#[derive(Clone, Copy, Debug, Default)]
+struct WrkResult {
+    requests_per_s: f64,
+    mean_latency_us: f64,
+    p99_latency_us: f64,
+}
+
+#[derive(Clone, Copy, Debug, Default)]
+struct AgentResult {
+    events: f64,
+    lost: f64,
+    cpu_s: f64,
+}
+
+fn micros(v: &str) -> Option<f64> {
+    let (num, unit) = v.find(|c: char| c.is_ascii_alphabetic()).map(|i| v.split_at(i))?;
+    let n: f64 = num.parse().ok()?;
+    Some(match unit {
+        "us" => n,
+        "ms" => n * 1e3,
+        "s" => n * 1e6,
+        _ => return None,
+    })
+}
+
+fn parse_wrk(out: &str) -> Option<WrkResult> {
+    let mut r = WrkResult::default();
+    for line in out.lines().map(str::trim) {
+        let f: Vec<&str> = line.split_whitespace().collect();
+        match f.as_slice() {
+            ["Latency", avg, ..] => r.mean_latency_us = micros(avg).unwrap_or(r.mean_latency_us),
+            ["99%", v] => r.p99_latency_us = micros(v)?,
+            ["Requests/sec:", v] => r.requests_per_s = v.parse().ok()?,
+            _ => {}
+        }
+    }
+    (r.requests_per_s > 0.0 && r.p99_latency_us > 0.0).then_some(r)
+}
+
+fn wrk(duration: Duration, connections: u32) -> anyhow::Result<WrkResult> {
+    let out = output(Command::new("wrk").args([
+        "-t1",
+        &format!("-c{connections}"),
+        &format!("-d{}s", duration.as_secs()),
+        "--latency",
+        &format!("http://127.0.0.1:{PORT}/"),
+    ]))
+    .context("wrk failed")?;
+    parse_wrk(&out).with_context(|| format!("could not read wrk's output:\n{out}"))
+}
+
+/// CPU seconds (user + system) a process has used, from /proc.
+fn cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let after = stat.rsplit(')').next().unwrap_or_default();
+    let f: Vec<&str> = after.split_whitespace().collect();
+    let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    // Fields 14 and 15 (utime, stime) are at 11 and 12 after the comm.
+    (ticks(11) + ticks(12)) / 100.0
+}
+
+fn start_nginx(dir: &Path) -> anyhow::Result<Child> {
+    std::fs::create_dir_all(dir)?;
+    let conf = dir.join("nginx.conf");
+    std::fs::write(
+        &conf,
+        format!(
+            "worker_processes 1;\nerror_log stderr warn;\npid {d}/nginx.pid;\n\
+             events {{ worker_connections 4096; }}\n\
+             http {{\n  access_log off;\n  keepalive_requests 1000000;\n\
+               client_body_temp_path {d}/body;\n  proxy_temp_path {d}/proxy;\n\
+               fastcgi_temp_path {d}/fastcgi;\n  uwsgi_temp_path {d}/uwsgi;\n  scgi_temp_path {d}/scgi;\n\
+               server {{ listen 127.0.0.1:{PORT}; location / {{ return 200 \"hello from nginx\\n\"; }} }}\n}}\n",
+            d = dir.display()
+        ),
+    )?;
+    let nginx = which("nginx").context("nginx is not installed (cargo xtask setup --test-deps)")?;
+    let child = Child::spawn(
+        Command::new(nginx).args(["-e", "stderr", "-p"]).arg(dir).arg("-c").arg(&conf).args(["-g", "daemon off;"]),
+    )?;
+    wait_port(PORT, "nginx")?;
+    Ok(child)
+}
+
+fn with_agent(agent: &Path, dir: &Path, duration: Duration, connections: u32) -> anyhow::Result<(WrkResult, AgentResult)> {
+    let ready = dir.join("ready");
+    let _ = std::fs::remove_file(&ready);
+    let mut proc = Child::spawn(
+        Command::new(agent)
+            .args(["capture", "--quiet", "--port", &PORT.to_string(), "--ready-file"])
+            .arg(&ready)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null()),
+    )?;
+    wait_file(&ready, "the agent")?;
+    let cpu_before = cpu_seconds(proc.0.id());
+    let result = wrk(duration, connections);
+    let cpu_s = cpu_seconds(proc.0.id()) - cpu_before;
+    proc.terminate();
+    let mut stdout = String::new();
+    if let Some(mut s) = proc.0.stdout.take() {
+        use std::io::Read as _;
+        s.read_to_string(&mut stdout)?;
+    }
+    let stats: serde_json::Value = stdout
+        .lines()
+        .rev()
+        .find_map(|l| serde_json::from_str(l).ok())
+        .with_context(|| format!("no stats from the agent: {stdout}"))?;
+    let n = |v: &serde_json::Value| v.as_f64().unwrap_or(0.0);
+    Ok((
+        result?,
+        AgentResult { events: n(&stats["agent"]["events"]), lost: n(&stats["kernel"]["events_lost"]), cpu_s },
+    ))
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+pub fn run(duration: Duration, connections: u32, rounds: u32) -> anyhow::Result<()> {
+    if !is_root() {
+        bail!("the benchmark loads eBPF programs: run it as root");
+    }
+    if which("wrk").is_none() {
+        bail!("wrk is not installed (cargo xtask setup --test-deps)");
+    }
+    let agent = build_agent()?;
+    let dir = root().join("target/bench");
+    let _nginx = start_nginx(&dir)?;
+    eprintln!("bench: wrk -t1 -c{connections} -d{}s against nginx on loopback, {rounds} rounds", duration.as_secs());
+    println!("| round | baseline req/s | with agent req/s | ratio | baseline p99 | with agent p99 | p99 ratio | events/s | lost | agent CPU |");
+    println!("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |");
+    let (mut tput, mut p99, mut added, mut eps, mut cpu) = (vec![], vec![], vec![], vec![], vec![]);
+    for round in 1..=rounds {
+        let base = wrk(duration, connections)?;
+        let (with, a) = with_agent(&agent, &dir, duration, connections)?;
+        let secs = duration.as_secs_f64();
+        tput.push(with.requests_per_s / base.requests_per_s);
+        p99.push(with.p99_latency_us / base.p99_latency_us);
+        // Per request: the extra serial time each request costs the server.
+        added.push(1e6 / with.requests_per_s - 1e6 / base.requests_per_s);
+        eps.push(a.events / secs);
+        cpu.push(a.cpu_s / secs * 100.0);
+        println!(
+            "| {round} | {:.0} | {:.0} | {:.3} | {:.0} us | {:.0} us | {:.3} | {:.0} | {} | {:.1}% |",
+            base.requests_per_s,
+            with.requests_per_s,
+            tput.last().unwrap(),
+            base.p99_latency_us,
+            with.p99_latency_us,
+            p99.last().unwrap(),
+            eps.last().unwrap(),
+            a.lost,
+            cpu.last().unwrap()
+        );
+    }
+    println!(
+        "\nmedian of {rounds}: throughput ratio {:.3}, p99 latency ratio {:.3}, \
+         added server time per request {:.2} us, {:.0} events/s handled, agent CPU {:.1}% of a core",
+        median(tput),
+        median(p99),
+        median(added),
+        median(eps),
+        median(cpu)
+    );
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_wrk_output() {
+        let out = "Running 1s test @ http://127.0.0.1:18090/\n  1 threads and 50 connections\n  \
+                   Thread Stats   Avg      Stdev     Max   +/- Stdev\n    Latency   441.13us  100.00us   2.00ms   90.00%\n  \
+                   Latency Distribution\n     50%  400.00us\n     75%  450.00us\n     90%  500.00us\n     99%    1.23ms\n  \
+                   113281 requests in 1.00s, 18.00MB read\nRequests/sec: 113281.57\nTransfer/sec:     18.00MB\n";
+        let r = parse_wrk(out).unwrap();
+        assert_eq!(r.requests_per_s, 113281.57);
+        assert_eq!(r.p99_latency_us, 1230.0);
+        assert_eq!(r.mean_latency_us, 441.13);
+        assert!(parse_wrk("garbage").is_none());
+    }
+}

@@ -1,0 +1,121 @@
+//! `cargo xtask setup`: what a fresh machine needs to build and test Tangle.
+//! Every step checks first and does nothing when already done.
+
+use std::{path::PathBuf, process::Command};
+
+use anyhow::{Context as _, bail};
+
+use crate::util::{self, is_root, output, which};
+
+/// bpf-linker's version known to work with the nightly's LLVM (EBPF-NOTES.md).
+const BPF_LINKER_VERSION: &str = "0.13.0";
+
+/// Debian packages the tests and benchmarks use, with a binary that shows each is there.
+const TEST_PACKAGES: &[(&str, &str)] = &[
+    ("curl", "curl"),
+    ("nginx-light", "nginx"),
+    ("wrk", "wrk"),
+    ("python3", "python3"),
+    ("iproute2", "ip"),
+    ("util-linux", "setpriv"),
+];
+
+fn run_step(name: &str, f: impl FnOnce() -> anyhow::Result<()>) -> anyhow::Result<()> {
+    eprintln!("setup: {name} ...");
+    f().with_context(|| format!("setup step `{name}` failed"))?;
+    eprintln!("setup: {name}: ok");
+    Ok(())
+}
+
+pub fn run(test_deps: bool) -> anyhow::Result<()> {
+    run_step("nightly toolchain", nightly)?;
+    run_step("rust-src for nightly", || {
+        util::run(Command::new("rustup").args(["component", "add", "rust-src", "--toolchain", "nightly"]))
+    })?;
+    run_step("bpf-linker", bpf_linker)?;
+    if test_deps {
+        run_step("Debian packages for tests", debian_packages)?;
+    }
+    eprintln!("setup: done");
+    Ok(())
+}
+
+fn nightly() -> anyhow::Result<()> {
+    if which("rustup").is_none() {
+        bail!("rustup is not installed; Tangle's eBPF build needs rustup's nightly toolchain");
+    }
+    if output(Command::new("rustc").arg("+nightly").arg("--version")).is_some() {
+        return Ok(());
+    }
+    util::run(Command::new("rustup").args(["toolchain", "install", "nightly", "--profile", "minimal"]))
+        .context("could not install the nightly toolchain (no network to rustup's servers?)")
+}
+
+/// The nightly's own libLLVM and its major version, e.g. (path, 22).
+fn nightly_llvm() -> anyhow::Result<(PathBuf, u32)> {
+    let sysroot = output(Command::new("rustc").args(["+nightly", "--print", "sysroot"]))
+        .context("`rustc +nightly --print sysroot` failed")?;
+    let lib = PathBuf::from(sysroot.trim()).join("lib");
+    for entry in std::fs::read_dir(&lib).with_context(|| format!("reading {}", lib.display()))? {
+        let path = entry?.path();
+        let name = path.file_name().and_then(|n| n.to_str()).unwrap_or_default().to_owned();
+        // libLLVM.so.22.1-rust-1.97.0-nightly
+        if let Some(rest) = name.strip_prefix("libLLVM.so.")
+            && rest.contains("-rust-")
+        {
+            let major = rest.split('.').next().and_then(|m| m.parse().ok());
+            if let Some(major) = major {
+                return Ok((path, major));
+            }
+        }
+    }
+    bail!("no libLLVM.so.*-rust-* in {}: is the nightly toolchain complete?", lib.display())
+}
+
+fn bpf_linker() -> anyhow::Result<()> {
+    if let Some(v) = output(Command::new("bpf-linker").arg("--version")) {
+        eprintln!("setup: found {}", v.trim());
+        return Ok(());
+    }
+    let (llvm, major) = nightly_llvm()?;
+    let cargo_home = std::env::var_os("CARGO_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cargo")))
+        .context("neither CARGO_HOME nor HOME is set")?;
+    // bpf-linker links against this folder's libLLVM and finds it there at run time.
+    let prefix = cargo_home.join("tangle-llvm");
+    let lib = prefix.join("lib");
+    std::fs::create_dir_all(&lib).with_context(|| format!("creating {}", lib.display()))?;
+    let soname = lib.join(llvm.file_name().context("libLLVM path has no file name")?);
+    for link in [soname, lib.join("libLLVM.so")] {
+        let _ = std::fs::remove_file(&link);
+        std::os::unix::fs::symlink(&llvm, &link)
+            .with_context(|| format!("linking {} to {}", link.display(), llvm.display()))?;
+    }
+    eprintln!("setup: building bpf-linker {BPF_LINKER_VERSION} against the nightly's LLVM {major} (about a minute)");
+    util::run(Command::new("cargo")
+        .args(["+nightly", "install", "--force", "bpf-linker", "--version", BPF_LINKER_VERSION])
+        .args(["--no-default-features", "--features", &format!("llvm-{major}")])
+        .env("LLVM_PREFIX", &prefix))
+    .context("building bpf-linker failed")?;
+    output(Command::new("bpf-linker").arg("--version"))
+        .context("bpf-linker was installed but does not run (is ~/.cargo/bin on PATH?)")?;
+    Ok(())
+}
+
+fn debian_packages() -> anyhow::Result<()> {
+    let missing: Vec<&str> =
+        TEST_PACKAGES.iter().filter(|(_, bin)| which(bin).is_none()).map(|(pkg, _)| *pkg).collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    if !is_root() {
+        bail!("missing packages {missing:?}; as root run: apt-get install -y {}", missing.join(" "));
+    }
+    eprintln!("setup: installing {}", missing.join(" "));
+    util::run(Command::new("apt-get").args(["update", "-q"]))?;
+    util::run(Command::new("apt-get")
+        .args(["install", "-y", "-q", "--no-install-recommends"])
+        .args(&missing)
+        .env("DEBIAN_FRONTEND", "noninteractive"))
+}
