@@ -72,6 +72,37 @@ fn test(args: &[String]) -> anyhow::Result<()> {
         Some(reason) => eprintln!("xtask: eBPF tests will be SKIPPED: {reason}"),
         None => eprintln!("xtask: running as root with BTF: eBPF tests load the real programs"),
     }
+    // Tests that skip write why here; libtest hides the output of passing tests.
+    let skip_log = util::root().join("target/test-skips.log");
+    let _ = std::fs::remove_file(&skip_log);
     // Default members only: the eBPF crate builds for the BPF target alone.
-    util::run(util::cargo().arg("test").args(args))
+    let mut cmd = util::cargo();
+    cmd.arg("test").args(args).env("TANGLE_SKIP_LOG", &skip_log).stdout(std::process::Stdio::piped());
+    let mut child = cmd.spawn()?;
+    let (mut passed, mut failed) = (0u64, 0u64);
+    let stdout = child.stdout.take().expect("piped");
+    for line in std::io::BufRead::lines(std::io::BufReader::new(stdout)) {
+        let line = line?;
+        println!("{line}");
+        if let Some(rest) = line.strip_prefix("test result: ") {
+            let count = |word: &str| {
+                rest.split(';')
+                    .find_map(|part| part.trim().strip_suffix(word)?.trim().rsplit(' ').next()?.parse::<u64>().ok())
+                    .unwrap_or(0)
+            };
+            passed += count("passed");
+            failed += count("failed");
+        }
+    }
+    let status = child.wait()?;
+    let skips = std::fs::read_to_string(&skip_log).unwrap_or_default();
+    for line in skips.lines() {
+        println!("SKIPPED {line}");
+    }
+    let skipped = skips.lines().count() as u64;
+    println!("tests: {} passed, {failed} failed, {skipped} skipped", passed.saturating_sub(skipped));
+    if !status.success() {
+        anyhow::bail!("cargo test failed ({status})");
+    }
+    Ok(())
 }

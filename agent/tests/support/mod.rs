@@ -35,6 +35,12 @@ pub fn skip(test: &str, reason: &str) {
         panic!("{test} cannot run in CI: {reason}");
     }
     eprintln!("SKIPPED {test}: {reason}");
+    if let Some(log) = std::env::var_os("TANGLE_SKIP_LOG") {
+        use std::io::Write as _;
+        if let Ok(mut f) = std::fs::OpenOptions::new().create(true).append(true).open(log) {
+            let _ = writeln!(f, "{test}: {reason}");
+        }
+    }
 }
 
 /// `Some(())` if the machine can load eBPF and has `tools`; else prints why.
