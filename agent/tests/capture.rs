@@ -11,11 +11,25 @@ use std::{
 };
 
 use support::*;
-use tangle_agent::probe::ProbeOptions;
+use tangle_agent::{conntrack::Connection, probe::ProbeOptions};
 use tangle_common::{AF_INET6, Direction, Role, Syscall};
 
 fn options(port: u16) -> ProbeOptions {
     ProbeOptions { port: Some(port), ..ProbeOptions::default() }
+}
+
+/// Runs `peer.py send` against `peer.py sink` on `port`; waits for both closes.
+/// Returns the sender's and the sink's connections.
+fn sink_transfer(cap: &mut Capture, port: u16, writer: &str, reader: &str, size: usize) -> (Connection, Connection) {
+    let sink = Proc::spawn_ready(python().args(["sink", "127.0.0.1", &port.to_string(), reader]), "listening");
+    let mut sender =
+        python().args(["send", "127.0.0.1", &port.to_string(), writer, &size.to_string()]).spawn().unwrap();
+    let sender_pid = sender.id();
+    assert!(sender.wait().unwrap().success());
+    assert!(cap.until_closes(2, Duration::from_secs(15)), "expected both closes");
+    let client = cap.conn_of(sender_pid, Role::Client).expect("sender's connection").clone();
+    let server = cap.conn_of(sink.pid(), Role::Server).expect("sink's connection").clone();
+    (client, server)
 }
 
 fn closed(cap: &Capture, conn_id: u64) -> bool {
@@ -50,10 +64,7 @@ fn curl_to_http_server_seen_from_both_processes() {
     assert!(curl.wait().unwrap().success());
 
     let server_pid = server.pid();
-    let ok = cap.until(Duration::from_secs(15), |ev| {
-        ev.iter().filter(|e| matches!(e, Owned::Close(..))).count() >= 2
-    });
-    assert!(ok, "expected both closes, got {:#?}", cap.events());
+    assert!(cap.until_closes(2, Duration::from_secs(15)), "expected both closes, got {:#?}", cap.events());
 
     let client = cap.conn_of(curl_pid, Role::Client).expect("curl's connection").clone();
     let served = cap.conn_of(server_pid, Role::Server).expect("the server's connection").clone();
@@ -143,10 +154,7 @@ fn ipv6_keepalive_connection_to_nginx() {
         .unwrap();
     let curl_pid = curl.id();
     assert!(curl.wait().unwrap().success());
-    let ok = cap.until(Duration::from_secs(15), |ev| {
-        ev.iter().filter(|e| matches!(e, Owned::Close(..))).count() >= 2
-    });
-    assert!(ok, "expected both closes, got {:#?}", cap.events());
+    assert!(cap.until_closes(2, Duration::from_secs(15)), "expected both closes, got {:#?}", cap.events());
 
     let clients: Vec<_> =
         cap.opens().into_iter().filter(|c| c.pid == curl_pid && c.role == Role::Client).collect();
@@ -197,20 +205,8 @@ fn transfer_larger_than_capture_reports_full_length() {
     const CAPTURE: u32 = 1024;
     let port = free_port();
     let mut cap = Capture::start(ProbeOptions { capture_size: CAPTURE, ..options(port) });
-    let sink = Proc::spawn_ready(python().args(["sink", "127.0.0.1", &port.to_string(), "recv"]), "listening");
-    let mut sender = python()
-        .args(["send", "127.0.0.1", &port.to_string(), "sendall", &SIZE.to_string()])
-        .spawn()
-        .unwrap();
-    let sender_pid = sender.id();
-    assert!(sender.wait().unwrap().success());
-    let ok = cap.until(Duration::from_secs(15), |ev| {
-        ev.iter().filter(|e| matches!(e, Owned::Close(..))).count() >= 2
-    });
-    assert!(ok, "expected both closes");
+    let (client, server) = sink_transfer(&mut cap, port, "sendall", "recv", SIZE);
     let expected = pattern(SIZE);
-
-    let client = cap.conn_of(sender_pid, Role::Client).expect("sender's connection").clone();
     let sent = cap.data(client.conn_id, Direction::Egress);
     assert_eq!(sent.iter().map(|(h, _)| h.total_len).sum::<u64>(), SIZE as u64);
     let (big, bytes) = sent.iter().max_by_key(|(h, _)| h.total_len).unwrap();
@@ -218,7 +214,6 @@ fn transfer_larger_than_capture_reports_full_length() {
     assert_eq!(big.captured_len, CAPTURE, "capture truncated to the capture size");
     assert_eq!(*bytes, &expected[..CAPTURE as usize]);
 
-    let server = cap.conn_of(sink.pid(), Role::Server).expect("sink's connection").clone();
     let mut offset = 0usize;
     for (h, bytes) in cap.data(server.conn_id, Direction::Ingress) {
         assert_eq!(h.captured_len as u64, h.total_len.min(CAPTURE as u64));
@@ -232,25 +227,14 @@ fn vectored(writer: &str, reader: &str, sent_by: Syscall, read_by: Syscall) {
     const SIZE: usize = 3000;
     let port = free_port();
     let mut cap = Capture::start(options(port));
-    let sink = Proc::spawn_ready(python().args(["sink", "127.0.0.1", &port.to_string(), reader]), "listening");
-    let mut sender =
-        python().args(["send", "127.0.0.1", &port.to_string(), writer, &SIZE.to_string()]).spawn().unwrap();
-    let sender_pid = sender.id();
-    assert!(sender.wait().unwrap().success());
-    let ok = cap.until(Duration::from_secs(15), |ev| {
-        ev.iter().filter(|e| matches!(e, Owned::Close(..))).count() >= 2
-    });
-    assert!(ok, "expected both closes");
+    let (client, server) = sink_transfer(&mut cap, port, writer, reader, SIZE);
     let expected = pattern(SIZE);
-
-    let client = cap.conn_of(sender_pid, Role::Client).expect("sender's connection").clone();
     let sent = cap.data(client.conn_id, Direction::Egress);
     assert_eq!(sent.len(), 1, "one {writer} call");
     assert_eq!(sent[0].0.syscall, sent_by as u8);
     assert_eq!(sent[0].0.total_len, SIZE as u64);
     assert_eq!(sent[0].1, expected.as_slice(), "all three iovecs captured, in order");
 
-    let server = cap.conn_of(sink.pid(), Role::Server).expect("sink's connection").clone();
     let read = cap.data(server.conn_id, Direction::Ingress);
     assert!(read.iter().all(|(h, _)| h.syscall == read_by as u8));
     assert_eq!(cap.stream(server.conn_id, Direction::Ingress), expected, "read back across two iovecs");
@@ -288,9 +272,7 @@ fn ten_thousand_short_connections_all_seen_and_maps_drain() {
         python().args(["ping-many", "127.0.0.1", &port.to_string(), &N.to_string()]).spawn().unwrap();
     let client_pid = client.id();
     // Read while the load runs so the ring buffer never fills.
-    let all = cap.until(Duration::from_secs(240), |ev| {
-        ev.iter().filter(|e| matches!(e, Owned::Close(..))).count() >= 2 * N
-    });
+    let all = cap.until_closes(2 * N, Duration::from_secs(240));
     assert!(client.wait().unwrap().success());
     let stats = cap.kernel_stats();
     assert_eq!(stats.events_lost, 0, "the ring buffer kept up");

@@ -137,6 +137,11 @@ impl Capture {
         })
     }
 
+    /// Reads until `n` connections have closed.
+    pub fn until_closes(&mut self, n: usize, timeout: Duration) -> bool {
+        self.until(timeout, |ev| ev.iter().filter(|e| matches!(e, Owned::Close(..))).count() >= n)
+    }
+
     /// Reads for `d` whatever comes.
     pub fn settle(&mut self, d: Duration) {
         self.until(d, |_| false);
