@@ -1,0 +1,91 @@
+//! Exchanges: the records parsers produce, separate from the parsers.
+
+use serde::Serialize;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Protocol {
+    Http1,
+    Redis,
+}
+
+/// How the call ended.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case", tag = "kind")]
+pub enum Status {
+    Ok { code: Option<String> },
+    Error { code: String },
+    /// No response was seen (fire-and-forget, or the connection ended first).
+    NoResponse,
+}
+
+/// Trace context carried by the request, for linking spans.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct TraceContext {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub traceparent: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub b3: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub request_id: Option<String>,
+}
+
+impl TraceContext {
+    pub fn is_empty(&self) -> bool {
+        self.traceparent.is_none() && self.b3.is_none() && self.request_id.is_none()
+    }
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct HttpFields {
+    pub method: String,
+    /// The path as sent, without the query string.
+    pub path: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub host: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub status: Option<u16>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub request_content_length: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub response_content_length: Option<u64>,
+    #[serde(skip_serializing_if = "TraceContext::is_empty")]
+    pub trace: TraceContext,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct RedisFields {
+    /// Upper-case command name, with the subcommand for container commands
+    /// (`CLIENT SETNAME`); arguments are never kept.
+    pub command: String,
+    pub args: u32,
+    /// `true` for a server push (pub/sub message) that answers no request.
+    pub push: bool,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case", tag = "protocol")]
+pub enum Fields {
+    Http(HttpFields),
+    Redis(RedisFields),
+}
+
+/// One request and its response on one connection.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Exchange {
+    pub protocol: Protocol,
+    /// The normalised name of what was asked: `GET /orders/{id}`, `redis GET`.
+    pub operation: String,
+    pub status: Status,
+    /// Request/response (true) or publish (false, ends a chain).
+    pub sync: bool,
+    /// Time of the transfer that carried the request's first byte.
+    pub start_ns: u64,
+    /// Time of the transfer that carried the response's last byte (or the request's, with no response).
+    pub end_ns: u64,
+    pub request_size: u64,
+    pub response_size: u64,
+    /// Some of the fields come from a capture that was cut short.
+    pub truncated: bool,
+    pub fields: Fields,
+}

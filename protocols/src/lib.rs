@@ -1,0 +1,138 @@
+//! Tangle's L7 parsers. Each turns the two byte streams of one TCP
+//! connection into **exchanges**: a request and its response, with the
+//! operation asked, the status, sizes and timings.
+//!
+//! One parser per protocol behind [`Parser`]; [`detect`] picks one from the
+//! first bytes (never from ports); [`Connection`] holds the pair for one
+//! connection. Parsers are incremental: a message may span many transfers,
+//! one transfer may hold many messages, and a transfer of which only the
+//! first bytes were captured (its full length is known) is skipped over
+//! where the protocol's framing allows.
+
+pub mod exchange;
+mod framing;
+pub mod http1;
+pub mod normalize;
+pub mod redis;
+
+pub use exchange::{Exchange, Fields, HttpFields, Protocol, RedisFields, Status, TraceContext};
+
+/// Which way bytes flow, relative to the call: client to server carries
+/// requests, server to client carries responses.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Side {
+    Request,
+    Response,
+}
+
+/// The bytes of one transfer (one syscall) on one side of a connection.
+#[derive(Clone, Copy, Debug)]
+pub struct Chunk<'a> {
+    pub side: Side,
+    /// When the transfer completed (ns, any monotonic clock).
+    pub ts_ns: u64,
+    /// The captured bytes: the first `bytes.len()` of `total_len`.
+    pub bytes: &'a [u8],
+    /// The transfer's full length (>= `bytes.len()`).
+    pub total_len: u64,
+}
+
+impl<'a> Chunk<'a> {
+    /// A chunk whose bytes were captured whole.
+    pub fn whole(side: Side, ts_ns: u64, bytes: &'a [u8]) -> Self {
+        Self { side, ts_ns, bytes, total_len: bytes.len() as u64 }
+    }
+
+    /// Bytes of the transfer that were not captured.
+    pub fn missing(&self) -> u64 {
+        self.total_len.saturating_sub(self.bytes.len() as u64)
+    }
+}
+
+/// Counters of what a parser could not make sense of. Never fatal.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct ParserStats {
+    /// Messages that did not parse; the parser skipped to a point it could resync.
+    pub parse_errors: u64,
+    /// Times bytes were lost where the framing needed them (capture truncated a header).
+    pub desyncs: u64,
+    /// Responses with no request to pair with.
+    pub unmatched_responses: u64,
+    /// Requests dropped because too many were waiting for responses.
+    pub dropped_requests: u64,
+}
+
+/// One protocol's parser for one connection.
+pub trait Parser: Send {
+    fn protocol(&self) -> Protocol;
+    /// Feeds one transfer; completed exchanges are pushed to `out`.
+    fn feed(&mut self, chunk: Chunk<'_>, out: &mut Vec<Exchange>);
+    /// The connection ended: requests still waiting are pushed without a response.
+    fn finish(&mut self, ts_ns: u64, out: &mut Vec<Exchange>);
+    fn stats(&self) -> ParserStats;
+}
+
+/// Picks the protocol from the first bytes seen on a connection, or None.
+pub fn detect(side: Side, first: &[u8]) -> Option<Protocol> {
+    if http1::looks_like(side, first) {
+        Some(Protocol::Http1)
+    } else if redis::looks_like(side, first) {
+        Some(Protocol::Redis)
+    } else {
+        None
+    }
+}
+
+/// A parser for `protocol`.
+pub fn parser_for(protocol: Protocol) -> Box<dyn Parser> {
+    match protocol {
+        Protocol::Http1 => Box::new(http1::Http1Parser::default()),
+        Protocol::Redis => Box::new(redis::RedisParser::default()),
+    }
+}
+
+/// The parsing state of one connection: detection, then its protocol's parser.
+#[derive(Default)]
+pub struct Connection {
+    parser: Option<Box<dyn Parser>>,
+    /// Chunks seen before the protocol was known (and not recognised).
+    pub undetected_chunks: u64,
+}
+
+impl Connection {
+    /// Transfers seen before detection gives up on a connection.
+    const DETECT_TRIES: u64 = 4;
+
+    pub fn protocol(&self) -> Option<Protocol> {
+        self.parser.as_ref().map(|p| p.protocol())
+    }
+
+    pub fn feed(&mut self, chunk: Chunk<'_>, out: &mut Vec<Exchange>) {
+        if self.parser.is_none() {
+            if self.undetected_chunks >= Self::DETECT_TRIES || chunk.bytes.is_empty() {
+                self.undetected_chunks += 1;
+                return;
+            }
+            match detect(chunk.side, chunk.bytes) {
+                Some(p) => self.parser = Some(parser_for(p)),
+                None => {
+                    self.undetected_chunks += 1;
+                    return;
+                }
+            }
+        }
+        if let Some(p) = self.parser.as_mut() {
+            p.feed(chunk, out);
+        }
+    }
+
+    pub fn finish(&mut self, ts_ns: u64, out: &mut Vec<Exchange>) {
+        if let Some(p) = self.parser.as_mut() {
+            p.finish(ts_ns, out);
+        }
+    }
+
+    pub fn stats(&self) -> ParserStats {
+        self.parser.as_ref().map(|p| p.stats()).unwrap_or_default()
+    }
+}
