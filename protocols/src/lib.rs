@@ -95,34 +95,59 @@ pub fn parser_for(protocol: Protocol) -> Box<dyn Parser> {
 #[derive(Default)]
 pub struct Connection {
     parser: Option<Box<dyn Parser>>,
-    /// Chunks seen before the protocol was known (and not recognised).
+    /// Transfers held while detection is undecided (the first may be a few bytes).
+    held: Vec<(Side, u64, Vec<u8>, u64)>,
+    /// Detection gave up: not a protocol we parse.
+    gave_up: bool,
+    /// Transfers seen while the protocol was unknown.
     pub undetected_chunks: u64,
 }
 
 impl Connection {
-    /// Transfers seen before detection gives up on a connection.
-    const DETECT_TRIES: u64 = 4;
+    /// Transfers held before detection gives up on a connection.
+    const DETECT_TRIES: usize = 8;
+    /// Bytes of one side enough to decide.
+    const DETECT_BYTES: usize = 16;
 
     pub fn protocol(&self) -> Option<Protocol> {
         self.parser.as_ref().map(|p| p.protocol())
     }
 
     pub fn feed(&mut self, chunk: Chunk<'_>, out: &mut Vec<Exchange>) {
-        if self.parser.is_none() {
-            if self.undetected_chunks >= Self::DETECT_TRIES || chunk.bytes.is_empty() {
-                self.undetected_chunks += 1;
-                return;
-            }
-            match detect(chunk.side, chunk.bytes) {
-                Some(p) => self.parser = Some(parser_for(p)),
-                None => {
-                    self.undetected_chunks += 1;
-                    return;
+        if let Some(p) = self.parser.as_mut() {
+            p.feed(chunk, out);
+            return;
+        }
+        if self.gave_up {
+            self.undetected_chunks += 1;
+            return;
+        }
+        self.held.push((chunk.side, chunk.ts_ns, chunk.bytes.to_vec(), chunk.total_len));
+        // Detect on the start of this side's stream, while it is captured whole.
+        let mut first = Vec::new();
+        for (side, _, bytes, total) in &self.held {
+            if *side == chunk.side {
+                first.extend_from_slice(bytes);
+                if bytes.len() as u64 != *total {
+                    break;
                 }
             }
         }
-        if let Some(p) = self.parser.as_mut() {
-            p.feed(chunk, out);
+        match detect(chunk.side, &first) {
+            Some(p) => {
+                let mut parser = parser_for(p);
+                for (side, ts_ns, bytes, total_len) in self.held.drain(..) {
+                    parser.feed(Chunk { side, ts_ns, bytes: &bytes, total_len }, out);
+                }
+                self.parser = Some(parser);
+            }
+            None if first.len() >= Self::DETECT_BYTES || self.held.len() >= Self::DETECT_TRIES => {
+                // Long enough and still unknown: not a protocol we parse.
+                self.undetected_chunks += self.held.len() as u64;
+                self.held = Vec::new();
+                self.gave_up = true;
+            }
+            None => {}
         }
     }
 

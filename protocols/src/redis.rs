@@ -1,20 +1,358 @@
-//! Placeholder until the Redis parser lands.
-use crate::{Chunk, Exchange, Parser, ParserStats, Protocol, Side};
+//! Redis (RESP2 and RESP3): commands paired with replies in order
+//! (pipelining and MULTI included), error replies with their code, pub/sub
+//! pushes, `PUBLISH` marked asynchronous. Only command names are kept: no
+//! keys, no values, so `AUTH` passwords never leave the parser.
 
-pub fn looks_like(_side: Side, _first: &[u8]) -> bool {
-    false
+use std::collections::VecDeque;
+
+use crate::{
+    Chunk, Exchange, Fields, Parser, ParserStats, Protocol, RedisFields, Side, Status,
+    framing::{Completed, Frame, MAX_HEAD, SideStream},
+};
+
+/// Commands whose first argument names what they do.
+const CONTAINER_COMMANDS: &[&str] =
+    &["CLIENT", "CONFIG", "CLUSTER", "OBJECT", "XINFO", "SCRIPT", "MEMORY", "COMMAND", "ACL", "FUNCTION", "XGROUP"];
+const SUBSCRIBE: &[&str] = &["SUBSCRIBE", "PSUBSCRIBE", "SSUBSCRIBE", "UNSUBSCRIBE", "PUNSUBSCRIBE", "SUNSUBSCRIBE"];
+const PUSH_KINDS: &[&str] = &["message", "pmessage", "smessage"];
+const MAX_PENDING: usize = 4096;
+/// Nesting a reply may have, at most.
+const MAX_ELEMENTS: u64 = 1 << 20;
+
+/// Whether `first` can begin a Redis request: a RESP array of bulk strings.
+pub fn looks_like(side: Side, first: &[u8]) -> bool {
+    side == Side::Request
+        && first.len() >= 4
+        && first[0] == b'*'
+        && first[1].is_ascii_digit()
+        && first.windows(3).take(12).any(|w| w == b"\r\n$")
+}
+
+/// What the scanner keeps of one RESP value.
+#[derive(Debug, Default)]
+struct Value {
+    /// The type byte of the top-level value.
+    kind: u8,
+    /// The top-level aggregate's element count.
+    count: u64,
+    /// The first two strings of a top-level aggregate (or the value's own line).
+    strings: Vec<String>,
+}
+
+fn line_end(b: &[u8], from: usize) -> Option<usize> {
+    b.get(from..)?.windows(2).position(|w| w == b"\r\n").map(|p| from + p)
+}
+
+fn number(b: &[u8]) -> Option<i64> {
+    std::str::from_utf8(b).ok()?.trim().parse().ok()
+}
+
+/// Finds the end of one complete RESP value at the front of `b`. A large bulk
+/// string that ends the value becomes the frame's body, so its bytes need not
+/// be captured.
+fn scan(b: &[u8]) -> Frame<Value> {
+    let mut v = Value::default();
+    let Some(&kind) = b.first() else { return Frame::Incomplete };
+    v.kind = kind;
+    if !b"+-:$*_,#!=(%~>|".contains(&kind) {
+        // An inline command: one line of words.
+        let Some(le) = line_end(b, 0) else {
+            return if b.len() > 4096 { Frame::Invalid } else { Frame::Incomplete };
+        };
+        let Ok(text) = std::str::from_utf8(&b[..le]) else { return Frame::Invalid };
+        let mut words = text.split_whitespace();
+        v.strings = words.by_ref().take(2).map(str::to_owned).collect();
+        v.count = v.strings.len() as u64 + words.count() as u64;
+        if v.strings.is_empty() || !v.strings[0].bytes().all(|c| c.is_ascii_alphabetic()) {
+            return Frame::Invalid;
+        }
+        v.kind = b'i';
+        return Frame::Message { head: le + 2, body: 0, msg: v };
+    }
+    let mut pos = 0usize;
+    let mut remaining: u64 = 1;
+    let mut top = true;
+    while remaining > 0 {
+        let Some(&t) = b.get(pos) else { return Frame::Incomplete };
+        let Some(le) = line_end(b, pos + 1) else {
+            return if b.len() - pos > MAX_HEAD { Frame::Invalid } else { Frame::Incomplete };
+        };
+        let line = &b[pos + 1..le];
+        remaining -= 1;
+        let mut next = le + 2;
+        match t {
+            b'+' | b'-' | b':' | b',' | b'#' | b'_' | b'(' => {
+                if (top || v.strings.len() < 2 && v.count > 0) && t != b'_' {
+                    v.strings.push(String::from_utf8_lossy(line).into_owned());
+                }
+            }
+            b'$' | b'!' | b'=' => {
+                let Some(len) = number(line) else { return Frame::Invalid };
+                if len >= 0 {
+                    let len = len as u64;
+                    let end = (next as u64).saturating_add(len).saturating_add(2);
+                    if end > b.len() as u64 {
+                        if remaining == 0 {
+                            return Frame::Message { head: next, body: len + 2, msg: v };
+                        }
+                        return if b.len() > MAX_HEAD { Frame::Invalid } else { Frame::Incomplete };
+                    }
+                    if top || v.strings.len() < 2 {
+                        let s = &b[next..next + len as usize];
+                        v.strings.push(String::from_utf8_lossy(&s[..s.len().min(64)]).into_owned());
+                    }
+                    next = end as usize;
+                }
+            }
+            b'*' | b'~' | b'>' | b'%' | b'|' => {
+                let Some(n) = number(line) else { return Frame::Invalid };
+                let n = n.max(0) as u64;
+                let elems = if t == b'%' || t == b'|' { n * 2 } else { n };
+                if elems > MAX_ELEMENTS {
+                    return Frame::Invalid;
+                }
+                if top {
+                    v.count = n;
+                }
+                // An attribute annotates the value that follows it.
+                remaining += elems + u64::from(t == b'|');
+            }
+            _ => return Frame::Invalid,
+        }
+        top = false;
+        pos = next;
+    }
+    Frame::Message { head: pos, body: 0, msg: v }
+}
+
+struct Request {
+    command: String,
+    args: u32,
+    /// Replies still expected (a SUBSCRIBE to k channels gets k).
+    replies: u64,
+    start_ns: u64,
+    end_ns: u64,
+    size: u64,
+    truncated: bool,
 }
 
 #[derive(Default)]
-pub struct RedisParser;
+pub struct RedisParser {
+    requests: SideStream<Value>,
+    responses: SideStream<Value>,
+    pending: VecDeque<Request>,
+    /// A reply being built for a multi-reply request: (size, truncated, error).
+    partial: Option<(u64, bool, Option<String>)>,
+    stats: ParserStats,
+}
+
+fn command_of(v: &Value) -> (String, u32) {
+    let mut command = v.strings.first().map(|s| s.to_ascii_uppercase()).unwrap_or_default();
+    if CONTAINER_COMMANDS.contains(&command.as_str())
+        && let Some(sub) = v.strings.get(1)
+    {
+        command = format!("{command} {}", sub.to_ascii_uppercase());
+    }
+    (command, v.count.saturating_sub(1) as u32)
+}
+
+impl RedisParser {
+    fn request(&mut self, c: Completed<Value>) {
+        let (command, args) = command_of(&c.msg);
+        let first = command.split(' ').next().unwrap_or_default();
+        let replies = if SUBSCRIBE.contains(&first) { u64::from(args).max(1) } else { 1 };
+        if self.pending.len() >= MAX_PENDING {
+            self.pending.pop_front();
+            self.stats.dropped_requests += 1;
+        }
+        self.pending.push_back(Request {
+            command,
+            args,
+            replies,
+            start_ns: c.start_ns,
+            end_ns: c.end_ns,
+            size: c.size,
+            truncated: c.truncated,
+        });
+    }
+
+    fn response(&mut self, c: Completed<Value>, out: &mut Vec<Exchange>) {
+        let v = &c.msg;
+        let first = v.strings.first().map(String::as_str).unwrap_or_default();
+        // A (un)subscribe confirmation answers the (UN)SUBSCRIBE waiting for it,
+        // even when RESP3 sends it as a push.
+        let confirms = SUBSCRIBE.iter().any(|s| s.eq_ignore_ascii_case(first))
+            && self.pending.front().is_some_and(|r| SUBSCRIBE.iter().any(|s| r.command == *s));
+        let is_push = !confirms && (v.kind == b'>' || (v.kind == b'*' && PUSH_KINDS.contains(&first) && v.count >= 3));
+        if is_push {
+            let kind = first.to_owned();
+            out.push(Exchange {
+                protocol: Protocol::Redis,
+                operation: format!("redis PUSH {kind}"),
+                status: Status::Ok { code: None },
+                sync: false,
+                start_ns: c.start_ns,
+                end_ns: c.end_ns,
+                request_size: 0,
+                response_size: c.size,
+                truncated: c.truncated,
+                fields: Fields::Redis(RedisFields { command: kind, args: 0, push: true }),
+            });
+            return;
+        }
+        let error = matches!(v.kind, b'-' | b'!').then(|| {
+            first.split_whitespace().next().unwrap_or("ERR").to_owned()
+        });
+        let Some(front) = self.pending.front_mut() else {
+            self.stats.unmatched_responses += 1;
+            return;
+        };
+        let partial = self.partial.get_or_insert((0, false, None));
+        partial.0 += c.size;
+        partial.1 |= c.truncated;
+        if partial.2.is_none() {
+            partial.2 = error;
+        }
+        front.replies = front.replies.saturating_sub(1);
+        if front.replies > 0 {
+            return;
+        }
+        let (size, truncated, error) = self.partial.take().unwrap_or_default();
+        let Some(req) = self.pending.pop_front() else { return };
+        out.push(Self::exchange(req, Some((c.end_ns, size, truncated, error))));
+    }
+
+    fn exchange(req: Request, reply: Option<(u64, u64, bool, Option<String>)>) -> Exchange {
+        let sync = !matches!(req.command.as_str(), "PUBLISH" | "SPUBLISH");
+        let (status, end_ns, response_size, resp_truncated) = match reply {
+            Some((end, size, truncated, error)) => (
+                match error {
+                    Some(code) => Status::Error { code },
+                    None => Status::Ok { code: None },
+                },
+                end,
+                size,
+                truncated,
+            ),
+            None => (Status::NoResponse, req.end_ns, 0, false),
+        };
+        Exchange {
+            protocol: Protocol::Redis,
+            operation: format!("redis {}", req.command),
+            status,
+            sync,
+            start_ns: req.start_ns,
+            end_ns,
+            request_size: req.size,
+            response_size,
+            truncated: req.truncated || resp_truncated,
+            fields: Fields::Redis(RedisFields { command: req.command, args: req.args, push: false }),
+        }
+    }
+}
 
 impl Parser for RedisParser {
     fn protocol(&self) -> Protocol {
         Protocol::Redis
     }
-    fn feed(&mut self, _chunk: Chunk<'_>, _out: &mut Vec<Exchange>) {}
-    fn finish(&mut self, _ts_ns: u64, _out: &mut Vec<Exchange>) {}
+
+    fn feed(&mut self, chunk: Chunk<'_>, out: &mut Vec<Exchange>) {
+        let mut done = Vec::new();
+        match chunk.side {
+            Side::Request => {
+                self.requests.feed(chunk, scan, |b| looks_like(Side::Request, b), |c| done.push(c));
+                for c in done {
+                    self.request(c);
+                }
+            }
+            Side::Response => {
+                self.responses.feed(chunk, scan, |b| b.first().is_some_and(|c| b"+-:$*_,#!=(%~>|".contains(c)), |c| {
+                    done.push(c)
+                });
+                for c in done {
+                    self.response(c, out);
+                }
+            }
+        }
+    }
+
+    fn finish(&mut self, ts_ns: u64, out: &mut Vec<Exchange>) {
+        let mut done = Vec::new();
+        self.responses.finish(ts_ns, |c| done.push(c));
+        for c in done {
+            self.response(c, out);
+        }
+        while let Some(req) = self.pending.pop_front() {
+            out.push(Self::exchange(req, None));
+        }
+    }
+
     fn stats(&self) -> ParserStats {
-        ParserStats::default()
+        let (a, b) = (self.requests.stats, self.responses.stats);
+        ParserStats {
+            parse_errors: a.parse_errors + b.parse_errors,
+            desyncs: a.desyncs + b.desyncs,
+            unmatched_responses: self.stats.unmatched_responses,
+            dropped_requests: self.stats.dropped_requests,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn run(chunks: &[(Side, &[u8])]) -> (Vec<Exchange>, ParserStats) {
+        let mut p = RedisParser::default();
+        let mut out = Vec::new();
+        for (i, (side, bytes)) in chunks.iter().enumerate() {
+            p.feed(Chunk::whole(*side, i as u64, bytes), &mut out);
+        }
+        p.finish(99, &mut out);
+        (out, p.stats())
+    }
+
+    #[test]
+    fn pipeline_errors_and_secrets() {
+        let (ex, stats) = run(&[
+            (Side::Request, b"*2\r\n$4\r\nAUTH\r\n$6\r\ns3cret\r\n*3\r\n$3\r\nset\r\n$1\r\nk\r\n$1\r\nv\r\n*2\r\n$4\r\nINCR\r\n$1\r\nk\r\n"),
+            (Side::Response, b"+OK\r\n+OK\r\n-ERR value is not an integer or out of range\r\n"),
+        ]);
+        assert_eq!(stats, ParserStats::default());
+        let ops: Vec<_> = ex.iter().map(|e| e.operation.as_str()).collect();
+        assert_eq!(ops, ["redis AUTH", "redis SET", "redis INCR"]);
+        assert_eq!(ex[2].status, Status::Error { code: "ERR".into() });
+        assert!(!format!("{ex:?}").contains("s3cret"));
+    }
+
+    #[test]
+    fn resp3_aggregates_and_pushes() {
+        let (ex, stats) = run(&[
+            (Side::Request, b"*2\r\n$5\r\nHELLO\r\n$1\r\n3\r\n*2\r\n$9\r\nSUBSCRIBE\r\n$2\r\nch\r\n"),
+            (Side::Response, b"%2\r\n$6\r\nserver\r\n$5\r\nredis\r\n$5\r\nproto\r\n:3\r\n"),
+            (Side::Response, b">3\r\n$9\r\nsubscribe\r\n$2\r\nch\r\n:1\r\n"),
+            (Side::Response, b">3\r\n$7\r\nmessage\r\n$2\r\nch\r\n$2\r\nhi\r\n"),
+        ]);
+        assert_eq!(stats, ParserStats::default());
+        let ops: Vec<_> = ex.iter().map(|e| e.operation.as_str()).collect();
+        assert_eq!(ops, ["redis HELLO", "redis SUBSCRIBE", "redis PUSH message"]);
+        assert!(ex[1].sync && !ex[2].sync);
+    }
+
+    #[test]
+    fn large_value_body_need_not_be_captured() {
+        let mut p = RedisParser::default();
+        let mut out = Vec::new();
+        let head = b"*3\r\n$3\r\nSET\r\n$1\r\nk\r\n$100000\r\n";
+        let mut first = head.to_vec();
+        first.extend_from_slice(&[b'x'; 100]);
+        let total = head.len() as u64 + 100_002;
+        p.feed(Chunk { side: Side::Request, ts_ns: 1, bytes: &first, total_len: total }, &mut out);
+        p.feed(Chunk::whole(Side::Response, 2, b"+OK\r\n"), &mut out);
+        assert_eq!(out.len(), 1);
+        assert_eq!(out[0].operation, "redis SET");
+        assert_eq!(out[0].request_size, total);
+        assert!(out[0].truncated);
+        assert_eq!(p.stats(), ParserStats::default());
     }
 }

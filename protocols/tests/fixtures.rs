@@ -1,0 +1,248 @@
+//! The parsers on traffic recorded from real servers and clients
+//! (`tests/fixtures/record.sh`): golden outputs, both ends agreeing, no
+//! secret surviving, and the same exchanges however the bytes are split.
+
+use std::path::{Path, PathBuf};
+
+use base64::Engine as _;
+use proptest::prelude::*;
+use tangle_protocols::{Chunk, Connection, Exchange, Side};
+
+struct Transfer {
+    side: Side,
+    ts_ns: u64,
+    bytes: Vec<u8>,
+    total_len: u64,
+}
+
+struct Conn {
+    role: String,
+    process: String,
+    local: String,
+    remote: String,
+    transfers: Vec<Transfer>,
+    close_ns: u64,
+}
+
+fn fixtures() -> Vec<PathBuf> {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
+    let mut out = Vec::new();
+    for proto in std::fs::read_dir(&dir).unwrap() {
+        let proto = proto.unwrap().path();
+        if !proto.is_dir() {
+            continue;
+        }
+        for f in std::fs::read_dir(&proto).unwrap() {
+            let f = f.unwrap().path();
+            if f.extension().is_some_and(|e| e == "jsonl") {
+                out.push(f);
+            }
+        }
+    }
+    out.sort();
+    assert!(!out.is_empty(), "no fixtures in {}", dir.display());
+    out
+}
+
+/// Connections of a capture, in the order they opened.
+fn load(path: &Path) -> Vec<Conn> {
+    let text = std::fs::read_to_string(path).unwrap();
+    let mut conns: Vec<(u64, Conn)> = Vec::new();
+    for line in text.lines() {
+        let v: serde_json::Value = serde_json::from_str(line).unwrap();
+        let id = v["conn_id"].as_u64().unwrap_or(0);
+        match v["type"].as_str() {
+            Some("open") => conns.push((
+                id,
+                Conn {
+                    role: v["role"].as_str().unwrap().to_owned(),
+                    process: v["process"].as_str().unwrap().to_owned(),
+                    local: v["local"].as_str().unwrap().to_owned(),
+                    remote: v["remote"].as_str().unwrap().to_owned(),
+                    transfers: Vec::new(),
+                    close_ns: 0,
+                },
+            )),
+            Some("data") => {
+                let Some((_, c)) = conns.iter_mut().find(|(i, _)| *i == id) else { continue };
+                let egress = v["direction"] == "egress";
+                let side = if egress == (c.role == "client") { Side::Request } else { Side::Response };
+                c.transfers.push(Transfer {
+                    side,
+                    ts_ns: v["ts_ns"].as_u64().unwrap(),
+                    bytes: base64::engine::general_purpose::STANDARD.decode(v["data"].as_str().unwrap()).unwrap(),
+                    total_len: v["len"].as_u64().unwrap(),
+                });
+            }
+            Some("close") => {
+                if let Some((_, c)) = conns.iter_mut().find(|(i, _)| *i == id) {
+                    c.close_ns = v["ts_ns"].as_u64().unwrap();
+                }
+            }
+            _ => {}
+        }
+    }
+    let mut conns: Vec<Conn> = conns.into_iter().map(|(_, c)| c).collect();
+    for c in &mut conns {
+        c.transfers.sort_by_key(|t| t.ts_ns);
+    }
+    conns
+}
+
+fn parse(transfers: &[Transfer], close_ns: u64) -> (Vec<Exchange>, Connection) {
+    let mut conn = Connection::default();
+    let mut out = Vec::new();
+    for t in transfers {
+        conn.feed(Chunk { side: t.side, ts_ns: t.ts_ns, bytes: &t.bytes, total_len: t.total_len }, &mut out);
+    }
+    conn.finish(close_ns, &mut out);
+    (out, conn)
+}
+
+/// What must not change with how the bytes were split: no timestamps.
+fn essence(ex: &[Exchange]) -> Vec<(String, String, u64, u64, bool)> {
+    ex.iter()
+        .map(|e| (e.operation.clone(), format!("{:?}", e.status), e.request_size, e.response_size, e.sync))
+        .collect()
+}
+
+#[test]
+fn golden_outputs() {
+    let update = std::env::var_os("UPDATE_GOLDEN").is_some();
+    for path in fixtures() {
+        let conns = load(&path);
+        let base = conns.iter().flat_map(|c| c.transfers.first()).map(|t| t.ts_ns).min().unwrap_or(0);
+        let mut report = Vec::new();
+        for c in &conns {
+            let (ex, conn) = parse(&c.transfers, c.close_ns);
+            let stats = conn.stats();
+            assert_eq!(stats.parse_errors + stats.desyncs, 0, "{}: {} {}: {stats:?}", path.display(), c.role, c.process);
+            let mut ex = serde_json::to_value(&ex).unwrap();
+            for e in ex.as_array_mut().unwrap() {
+                for k in ["start_ns", "end_ns"] {
+                    e[k] = (e[k].as_u64().unwrap() - base).into();
+                }
+            }
+            report.push(serde_json::json!({
+                "role": c.role, "process": c.process,
+                "protocol": conn.protocol(), "exchanges": ex, "stats": stats,
+            }));
+        }
+        let text = serde_json::to_string_pretty(&report).unwrap() + "\n";
+        for secret in ["fixture-secret", "fixture-password"] {
+            assert!(!text.contains(secret), "{} leaks `{secret}`", path.display());
+        }
+        let golden = path.with_extension("golden.json");
+        if update || !golden.exists() {
+            std::fs::write(&golden, &text).unwrap();
+            eprintln!("wrote {}", golden.display());
+        } else {
+            let want = std::fs::read_to_string(&golden).unwrap();
+            assert!(want == text, "{} differs from {}; UPDATE_GOLDEN=1 to accept", path.display(), golden.display());
+        }
+    }
+}
+
+/// The client's and the server's captures of each connection are parsed
+/// separately: they must find the same exchanges.
+#[test]
+fn both_ends_agree() {
+    for path in fixtures() {
+        let conns = load(&path);
+        let mut pairs = 0;
+        // A client that closed before sending anything has nothing to compare.
+        for client in conns.iter().filter(|c| c.role == "client" && !c.transfers.is_empty()) {
+            let Some(server) = conns.iter().find(|s| s.role == "server" && s.local == client.remote && s.remote == client.local)
+            else {
+                continue;
+            };
+            let (a, _) = parse(&client.transfers, client.close_ns);
+            let (b, _) = parse(&server.transfers, server.close_ns);
+            assert!(!a.is_empty(), "{}: no exchange on {}", path.display(), client.local);
+            let ops = |e: &[Exchange]| e.iter().map(|e| (e.operation.clone(), format!("{:?}", e.status))).collect::<Vec<_>>();
+            assert_eq!(ops(&a), ops(&b), "{}: {} vs {}", path.display(), client.process, server.process);
+            pairs += 1;
+        }
+        assert!(pairs > 0, "{}: no connection seen from both ends", path.display());
+    }
+}
+
+/// Every side's stream, as one run of bytes per side, for transfers that
+/// were captured whole.
+fn whole_transfers() -> Vec<(String, Vec<Transfer>, u64)> {
+    let mut out = Vec::new();
+    for path in fixtures() {
+        for c in load(&path) {
+            if c.transfers.iter().all(|t| t.bytes.len() as u64 == t.total_len) && !c.transfers.is_empty() {
+                out.push((format!("{} {}", path.display(), c.process), c.transfers, c.close_ns));
+            }
+        }
+    }
+    out
+}
+
+/// Re-cuts each run of same-side transfers at the given fractions.
+fn resplit(transfers: &[Transfer], cuts: &[u16]) -> Vec<Transfer> {
+    let mut out = Vec::new();
+    let mut i = 0;
+    let mut k = 0;
+    while i < transfers.len() {
+        let side = transfers[i].side;
+        let mut run = Vec::new();
+        let mut ts = transfers[i].ts_ns;
+        while i < transfers.len() && transfers[i].side == side {
+            run.extend_from_slice(&transfers[i].bytes);
+            ts = transfers[i].ts_ns;
+            i += 1;
+        }
+        let mut at = 0;
+        while at < run.len() {
+            let frac = cuts[k % cuts.len()] as usize;
+            k += 1;
+            let n = (1 + frac * (run.len() - at) / 1000).min(run.len() - at);
+            out.push(Transfer { side, ts_ns: ts, bytes: run[at..at + n].to_vec(), total_len: n as u64 });
+            at += n;
+        }
+    }
+    out
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 64, ..ProptestConfig::default() })]
+
+    /// Any split of the recorded streams gives the same exchanges.
+    #[test]
+    fn any_split_gives_the_same_exchanges(cuts in proptest::collection::vec(0u16..1000, 1..40)) {
+        for (name, transfers, close) in whole_transfers() {
+            let (want, _) = parse(&transfers, close);
+            let (got, conn) = parse(&resplit(&transfers, &cuts), close);
+            prop_assert_eq!(essence(&got), essence(&want), "{}", name);
+            prop_assert_eq!(conn.stats().parse_errors, 0);
+        }
+    }
+
+    /// Cutting captures short (as the kernel does past the capture size)
+    /// never invents an exchange: what comes out is among the original
+    /// exchanges (some may be lost where a cut hides a message head).
+    #[test]
+    fn truncation_never_invents_exchanges(keep in proptest::collection::vec(1usize..600, 1..20)) {
+        for (name, transfers, close) in whole_transfers() {
+            let (want, _) = parse(&transfers, close);
+            let cut: Vec<Transfer> = transfers
+                .iter()
+                .enumerate()
+                .map(|(i, t)| {
+                    let n = keep[i % keep.len()].min(t.bytes.len());
+                    Transfer { side: t.side, ts_ns: t.ts_ns, bytes: t.bytes[..n].to_vec(), total_len: t.total_len }
+                })
+                .collect();
+            let (got, _) = parse(&cut, close);
+            let mut left: Vec<_> = want.iter().map(|e| e.operation.clone()).collect();
+            for e in &got {
+                let found = left.iter().position(|op| *op == e.operation);
+                prop_assert!(found.is_some(), "{}: invented {:?}", name, e.operation);
+                left.remove(found.unwrap_or(0));
+            }
+        }
+    }
+}
