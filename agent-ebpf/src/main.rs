@@ -17,7 +17,7 @@ use aya_ebpf::{
         bpf_probe_read_user, generated,
     },
     macros::{map, tracepoint},
-    maps::{Array, HashMap, PerCpuArray, RingBuf},
+    maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
     programs::TracePointContext,
 };
 use tangle_common::{
@@ -37,6 +37,19 @@ static CONNS: HashMap<ConnKey, ConnInfo> = HashMap::with_max_entries(65536, 0);
 /// `struct sock *` of each tracked connection, to notice `TCP_CLOSE`.
 #[map]
 static SOCKS: HashMap<u64, SockOwner> = HashMap::with_max_entries(65536, 0);
+
+/// Processes forked while the agent runs: child tgid -> parent tgid. A
+/// child's first transfer on an fd its parent tracked adopts the connection
+/// (PostgreSQL and other pre-fork servers accept in one process and serve
+/// in another).
+#[map]
+static FORKED: LruHashMap<u32, u32> = LruHashMap::with_max_entries(16384, 0);
+
+/// Connections closed by one process whose socket may live on in a forked
+/// child (the parent closes its copy first), by `struct sock *`. Dropped
+/// when the kernel closes the socket.
+#[map]
+static INHERITABLE: LruHashMap<u64, ConnInfo> = LruHashMap::with_max_entries(16384, 0);
 
 /// Data syscalls between their enter and exit, by pid_tgid.
 #[map]
@@ -240,6 +253,8 @@ fn track(fd: u32, role: Role) {
         count(Stat::ConnTableFull);
         return;
     }
+    // A reused `struct sock` address: what a closed socket left is stale.
+    let _ = INHERITABLE.remove(&sk);
     let owner = SockOwner { key, conn_id: info.conn_id };
     if SOCKS.insert(&sk, &owner, 0).is_err() {
         count(Stat::ConnTableFull);
@@ -305,8 +320,59 @@ fn close_conn(key: &ConnKey, info: *const ConnInfo, reason: CloseReason) {
     // SAFETY: no arguments.
     let now = unsafe { bpf_ktime_get_ns() };
     emit_conn(EventKind::ConnClose, key, info, reason as u8, now);
-    let _ = SOCKS.remove(&info.sock);
+    if reason == CloseReason::Syscall {
+        let _ = INHERITABLE.insert(&info.sock, info, 0);
+    }
+    // The socket may have passed to a forked child: only drop our own claim.
+    if let Some(owner) = SOCKS.get_ptr(&info.sock)
+        // SAFETY: a valid map value pointer.
+        && unsafe { (*owner).conn_id } == info.conn_id
+    {
+        let _ = SOCKS.remove(&info.sock);
+    }
     let _ = CONNS.remove(key);
+}
+
+/// The child side of `sched_process_fork`: remember who the parent is.
+#[tracepoint]
+pub fn process_fork(ctx: TracePointContext) -> u32 {
+    // Record: parent_pid at 12, child_pid at 20 (threads too; harmless).
+    let Some(child) = arg::<i32>(&ctx, 20) else { return 0 };
+    let parent = (bpf_get_current_pid_tgid() >> 32) as u32;
+    let _ = FORKED.insert(&(child as u32), &parent, 0);
+    0
+}
+
+/// A forked child uses an fd its parent tracked: the same socket, now also
+/// this process's connection. Returns whether it was adopted.
+#[inline(always)]
+fn adopt(key: &ConnKey) -> bool {
+    // SAFETY: a valid map value pointer, copied at once.
+    let Some(parent) = FORKED.get_ptr(&key.tgid).map(|p| unsafe { *p }) else { return false };
+    let Some(cfg) = config() else { return false };
+    let Some(sk) = sock_of_fd(key.fd, &cfg.offsets) else { return false };
+    let parent_key = ConnKey { tgid: parent, fd: key.fd };
+    let pinfo = match CONNS.get_ptr(&parent_key) {
+        // SAFETY: a valid map value pointer, copied at once.
+        Some(p) if unsafe { (*p).sock } == sk => unsafe { *p },
+        // The parent already closed its copy.
+        _ => match INHERITABLE.get_ptr(&sk) {
+            // SAFETY: as above.
+            Some(p) => unsafe { *p },
+            None => return false,
+        },
+    };
+    // SAFETY: no arguments.
+    let now = unsafe { bpf_ktime_get_ns() };
+    let info = ConnInfo { conn_id: next_conn_id(), opened_ns: now, bytes_sent: 0, bytes_recv: 0, ..pinfo };
+    if CONNS.insert(key, &info, 0).is_err() {
+        count(Stat::ConnTableFull);
+        return false;
+    }
+    let owner = SockOwner { key: *key, conn_id: info.conn_id };
+    let _ = SOCKS.insert(&info.sock, &owner, 0);
+    emit_conn(EventKind::ConnOpen, key, &info, 0, now);
+    true
 }
 
 #[tracepoint]
@@ -363,6 +429,7 @@ pub fn sock_set_state(ctx: TracePointContext) -> u32 {
         return 0;
     }
     let Some(sk) = arg::<u64>(&ctx, 8) else { return 0 };
+    let _ = INHERITABLE.remove(&sk);
     let Some(owner) = SOCKS.get_ptr(&sk) else { return 0 };
     // SAFETY: a valid map value pointer; copied out at once.
     let owner = unsafe { *owner };
@@ -384,7 +451,7 @@ fn io_enter(ctx: &TracePointContext, syscall: Syscall, direction: Direction) {
     let id = bpf_get_current_pid_tgid();
     let Some(fd) = arg::<u64>(ctx, ARG0) else { return };
     let key = ConnKey { tgid: (id >> 32) as u32, fd: fd as u32 };
-    if CONNS.get_ptr(&key).is_none() {
+    if CONNS.get_ptr(&key).is_none() && !adopt(&key) {
         return;
     }
     let Some(mut ptr) = arg::<u64>(ctx, ARG1) else { return };

@@ -30,6 +30,7 @@ const ATTACHMENTS: &[(&str, &str, &str)] = &[
     ("accept_exit", "syscalls", "sys_exit_accept4"),
     ("close_enter", "syscalls", "sys_enter_close"),
     ("sock_set_state", "sock", "inet_sock_set_state"),
+    ("process_fork", "sched", "sched_process_fork"),
     ("read_enter", "syscalls", "sys_enter_read"),
     ("read_exit", "syscalls", "sys_exit_read"),
     ("write_enter", "syscalls", "sys_enter_write"),

@@ -360,3 +360,33 @@ fn full_ring_buffer_counts_lost_events() {
     assert_eq!(received, stats.data_events + stats.conn_events, "delivered = counted as sent");
     assert_eq!(received + stats.events_lost, 8 * N as u64, "every event delivered or counted lost");
 }
+
+/// Pre-fork servers (PostgreSQL, Apache) accept in one process and serve
+/// the connection in a forked child: the child's transfers are captured, as
+/// the child's own connection.
+#[test]
+fn forked_child_serving_an_accepted_connection() {
+    let name = "forked_child_serving_an_accepted_connection";
+    if require(name, &["python3"]).is_none() {
+        return;
+    }
+    let port = free_port();
+    let mut cap = Capture::start(options(port));
+    let server = Proc::spawn_ready(python().args(["fork-serve", "127.0.0.1", &port.to_string()]), "listening");
+    let ok = python().args(["ping-many", "127.0.0.1", &port.to_string(), "1"]).status().unwrap();
+    assert!(ok.success());
+    assert!(cap.until_closes(3, Duration::from_secs(15)), "client, parent and child closes: {:#?}", cap.events());
+    let parent = cap.conn_of(server.pid(), Role::Server).expect("the accepting process's connection").clone();
+    let child = cap
+        .opens()
+        .into_iter()
+        .find(|c| c.role == Role::Server && c.pid != server.pid())
+        .expect("the forked child's connection")
+        .clone();
+    assert_eq!((child.local, child.remote), (parent.local, parent.remote), "the same socket");
+    assert_ne!(child.conn_id, parent.conn_id);
+    assert_eq!(cap.stream(child.conn_id, Direction::Ingress), b"ping");
+    assert_eq!(cap.stream(child.conn_id, Direction::Egress), b"pong");
+    assert!(cap.stream(parent.conn_id, Direction::Ingress).is_empty());
+    assert!(closed(&cap, child.conn_id) && closed(&cap, parent.conn_id));
+}

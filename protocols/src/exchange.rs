@@ -7,6 +7,7 @@ use serde::Serialize;
 pub enum Protocol {
     Http1,
     Redis,
+    Postgres,
 }
 
 /// How the call ended.
@@ -63,11 +64,35 @@ pub struct RedisFields {
     pub push: bool,
 }
 
+/// A database call: the connection's identity and the statement, literals masked.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct SqlFields {
+    /// `db.system.name`: `postgresql`, `mysql`.
+    pub system: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub database: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub user: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub application: Option<String>,
+    /// The statement with literals replaced by `?`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub statement: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub kind: Option<crate::sql::StatementKind>,
+    /// Tables touched, qualified with the database.
+    pub tables: Vec<String>,
+    /// The server's command tag (`INSERT 0 1`, `SELECT 5`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub command_tag: Option<String>,
+}
+
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case", tag = "protocol")]
 pub enum Fields {
     Http(HttpFields),
     Redis(RedisFields),
+    Sql(SqlFields),
 }
 
 /// One request and its response on one connection.

@@ -13,9 +13,11 @@ pub mod exchange;
 mod framing;
 pub mod http1;
 pub mod normalize;
+pub mod postgres;
 pub mod redis;
+pub mod sql;
 
-pub use exchange::{Exchange, Fields, HttpFields, Protocol, RedisFields, Status, TraceContext};
+pub use exchange::{Exchange, Fields, HttpFields, Protocol, RedisFields, SqlFields, Status, TraceContext};
 
 /// Which way bytes flow, relative to the call: client to server carries
 /// requests, server to client carries responses.
@@ -78,6 +80,8 @@ pub fn detect(side: Side, first: &[u8]) -> Option<Protocol> {
         Some(Protocol::Http1)
     } else if redis::looks_like(side, first) {
         Some(Protocol::Redis)
+    } else if postgres::looks_like(side, first) {
+        Some(Protocol::Postgres)
     } else {
         None
     }
@@ -88,6 +92,7 @@ pub fn parser_for(protocol: Protocol) -> Box<dyn Parser> {
     match protocol {
         Protocol::Http1 => Box::new(http1::Http1Parser::default()),
         Protocol::Redis => Box::new(redis::RedisParser::default()),
+        Protocol::Postgres => Box::new(postgres::PostgresParser::default()),
     }
 }
 

@@ -152,8 +152,11 @@ fn both_ends_agree() {
         let mut pairs = 0;
         // A client that closed before sending anything has nothing to compare.
         for client in conns.iter().filter(|c| c.role == "client" && !c.transfers.is_empty()) {
-            let Some(server) = conns.iter().find(|s| s.role == "server" && s.local == client.remote && s.remote == client.local)
-            else {
+            // A pre-fork server (PostgreSQL) shows the accepting process's
+            // copy, with no transfers, and the serving child's.
+            let Some(server) = conns.iter().find(|s| {
+                s.role == "server" && s.local == client.remote && s.remote == client.local && !s.transfers.is_empty()
+            }) else {
                 continue;
             };
             let (a, _) = parse(&client.transfers, client.close_ns);
@@ -222,8 +225,8 @@ proptest! {
     }
 
     /// Cutting captures short (as the kernel does past the capture size)
-    /// never invents an exchange: what comes out is among the original
-    /// exchanges (some may be lost where a cut hides a message head).
+    /// never invents an exchange: each one not marked truncated is among the
+    /// original exchanges (some may be lost where a cut hides a message head).
     #[test]
     fn truncation_never_invents_exchanges(keep in proptest::collection::vec(1usize..600, 1..20)) {
         for (name, transfers, close) in whole_transfers() {
@@ -238,7 +241,8 @@ proptest! {
                 .collect();
             let (got, _) = parse(&cut, close);
             let mut left: Vec<_> = want.iter().map(|e| e.operation.clone()).collect();
-            for e in &got {
+            // An exchange a gap cut into may have lost its operation; it is marked.
+            for e in got.iter().filter(|e| !e.truncated) {
                 let found = left.iter().position(|op| *op == e.operation);
                 prop_assert!(found.is_some(), "{}: invented {:?}", name, e.operation);
                 left.remove(found.unwrap_or(0));

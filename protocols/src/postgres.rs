@@ -1,0 +1,388 @@
+//! PostgreSQL (protocol 3.0): startup (user, database, application name),
+//! SSL request and its refusal, simple queries, the extended protocol
+//! (Parse/Bind/Execute up to Sync, named and unnamed statements), COPY,
+//! command tags and ErrorResponse SQLSTATE codes. One exchange per simple
+//! query or per Sync, ending at ReadyForQuery. Password and SASL messages
+//! are passed over unread.
+
+use std::collections::{HashMap, VecDeque};
+
+use crate::{
+    Chunk, Exchange, Fields, Parser, ParserStats, Protocol, Side, SqlFields, Status,
+    framing::{Completed, Frame, SideStream},
+    sql,
+};
+
+const PROTOCOL_3: u32 = 196_608;
+const SSL_REQUEST: u32 = 80_877_103;
+const GSS_REQUEST: u32 = 80_877_104;
+const CANCEL_REQUEST: u32 = 80_877_102;
+/// Payload bytes of a message kept whole (statements, tags, errors); a
+/// longer message is read from its first bytes.
+const MAX_PAYLOAD: usize = 16 * 1024;
+const MAX_STATEMENTS: usize = 1024;
+const MAX_PENDING: usize = 1024;
+/// Message types the client sends once started.
+const CLIENT_TYPES: &[u8] = b"QPBEDCSHXpdcfF";
+
+/// Whether `first` can begin a PostgreSQL conversation: a startup, SSL or
+/// GSS request from the client.
+pub fn looks_like(side: Side, first: &[u8]) -> bool {
+    if side != Side::Request || first.len() < 8 {
+        return false;
+    }
+    let len = u32::from_be_bytes([first[0], first[1], first[2], first[3]]);
+    let code = u32::from_be_bytes([first[4], first[5], first[6], first[7]]);
+    match code {
+        SSL_REQUEST | GSS_REQUEST => len == 8,
+        PROTOCOL_3 => (9..=10_000).contains(&len),
+        _ => false,
+    }
+}
+
+/// One message: its type (0 for the untyped startup family) and the payload
+/// bytes read (possibly the start only).
+struct Message {
+    kind: u8,
+    payload: Vec<u8>,
+}
+
+fn be32(b: &[u8]) -> usize {
+    u32::from_be_bytes([b[0], b[1], b[2], b[3]]) as usize
+}
+
+/// Frames `type + length + payload` messages; `untyped` for the client's
+/// first messages, which have no type byte.
+fn frame(b: &[u8], untyped: bool) -> Frame<Message> {
+    let (kind, at) = if untyped { (0, 0) } else { (*b.first().unwrap_or(&0), 1) };
+    if b.len() < at + 4 {
+        return Frame::Incomplete;
+    }
+    let len = be32(&b[at..]);
+    if len < 4 || len > 1 << 30 {
+        return Frame::Invalid;
+    }
+    let payload_len = len - 4;
+    let start = at + 4;
+    let have = b.len() - start;
+    if have >= payload_len {
+        return Frame::Message { head: start + payload_len, body: 0, msg: Message { kind, payload: b[start..start + payload_len].to_vec() } };
+    }
+    if payload_len <= MAX_PAYLOAD {
+        return Frame::Incomplete;
+    }
+    // A long message: keep what is here, pass over the rest.
+    let keep = have.min(MAX_PAYLOAD);
+    Frame::Message {
+        head: start + keep,
+        body: (payload_len - keep) as u64,
+        msg: Message { kind, payload: b[start..start + keep].to_vec() },
+    }
+}
+
+fn cstr(b: &[u8]) -> (&str, &[u8]) {
+    let end = b.iter().position(|&c| c == 0).unwrap_or(b.len());
+    (std::str::from_utf8(&b[..end]).unwrap_or(""), b.get(end + 1..).unwrap_or_default())
+}
+
+/// A request being gathered: a simple query, or extended messages up to Sync.
+#[derive(Default)]
+struct Gathering {
+    statement: Option<String>,
+    start_ns: Option<u64>,
+    size: u64,
+    truncated: bool,
+}
+
+struct Request {
+    statement: Option<String>,
+    start_ns: u64,
+    end_ns: u64,
+    size: u64,
+    truncated: bool,
+}
+
+#[derive(Default)]
+struct Reply {
+    size: u64,
+    truncated: bool,
+    tag: Option<String>,
+    error: Option<String>,
+}
+
+#[derive(Default)]
+pub struct PostgresParser {
+    requests: SideStream<Message>,
+    responses: SideStream<Message>,
+    /// The client has sent its startup message.
+    started: bool,
+    /// An SSL/GSS request awaits its one-byte answer.
+    awaiting_ssl_answer: bool,
+    /// The server accepted TLS: the rest is encrypted.
+    encrypted: bool,
+    user: Option<String>,
+    database: Option<String>,
+    application: Option<String>,
+    statements: HashMap<String, String>,
+    gathering: Gathering,
+    pending: VecDeque<Request>,
+    reply: Reply,
+    stats: ParserStats,
+}
+
+impl PostgresParser {
+    fn client_message(&mut self, c: Completed<Message>) {
+        let m = &c.msg;
+        if m.kind == 0 {
+            let code = if m.payload.len() >= 4 { be32(&m.payload) as u32 } else { 0 };
+            match code {
+                SSL_REQUEST | GSS_REQUEST => self.awaiting_ssl_answer = true,
+                PROTOCOL_3 => {
+                    self.started = true;
+                    let mut rest = &m.payload[4..];
+                    while !rest.is_empty() {
+                        let (key, r) = cstr(rest);
+                        if key.is_empty() {
+                            break;
+                        }
+                        let (value, r) = cstr(r);
+                        match key {
+                            "user" => self.user = Some(value.to_owned()),
+                            "database" => self.database = Some(value.to_owned()),
+                            "application_name" => self.application = Some(value.to_owned()),
+                            _ => {}
+                        }
+                        rest = r;
+                    }
+                }
+                CANCEL_REQUEST => {}
+                _ => self.stats.parse_errors += 1,
+            }
+            return;
+        }
+        let g = &mut self.gathering;
+        g.start_ns.get_or_insert(c.start_ns);
+        g.size += c.size;
+        g.truncated |= c.truncated;
+        match m.kind {
+            b'Q' => {
+                g.statement = Some(cstr(&m.payload).0.to_owned());
+                self.push_request(c.end_ns);
+            }
+            b'P' => {
+                let (name, rest) = cstr(&m.payload);
+                let (query, _) = cstr(rest);
+                if !name.is_empty() {
+                    if self.statements.len() >= MAX_STATEMENTS {
+                        self.statements.clear();
+                    }
+                    self.statements.insert(name.to_owned(), query.to_owned());
+                }
+                self.gathering.statement.get_or_insert_with(|| query.to_owned());
+            }
+            b'B' => {
+                let (_portal, rest) = cstr(&m.payload);
+                let (name, _) = cstr(rest);
+                if self.gathering.statement.is_none()
+                    && let Some(q) = self.statements.get(name)
+                {
+                    self.gathering.statement = Some(q.clone());
+                }
+            }
+            b'C' if m.payload.first() == Some(&b'S') => {
+                self.statements.remove(cstr(&m.payload[1..]).0);
+            }
+            b'S' => self.push_request(c.end_ns),
+            // Execute, Describe, Flush, COPY data, password and SASL
+            // messages, Terminate: part of the request being gathered.
+            _ => {}
+        }
+    }
+
+    fn push_request(&mut self, end_ns: u64) {
+        let g = std::mem::take(&mut self.gathering);
+        if self.pending.len() >= MAX_PENDING {
+            self.pending.pop_front();
+            self.stats.dropped_requests += 1;
+        }
+        self.pending.push_back(Request {
+            statement: g.statement,
+            start_ns: g.start_ns.unwrap_or(end_ns),
+            end_ns,
+            size: g.size,
+            truncated: g.truncated,
+        });
+    }
+
+    fn server_message(&mut self, c: Completed<Message>, out: &mut Vec<Exchange>) {
+        let m = &c.msg;
+        if !self.started {
+            // Authentication before the first query is not an exchange.
+            return;
+        }
+        self.reply.size += c.size;
+        self.reply.truncated |= c.truncated;
+        match m.kind {
+            b'C' => self.reply.tag = Some(cstr(&m.payload).0.to_owned()),
+            b'E' => {
+                // Fields: type byte, text, NUL; 'C' is the SQLSTATE.
+                let mut rest = m.payload.as_slice();
+                while let Some((&field, r)) = rest.split_first() {
+                    if field == 0 {
+                        break;
+                    }
+                    let (value, r) = cstr(r);
+                    if field == b'C' {
+                        self.reply.error = Some(value.to_owned());
+                    }
+                    rest = r;
+                }
+                self.reply.error.get_or_insert_with(|| "XX000".into());
+            }
+            b'Z' => {
+                let reply = std::mem::take(&mut self.reply);
+                match self.pending.pop_front() {
+                    Some(req) => out.push(self.exchange(req, Some((c.end_ns, reply)))),
+                    // ReadyForQuery after authentication.
+                    None => {}
+                }
+            }
+            _ => {}
+        }
+    }
+
+    fn exchange(&self, req: Request, reply: Option<(u64, Reply)>) -> Exchange {
+        let parsed = req.statement.as_deref().map(sql::parse);
+        let verb = parsed.as_ref().map(|s| s.verb.clone()).filter(|v| !v.is_empty()).unwrap_or_else(|| "UNKNOWN".into());
+        let db = self.database.clone().or_else(|| self.user.clone());
+        let qualify = |t: &String| match &db {
+            Some(db) => format!("{db}.{t}"),
+            None => t.clone(),
+        };
+        let tables: Vec<String> = parsed.as_ref().map(|s| s.tables.iter().map(qualify).collect()).unwrap_or_default();
+        let operation = if tables.is_empty() { verb.clone() } else { format!("{verb} {}", tables.join(",")) };
+        let (status, end_ns, response_size, resp_truncated, tag) = match reply {
+            Some((end, r)) => (
+                match r.error {
+                    Some(code) => Status::Error { code },
+                    None => Status::Ok { code: None },
+                },
+                end,
+                r.size,
+                r.truncated,
+                r.tag,
+            ),
+            None => (Status::NoResponse, req.end_ns, 0, false, None),
+        };
+        Exchange {
+            protocol: Protocol::Postgres,
+            operation,
+            status,
+            sync: true,
+            start_ns: req.start_ns,
+            end_ns,
+            request_size: req.size,
+            response_size,
+            // No statement: its Parse was lost to a capture gap (or came
+            // before the capture started), so the operation is incomplete.
+            truncated: req.truncated || resp_truncated || parsed.is_none(),
+            fields: Fields::Sql(SqlFields {
+                system: "postgresql".into(),
+                database: self.database.clone(),
+                user: self.user.clone(),
+                application: self.application.clone(),
+                statement: parsed.as_ref().map(|s| s.normalized.clone()),
+                kind: parsed.as_ref().map(|s| s.kind),
+                tables,
+                command_tag: tag,
+            }),
+        }
+    }
+}
+
+impl Parser for PostgresParser {
+    fn protocol(&self) -> Protocol {
+        Protocol::Postgres
+    }
+
+    fn feed(&mut self, chunk: Chunk<'_>, out: &mut Vec<Exchange>) {
+        if self.encrypted {
+            return;
+        }
+        let mut done = Vec::new();
+        match chunk.side {
+            Side::Request => {
+                let mut untyped_left = !self.started;
+                let desyncs = self.requests.stats.desyncs;
+                self.requests.feed(
+                    chunk,
+                    |b| {
+                        let f = frame(b, untyped_left);
+                        // Only the first message(s) are untyped: after a startup message, typed ones follow.
+                        if let Frame::Message { msg: Message { kind: 0, ref payload }, .. } = f
+                            && payload.len() >= 4
+                            && be32(payload) as u32 == PROTOCOL_3
+                        {
+                            untyped_left = false;
+                        }
+                        f
+                    },
+                    |b| b.first().is_some_and(|c| CLIENT_TYPES.contains(c)) || looks_like(Side::Request, b),
+                    |c| done.push(c),
+                );
+                // Bytes lost to a gap belong to the request being gathered.
+                if self.requests.stats.desyncs != desyncs {
+                    self.gathering.truncated = true;
+                }
+                for c in done {
+                    self.client_message(c);
+                }
+            }
+            Side::Response => {
+                if self.awaiting_ssl_answer {
+                    self.awaiting_ssl_answer = false;
+                    match chunk.bytes.first() {
+                        Some(b'S' | b'G') => {
+                            self.encrypted = true;
+                            return;
+                        }
+                        Some(b'N') => {
+                            let rest = Chunk { bytes: &chunk.bytes[1..], total_len: chunk.total_len.saturating_sub(1), ..chunk };
+                            if rest.total_len > 0 {
+                                self.feed(rest, out);
+                            }
+                            return;
+                        }
+                        _ => self.stats.parse_errors += 1,
+                    }
+                }
+                let desyncs = self.responses.stats.desyncs;
+                self.responses.feed(chunk, |b| frame(b, false), |b| b.first().is_some_and(u8::is_ascii_alphanumeric), |c| {
+                    done.push(c)
+                });
+                if self.responses.stats.desyncs != desyncs {
+                    self.reply.truncated = true;
+                }
+                for c in done {
+                    self.server_message(c, out);
+                }
+            }
+        }
+    }
+
+    fn finish(&mut self, _ts_ns: u64, out: &mut Vec<Exchange>) {
+        while let Some(req) = self.pending.pop_front() {
+            out.push(self.exchange(req, None));
+        }
+    }
+
+    fn stats(&self) -> ParserStats {
+        let (a, b) = (self.requests.stats, self.responses.stats);
+        ParserStats {
+            parse_errors: a.parse_errors + b.parse_errors + self.stats.parse_errors,
+            desyncs: a.desyncs + b.desyncs,
+            unmatched_responses: self.stats.unmatched_responses,
+            dropped_requests: self.stats.dropped_requests,
+        }
+    }
+}
