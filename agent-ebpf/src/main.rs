@@ -45,11 +45,11 @@ static SOCKS: HashMap<u64, SockOwner> = HashMap::with_max_entries(65536, 0);
 #[map]
 static FORKED: LruHashMap<u32, u32> = LruHashMap::with_max_entries(16384, 0);
 
-/// Connections closed by one process whose socket may live on in a forked
-/// child (the parent closes its copy first), by `struct sock *`. Dropped
-/// when the kernel closes the socket.
+/// Connections a process closed whose socket may live on in a forked child
+/// (a pre-fork server closes its copy first), by the closing (tgid, fd). A
+/// child adopts one only if its own fd holds the same socket.
 #[map]
-static INHERITABLE: LruHashMap<u64, ConnInfo> = LruHashMap::with_max_entries(16384, 0);
+static INHERITABLE: LruHashMap<ConnKey, ConnInfo> = LruHashMap::with_max_entries(16384, 0);
 
 /// Data syscalls between their enter and exit, by pid_tgid.
 #[map]
@@ -253,8 +253,8 @@ fn track(fd: u32, role: Role) {
         count(Stat::ConnTableFull);
         return;
     }
-    // A reused `struct sock` address: what a closed socket left is stale.
-    let _ = INHERITABLE.remove(&sk);
+    // The fd number is reused: what its last connection left is stale.
+    let _ = INHERITABLE.remove(&key);
     let owner = SockOwner { key, conn_id: info.conn_id };
     if SOCKS.insert(&sk, &owner, 0).is_err() {
         count(Stat::ConnTableFull);
@@ -321,7 +321,7 @@ fn close_conn(key: &ConnKey, info: *const ConnInfo, reason: CloseReason) {
     let now = unsafe { bpf_ktime_get_ns() };
     emit_conn(EventKind::ConnClose, key, info, reason as u8, now);
     if reason == CloseReason::Syscall {
-        let _ = INHERITABLE.insert(&info.sock, info, 0);
+        let _ = INHERITABLE.insert(key, info, 0);
     }
     // The socket may have passed to a forked child: only drop our own claim.
     if let Some(owner) = SOCKS.get_ptr(&info.sock)
@@ -349,19 +349,22 @@ pub fn process_fork(ctx: TracePointContext) -> u32 {
 fn adopt(key: &ConnKey) -> bool {
     // SAFETY: a valid map value pointer, copied at once.
     let Some(parent) = FORKED.get_ptr(&key.tgid).map(|p| unsafe { *p }) else { return false };
-    let Some(cfg) = config() else { return false };
-    let Some(sk) = sock_of_fd(key.fd, &cfg.offsets) else { return false };
     let parent_key = ConnKey { tgid: parent, fd: key.fd };
+    // Cheap lookups first: only an fd the parent tracked is worth the walk.
     let pinfo = match CONNS.get_ptr(&parent_key) {
         // SAFETY: a valid map value pointer, copied at once.
-        Some(p) if unsafe { (*p).sock } == sk => unsafe { *p },
+        Some(p) => unsafe { *p },
         // The parent already closed its copy.
-        _ => match INHERITABLE.get_ptr(&sk) {
+        None => match INHERITABLE.get_ptr(&parent_key) {
             // SAFETY: as above.
             Some(p) => unsafe { *p },
             None => return false,
         },
     };
+    let Some(cfg) = config() else { return false };
+    if sock_of_fd(key.fd, &cfg.offsets) != Some(pinfo.sock) {
+        return false;
+    }
     // SAFETY: no arguments.
     let now = unsafe { bpf_ktime_get_ns() };
     let info = ConnInfo { conn_id: next_conn_id(), opened_ns: now, bytes_sent: 0, bytes_recv: 0, ..pinfo };
@@ -429,7 +432,6 @@ pub fn sock_set_state(ctx: TracePointContext) -> u32 {
         return 0;
     }
     let Some(sk) = arg::<u64>(&ctx, 8) else { return 0 };
-    let _ = INHERITABLE.remove(&sk);
     let Some(owner) = SOCKS.get_ptr(&sk) else { return 0 };
     // SAFETY: a valid map value pointer; copied out at once.
     let owner = unsafe { *owner };

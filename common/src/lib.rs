@@ -12,8 +12,10 @@ pub const MAX_CAPTURE: usize = 8 * 1024;
 pub const DEFAULT_WAKEUP_BYTES: u32 = 256 * 1024;
 /// The capture size used when the user does not choose one.
 pub const DEFAULT_CAPTURE: u32 = 4096;
-/// The most iovec entries copied from one readv/writev/sendmsg/recvmsg.
-pub const MAX_IOV: u32 = 16;
+/// The most iovec entries walked in one readv/writev/sendmsg/recvmsg: the
+/// kernel's own limit (`UIO_MAXIOV`). gRPC writes a frame as dozens of small
+/// slices; the walk stops as soon as the capture size is reached.
+pub const MAX_IOV: u32 = 1024;
 /// Length of a task's command name (`TASK_COMM_LEN`).
 pub const COMM_LEN: usize = 16;
 

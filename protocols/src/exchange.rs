@@ -6,6 +6,7 @@ use serde::Serialize;
 #[serde(rename_all = "snake_case")]
 pub enum Protocol {
     Http1,
+    Http2,
     Redis,
     Postgres,
 }
@@ -52,6 +53,19 @@ pub struct HttpFields {
     pub response_content_length: Option<u64>,
     #[serde(skip_serializing_if = "TraceContext::is_empty")]
     pub trace: TraceContext,
+    /// gRPC calls (HTTP/2 with `content-type: application/grpc`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub grpc: Option<GrpcFields>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct GrpcFields {
+    /// `package.Service`.
+    pub service: String,
+    pub method: String,
+    /// `grpc-status` from the trailers (`0` is OK).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub status: Option<String>,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]

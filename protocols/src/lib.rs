@@ -12,12 +12,13 @@
 pub mod exchange;
 mod framing;
 pub mod http1;
+pub mod http2;
 pub mod normalize;
 pub mod postgres;
 pub mod redis;
 pub mod sql;
 
-pub use exchange::{Exchange, Fields, HttpFields, Protocol, RedisFields, SqlFields, Status, TraceContext};
+pub use exchange::{Exchange, Fields, GrpcFields, HttpFields, Protocol, RedisFields, SqlFields, Status, TraceContext};
 
 /// Which way bytes flow, relative to the call: client to server carries
 /// requests, server to client carries responses.
@@ -76,7 +77,9 @@ pub trait Parser: Send {
 
 /// Picks the protocol from the first bytes seen on a connection, or None.
 pub fn detect(side: Side, first: &[u8]) -> Option<Protocol> {
-    if http1::looks_like(side, first) {
+    if http2::looks_like(side, first) {
+        Some(Protocol::Http2)
+    } else if http1::looks_like(side, first) {
         Some(Protocol::Http1)
     } else if redis::looks_like(side, first) {
         Some(Protocol::Redis)
@@ -91,6 +94,7 @@ pub fn detect(side: Side, first: &[u8]) -> Option<Protocol> {
 pub fn parser_for(protocol: Protocol) -> Box<dyn Parser> {
     match protocol {
         Protocol::Http1 => Box::new(http1::Http1Parser::default()),
+        Protocol::Http2 => Box::new(http2::Http2Parser::default()),
         Protocol::Redis => Box::new(redis::RedisParser::default()),
         Protocol::Postgres => Box::new(postgres::PostgresParser::default()),
     }
@@ -109,10 +113,12 @@ pub struct Connection {
 }
 
 impl Connection {
-    /// Transfers held before detection gives up on a connection.
+    /// Client transfers held before detection gives up on a connection.
     const DETECT_TRIES: usize = 8;
     /// Bytes of one side enough to decide.
     const DETECT_BYTES: usize = 16;
+    /// Bytes held while undecided, at most.
+    const DETECT_HELD_BYTES: usize = 64 * 1024;
 
     pub fn protocol(&self) -> Option<Protocol> {
         self.parser.as_ref().map(|p| p.protocol())
@@ -146,7 +152,14 @@ impl Connection {
                 }
                 self.parser = Some(parser);
             }
-            None if first.len() >= Self::DETECT_BYTES || self.held.len() >= Self::DETECT_TRIES => {
+            // Every protocol here is known from its client's first bytes;
+            // servers that speak first (HTTP/2 SETTINGS, MySQL's greeting)
+            // are held until the client has said enough.
+            None if chunk.side == Side::Request
+                && (first.len() >= Self::DETECT_BYTES
+                    || self.held.iter().filter(|h| h.0 == Side::Request).count() >= Self::DETECT_TRIES)
+                || self.held.iter().map(|h| h.2.len()).sum::<usize>() > Self::DETECT_HELD_BYTES =>
+            {
                 // Long enough and still unknown: not a protocol we parse.
                 self.undetected_chunks += self.held.len() as u64;
                 self.held = Vec::new();
