@@ -9,6 +9,7 @@ pub enum Protocol {
     Http2,
     Redis,
     Postgres,
+    Mysql,
 }
 
 /// How the call ended.

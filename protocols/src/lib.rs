@@ -13,6 +13,7 @@ pub mod exchange;
 mod framing;
 pub mod http1;
 pub mod http2;
+pub mod mysql;
 pub mod normalize;
 pub mod postgres;
 pub mod redis;
@@ -85,6 +86,8 @@ pub fn detect(side: Side, first: &[u8]) -> Option<Protocol> {
         Some(Protocol::Redis)
     } else if postgres::looks_like(side, first) {
         Some(Protocol::Postgres)
+    } else if mysql::looks_like(side, first) {
+        Some(Protocol::Mysql)
     } else {
         None
     }
@@ -97,6 +100,7 @@ pub fn parser_for(protocol: Protocol) -> Box<dyn Parser> {
         Protocol::Http2 => Box::new(http2::Http2Parser::default()),
         Protocol::Redis => Box::new(redis::RedisParser::default()),
         Protocol::Postgres => Box::new(postgres::PostgresParser::default()),
+        Protocol::Mysql => Box::new(mysql::MysqlParser::default()),
     }
 }
 

@@ -1,0 +1,483 @@
+//! MySQL and MariaDB (client/server protocol 10): the handshake response
+//! (user, schema), COM_QUERY, COM_INIT_DB (changes the current database),
+//! prepared statements (prepare, execute, close), result sets (with or
+//! without EOF packets), OK and ERR with the error code. Auth data is never
+//! read; an SSL request means the rest is encrypted.
+
+use std::collections::{HashMap, VecDeque};
+
+use crate::{
+    Chunk, Exchange, Fields, Parser, ParserStats, Protocol, Side, SqlFields, Status,
+    framing::{Completed, Frame, SideStream},
+    sql,
+};
+
+const COM_QUIT: u8 = 0x01;
+const COM_INIT_DB: u8 = 0x02;
+const COM_QUERY: u8 = 0x03;
+const COM_STMT_PREPARE: u8 = 0x16;
+const COM_STMT_EXECUTE: u8 = 0x17;
+const COM_STMT_SEND_LONG_DATA: u8 = 0x18;
+const COM_STMT_CLOSE: u8 = 0x19;
+const COM_STMT_RESET: u8 = 0x1a;
+const CLIENT_CONNECT_WITH_DB: u32 = 0x0000_0008;
+const CLIENT_SSL: u32 = 0x0000_0800;
+const CLIENT_PROTOCOL_41: u32 = 0x0000_0200;
+const CLIENT_DEPRECATE_EOF: u32 = 0x0100_0000;
+const SERVER_MORE_RESULTS_EXISTS: u16 = 0x0008;
+/// Payload bytes of a packet kept (statements, errors); a longer packet is read from its start.
+const MAX_PAYLOAD: usize = 16 * 1024;
+const MAX_STATEMENTS: usize = 1024;
+const MAX_PENDING: usize = 1024;
+
+/// Whether `first` is a server greeting (protocol 10), which opens every
+/// MySQL and MariaDB connection.
+pub fn looks_like(side: Side, first: &[u8]) -> bool {
+    if side != Side::Response || first.len() < 16 {
+        return false;
+    }
+    let len = u32::from_le_bytes([first[0], first[1], first[2], 0]) as usize;
+    // Sequence 0, protocol 10, a printable version string ending in NUL.
+    first[3] == 0
+        && first[4] == 10
+        && (32..1024).contains(&len)
+        && first[5..].iter().take_while(|&&b| b != 0).all(|b| b.is_ascii_graphic())
+        && first[5..].contains(&0)
+}
+
+struct Packet {
+    seq: u8,
+    payload: Vec<u8>,
+}
+
+fn frame(b: &[u8]) -> Frame<Packet> {
+    if b.len() < 4 {
+        return Frame::Incomplete;
+    }
+    let len = u32::from_le_bytes([b[0], b[1], b[2], 0]) as usize;
+    let seq = b[3];
+    let have = b.len() - 4;
+    if have >= len {
+        return Frame::Message { head: 4 + len, body: 0, msg: Packet { seq, payload: b[4..4 + len].to_vec() } };
+    }
+    if len <= MAX_PAYLOAD {
+        return Frame::Incomplete;
+    }
+    let keep = have.min(MAX_PAYLOAD);
+    Frame::Message { head: 4 + keep, body: (len - keep) as u64, msg: Packet { seq, payload: b[4..4 + keep].to_vec() } }
+}
+
+fn cstr(b: &[u8]) -> (&str, &[u8]) {
+    let end = b.iter().position(|&c| c == 0).unwrap_or(b.len());
+    (std::str::from_utf8(&b[..end]).unwrap_or(""), b.get(end + 1..).unwrap_or_default())
+}
+
+/// A length-encoded integer and the rest.
+fn lenenc(b: &[u8]) -> Option<(u64, &[u8])> {
+    let (&first, rest) = b.split_first()?;
+    let n = match first {
+        0..=0xfa => return Some((u64::from(first), rest)),
+        0xfc => 2,
+        0xfd => 3,
+        0xfe => 8,
+        _ => return None,
+    };
+    let bytes = rest.get(..n)?;
+    let mut v = [0u8; 8];
+    v[..n].copy_from_slice(bytes);
+    Some((u64::from_le_bytes(v), &rest[n..]))
+}
+
+/// What the server's reply to the command in flight still needs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Expect {
+    /// The first packet: OK, ERR, or a result set's column count.
+    First,
+    /// Column definitions left, then an EOF (without CLIENT_DEPRECATE_EOF).
+    Columns { left: u64, eof: bool },
+    /// Rows until EOF/OK.
+    Rows,
+    /// After COM_STMT_PREPARE_OK: definitions left (params + columns, with their EOFs).
+    PrepareDefs { left: u64 },
+}
+
+struct Command {
+    code: u8,
+    statement: Option<String>,
+    start_ns: u64,
+    end_ns: u64,
+    size: u64,
+    truncated: bool,
+    /// For COM_STMT_PREPARE: the statement, to name the id the server gives it.
+    prepare: Option<String>,
+}
+
+#[derive(Default)]
+struct Reply {
+    size: u64,
+    truncated: bool,
+    error: Option<String>,
+}
+
+#[derive(Default)]
+pub struct MysqlParser {
+    requests: SideStream<Packet>,
+    responses: SideStream<Packet>,
+    /// The handshake is over (the client's response was seen).
+    started: bool,
+    encrypted: bool,
+    deprecate_eof: bool,
+    user: Option<String>,
+    database: Option<String>,
+    statements: HashMap<u32, String>,
+    pending: VecDeque<Command>,
+    expect: Option<Expect>,
+    reply: Reply,
+    /// Replies to the handshake until the first OK.
+    authenticating: bool,
+    /// Client bytes were lost (the handshake, a COM_INIT_DB): names may lack
+    /// or have the wrong database.
+    context_lost: bool,
+    stats: ParserStats,
+}
+
+impl MysqlParser {
+    fn client_packet(&mut self, c: Completed<Packet>, out: &mut Vec<Exchange>) {
+        let p = &c.msg.payload;
+        if !self.started {
+            if c.msg.seq == 0 {
+                // A command on a connection whose handshake we missed.
+                self.started = true;
+                self.context_lost = true;
+            } else {
+                self.handshake_response(p);
+                return;
+            }
+        }
+        if c.msg.seq != 0 {
+            // Auth continuation (AuthSwitchResponse...) or a long packet's tail.
+            return;
+        }
+        let Some(&code) = p.first() else { return };
+        let text = || String::from_utf8_lossy(&p[1..]).into_owned();
+        let mut cmd = Command {
+            code,
+            statement: None,
+            start_ns: c.start_ns,
+            end_ns: c.end_ns,
+            size: c.size,
+            truncated: c.truncated,
+            prepare: None,
+        };
+        match code {
+            COM_QUERY => {
+                let q = text();
+                // `USE db` changes the database as COM_INIT_DB does.
+                let parsed = sql::parse(&q);
+                if parsed.verb == "USE"
+                    && let Some(db) = q.split_whitespace().nth(1)
+                {
+                    self.database = Some(db.trim_matches(['`', ';']).to_owned());
+                }
+                cmd.statement = Some(q);
+            }
+            COM_INIT_DB => self.database = Some(text()),
+            COM_STMT_PREPARE => cmd.prepare = Some(text()),
+            COM_STMT_EXECUTE | COM_STMT_CLOSE | COM_STMT_SEND_LONG_DATA | COM_STMT_RESET => {
+                let id = p.get(1..5).map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]));
+                cmd.statement = id.and_then(|id| self.statements.get(&id).cloned());
+                if code == COM_STMT_CLOSE
+                    && let Some(id) = id
+                {
+                    self.statements.remove(&id);
+                }
+            }
+            _ => {}
+        }
+        // These get no reply: the exchange is the request alone.
+        if matches!(code, COM_STMT_CLOSE | COM_STMT_SEND_LONG_DATA | COM_QUIT) {
+            out.push(self.exchange(cmd, None));
+            return;
+        }
+        if self.pending.len() >= MAX_PENDING {
+            self.pending.pop_front();
+            self.stats.dropped_requests += 1;
+        }
+        self.pending.push_back(cmd);
+    }
+
+    fn handshake_response(&mut self, p: &[u8]) {
+        if p.len() < 32 {
+            return;
+        }
+        let caps = u32::from_le_bytes([p[0], p[1], p[2], p[3]]);
+        if caps & CLIENT_PROTOCOL_41 == 0 {
+            return;
+        }
+        if caps & CLIENT_SSL != 0 && p.len() == 32 {
+            self.encrypted = true;
+            return;
+        }
+        self.deprecate_eof = caps & CLIENT_DEPRECATE_EOF != 0;
+        let (user, rest) = cstr(&p[32..]);
+        self.user = Some(user.to_owned());
+        // Auth data: length-prefixed (or NUL-terminated); passed over unread.
+        let rest = match lenenc(rest) {
+            Some((n, r)) if (n as usize) <= r.len() => &r[n as usize..],
+            _ => cstr(rest).1,
+        };
+        if caps & CLIENT_CONNECT_WITH_DB != 0 {
+            let (db, _) = cstr(rest);
+            if !db.is_empty() {
+                self.database = Some(db.to_owned());
+            }
+        }
+        self.started = true;
+        self.authenticating = true;
+    }
+
+    fn server_packet(&mut self, c: Completed<Packet>, out: &mut Vec<Exchange>) {
+        let p = &c.msg.payload;
+        let Some(&first) = p.first() else { return };
+        if self.authenticating {
+            // OK ends authentication; ERR fails it; anything else continues it.
+            if first == 0x00 || first == 0xff {
+                self.authenticating = false;
+            }
+            return;
+        }
+        if !self.started {
+            return; // the greeting
+        }
+        self.reply.size += c.size;
+        self.reply.truncated |= c.truncated;
+        let is_eof = first == 0xfe && p.len() < 9;
+        let status_flags = |p: &[u8]| -> u16 {
+            // EOF: header, warnings(2), status(2). OK: header, lenenc, lenenc, status(2).
+            if p.first() == Some(&0xfe) && p.len() < 9 {
+                p.get(3..5).map_or(0, |s| u16::from_le_bytes([s[0], s[1]]))
+            } else {
+                let rest = lenenc(&p[1..]).and_then(|(_, r)| lenenc(r)).map(|(_, r)| r).unwrap_or_default();
+                rest.get(..2).map_or(0, |s| u16::from_le_bytes([s[0], s[1]]))
+            }
+        };
+        let expect = self.expect.unwrap_or(Expect::First);
+        let done = match expect {
+            // ERR can come anywhere (a row or definition never starts with 0xff).
+            _ if first == 0xff => {
+                let code = p.get(1..3).map_or(0, |b| u16::from_le_bytes([b[0], b[1]]));
+                self.reply.error = Some(code.to_string());
+                true
+            }
+            Expect::First => {
+                let prepare = self.pending.front().and_then(|c| c.prepare.clone());
+                if let Some(query) = prepare.filter(|_| first == 0x00 && p.len() >= 12) {
+                    // COM_STMT_PREPARE_OK: id(4), columns(2), params(2).
+                    let id = u32::from_le_bytes([p[1], p[2], p[3], p[4]]);
+                    let columns = u64::from(u16::from_le_bytes([p[5], p[6]]));
+                    let params = u64::from(u16::from_le_bytes([p[7], p[8]]));
+                    if self.statements.len() >= MAX_STATEMENTS {
+                        self.statements.clear();
+                    }
+                    self.statements.insert(id, query);
+                    let eofs = if self.deprecate_eof { 0 } else { u64::from(params > 0) + u64::from(columns > 0) };
+                    let left = params + columns + eofs;
+                    if left == 0 {
+                        true
+                    } else {
+                        self.expect = Some(Expect::PrepareDefs { left });
+                        false
+                    }
+                } else if first == 0x00 || is_eof {
+                    status_flags(p) & SERVER_MORE_RESULTS_EXISTS == 0
+                } else {
+                    match lenenc(p) {
+                        Some((n, _)) if n > 0 => {
+                            self.expect = Some(Expect::Columns { left: n, eof: !self.deprecate_eof });
+                            false
+                        }
+                        _ => {
+                            self.stats.parse_errors += 1;
+                            true
+                        }
+                    }
+                }
+            }
+            Expect::Columns { left, eof } => {
+                // `left` counts column definitions still to come; 0 means
+                // this packet is the EOF after them.
+                self.expect = Some(match left {
+                    2.. => Expect::Columns { left: left - 1, eof },
+                    1 if eof => Expect::Columns { left: 0, eof },
+                    _ => Expect::Rows,
+                });
+                false
+            }
+            Expect::Rows => {
+                if is_eof || (first == 0xfe && self.deprecate_eof && p.len() < 0xff_ffff) {
+                    if status_flags(p) & SERVER_MORE_RESULTS_EXISTS != 0 {
+                        self.expect = Some(Expect::First);
+                        false
+                    } else {
+                        true
+                    }
+                } else {
+                    false
+                }
+            }
+            Expect::PrepareDefs { left } => {
+                if left > 1 {
+                    self.expect = Some(Expect::PrepareDefs { left: left - 1 });
+                    false
+                } else {
+                    true
+                }
+            }
+        };
+        if done {
+            self.expect = None;
+            let reply = std::mem::take(&mut self.reply);
+            match self.pending.pop_front() {
+                Some(cmd) => out.push(self.exchange(cmd, Some((c.end_ns, reply)))),
+                None => self.stats.unmatched_responses += 1,
+            }
+        }
+    }
+
+    fn exchange(&self, cmd: Command, reply: Option<(u64, Reply)>) -> Exchange {
+        let text = cmd.statement.as_deref().or(cmd.prepare.as_deref());
+        let parsed = text.map(sql::parse);
+        let verb = match cmd.code {
+            COM_QUERY | COM_STMT_PREPARE | COM_STMT_EXECUTE => parsed.as_ref().map(|s| s.verb.clone()),
+            _ => None,
+        };
+        let command = match cmd.code {
+            COM_QUERY => "QUERY",
+            COM_INIT_DB => "INIT_DB",
+            COM_STMT_PREPARE => "PREPARE",
+            COM_STMT_EXECUTE => "EXECUTE",
+            COM_STMT_CLOSE => "CLOSE",
+            COM_STMT_SEND_LONG_DATA => "SEND_LONG_DATA",
+            COM_STMT_RESET => "RESET",
+            COM_QUIT => "QUIT",
+            0x0e => "PING",
+            _ => "COMMAND",
+        };
+        let db = self.database.clone();
+        let tables: Vec<String> = parsed
+            .as_ref()
+            .map(|s| {
+                s.tables
+                    .iter()
+                    .map(|t| match (&db, t.contains('.')) {
+                        (Some(db), false) => format!("{db}.{t}"),
+                        _ => t.clone(),
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        let name = match (cmd.code, verb.filter(|v| !v.is_empty())) {
+            (COM_STMT_PREPARE, Some(v)) => format!("PREPARE {v}"),
+            (_, Some(v)) => v,
+            (_, None) => command.to_owned(),
+        };
+        let operation = if tables.is_empty() { name } else { format!("{name} {}", tables.join(",")) };
+        let (status, end_ns, response_size, resp_truncated) = match reply {
+            Some((end, r)) => (
+                match r.error {
+                    Some(code) => Status::Error { code },
+                    None => Status::Ok { code: None },
+                },
+                end,
+                r.size,
+                r.truncated,
+            ),
+            None => (Status::NoResponse, cmd.end_ns, 0, false),
+        };
+        // A statement id whose PREPARE was not seen (a capture gap, or
+        // before the capture started): the operation lacks its statement.
+        let statement_unknown =
+            matches!(cmd.code, COM_STMT_EXECUTE | COM_STMT_CLOSE | COM_STMT_SEND_LONG_DATA | COM_STMT_RESET) && parsed.is_none();
+        Exchange {
+            protocol: Protocol::Mysql,
+            operation,
+            status,
+            sync: true,
+            start_ns: cmd.start_ns,
+            end_ns,
+            request_size: cmd.size,
+            response_size,
+            truncated: cmd.truncated || resp_truncated || statement_unknown || self.context_lost,
+            fields: Fields::Sql(SqlFields {
+                system: "mysql".into(),
+                database: self.database.clone(),
+                user: self.user.clone(),
+                application: None,
+                statement: parsed.as_ref().map(|s| s.normalized.clone()),
+                kind: parsed.as_ref().map(|s| s.kind),
+                tables,
+                command_tag: Some(command.to_owned()),
+            }),
+        }
+    }
+}
+
+impl Parser for MysqlParser {
+    fn protocol(&self) -> Protocol {
+        Protocol::Mysql
+    }
+
+    fn feed(&mut self, chunk: Chunk<'_>, out: &mut Vec<Exchange>) {
+        if self.encrypted {
+            return;
+        }
+        let mut done = Vec::new();
+        // After a gap, a command packet (sequence 0) regains sync on the
+        // client side; the server side waits for the next command's reply.
+        let starts = |b: &[u8]| b.len() >= 5 && b[3] == 0;
+        match chunk.side {
+            Side::Request => {
+                let desyncs = self.requests.stats.desyncs;
+                self.requests.feed(chunk, frame, starts, |c| done.push(c));
+                if self.requests.stats.desyncs != desyncs {
+                    // Lost client bytes may have held a COM_INIT_DB or USE.
+                    self.context_lost = true;
+                    if let Some(c) = self.pending.back_mut() {
+                        c.truncated = true;
+                    }
+                }
+                for c in done {
+                    self.client_packet(c, out);
+                }
+            }
+            Side::Response => {
+                let desyncs = self.responses.stats.desyncs;
+                self.responses.feed(chunk, frame, |b| b.len() >= 5 && b[3] == 1, |c| done.push(c));
+                if self.responses.stats.desyncs != desyncs {
+                    // The reply in flight lost packets: end it here, marked.
+                    self.expect = None;
+                    self.reply.truncated = true;
+                }
+                for c in done {
+                    self.server_packet(c, out);
+                }
+            }
+        }
+    }
+
+    fn finish(&mut self, _ts_ns: u64, out: &mut Vec<Exchange>) {
+        while let Some(cmd) = self.pending.pop_front() {
+            out.push(self.exchange(cmd, None));
+        }
+    }
+
+    fn stats(&self) -> ParserStats {
+        let (a, b) = (self.requests.stats, self.responses.stats);
+        ParserStats {
+            parse_errors: a.parse_errors + b.parse_errors + self.stats.parse_errors,
+            desyncs: a.desyncs + b.desyncs,
+            unmatched_responses: self.stats.unmatched_responses,
+            dropped_requests: self.stats.dropped_requests,
+        }
+    }
+}
