@@ -26,6 +26,14 @@ enum Command {
     /// Needs root (or CAP_BPF and CAP_PERFMON). Stops on Ctrl-C, after
     /// --duration, or after --max-events; then prints the counters.
     Capture(CaptureArgs),
+    /// Read a pcap or pcapng file of TCP traffic, reassemble each stream, and
+    /// print the exchanges found as JSON lines (counters go to stderr).
+    ///
+    /// Needs no privileges: a way to check Tangle on your own captures.
+    Replay {
+        /// The capture file (tcpdump -w, Wireshark, tshark -w).
+        file: PathBuf,
+    },
 }
 
 #[derive(Args)]
@@ -82,6 +90,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Capture(args) => capture(args),
+        Command::Replay { file } => replay(&file),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -172,6 +181,37 @@ fn capture(args: CaptureArgs) -> anyhow::Result<()> {
         print_stats(&probe, &reader, &mut out, started)?;
         Ok(())
     })
+}
+
+fn replay(file: &std::path::Path) -> anyhow::Result<()> {
+    use std::io::Write as _;
+    let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+    let mut write_error = None;
+    let stats = tangle_agent::replay::replay(file, |found| {
+        if write_error.is_some() {
+            return;
+        }
+        let mut line = match serde_json::to_value(found.exchange) {
+            Ok(v) => v,
+            Err(e) => {
+                write_error = Some(std::io::Error::other(e));
+                return;
+            }
+        };
+        line["client"] = found.client.to_string().into();
+        line["server"] = found.server.to_string().into();
+        if let Err(e) = writeln!(out, "{line}") {
+            write_error = Some(e);
+        }
+    })?;
+    match write_error {
+        Some(e) if e.kind() == std::io::ErrorKind::BrokenPipe => return Ok(()),
+        Some(e) => return Err(e).context("writing output"),
+        None => {}
+    }
+    out.flush().context("writing output")?;
+    eprintln!("replay: {}", serde_json::to_string(&stats).context("stats")?);
+    Ok(())
 }
 
 fn print_stats(

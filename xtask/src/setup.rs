@@ -18,6 +18,7 @@ const TEST_PACKAGES: &[(&str, &str)] = &[
     ("python3", "python3"),
     ("iproute2", "ip"),
     ("util-linux", "setpriv"),
+    ("tshark", "tshark"),
 ];
 
 fn run_step(name: &str, f: impl FnOnce() -> anyhow::Result<()>) -> anyhow::Result<()> {
