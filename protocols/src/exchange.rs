@@ -22,6 +22,16 @@ pub enum Status {
     NoResponse,
 }
 
+impl Status {
+    /// A reply: an error with its code, or ok.
+    pub fn from_error(error: Option<String>) -> Self {
+        match error {
+            Some(code) => Self::Error { code },
+            None => Self::Ok { code: None },
+        }
+    }
+}
+
 /// Trace context carried by the request, for linking spans.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
 pub struct TraceContext {

@@ -359,13 +359,7 @@ impl Parser for Http1Parser {
     }
 
     fn stats(&self) -> ParserStats {
-        let (a, b) = (self.requests.stats, self.responses.stats);
-        ParserStats {
-            parse_errors: a.parse_errors + b.parse_errors,
-            desyncs: a.desyncs + b.desyncs,
-            unmatched_responses: self.stats.unmatched_responses,
-            dropped_requests: self.stats.dropped_requests,
-        }
+        self.requests.stats + self.responses.stats + self.stats
     }
 }
 
@@ -374,13 +368,7 @@ mod tests {
     use super::*;
 
     fn run(chunks: &[(Side, &[u8])]) -> (Vec<Exchange>, ParserStats) {
-        let mut p = Http1Parser::default();
-        let mut out = Vec::new();
-        for (i, (side, bytes)) in chunks.iter().enumerate() {
-            p.feed(Chunk::whole(*side, i as u64, bytes), &mut out);
-        }
-        p.finish(99, &mut out);
-        (out, p.stats())
+        crate::run_parser(Http1Parser::default(), chunks)
     }
 
     #[test]

@@ -326,12 +326,6 @@ impl Parser for Http2Parser {
     }
 
     fn stats(&self) -> ParserStats {
-        let (a, b) = (self.requests.stats, self.responses.stats);
-        ParserStats {
-            parse_errors: a.parse_errors + b.parse_errors + self.stats.parse_errors,
-            desyncs: a.desyncs + b.desyncs,
-            unmatched_responses: self.stats.unmatched_responses,
-            dropped_requests: self.stats.dropped_requests,
-        }
+        self.requests.stats + self.responses.stats + self.stats
     }
 }

@@ -66,6 +66,19 @@ pub struct ParserStats {
     pub dropped_requests: u64,
 }
 
+impl std::ops::Add for ParserStats {
+    type Output = Self;
+
+    fn add(self, o: Self) -> Self {
+        Self {
+            parse_errors: self.parse_errors + o.parse_errors,
+            desyncs: self.desyncs + o.desyncs,
+            unmatched_responses: self.unmatched_responses + o.unmatched_responses,
+            dropped_requests: self.dropped_requests + o.dropped_requests,
+        }
+    }
+}
+
 /// One protocol's parser for one connection.
 pub trait Parser: Send {
     fn protocol(&self) -> Protocol;
@@ -182,4 +195,15 @@ impl Connection {
     pub fn stats(&self) -> ParserStats {
         self.parser.as_ref().map(|p| p.stats()).unwrap_or_default()
     }
+}
+
+/// Feeds whole transfers, one per timestamp, then finishes at 99.
+#[cfg(test)]
+pub(crate) fn run_parser(mut p: impl Parser, chunks: &[(Side, &[u8])]) -> (Vec<Exchange>, ParserStats) {
+    let mut out = Vec::new();
+    for (i, (side, bytes)) in chunks.iter().enumerate() {
+        p.feed(Chunk::whole(*side, i as u64, bytes), &mut out);
+    }
+    p.finish(99, &mut out);
+    (out, p.stats())
 }

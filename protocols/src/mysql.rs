@@ -363,31 +363,16 @@ impl MysqlParser {
             0x0e => "PING",
             _ => "COMMAND",
         };
-        let db = self.database.clone();
-        let tables: Vec<String> = parsed
-            .as_ref()
-            .map(|s| {
-                s.tables
-                    .iter()
-                    .map(|t| match (&db, t.contains('.')) {
-                        (Some(db), false) => format!("{db}.{t}"),
-                        _ => t.clone(),
-                    })
-                    .collect()
-            })
-            .unwrap_or_default();
+        let tables = parsed.as_ref().map(|s| s.qualified_tables(self.database.as_deref(), true)).unwrap_or_default();
         let name = match (cmd.code, verb.filter(|v| !v.is_empty())) {
             (COM_STMT_PREPARE, Some(v)) => format!("PREPARE {v}"),
             (_, Some(v)) => v,
             (_, None) => command.to_owned(),
         };
-        let operation = if tables.is_empty() { name } else { format!("{name} {}", tables.join(",")) };
+        let operation = sql::operation(&name, &tables);
         let (status, end_ns, response_size, resp_truncated) = match reply {
             Some((end, r)) => (
-                match r.error {
-                    Some(code) => Status::Error { code },
-                    None => Status::Ok { code: None },
-                },
+                Status::from_error(r.error),
                 end,
                 r.size,
                 r.truncated,
@@ -472,12 +457,6 @@ impl Parser for MysqlParser {
     }
 
     fn stats(&self) -> ParserStats {
-        let (a, b) = (self.requests.stats, self.responses.stats);
-        ParserStats {
-            parse_errors: a.parse_errors + b.parse_errors + self.stats.parse_errors,
-            desyncs: a.desyncs + b.desyncs,
-            unmatched_responses: self.stats.unmatched_responses,
-            dropped_requests: self.stats.dropped_requests,
-        }
+        self.requests.stats + self.responses.stats + self.stats
     }
 }

@@ -254,19 +254,13 @@ impl PostgresParser {
     fn exchange(&self, req: Request, reply: Option<(u64, Reply)>) -> Exchange {
         let parsed = req.statement.as_deref().map(sql::parse);
         let verb = parsed.as_ref().map(|s| s.verb.clone()).filter(|v| !v.is_empty()).unwrap_or_else(|| "UNKNOWN".into());
-        let db = self.database.clone().or_else(|| self.user.clone());
-        let qualify = |t: &String| match &db {
-            Some(db) => format!("{db}.{t}"),
-            None => t.clone(),
-        };
-        let tables: Vec<String> = parsed.as_ref().map(|s| s.tables.iter().map(qualify).collect()).unwrap_or_default();
-        let operation = if tables.is_empty() { verb.clone() } else { format!("{verb} {}", tables.join(",")) };
+        // Without a database in the startup, PostgreSQL uses the user's name.
+        let db = self.database.as_deref().or(self.user.as_deref());
+        let tables = parsed.as_ref().map(|s| s.qualified_tables(db, false)).unwrap_or_default();
+        let operation = sql::operation(&verb, &tables);
         let (status, end_ns, response_size, resp_truncated, tag) = match reply {
             Some((end, r)) => (
-                match r.error {
-                    Some(code) => Status::Error { code },
-                    None => Status::Ok { code: None },
-                },
+                Status::from_error(r.error),
                 end,
                 r.size,
                 r.truncated,
@@ -377,12 +371,6 @@ impl Parser for PostgresParser {
     }
 
     fn stats(&self) -> ParserStats {
-        let (a, b) = (self.requests.stats, self.responses.stats);
-        ParserStats {
-            parse_errors: a.parse_errors + b.parse_errors + self.stats.parse_errors,
-            desyncs: a.desyncs + b.desyncs,
-            unmatched_responses: self.stats.unmatched_responses,
-            dropped_requests: self.stats.dropped_requests,
-        }
+        self.requests.stats + self.responses.stats + self.stats
     }
 }

@@ -226,10 +226,7 @@ impl RedisParser {
         let sync = !matches!(req.command.as_str(), "PUBLISH" | "SPUBLISH");
         let (status, end_ns, response_size, resp_truncated) = match reply {
             Some((end, size, truncated, error)) => (
-                match error {
-                    Some(code) => Status::Error { code },
-                    None => Status::Ok { code: None },
-                },
+                Status::from_error(error),
                 end,
                 size,
                 truncated,
@@ -288,13 +285,7 @@ impl Parser for RedisParser {
     }
 
     fn stats(&self) -> ParserStats {
-        let (a, b) = (self.requests.stats, self.responses.stats);
-        ParserStats {
-            parse_errors: a.parse_errors + b.parse_errors,
-            desyncs: a.desyncs + b.desyncs,
-            unmatched_responses: self.stats.unmatched_responses,
-            dropped_requests: self.stats.dropped_requests,
-        }
+        self.requests.stats + self.responses.stats + self.stats
     }
 }
 
@@ -303,13 +294,7 @@ mod tests {
     use super::*;
 
     fn run(chunks: &[(Side, &[u8])]) -> (Vec<Exchange>, ParserStats) {
-        let mut p = RedisParser::default();
-        let mut out = Vec::new();
-        for (i, (side, bytes)) in chunks.iter().enumerate() {
-            p.feed(Chunk::whole(*side, i as u64, bytes), &mut out);
-        }
-        p.finish(99, &mut out);
-        (out, p.stats())
+        crate::run_parser(RedisParser::default(), chunks)
     }
 
     #[test]

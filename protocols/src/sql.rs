@@ -25,6 +25,26 @@ pub struct Statement {
     pub tables: Vec<String>,
 }
 
+impl Statement {
+    /// The tables, prefixed with `database`: all of them (PostgreSQL's
+    /// `schema.table` lives in a database), or with `only_bare` only those not
+    /// already qualified (MySQL's `db.table` names the database).
+    pub fn qualified_tables(&self, database: Option<&str>, only_bare: bool) -> Vec<String> {
+        self.tables
+            .iter()
+            .map(|t| match database {
+                Some(db) if !(only_bare && t.contains('.')) => format!("{db}.{t}"),
+                _ => t.clone(),
+            })
+            .collect()
+    }
+}
+
+/// An operation name: `VERB t1,t2`, or the verb alone.
+pub fn operation(verb: &str, tables: &[String]) -> String {
+    if tables.is_empty() { verb.to_owned() } else { format!("{verb} {}", tables.join(",")) }
+}
+
 /// The most characters of a statement kept (the rest is cut, marked `...`).
 const MAX_STATEMENT: usize = 2048;
 const MAX_TABLES: usize = 16;
