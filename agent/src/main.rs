@@ -6,6 +6,8 @@ use anyhow::Context as _;
 use clap::{Args, Parser, Subcommand};
 use tangle_agent::{
     output::{Format, LineWriter},
+    pipeline::Pipeline,
+    reader::Sink,
     probe::{self, Probe, ProbeOptions},
     reader::Reader,
 };
@@ -26,6 +28,10 @@ enum Command {
     /// Needs root (or CAP_BPF and CAP_PERFMON). Stops on Ctrl-C, after
     /// --duration, or after --max-events; then prints the counters.
     Capture(CaptureArgs),
+    /// Print every exchange (request and response) on the node, live: HTTP/1,
+    /// HTTP/2 and gRPC, PostgreSQL, MySQL/MariaDB and Redis, parsed from the
+    /// captured bytes. Same filters and privileges as `capture`.
+    Exchanges(CaptureArgs),
     /// Read a pcap or pcapng file of TCP traffic, reassemble each stream, and
     /// print the exchanges found as JSON lines (counters go to stderr).
     ///
@@ -89,7 +95,8 @@ fn main() -> ExitCode {
         .init();
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Capture(args) => capture(args),
+        Command::Capture(args) => capture(args, false),
+        Command::Exchanges(args) => capture(args, true),
         Command::Replay { file } => replay(&file),
     };
     match result {
@@ -101,7 +108,38 @@ fn main() -> ExitCode {
     }
 }
 
-fn capture(args: CaptureArgs) -> anyhow::Result<()> {
+/// What the capture loop writes to: events (`capture`) or exchanges (`exchanges`).
+trait CliSink: Sink {
+    fn take_write_error(&mut self) -> Option<std::io::Error>;
+    fn note(&mut self, human: &str, json: &serde_json::Value);
+    /// Counters of its own, for the stats line.
+    fn stats(&self) -> serde_json::Value {
+        serde_json::Value::Null
+    }
+}
+
+impl<W: std::io::Write> CliSink for LineWriter<W> {
+    fn take_write_error(&mut self) -> Option<std::io::Error> {
+        self.write_error.take()
+    }
+    fn note(&mut self, human: &str, json: &serde_json::Value) {
+        LineWriter::note(self, human, json);
+    }
+}
+
+impl<W: std::io::Write> CliSink for Pipeline<LineWriter<W>> {
+    fn take_write_error(&mut self) -> Option<std::io::Error> {
+        self.sink.write_error.take()
+    }
+    fn note(&mut self, human: &str, json: &serde_json::Value) {
+        self.sink.note(human, json);
+    }
+    fn stats(&self) -> serde_json::Value {
+        serde_json::to_value(&self.stats).unwrap_or_default()
+    }
+}
+
+fn capture(args: CaptureArgs, exchanges: bool) -> anyhow::Result<()> {
     let options = ProbeOptions {
         capture_size: args.capture_size,
         ring_size: args.ring_kib.saturating_mul(1024),
@@ -140,7 +178,24 @@ fn capture(args: CaptureArgs) -> anyhow::Result<()> {
         } else {
             Format::Human
         };
-        let mut out = LineWriter::new(std::io::BufWriter::new(std::io::stdout().lock()), format);
+        let lines = LineWriter::new(std::io::BufWriter::new(std::io::stdout().lock()), format);
+        if exchanges {
+            let mut out = Pipeline::new(lines, args.max_connections as usize);
+            capture_loop(&args, &mut probe, &mut reader, &mut out).await
+        } else {
+            let mut out = lines;
+            capture_loop(&args, &mut probe, &mut reader, &mut out).await
+        }
+    })
+}
+
+async fn capture_loop(
+    args: &CaptureArgs,
+    probe: &mut Probe,
+    reader: &mut Reader,
+    out: &mut impl CliSink,
+) -> anyhow::Result<()> {
+    {
         let started = std::time::Instant::now();
         let deadline = tokio::time::sleep(args.duration.unwrap_or(Duration::MAX / 4));
         tokio::pin!(deadline);
@@ -154,11 +209,11 @@ fn capture(args: CaptureArgs) -> anyhow::Result<()> {
             .context("installing the SIGTERM handler")?;
         loop {
             tokio::select! {
-                res = reader.next_batch(&mut out) => { res.context("reading the ring buffer")?; }
+                res = reader.next_batch(out) => { res.context("reading the ring buffer")?; }
                 _ = &mut deadline => break,
                 _ = &mut ctrl_c => break,
                 _ = term.recv() => break,
-                _ = stats_tick.tick() => print_stats(&probe, &reader, &mut out, started)?,
+                _ = stats_tick.tick() => print_stats(probe, reader, out, started)?,
                 _ = sweep_tick.tick() => {
                     let gone = reader.sweep().len() + probe.sweep_dead_processes()?;
                     if gone > 0 {
@@ -166,7 +221,7 @@ fn capture(args: CaptureArgs) -> anyhow::Result<()> {
                     }
                 }
             }
-            if let Some(err) = out.write_error.take() {
+            if let Some(err) = out.take_write_error() {
                 if err.kind() == std::io::ErrorKind::BrokenPipe {
                     return Ok(());
                 }
@@ -177,10 +232,10 @@ fn capture(args: CaptureArgs) -> anyhow::Result<()> {
             }
         }
         // Events already in the ring buffer still count.
-        reader.drain(&mut out);
-        print_stats(&probe, &reader, &mut out, started)?;
+        reader.drain(out);
+        print_stats(probe, reader, out, started)?;
         Ok(())
-    })
+    }
 }
 
 fn replay(file: &std::path::Path) -> anyhow::Result<()> {
@@ -214,12 +269,7 @@ fn replay(file: &std::path::Path) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn print_stats(
-    probe: &Probe,
-    reader: &Reader,
-    out: &mut LineWriter<impl std::io::Write>,
-    started: std::time::Instant,
-) -> anyhow::Result<()> {
+fn print_stats(probe: &Probe, reader: &Reader, out: &mut impl CliSink, started: std::time::Instant) -> anyhow::Result<()> {
     let kernel = probe.stats()?;
     let user = reader.stats();
     let secs = started.elapsed().as_secs_f64().max(1e-9);
@@ -240,6 +290,7 @@ fn print_stats(
         "elapsed_s": secs,
         "kernel": kernel,
         "agent": user,
+        "parsers": out.stats(),
     });
     out.note(&human, &json);
     Ok(())

@@ -7,8 +7,11 @@ use base64::Engine as _;
 use serde::Serialize;
 use tangle_common::{ConnEvent, DataHeader, Direction, Role, Syscall};
 
+use tangle_protocols::{Exchange, Status};
+
 use crate::{
     conntrack::Connection,
+    pipeline::ExchangeSink,
     reader::{Sink, close_reason},
 };
 
@@ -160,11 +163,7 @@ impl<W: Write> LineWriter<W> {
         Self { out, format, clock: Clock::now(), lines: 0, write_error: None }
     }
 
-    fn emit<'a>(
-        &mut self,
-        human: impl FnOnce(&Clock) -> String,
-        json: impl FnOnce(&Clock) -> Line<'a>,
-    ) {
+    fn emit<T: Serialize>(&mut self, human: impl FnOnce(&Clock) -> String, json: impl FnOnce(&Clock) -> T) {
         if self.write_error.is_some() {
             return;
         }
@@ -193,6 +192,73 @@ impl<W: Write> LineWriter<W> {
             self.write_error = Some(e);
         }
     }
+}
+
+impl<W: Write> ExchangeSink for LineWriter<W> {
+    fn exchange(&mut self, c: &Connection, e: &Exchange) {
+        let status = match &e.status {
+            Status::Ok { code: Some(code) } => code.clone(),
+            Status::Ok { code: None } => "ok".into(),
+            Status::Error { code } => format!("error {code}"),
+            Status::NoResponse => "no response".into(),
+        };
+        let duration_us = e.end_ns.saturating_sub(e.start_ns) / 1000;
+        self.emit(
+            |clock| {
+                format!(
+                    "{} {} pid={} ({}) {} {} -> {} {:?} {} [{}] {} us{}",
+                    clock.rfc3339(e.start_ns),
+                    if c.role == Role::Client { "CALL " } else { "SERVE" },
+                    c.pid,
+                    c.process,
+                    role_str(c.role),
+                    c.local,
+                    c.remote,
+                    e.protocol,
+                    e.operation,
+                    status,
+                    duration_us,
+                    if e.truncated { " (truncated)" } else { "" }
+                )
+            },
+            |clock| ExchangeLine {
+                kind: ExchangeTag::Exchange,
+                ts: clock.rfc3339(e.start_ns),
+                conn_id: c.conn_id,
+                pid: c.pid,
+                process: &c.process,
+                role: role_str(c.role),
+                local: c.local.to_string(),
+                remote: c.remote.to_string(),
+                duration_us,
+                exchange: e,
+            },
+        );
+    }
+}
+
+/// One exchange as a JSON line: the exchange and the connection it was seen on.
+#[derive(Serialize)]
+struct ExchangeLine<'a> {
+    #[serde(rename = "type")]
+    kind: ExchangeTag,
+    ts: String,
+    conn_id: u64,
+    pid: u32,
+    process: &'a str,
+    role: &'static str,
+    local: String,
+    remote: String,
+    duration_us: u64,
+    #[serde(flatten)]
+    exchange: &'a Exchange,
+}
+
+#[derive(Serialize, Default)]
+#[serde(rename_all = "snake_case")]
+enum ExchangeTag {
+    #[default]
+    Exchange,
 }
 
 impl<W: Write> Sink for LineWriter<W> {

@@ -116,3 +116,64 @@ fn json_lines_with_pid_filter() {
     assert_eq!(last["agent"]["decode_errors"], 0);
     let _ = std::fs::remove_file(&ready);
 }
+
+/// `tangle-agent exchanges`: live traffic into exchanges, seen from both
+/// ends, with nothing secret in the output.
+#[test]
+fn live_exchanges_from_http_and_redis() {
+    let name = "live_exchanges_from_http_and_redis";
+    if require(name, &["curl", "python3", "redis-server", "redis-cli"]).is_none() {
+        return;
+    }
+    let (http_port, redis_port) = (free_port(), free_port());
+    let _http = Proc::spawn_ready(
+        Command::new("python3").args(["-u", "-m", "http.server", &http_port.to_string(), "--bind", "127.0.0.1"]),
+        "Serving HTTP",
+    );
+    let _redis = Proc::spawn_ready(
+        Command::new("redis-server").args(["--port", &redis_port.to_string(), "--bind", "127.0.0.1", "--save", ""]),
+        "Ready to accept connections",
+    );
+    let ready = std::env::temp_dir().join(format!("tangle-ready-ex-{http_port}"));
+    let _ = std::fs::remove_file(&ready);
+    // No port filter: two servers; the agent's own traffic is never tracked.
+    let agent = agent()
+        .args(["exchanges", "--json", "--duration", "6s", "--ready-file"])
+        .arg(&ready)
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_for("the agent to attach", Duration::from_secs(20), || ready.exists());
+    let ok = Command::new("curl")
+        .args(["-sS", "-o", "/dev/null", "-H", "Authorization: Bearer live-secret"])
+        .arg(format!("http://127.0.0.1:{http_port}/missing/42"))
+        .status()
+        .unwrap();
+    assert!(ok.success());
+    for cmd in [vec!["set", "greeting", "hello"], vec!["get", "greeting"]] {
+        let ok = Command::new("redis-cli").args(["-p", &redis_port.to_string()]).args(&cmd).status().unwrap();
+        assert!(ok.success());
+    }
+    let out = agent.wait_with_output().unwrap();
+    assert!(out.status.success());
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert!(!text.contains("live-secret"), "a secret reached the output");
+    let lines: Vec<serde_json::Value> = text.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let seen = |process: &str, role: &str, op: &str| {
+        lines.iter().any(|l| l["type"] == "exchange" && l["process"] == process && l["role"] == role && l["operation"] == op)
+    };
+    assert!(seen("curl", "client", "GET /missing/{id}"), "{text}");
+    assert!(seen("python3", "server", "GET /missing/{id}"), "{text}");
+    let http = lines.iter().find(|l| l["process"] == "curl").unwrap();
+    assert_eq!(http["status"]["code"], "404");
+    assert_eq!(http["remote"], format!("127.0.0.1:{http_port}"));
+    for op in ["redis SET", "redis GET"] {
+        assert!(seen("redis-cli", "client", op), "{op}: {text}");
+        assert!(seen("redis-server", "server", op), "{op}: {text}");
+    }
+    let stats = lines.iter().rev().find(|l| l["type"] == "stats").expect("stats");
+    for proto in ["http1", "redis"] {
+        assert_eq!(stats["parsers"]["protocols"][proto]["parse_errors"], 0, "{stats}");
+    }
+    let _ = std::fs::remove_file(&ready);
+}

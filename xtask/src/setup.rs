@@ -19,6 +19,8 @@ const TEST_PACKAGES: &[(&str, &str)] = &[
     ("iproute2", "ip"),
     ("util-linux", "setpriv"),
     ("tshark", "tshark"),
+    ("redis-server", "redis-server"),
+    ("redis-tools", "redis-cli"),
 ];
 
 fn run_step(name: &str, f: impl FnOnce() -> anyhow::Result<()>) -> anyhow::Result<()> {

@@ -1,0 +1,112 @@
+//! Captured transfers into exchanges: one protocol parser per tracked
+//! connection, fed in order, finished when the connection closes.
+
+use std::collections::HashMap;
+
+use tangle_common::{ConnEvent, DataHeader, Direction, Role};
+use tangle_protocols::{Chunk, Connection as Parsers, Exchange, ParserStats, Protocol, Side};
+
+use crate::{conntrack::Connection, reader::Sink};
+
+/// Where finished exchanges go, with the connection they were seen on.
+pub trait ExchangeSink {
+    fn exchange(&mut self, conn: &Connection, exchange: &Exchange);
+}
+
+/// Counters of the parsing stage.
+#[derive(Clone, Debug, Default, serde::Serialize)]
+pub struct PipelineStats {
+    pub exchanges: u64,
+    /// Transfers on connections whose protocol was not recognised.
+    pub undetected_transfers: u64,
+    /// Transfers on connections the pipeline had no open for.
+    pub orphan_transfers: u64,
+    /// Connections dropped because the parser table was full.
+    pub parser_table_full: u64,
+    /// Per protocol: parse errors, desyncs, unmatched responses, dropped requests.
+    pub protocols: HashMap<&'static str, ParserStats>,
+}
+
+fn protocol_name(p: Protocol) -> &'static str {
+    match p {
+        Protocol::Http1 => "http1",
+        Protocol::Http2 => "http2",
+        Protocol::Postgres => "postgres",
+        Protocol::Mysql => "mysql",
+        Protocol::Redis => "redis",
+    }
+}
+
+struct Tracked {
+    conn: Connection,
+    parsers: Parsers,
+}
+
+/// A [`Sink`] that parses each connection's transfers and hands the
+/// exchanges to an [`ExchangeSink`].
+pub struct Pipeline<S> {
+    conns: HashMap<u64, Tracked>,
+    max_connections: usize,
+    out: Vec<Exchange>,
+    pub stats: PipelineStats,
+    pub sink: S,
+}
+
+impl<S: ExchangeSink> Pipeline<S> {
+    pub fn new(sink: S, max_connections: usize) -> Self {
+        Self { conns: HashMap::new(), max_connections, out: Vec::new(), stats: PipelineStats::default(), sink }
+    }
+
+    fn emit(&mut self, conn_id: u64) {
+        if self.out.is_empty() {
+            return;
+        }
+        if let Some(t) = self.conns.get(&conn_id) {
+            for e in self.out.drain(..) {
+                self.stats.exchanges += 1;
+                self.sink.exchange(&t.conn, &e);
+            }
+        }
+        self.out.clear();
+    }
+
+    fn retire(&mut self, t: &Tracked) {
+        self.stats.undetected_transfers += t.parsers.undetected_chunks;
+        if let Some(p) = t.parsers.protocol() {
+            let s = self.stats.protocols.entry(protocol_name(p)).or_default();
+            *s = *s + t.parsers.stats();
+        }
+    }
+}
+
+impl<S: ExchangeSink> Sink for Pipeline<S> {
+    fn open(&mut self, conn: &Connection, _ev: &ConnEvent) {
+        if self.conns.len() >= self.max_connections {
+            self.stats.parser_table_full += 1;
+            return;
+        }
+        self.conns.insert(conn.conn_id, Tracked { conn: conn.clone(), parsers: Parsers::default() });
+    }
+
+    fn close(&mut self, _conn: Option<&Connection>, ev: &ConnEvent) {
+        let Some(mut t) = self.conns.remove(&ev.conn_id) else { return };
+        t.parsers.finish(ev.ts_ns, &mut self.out);
+        self.retire(&t);
+        for e in self.out.drain(..) {
+            self.stats.exchanges += 1;
+            self.sink.exchange(&t.conn, &e);
+        }
+    }
+
+    fn data(&mut self, _conn: Option<&Connection>, h: &DataHeader, bytes: &[u8]) {
+        let Some(t) = self.conns.get_mut(&h.conn_id) else {
+            self.stats.orphan_transfers += 1;
+            return;
+        };
+        // The client writes requests; the server reads them.
+        let egress = h.direction == Direction::Egress as u8;
+        let side = if egress == (t.conn.role == Role::Client) { Side::Request } else { Side::Response };
+        t.parsers.feed(Chunk { side, ts_ns: h.ts_ns, bytes, total_len: h.total_len }, &mut self.out);
+        self.emit(h.conn_id);
+    }
+}
