@@ -51,13 +51,14 @@ static FORKED: LruHashMap<u32, u32> = LruHashMap::with_max_entries(16384, 0);
 #[map]
 static INHERITABLE: LruHashMap<ConnKey, ConnInfo> = LruHashMap::with_max_entries(16384, 0);
 
-/// Data syscalls between their enter and exit, by pid_tgid.
+/// Data syscalls between their enter and exit, by pid_tgid. LRU: a thread
+/// killed inside a syscall never reaches its exit.
 #[map]
-static IN_FLIGHT: HashMap<u64, PendingIo> = HashMap::with_max_entries(16384, 0);
+static IN_FLIGHT: LruHashMap<u64, PendingIo> = LruHashMap::with_max_entries(16384, 0);
 
-/// `connect` calls between their enter and exit, by pid_tgid.
+/// `connect` calls between their enter and exit, by pid_tgid (LRU, as above).
 #[map]
-static CONNECTING: HashMap<u64, u32> = HashMap::with_max_entries(16384, 0);
+static CONNECTING: LruHashMap<u64, u32> = LruHashMap::with_max_entries(16384, 0);
 
 #[map]
 static SCRATCH: PerCpuArray<DataEvent> = PerCpuArray::with_max_entries(1, 0);
@@ -201,7 +202,9 @@ fn next_conn_id() -> u64 {
         }
         None => 0,
     };
-    (cpu << 48) | (seq & 0xffff_ffff_ffff)
+    // 16 bits of agent run, 8 of CPU, 40 of sequence.
+    let base = config().map_or(0, |c| c.id_base);
+    base | ((cpu & 0xff) << 40) | (seq & 0xff_ffff_ffff)
 }
 
 /// Starts tracking `fd` of the current process as a connection in `role`.

@@ -335,6 +335,7 @@ fn write_config(
         self_tgid: std::process::id(),
         filter_netns: options.netns.unwrap_or(0),
         wakeup_bytes: options.wakeup_bytes,
+        id_base: run_id() << 48,
         offsets,
         ..Config::default()
     };
@@ -353,6 +354,15 @@ pub fn cgroup2_root() -> Option<PathBuf> {
         let (_, dir, fstype) = (f.next()?, f.next()?, f.next()?);
         (fstype == "cgroup2").then(|| PathBuf::from(dir))
     })
+}
+
+/// 16 bits that differ between agent runs on one boot: the start time in
+/// seconds since boot (CLOCK_MONOTONIC), wrapping after 18 hours.
+fn run_id() -> u64 {
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: clock_gettime writes into the timespec we own.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    (ts.tv_sec as u64) & 0xffff
 }
 
 /// The cgroup v2 id of a cgroup directory (its inode number), for `--cgroup`.

@@ -310,6 +310,9 @@ pub struct Config {
     /// Wake the reader only once this many bytes wait in the ring buffer
     /// (it also polls on a timer); 0 wakes it for every event.
     pub wakeup_bytes: u32,
+    /// The high 16 bits of every connection id: differs between agent runs,
+    /// so ids stay unique on the node across restarts.
+    pub id_base: u64,
     pub offsets: KernelOffsets,
 }
 
