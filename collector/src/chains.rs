@@ -1,0 +1,295 @@
+//! Synchronous call chains in one trace: the service hops from the entry
+//! operation to each leaf, their depth, the services that must all be up
+//! (the closure), fan-out, cycles, error propagation and database access.
+//!
+//! Structure comes from parent links only, never from timestamps, so clock
+//! skew between nodes cannot bend a chain. A span whose parent is missing
+//! (a lost middle span) is re-attached to a call to its service that has no
+//! callee, and counted as inferred.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+
+use serde::Serialize;
+
+use crate::span::{Peer, Span, SpanId};
+
+/// One service doing one operation: a node of a chain.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+pub struct Hop {
+    pub service: String,
+    pub operation: String,
+}
+
+/// A root-to-leaf path of synchronous service hops.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Chain {
+    pub hops: Vec<Hop>,
+    /// Stable across runs and machines: FNV-1a of the hops, hex.
+    pub signature: String,
+}
+
+impl Chain {
+    /// Service-to-service hops on this chain.
+    pub fn depth(&self) -> usize {
+        self.hops.len().saturating_sub(1)
+    }
+}
+
+/// One synchronous call between two services, as seen in a trace.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Call {
+    pub caller: String,
+    pub callee: String,
+    pub caller_error: bool,
+    pub callee_error: bool,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+pub struct DbAccess {
+    pub service: String,
+    pub system: String,
+    pub server: String,
+    pub namespace: Option<String>,
+    pub tables: Vec<String>,
+    pub writes: bool,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct TraceAnalysis {
+    pub entry: Hop,
+    pub chains: Vec<Chain>,
+    /// Service-to-service hops on the longest chain.
+    pub depth: usize,
+    /// The most distinct services one operation calls synchronously.
+    pub fan_out: usize,
+    /// Every service the entry operation needs up (the entry's included).
+    pub closure: BTreeSet<String>,
+    /// Service paths that come back to a service already on them.
+    pub cycles: Vec<Vec<String>>,
+    pub calls: Vec<Call>,
+    pub db_accesses: Vec<DbAccess>,
+    /// Links made by re-attaching spans whose parent was missing.
+    pub inferred_links: usize,
+}
+
+/// FNV-1a, 64 bits: stable, and enough to tell chains apart.
+pub fn signature(hops: &[Hop]) -> String {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for hop in hops {
+        for b in hop.service.bytes().chain([0x1f]).chain(hop.operation.bytes()).chain([0x1e]) {
+            h ^= u64::from(b);
+            h = h.wrapping_mul(0x0100_0000_01b3);
+        }
+    }
+    format!("{h:016x}")
+}
+
+struct Graph<'a> {
+    spans: &'a [Span],
+    children: HashMap<SpanId, Vec<usize>>,
+}
+
+/// What a call leads to.
+enum Callee {
+    /// Spans of the callee's side (entries; or orphans re-attached).
+    Spans(Vec<usize>),
+    /// An uninstrumented service, known from the call's peer.
+    Leaf(Hop),
+    /// A database: not a service hop.
+    Database,
+}
+
+impl Graph<'_> {
+    /// Call spans made while serving `entry`: its descendants up to the next
+    /// entry (which belongs to a callee).
+    fn calls_of(&self, entry: usize, extra: &HashMap<usize, Vec<usize>>) -> Vec<usize> {
+        let mut out = Vec::new();
+        let mut stack: Vec<usize> = self.kids(entry, extra);
+        let mut guard = 0;
+        while let Some(i) = stack.pop() {
+            guard += 1;
+            if guard > self.spans.len() * 2 {
+                break;
+            }
+            let s = &self.spans[i];
+            if s.is_call() {
+                out.push(i);
+            } else if !s.is_entry() {
+                stack.extend(self.kids(i, extra));
+            }
+        }
+        out.sort_unstable();
+        out
+    }
+
+    fn kids(&self, i: usize, extra: &HashMap<usize, Vec<usize>>) -> Vec<usize> {
+        let mut k = self.children.get(&self.spans[i].span_id).cloned().unwrap_or_default();
+        if let Some(e) = extra.get(&i) {
+            k.extend(e);
+        }
+        k
+    }
+
+    fn callee(&self, call: usize, extra: &HashMap<usize, Vec<usize>>) -> Callee {
+        let entries: Vec<usize> = self.kids(call, extra).into_iter().filter(|&k| {
+            let s = &self.spans[k];
+            s.is_entry() || s.service != self.spans[call].service
+        }).collect();
+        if !entries.is_empty() {
+            return Callee::Spans(entries);
+        }
+        let c = &self.spans[call];
+        match &c.peer {
+            Peer::Database { .. } => Callee::Database,
+            Peer::Service { name } => Callee::Leaf(Hop { service: name.clone(), operation: c.operation.clone() }),
+            Peer::Address { address } => Callee::Leaf(Hop { service: address.clone(), operation: c.operation.clone() }),
+            Peer::Unknown => Callee::Leaf(Hop { service: "unknown".into(), operation: c.operation.clone() }),
+        }
+    }
+}
+
+/// Analyses one trace's spans (duplicates already removed).
+pub fn analyze(spans: &[Span]) -> Option<TraceAnalysis> {
+    if spans.is_empty() {
+        return None;
+    }
+    let ids: HashMap<SpanId, usize> = spans.iter().enumerate().map(|(i, s)| (s.span_id, i)).collect();
+    let mut children: HashMap<SpanId, Vec<usize>> = HashMap::new();
+    let mut orphans = Vec::new();
+    for (i, s) in spans.iter().enumerate() {
+        match s.parent {
+            Some(p) if ids.contains_key(&p) => children.entry(p).or_default().push(i),
+            Some(_) => orphans.push(i),
+            None => {}
+        }
+    }
+    let g = Graph { spans, children };
+    // Re-attach orphans to calls to their service that reached no callee.
+    let mut extra: HashMap<usize, Vec<usize>> = HashMap::new();
+    let mut inferred_links = 0;
+    for &o in &orphans {
+        let service = &spans[o].service;
+        let host = (0..spans.len()).find(|&c| {
+            spans[c].is_call()
+                && matches!(&spans[c].peer, Peer::Service { name } if name == service)
+                && !g.kids(c, &extra).iter().any(|&k| spans[k].service == *service)
+        });
+        if let Some(c) = host {
+            extra.entry(c).or_default().push(o);
+            inferred_links += 1;
+        }
+    }
+    let attached: BTreeSet<usize> = extra.values().flatten().copied().collect();
+    // The root: a span with no parent (or a parent never seen and not re-attached).
+    let root = (0..spans.len())
+        .filter(|&i| spans[i].parent.is_none_or(|p| !ids.contains_key(&p)) && !attached.contains(&i))
+        .min_by_key(|&i| (!spans[i].is_entry(), spans[i].start_ns))?;
+    let entry = Hop { service: spans[root].service.clone(), operation: spans[root].operation.clone() };
+
+    let mut out = TraceAnalysis {
+        entry: entry.clone(),
+        chains: Vec::new(),
+        depth: 0,
+        fan_out: 0,
+        closure: BTreeSet::new(),
+        cycles: Vec::new(),
+        calls: Vec::new(),
+        db_accesses: Vec::new(),
+        inferred_links,
+    };
+    // Depth-first over service work: (span doing the work, path so far).
+    let mut stack: Vec<(usize, Vec<Hop>)> = vec![(root, vec![entry])];
+    let mut visited = 0usize;
+    while let Some((node, path)) = stack.pop() {
+        visited += 1;
+        if visited > spans.len() * 4 + 16 {
+            break;
+        }
+        let here = &spans[node];
+        out.closure.insert(here.service.clone());
+        let mut next: Vec<(usize, Vec<Hop>)> = Vec::new();
+        let mut callees = BTreeSet::new();
+        // Whether the path goes on past this service (else it is a chain).
+        let mut extended = false;
+        // A root that is itself a call (a job calling out): treat it as its own call.
+        let calls = if here.is_call() && node == root { vec![node] } else { g.calls_of(node, &extra) };
+        for c in calls {
+            let call = &spans[c];
+            if let Peer::Database { system, server, namespace } = &call.peer {
+                out.db_accesses.push(DbAccess {
+                    service: call.service.clone(),
+                    system: system.clone(),
+                    server: server.clone(),
+                    namespace: namespace.clone(),
+                    tables: call.tables.clone(),
+                    writes: call.writes,
+                });
+            }
+            // Publishing ends the chain.
+            if !call.is_sync_call() {
+                continue;
+            }
+            match g.callee(c, &extra) {
+                Callee::Database => {}
+                Callee::Leaf(hop) => {
+                    callees.insert(hop.service.clone());
+                    out.closure.insert(hop.service.clone());
+                    out.calls.push(Call {
+                        caller: call.service.clone(),
+                        callee: hop.service.clone(),
+                        caller_error: here.error,
+                        callee_error: call.error,
+                    });
+                    let mut p = path.clone();
+                    p.push(hop);
+                    out.chains.push(Chain { signature: signature(&p), hops: p });
+                    extended = true;
+                }
+                Callee::Spans(targets) => {
+                    for t in targets {
+                        let callee = &spans[t];
+                        callees.insert(callee.service.clone());
+                        out.calls.push(Call {
+                            caller: call.service.clone(),
+                            callee: callee.service.clone(),
+                            caller_error: here.error,
+                            callee_error: callee.error,
+                        });
+                        if path.iter().any(|h| h.service == callee.service) && callee.service != here.service {
+                            let mut cycle: Vec<String> = path.iter().map(|h| h.service.clone()).collect();
+                            cycle.push(callee.service.clone());
+                            out.cycles.push(cycle);
+                        }
+                        let mut p = path.clone();
+                        // An orphaned client span stands for its (missing) server span.
+                        let op = if callee.is_entry() { callee.operation.clone() } else { call.operation.clone() };
+                        p.push(Hop { service: callee.service.clone(), operation: op });
+                        next.push((t, p));
+                        extended = true;
+                    }
+                }
+            }
+        }
+        out.fan_out = out.fan_out.max(callees.len());
+        if !extended {
+            out.chains.push(Chain { signature: signature(&path), hops: path });
+        }
+        stack.extend(next);
+    }
+    out.chains.sort_by(|a, b| a.hops.cmp(&b.hops));
+    out.chains.dedup();
+    out.depth = out.chains.iter().map(Chain::depth).max().unwrap_or(0);
+    out.cycles.sort();
+    out.cycles.dedup();
+    out.db_accesses.sort();
+    Some(out)
+}
+
+/// Calls per entry request between each pair of services (chattiness).
+pub fn calls_per_edge(a: &TraceAnalysis) -> BTreeMap<(String, String), usize> {
+    let mut m = BTreeMap::new();
+    for c in &a.calls {
+        *m.entry((c.caller.clone(), c.callee.clone())).or_default() += 1;
+    }
+    m
+}

@@ -1,0 +1,15 @@
+//! Tangle's collector: takes spans (from agents and from any
+//! OpenTelemetry-instrumented application), assembles traces, and finds the
+//! couplings of a distributed monolith in them.
+//!
+//! - [`span`]: the span the collector keeps;
+//! - [`assembly`]: spans into complete traces, over a window, bounded;
+//! - [`chains`]: one trace's synchronous chains, depth, closure, fan-out,
+//!   cycles, error propagation and database access;
+//! - [`baseline`]: chain signatures seen before, kept across restarts, so
+//!   that a new synchronous chain is reported once.
+
+pub mod assembly;
+pub mod baseline;
+pub mod chains;
+pub mod span;
