@@ -12,4 +12,6 @@
 pub mod assembly;
 pub mod baseline;
 pub mod chains;
+pub mod model;
+pub mod otlp;
 pub mod span;

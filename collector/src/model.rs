@@ -1,0 +1,377 @@
+//! What the collector knows across traces: per entry operation (depth,
+//! fan-out, closure), every chain seen (new ones against the baseline),
+//! calls between services (errors, propagation, chattiness), success rates,
+//! and who touches which database — and the findings drawn from them.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use serde::{Deserialize, Serialize};
+
+use crate::{
+    baseline::{Baseline, BaselineError, FirstSeen},
+    chains::{Hop, TraceAnalysis, calls_per_edge},
+};
+
+/// When a measurement becomes a finding. Defaults suit a first look.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Thresholds {
+    /// Sync depth (service-to-service hops) above which a chain is deep.
+    pub max_sync_depth: usize,
+    /// Services an entry operation may need up before its closure is wide.
+    pub max_closure: usize,
+    /// Share of a callee's failures that also fail its caller, above which
+    /// the edge is a cascading failure (0..1).
+    pub cascade_ratio: f64,
+    /// Failed calls on an edge before its cascade ratio is judged.
+    pub cascade_min_failures: u64,
+    /// Calls between two services for one entry request above which the edge is chatty.
+    pub max_calls_per_request: f64,
+}
+
+impl Default for Thresholds {
+    fn default() -> Self {
+        Self { max_sync_depth: 3, max_closure: 5, cascade_ratio: 0.5, cascade_min_failures: 5, max_calls_per_request: 10.0 }
+    }
+}
+
+/// A database, as the findings name it.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+pub struct DbKey {
+    pub system: String,
+    pub server: String,
+    pub namespace: Option<String>,
+}
+
+impl DbKey {
+    pub fn name(&self) -> String {
+        match &self.namespace {
+            Some(ns) => format!("{}/{ns}", self.server),
+            None => self.server.clone(),
+        }
+    }
+}
+
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct TableUse {
+    pub reads: u64,
+    pub writes: u64,
+}
+
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct EntryStats {
+    pub traces: u64,
+    pub max_depth: usize,
+    /// Traces by depth (index = depth, capped at 32).
+    pub depth_histogram: Vec<u64>,
+    pub max_fan_out: usize,
+    pub closure: BTreeSet<String>,
+}
+
+impl EntryStats {
+    pub fn p95_depth(&self) -> usize {
+        let total: u64 = self.depth_histogram.iter().sum();
+        let want = (total * 95).div_ceil(100);
+        let mut seen = 0;
+        for (d, n) in self.depth_histogram.iter().enumerate() {
+            seen += n;
+            if seen >= want && total > 0 {
+                return d;
+            }
+        }
+        0
+    }
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct ChainStats {
+    pub entry: Hop,
+    pub hops: Vec<Hop>,
+    pub depth: usize,
+    pub traces: u64,
+    pub first_seen_ns: u64,
+    pub example_trace: String,
+    /// Not in the baseline when first seen by this collector.
+    pub new: bool,
+}
+
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct EdgeStats {
+    pub calls: u64,
+    pub callee_failures: u64,
+    /// Callee failures whose caller failed too.
+    pub propagated: u64,
+    /// Traces with this edge, and calls in them (for calls per request).
+    pub traces: u64,
+    pub max_calls_per_trace: u64,
+}
+
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct ServiceStats {
+    /// Operations served (entry spans seen).
+    pub served: u64,
+    pub failed: u64,
+}
+
+impl ServiceStats {
+    pub fn success_rate(&self) -> Option<f64> {
+        (self.served > 0).then(|| 1.0 - self.failed as f64 / self.served as f64)
+    }
+}
+
+/// A database's owner and how it was decided.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Owner {
+    pub service: String,
+    /// `configured`, or the inference made.
+    pub source: String,
+}
+
+/// One distributed-monolith symptom, with its evidence.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Finding {
+    NewSyncChain { signature: String, chain: Vec<Hop>, first_seen_ns: u64, example_trace: String },
+    DeepSyncChain { entry: Hop, depth: usize, p95_depth: usize, longest: Vec<Hop> },
+    WideClosure { entry: Hop, services: BTreeSet<String>, availability: Option<f64> },
+    Cycle { services: Vec<String> },
+    CascadingFailure { caller: String, callee: String, propagated: u64, callee_failures: u64, ratio: f64 },
+    ChattyEdge { caller: String, callee: String, max_calls_per_request: u64, calls_per_request: f64 },
+    SharedDatabase { database: String, services: BTreeSet<String>, owner: Option<Owner> },
+    CrossServiceAccess { database: String, owner: Owner, accessor: String, tables: BTreeMap<String, (u64, u64)> },
+    TableWrittenByMany { database: String, table: String, services: BTreeSet<String> },
+}
+
+pub struct Model {
+    pub thresholds: Thresholds,
+    /// Configured owners: database name (`server/namespace` or namespace) -> service.
+    pub owners: BTreeMap<String, String>,
+    baseline: Baseline,
+    pub entries: BTreeMap<Hop, EntryStats>,
+    pub chains: BTreeMap<String, ChainStats>,
+    pub edges: BTreeMap<(String, String), EdgeStats>,
+    pub services: BTreeMap<String, ServiceStats>,
+    pub databases: BTreeMap<DbKey, BTreeMap<String, BTreeMap<String, TableUse>>>,
+    pub cycles: BTreeSet<Vec<String>>,
+    pub new_chains: u64,
+}
+
+fn hex(id: &[u8]) -> String {
+    id.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+impl Model {
+    pub fn new(baseline: Baseline, thresholds: Thresholds, owners: BTreeMap<String, String>) -> Self {
+        Self {
+            thresholds,
+            owners,
+            baseline,
+            entries: BTreeMap::new(),
+            chains: BTreeMap::new(),
+            edges: BTreeMap::new(),
+            services: BTreeMap::new(),
+            databases: BTreeMap::new(),
+            cycles: BTreeSet::new(),
+            new_chains: 0,
+        }
+    }
+
+    /// Counts what one trace shows; `served` is each entry span's (service, failed).
+    pub fn ingest(
+        &mut self,
+        trace_id: &[u8],
+        a: &TraceAnalysis,
+        served: &[(String, bool)],
+        now_ns: u64,
+    ) -> Result<(), BaselineError> {
+        let e = self.entries.entry(a.entry.clone()).or_default();
+        e.traces += 1;
+        e.max_depth = e.max_depth.max(a.depth);
+        let d = a.depth.min(32);
+        if e.depth_histogram.len() <= d {
+            e.depth_histogram.resize(d + 1, 0);
+        }
+        e.depth_histogram[d] += 1;
+        e.max_fan_out = e.max_fan_out.max(a.fan_out);
+        e.closure.extend(a.closure.iter().cloned());
+        for chain in &a.chains {
+            if let Some(c) = self.chains.get_mut(&chain.signature) {
+                c.traces += 1;
+                continue;
+            }
+            let example_trace = hex(trace_id);
+            let text = chain.hops.iter().map(|h| format!("{}:{}", h.service, h.operation)).collect::<Vec<_>>().join(" -> ");
+            let new = self.baseline.record(FirstSeen {
+                signature: chain.signature.clone(),
+                chain: text,
+                first_seen_ns: now_ns,
+                example_trace: example_trace.clone(),
+            })?;
+            if new {
+                self.new_chains += 1;
+            }
+            let first = self.baseline.get(&chain.signature).cloned();
+            self.chains.insert(chain.signature.clone(), ChainStats {
+                entry: a.entry.clone(),
+                hops: chain.hops.clone(),
+                depth: chain.depth(),
+                traces: 1,
+                first_seen_ns: first.as_ref().map_or(now_ns, |f| f.first_seen_ns),
+                example_trace: first.map_or(example_trace, |f| f.example_trace),
+                new,
+            });
+        }
+        for c in &a.calls {
+            let s = self.edges.entry((c.caller.clone(), c.callee.clone())).or_default();
+            s.calls += 1;
+            if c.callee_error {
+                s.callee_failures += 1;
+                if c.caller_error {
+                    s.propagated += 1;
+                }
+            }
+        }
+        for ((caller, callee), n) in calls_per_edge(a) {
+            let s = self.edges.entry((caller, callee)).or_default();
+            s.traces += 1;
+            s.max_calls_per_trace = s.max_calls_per_trace.max(n as u64);
+        }
+        for (service, failed) in served {
+            let s = self.services.entry(service.clone()).or_default();
+            s.served += 1;
+            s.failed += u64::from(*failed);
+        }
+        for acc in &a.db_accesses {
+            let key = DbKey { system: acc.system.clone(), server: acc.server.clone(), namespace: acc.namespace.clone() };
+            let tables = self.databases.entry(key).or_default().entry(acc.service.clone()).or_default();
+            let names = if acc.tables.is_empty() { vec!["*".to_owned()] } else { acc.tables.clone() };
+            for t in names {
+                let u = tables.entry(t).or_default();
+                if acc.writes {
+                    u.writes += 1;
+                } else {
+                    u.reads += 1;
+                }
+            }
+        }
+        self.cycles.extend(a.cycles.iter().cloned());
+        Ok(())
+    }
+
+    /// The configured owner, or the service that writes most (then reads most).
+    pub fn owner(&self, db: &DbKey) -> Option<Owner> {
+        let name = db.name();
+        let configured = self.owners.get(&name).or_else(|| db.namespace.as_ref().and_then(|ns| self.owners.get(ns)));
+        if let Some(service) = configured {
+            return Some(Owner { service: service.clone(), source: "configured".into() });
+        }
+        let users = self.databases.get(db)?;
+        let score = |t: &BTreeMap<String, TableUse>| {
+            (t.values().map(|u| u.writes).sum::<u64>(), t.values().map(|u| u.reads).sum::<u64>())
+        };
+        let (service, (w, r)) = users.iter().map(|(s, t)| (s, score(t))).max_by_key(|(s, sc)| (*sc, std::cmp::Reverse((*s).clone())))?;
+        let total_w: u64 = users.values().map(|t| score(t).0).sum();
+        Some(Owner {
+            service: service.clone(),
+            source: format!("inferred: most writes ({w} of {total_w}), then reads ({r})"),
+        })
+    }
+
+    /// Availability the closure implies: the product of its services' success rates.
+    pub fn availability(&self, closure: &BTreeSet<String>) -> Option<f64> {
+        let rates: Vec<f64> = closure.iter().filter_map(|s| self.services.get(s)?.success_rate()).collect();
+        (!rates.is_empty()).then(|| rates.iter().product())
+    }
+
+    pub fn findings(&self) -> Vec<Finding> {
+        let t = &self.thresholds;
+        let mut out = Vec::new();
+        for (sig, c) in &self.chains {
+            if c.new {
+                out.push(Finding::NewSyncChain {
+                    signature: sig.clone(),
+                    chain: c.hops.clone(),
+                    first_seen_ns: c.first_seen_ns,
+                    example_trace: c.example_trace.clone(),
+                });
+            }
+        }
+        for (entry, e) in &self.entries {
+            if e.max_depth > t.max_sync_depth {
+                let longest = self
+                    .chains
+                    .values()
+                    .filter(|c| c.entry == *entry)
+                    .max_by_key(|c| c.depth)
+                    .map(|c| c.hops.clone())
+                    .unwrap_or_default();
+                out.push(Finding::DeepSyncChain { entry: entry.clone(), depth: e.max_depth, p95_depth: e.p95_depth(), longest });
+            }
+            if e.closure.len() > t.max_closure {
+                out.push(Finding::WideClosure {
+                    entry: entry.clone(),
+                    services: e.closure.clone(),
+                    availability: self.availability(&e.closure),
+                });
+            }
+        }
+        for cycle in &self.cycles {
+            out.push(Finding::Cycle { services: cycle.clone() });
+        }
+        for ((caller, callee), e) in &self.edges {
+            if e.callee_failures >= t.cascade_min_failures {
+                let ratio = e.propagated as f64 / e.callee_failures as f64;
+                if ratio > t.cascade_ratio {
+                    out.push(Finding::CascadingFailure {
+                        caller: caller.clone(),
+                        callee: callee.clone(),
+                        propagated: e.propagated,
+                        callee_failures: e.callee_failures,
+                        ratio,
+                    });
+                }
+            }
+            let per_request = if e.traces > 0 { e.calls as f64 / e.traces as f64 } else { 0.0 };
+            if e.max_calls_per_trace as f64 > t.max_calls_per_request {
+                out.push(Finding::ChattyEdge {
+                    caller: caller.clone(),
+                    callee: callee.clone(),
+                    max_calls_per_request: e.max_calls_per_trace,
+                    calls_per_request: per_request,
+                });
+            }
+        }
+        for (db, users) in &self.databases {
+            let owner = self.owner(db);
+            if users.len() > 1 {
+                out.push(Finding::SharedDatabase {
+                    database: db.name(),
+                    services: users.keys().cloned().collect(),
+                    owner: owner.clone(),
+                });
+            }
+            if let Some(owner) = &owner {
+                for (service, tables) in users.iter().filter(|(s, _)| **s != owner.service) {
+                    out.push(Finding::CrossServiceAccess {
+                        database: db.name(),
+                        owner: owner.clone(),
+                        accessor: service.clone(),
+                        tables: tables.iter().map(|(t, u)| (t.clone(), (u.reads, u.writes))).collect(),
+                    });
+                }
+            }
+            let mut writers: BTreeMap<&String, BTreeSet<String>> = BTreeMap::new();
+            for (service, tables) in users {
+                for (table, u) in tables {
+                    if u.writes > 0 {
+                        writers.entry(table).or_default().insert(service.clone());
+                    }
+                }
+            }
+            for (table, services) in writers.into_iter().filter(|(_, s)| s.len() > 1) {
+                out.push(Finding::TableWrittenByMany { database: db.name(), table: table.clone(), services });
+            }
+        }
+        out
+    }
+}

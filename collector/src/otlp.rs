@@ -1,0 +1,135 @@
+//! OTLP spans into the collector's spans, by OpenTelemetry semantic
+//! conventions (current and the older names instrumented apps still send).
+
+use opentelemetry_proto::tonic::{
+    collector::trace::v1::ExportTraceServiceRequest,
+    common::v1::{AnyValue, KeyValue, any_value::Value},
+    trace::v1::{Span as OtlpSpan, status::StatusCode},
+};
+use tangle_protocols::{normalize::normalize_path, sql};
+
+use crate::span::{Peer, Span, SpanKind};
+
+/// Spans rejected while mapping, and why; counted, never fatal.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct MappingStats {
+    pub accepted: u64,
+    /// Trace or span ids of the wrong length (or all zero).
+    pub bad_ids: u64,
+}
+
+fn text(v: &AnyValue) -> Option<String> {
+    match v.value.as_ref()? {
+        Value::StringValue(s) => Some(s.clone()),
+        Value::IntValue(i) => Some(i.to_string()),
+        Value::BoolValue(b) => Some(b.to_string()),
+        Value::DoubleValue(d) => Some(d.to_string()),
+        _ => None,
+    }
+}
+
+/// The first of `keys` present among `attrs`.
+fn attr(attrs: &[KeyValue], keys: &[&str]) -> Option<String> {
+    keys.iter().find_map(|k| attrs.iter().find(|kv| kv.key == *k).and_then(|kv| kv.value.as_ref()).and_then(text))
+}
+
+fn id<const N: usize>(bytes: &[u8]) -> Option<[u8; N]> {
+    let id: [u8; N] = bytes.try_into().ok()?;
+    (id != [0; N]).then_some(id)
+}
+
+fn kind(k: i32) -> SpanKind {
+    match k {
+        2 => SpanKind::Server,
+        3 => SpanKind::Client,
+        4 => SpanKind::Producer,
+        5 => SpanKind::Consumer,
+        _ => SpanKind::Internal,
+    }
+}
+
+/// One OTLP span, with its resource's `service.name`.
+pub fn map_span(service: &str, s: &OtlpSpan) -> Option<Span> {
+    let trace_id = id::<16>(&s.trace_id)?;
+    let span_id = id::<8>(&s.span_id)?;
+    let parent = id::<8>(&s.parent_span_id);
+    let a = &s.attributes;
+    let kind = kind(s.kind);
+    let db_system = attr(a, &["db.system.name", "db.system"]);
+    let query = attr(a, &["db.query.text", "db.statement"]);
+    let namespace = attr(a, &["db.namespace", "db.name"]);
+    let server = match (attr(a, &["server.address", "net.peer.name"]), attr(a, &["server.port", "net.peer.port"])) {
+        (Some(h), Some(p)) => Some(format!("{h}:{p}")),
+        (h, _) => h,
+    };
+    let method = attr(a, &["http.request.method", "http.method"]);
+    let status_code: Option<u16> = attr(a, &["http.response.status_code", "http.status_code"]).and_then(|c| c.parse().ok());
+    let parsed = query.as_deref().map(sql::parse);
+    let operation = if let Some(m) = &method {
+        let path = attr(a, &["http.route"])
+            .or_else(|| attr(a, &["url.path", "http.target"]).map(|p| normalize_path(p.split('?').next().unwrap_or(""))))
+            .unwrap_or_else(|| "/".into());
+        format!("{m} {path}")
+    } else if let Some(st) = &parsed {
+        let tables = st.qualified_tables(namespace.as_deref(), true);
+        sql::operation(&st.verb, &tables)
+    } else {
+        s.name.clone()
+    };
+    let peer = if let Some(system) = db_system.clone() {
+        Peer::Database { system, server: server.clone().unwrap_or_default(), namespace: namespace.clone() }
+    } else if let Some(name) = attr(a, &["peer.service"]) {
+        Peer::Service { name }
+    } else if let Some(address) = server {
+        Peer::Address { address }
+    } else {
+        Peer::Unknown
+    };
+    let failed_status = s.status.as_ref().is_some_and(|st| st.code == StatusCode::Error as i32);
+    let error = failed_status || status_code.is_some_and(|c| c >= 500);
+    let (tables, writes) = match &parsed {
+        Some(st) if db_system.is_some() => (
+            st.qualified_tables(namespace.as_deref(), true),
+            matches!(st.kind, sql::StatementKind::Write | sql::StatementKind::Ddl),
+        ),
+        _ => (Vec::new(), false),
+    };
+    Some(Span {
+        trace_id,
+        span_id,
+        parent,
+        service: service.to_owned(),
+        kind,
+        operation,
+        start_ns: s.start_time_unix_nano,
+        end_ns: s.end_time_unix_nano.max(s.start_time_unix_nano),
+        error,
+        peer,
+        tables,
+        writes,
+    })
+}
+
+/// Every span of an export request.
+pub fn map_request(req: &ExportTraceServiceRequest, stats: &mut MappingStats) -> Vec<Span> {
+    let mut out = Vec::new();
+    for rs in &req.resource_spans {
+        let service = rs
+            .resource
+            .as_ref()
+            .and_then(|r| attr(&r.attributes, &["service.name"]))
+            .unwrap_or_else(|| "unknown_service".into());
+        for ss in &rs.scope_spans {
+            for s in &ss.spans {
+                match map_span(&service, s) {
+                    Some(span) => {
+                        stats.accepted += 1;
+                        out.push(span);
+                    }
+                    None => stats.bad_ids += 1,
+                }
+            }
+        }
+    }
+    out
+}
