@@ -10,7 +10,6 @@ use std::{
 };
 
 use anyhow::{Context as _, bail};
-use base64::Engine as _;
 
 use crate::util::{Child, build_agent, is_root, root, wait_file, wait_port};
 
@@ -44,7 +43,7 @@ pub fn run(duration: Duration) -> anyhow::Result<()> {
     std::fs::create_dir_all(&dir)?;
     let ready = dir.join("ready");
     let _ = std::fs::remove_file(&ready);
-    let log = dir.join("capture.jsonl");
+    let log = dir.join("exchanges.jsonl");
 
     // A cgroup keeps the capture to the demo's own processes.
     let cgroup = cgroup2_root().and_then(|r| {
@@ -55,12 +54,12 @@ pub fn run(duration: Duration) -> anyhow::Result<()> {
         eprintln!("demo: no cgroup v2 hierarchy: the capture will show every process's traffic");
     }
     let mut capture = Command::new(&agent);
-    capture.args(["capture", "--json", "--ready-file"]).arg(&ready);
+    capture.args(["exchanges", "--json", "--ready-file"]).arg(&ready);
     if let Some(g) = &cgroup {
         capture.arg("--cgroup").arg(g);
     }
     let out = std::fs::File::create(&log).with_context(|| format!("creating {}", log.display()))?;
-    eprintln!("demo: starting the agent (tangle-agent capture)");
+    eprintln!("demo: starting the agent (tangle-agent exchanges)");
     let mut agent_proc = Child::spawn(capture.stdout(out))?;
     wait_file(&ready, "the agent")?;
 
@@ -92,67 +91,51 @@ pub fn run(duration: Duration) -> anyhow::Result<()> {
 
 #[derive(Default)]
 struct Edge {
-    connections: u32,
-    requests: u32,
-    bytes: u64,
-    example: String,
+    calls: u32,
+    errors: u32,
+    total_us: u64,
+    operations: std::collections::BTreeSet<String>,
 }
 
-/// Who called whom: each client connection joined to the server connection
-/// whose addresses mirror it.
+/// Who called whom, with what: each client-side exchange, its callee named by
+/// the server-side exchanges seen on the address it called.
 fn summarize(log: &Path) -> anyhow::Result<()> {
     let text = std::fs::read_to_string(log)?;
     let lines: Vec<serde_json::Value> = text.lines().filter_map(|l| serde_json::from_str(l).ok()).collect();
-    let mut server_of = BTreeMap::new(); // (local, remote) -> process
-    for l in lines.iter().filter(|l| l["type"] == "open" && l["role"] == "server") {
-        server_of.insert((l["local"].to_string(), l["remote"].to_string()), l["process"].to_string());
-    }
-    let mut client_conns = BTreeMap::new(); // conn_id -> (caller, callee)
-    for l in lines.iter().filter(|l| l["type"] == "open" && l["role"] == "client") {
-        let callee = server_of
-            .get(&(l["remote"].to_string(), l["local"].to_string()))
-            .cloned()
-            .unwrap_or_else(|| l["remote"].to_string());
-        client_conns.insert(l["conn_id"].to_string(), (l["process"].to_string(), callee));
-    }
+    let exchanges = || lines.iter().filter(|l| l["type"] == "exchange");
+    let server_at: BTreeMap<String, String> = exchanges()
+        .filter(|l| l["role"] == "server")
+        .map(|l| (l["local"].as_str().unwrap_or("").to_owned(), l["process"].as_str().unwrap_or("").to_owned()))
+        .collect();
     let mut edges: BTreeMap<(String, String), Edge> = BTreeMap::new();
-    for (caller_callee, _) in client_conns.values().map(|e| (e.clone(), ())) {
-        edges.entry(caller_callee).or_default().connections += 1;
-    }
-    for l in lines.iter().filter(|l| l["type"] == "data" && l["direction"] == "egress") {
-        let Some(key) = client_conns.get(&l["conn_id"].to_string()) else { continue };
-        let edge = edges.entry(key.clone()).or_default();
-        edge.bytes += l["len"].as_u64().unwrap_or(0);
-        let data = base64::engine::general_purpose::STANDARD
-            .decode(l["data"].as_str().unwrap_or_default())
-            .unwrap_or_default();
-        let first = String::from_utf8_lossy(&data).lines().next().unwrap_or_default().to_owned();
-        if ["GET ", "POST ", "PUT ", "DELETE "].iter().any(|m| first.starts_with(m)) {
-            edge.requests += 1;
-            if edge.example.is_empty() {
-                edge.example = first;
-            }
-        }
+    for l in exchanges().filter(|l| l["role"] == "client") {
+        let remote = l["remote"].as_str().unwrap_or("");
+        let callee = server_at.get(remote).cloned().unwrap_or_else(|| remote.to_owned());
+        let e = edges.entry((l["process"].as_str().unwrap_or("").to_owned(), callee)).or_default();
+        e.calls += 1;
+        e.errors += u32::from(l["status"]["kind"] == "error");
+        e.total_us += l["duration_us"].as_u64().unwrap_or(0);
+        e.operations.insert(l["operation"].as_str().unwrap_or("").to_owned());
     }
     let stats = lines.iter().rev().find(|l| l["type"] == "stats");
     let events = stats.map_or(0, |s| s["agent"]["events"].as_u64().unwrap_or(0));
     let lost = stats.map_or(0, |s| s["kernel"]["events_lost"].as_u64().unwrap_or(0));
-    let unquote = |s: &str| s.trim_matches('"').to_owned();
-    println!("\nWhat the agent saw ({events} events, {lost} lost), from the bytes alone:\n");
-    println!("  {:<10} -> {:<22} {:>11} {:>9} {:>10}  example", "caller", "callee", "connections", "requests", "bytes out");
+    println!("\nWhat the agent saw ({events} events, {lost} lost), parsed from the bytes alone:\n");
+    println!("  {:<10} -> {:<10} {:>6} {:>7} {:>9}  operations", "caller", "callee", "calls", "errors", "avg (us)");
     for ((caller, callee), e) in &edges {
+        let ops: Vec<&str> = e.operations.iter().map(String::as_str).collect();
         println!(
-            "  {:<10} -> {:<22} {:>11} {:>9} {:>10}  {}",
-            unquote(caller),
-            unquote(callee),
-            e.connections,
-            e.requests,
-            e.bytes,
-            e.example
+            "  {:<10} -> {:<10} {:>6} {:>7} {:>9}  {}",
+            caller,
+            callee,
+            e.calls,
+            e.errors,
+            e.total_us / u64::from(e.calls.max(1)),
+            ops.join(", ")
         );
     }
-    println!("\nEvery event is in {} (JSON lines).", log.display());
-    println!("Watch any machine live with: sudo target/release/tangle-agent capture");
+    println!("\nEvery exchange is in {} (JSON lines).", log.display());
+    println!("Watch any machine live with: sudo target/release/tangle-agent exchanges");
     if edges.is_empty() {
         bail!("the agent saw no calls between the demo services");
     }
