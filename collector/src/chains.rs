@@ -42,6 +42,10 @@ pub struct Call {
     pub callee: String,
     pub caller_error: bool,
     pub callee_error: bool,
+    /// The client span's duration.
+    pub client_ns: u64,
+    /// The callee's server span's duration, when it was seen.
+    pub server_ns: Option<u64>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize)]
@@ -239,6 +243,8 @@ pub fn analyze(spans: &[Span]) -> Option<TraceAnalysis> {
                         callee: hop.service.clone(),
                         caller_error: here.error,
                         callee_error: call.error,
+                        client_ns: call.end_ns.saturating_sub(call.start_ns),
+                        server_ns: None,
                     });
                     let mut p = path.clone();
                     p.push(hop);
@@ -254,6 +260,8 @@ pub fn analyze(spans: &[Span]) -> Option<TraceAnalysis> {
                             callee: callee.service.clone(),
                             caller_error: here.error,
                             callee_error: callee.error,
+                            client_ns: call.end_ns.saturating_sub(call.start_ns),
+                            server_ns: callee.is_entry().then(|| callee.end_ns.saturating_sub(callee.start_ns)),
                         });
                         if path.iter().any(|h| h.service == callee.service) && callee.service != here.service {
                             let mut cycle: Vec<String> = path.iter().map(|h| h.service.clone()).collect();

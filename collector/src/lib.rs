@@ -12,6 +12,9 @@
 pub mod assembly;
 pub mod baseline;
 pub mod chains;
+pub mod config;
+pub mod metrics;
 pub mod model;
 pub mod otlp;
+pub mod server;
 pub mod span;

@@ -95,6 +95,29 @@ pub struct ChainStats {
     pub new: bool,
 }
 
+/// Upper bounds (seconds) of the latency buckets, as Tempo's service graphs
+/// use, with finer steps below 100 ms for in-cluster calls.
+pub const LATENCY_BUCKETS: [f64; 12] = [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.2, 0.4, 0.8, 1.6, 3.2];
+
+/// A latency histogram: counts per bucket of [`LATENCY_BUCKETS`] (the last
+/// slot is +Inf), and the sum.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct Latency {
+    pub buckets: [u64; 13],
+    pub sum_seconds: f64,
+    pub count: u64,
+}
+
+impl Latency {
+    pub fn observe(&mut self, ns: u64) {
+        let s = ns as f64 / 1e9;
+        let i = LATENCY_BUCKETS.iter().position(|b| s <= *b).unwrap_or(LATENCY_BUCKETS.len());
+        self.buckets[i] += 1;
+        self.sum_seconds += s;
+        self.count += 1;
+    }
+}
+
 #[derive(Clone, Debug, Default, Serialize)]
 pub struct EdgeStats {
     pub calls: u64,
@@ -104,6 +127,10 @@ pub struct EdgeStats {
     /// Traces with this edge, and calls in them (for calls per request).
     pub traces: u64,
     pub max_calls_per_trace: u64,
+    /// As the caller measured it.
+    pub client_latency: Latency,
+    /// As the callee measured it (when its span was seen).
+    pub server_latency: Latency,
 }
 
 #[derive(Clone, Debug, Default, Serialize)]
@@ -224,6 +251,10 @@ impl Model {
         for c in &a.calls {
             let s = self.edges.entry((c.caller.clone(), c.callee.clone())).or_default();
             s.calls += 1;
+            s.client_latency.observe(c.client_ns);
+            if let Some(ns) = c.server_ns {
+                s.server_latency.observe(ns);
+            }
             if c.callee_error {
                 s.callee_failures += 1;
                 if c.caller_error {

@@ -21,6 +21,7 @@ const TEST_PACKAGES: &[(&str, &str)] = &[
     ("tshark", "tshark"),
     ("redis-server", "redis-server"),
     ("redis-tools", "redis-cli"),
+    ("prometheus", "promtool"),
 ];
 
 fn run_step(name: &str, f: impl FnOnce() -> anyhow::Result<()>) -> anyhow::Result<()> {

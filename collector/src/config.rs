@@ -1,0 +1,91 @@
+//! The collector's configuration file (TOML). Every field has a default, so
+//! the collector runs with no file at all. Unknown fields are errors.
+
+use std::{collections::BTreeMap, net::SocketAddr, path::{Path, PathBuf}};
+
+use serde::Deserialize;
+
+use crate::model::Thresholds;
+
+/// A configuration that cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read config {path}: {source}")]
+    Read {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML, or a field is unknown or of the wrong type
+    /// (the message names it).
+    #[error("config {path}: {message}")]
+    Parse { path: String, message: String },
+}
+
+#[derive(Clone, Debug, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Where OTLP over gRPC is received.
+    pub otlp_grpc: SocketAddr,
+    /// Where OTLP over HTTP (`POST /v1/traces`, protobuf or JSON) is received.
+    pub otlp_http: SocketAddr,
+    /// Where `/metrics` and the JSON API (`/api/...`) are served.
+    pub http: SocketAddr,
+    /// The folder of the baseline of known chains.
+    pub data_dir: PathBuf,
+    /// How long a trace waits for more spans after its last one, in milliseconds.
+    pub trace_window_ms: u64,
+    /// Spans held while their traces are assembled, at most.
+    pub max_spans_in_flight: usize,
+    /// When measurements become findings.
+    pub thresholds: Thresholds,
+    /// Database owners: database (`server/namespace`, or the namespace alone) to service.
+    pub owners: BTreeMap<String, String>,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            otlp_grpc: ([0, 0, 0, 0], 4317).into(),
+            otlp_http: ([0, 0, 0, 0], 4318).into(),
+            http: ([0, 0, 0, 0], 9464).into(),
+            data_dir: PathBuf::from("tangle-data"),
+            trace_window_ms: 5_000,
+            max_spans_in_flight: 1_000_000,
+            thresholds: Thresholds::default(),
+            owners: BTreeMap::new(),
+        }
+    }
+}
+
+impl Config {
+    pub fn parse(text: &str, path: &str) -> Result<Self, ConfigError> {
+        toml::from_str(text).map_err(|e| ConfigError::Parse { path: path.to_owned(), message: e.to_string() })
+    }
+
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let shown = path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: shown.clone(), source })?;
+        Self::parse(&text, &shown)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_and_errors_that_name_the_field() {
+        assert_eq!(Config::parse("", "c.toml").unwrap(), Config::default());
+        let c = Config::parse("data_dir = \"/var/lib/tangle\"\n[thresholds]\nmax_sync_depth = 5\n[owners]\norders_db = \"orders\"\n", "c.toml").unwrap();
+        assert_eq!(c.thresholds.max_sync_depth, 5);
+        assert_eq!(c.owners["orders_db"], "orders");
+        let e = Config::parse("trace_windw_ms = 3\n", "c.toml").unwrap_err().to_string();
+        assert!(e.contains("trace_windw_ms"), "{e}");
+        let e = Config::parse("[thresholds]\nmax_sync_depth = \"deep\"\n", "c.toml").unwrap_err().to_string();
+        assert!(e.contains("max_sync_depth"), "{e}");
+        let e = Config::parse("http = \"not an address\"\n", "c.toml").unwrap_err().to_string();
+        assert!(e.contains("http"), "{e}");
+    }
+}

@@ -1,0 +1,99 @@
+//! `tangle-collector`: the command line.
+
+use std::{path::PathBuf, process::ExitCode};
+
+use anyhow::Context as _;
+use clap::{Parser, Subcommand};
+use tangle_collector::{config::Config, server};
+
+/// Tangle's collector: takes OTLP spans from Tangle agents and any
+/// OpenTelemetry-instrumented application, assembles traces, and reports the
+/// couplings of a distributed monolith (/metrics, /api/findings).
+#[derive(Parser)]
+#[command(version, about, long_about = None)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+    /// The configuration file (TOML); every field has a default.
+    #[arg(long, short, env = "TANGLE_CONFIG", global = true)]
+    config: Option<PathBuf>,
+    /// The folder of the baseline of known chains (overrides `data_dir`).
+    #[arg(long, env = "TANGLE_DATA_DIR", global = true)]
+    data_dir: Option<PathBuf>,
+    /// OTLP/gRPC address (overrides `otlp_grpc`; default 0.0.0.0:4317).
+    #[arg(long, env = "TANGLE_OTLP_GRPC")]
+    otlp_grpc: Option<std::net::SocketAddr>,
+    /// OTLP/HTTP address (overrides `otlp_http`; default 0.0.0.0:4318).
+    #[arg(long, env = "TANGLE_OTLP_HTTP")]
+    otlp_http: Option<std::net::SocketAddr>,
+    /// /metrics and /api address (overrides `http`; default 0.0.0.0:9464).
+    #[arg(long, env = "TANGLE_HTTP")]
+    http: Option<std::net::SocketAddr>,
+    /// Trace window in milliseconds (overrides `trace_window_ms`).
+    #[arg(long, env = "TANGLE_TRACE_WINDOW_MS")]
+    trace_window_ms: Option<u64>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Receive spans and serve findings (the default).
+    Run,
+    /// Print the configuration in effect, defaults included, and exit.
+    CheckConfig,
+}
+
+fn main() -> ExitCode {
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
+    match run(Cli::parse()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("tangle-collector: error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<()> {
+    let mut config = match &cli.config {
+        Some(path) => Config::load(path)?,
+        None => Config::default(),
+    };
+    if let Some(d) = cli.data_dir {
+        config.data_dir = d;
+    }
+    if let Some(a) = cli.otlp_grpc {
+        config.otlp_grpc = a;
+    }
+    if let Some(a) = cli.otlp_http {
+        config.otlp_http = a;
+    }
+    if let Some(a) = cli.http {
+        config.http = a;
+    }
+    if let Some(w) = cli.trace_window_ms {
+        config.trace_window_ms = w;
+    }
+    if matches!(cli.command, Some(Command::CheckConfig)) {
+        println!("{config:#?}");
+        return Ok(());
+    }
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().context("starting the runtime")?;
+    rt.block_on(async move {
+        let shutdown = async {
+            let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(t) => t,
+                Err(e) => {
+                    log::error!("cannot watch SIGTERM: {e}");
+                    let _ = tokio::signal::ctrl_c().await;
+                    return;
+                }
+            };
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {},
+                _ = term.recv() => {},
+            }
+        };
+        server::run(config, shutdown).await
+    })?;
+    Ok(())
+}

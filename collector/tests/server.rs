@@ -1,0 +1,227 @@
+//! `tangle-collector` as run: OTLP over HTTP (JSON and protobuf) and gRPC
+//! in, findings and Prometheus metrics out, the baseline across a restart,
+//! and clear errors for bad input.
+
+use std::{
+    io::{Read as _, Write as _},
+    net::{TcpListener, TcpStream},
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use opentelemetry_proto::tonic::{
+    collector::trace::v1::{ExportTraceServiceRequest, trace_service_client::TraceServiceClient},
+    common::v1::{AnyValue, KeyValue, any_value::Value},
+    resource::v1::Resource,
+    trace::v1::{ResourceSpans, ScopeSpans, Span},
+};
+use prost::Message as _;
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+struct Collector {
+    child: Child,
+    otlp_grpc: u16,
+    otlp_http: u16,
+    http: u16,
+}
+
+impl Collector {
+    fn start(data_dir: &Path) -> Self {
+        let (otlp_grpc, otlp_http, http) = (free_port(), free_port(), free_port());
+        let child = Command::new(env!("CARGO_BIN_EXE_tangle-collector"))
+            .arg("--data-dir")
+            .arg(data_dir)
+            .args(["--otlp-grpc", &format!("127.0.0.1:{otlp_grpc}")])
+            .args(["--otlp-http", &format!("127.0.0.1:{otlp_http}")])
+            .args(["--http", &format!("127.0.0.1:{http}")])
+            .args(["--trace-window-ms", "200"])
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let c = Self { child, otlp_grpc, otlp_http, http };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while request(c.http, "GET", "/healthz", "", b"").is_none() {
+            assert!(Instant::now() < deadline, "the collector did not start");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        c
+    }
+
+    fn stop(mut self) {
+        // SIGTERM: a graceful stop that analyses what is still open.
+        let _ = Command::new("kill").arg("-TERM").arg(self.child.id().to_string()).status();
+        let status = self.child.wait().unwrap();
+        assert!(status.success(), "stopped cleanly: {status}");
+    }
+}
+
+impl Drop for Collector {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A minimal HTTP/1.1 exchange on loopback: (status, body).
+fn request(port: u16, method: &str, path: &str, content_type: &str, body: &[u8]) -> Option<(u16, Vec<u8>)> {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
+    let head = format!(
+        "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    );
+    s.write_all(head.as_bytes()).ok()?;
+    s.write_all(body).ok()?;
+    let mut out = Vec::new();
+    s.read_to_end(&mut out).ok()?;
+    let split = out.windows(4).position(|w| w == b"\r\n\r\n")?;
+    let status = std::str::from_utf8(&out[9..12]).ok()?.parse().ok()?;
+    Some((status, out[split + 4..].to_vec()))
+}
+
+fn get_json(port: u16, path: &str) -> serde_json::Value {
+    let (status, body) = request(port, "GET", path, "text/plain", b"").unwrap();
+    assert_eq!(status, 200, "{path}");
+    serde_json::from_slice(&body).unwrap()
+}
+
+fn kv(key: &str, v: &str) -> KeyValue {
+    KeyValue { key: key.into(), value: Some(AnyValue { value: Some(Value::StringValue(v.into())) }), ..KeyValue::default() }
+}
+
+/// gateway -> orders -> pricing, one trace; `trace` picks its id.
+fn checkout_trace(trace: u8) -> ExportTraceServiceRequest {
+    let span = |id: u8, parent: u8, kind: i32, attrs: Vec<KeyValue>| Span {
+        trace_id: vec![trace; 16],
+        span_id: vec![id; 8],
+        parent_span_id: if parent == 0 { vec![] } else { vec![parent; 8] },
+        name: "op".into(),
+        kind,
+        start_time_unix_nano: 1_000_000,
+        end_time_unix_nano: 3_000_000,
+        attributes: attrs,
+        ..Span::default()
+    };
+    let http = |method: &str, route: &str| vec![kv("http.request.method", method), kv("http.route", route)];
+    let service = |name: &str, spans: Vec<Span>| ResourceSpans {
+        resource: Some(Resource { attributes: vec![kv("service.name", name)], ..Resource::default() }),
+        scope_spans: vec![ScopeSpans { spans, ..ScopeSpans::default() }],
+        ..ResourceSpans::default()
+    };
+    let mut to_orders = http("POST", "/orders");
+    to_orders.push(kv("peer.service", "orders"));
+    let mut to_pricing = http("GET", "/prices/{sku}");
+    to_pricing.push(kv("peer.service", "pricing"));
+    ExportTraceServiceRequest {
+        resource_spans: vec![
+            service("gateway", vec![span(1, 0, 2, http("POST", "/checkout")), span(2, 1, 3, to_orders)]),
+            service("orders", vec![span(3, 2, 2, http("POST", "/orders")), span(4, 3, 3, to_pricing)]),
+            service("pricing", vec![span(5, 4, 2, http("GET", "/prices/{sku}"))]),
+        ],
+    }
+}
+
+fn data_dir(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("tangle-collector-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    d
+}
+
+fn wait_for(what: &str, f: impl Fn() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while !f() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn chains(port: u16) -> Vec<serde_json::Value> {
+    get_json(port, "/api/chains")["chains"].as_array().cloned().unwrap_or_default()
+}
+
+#[test]
+fn otlp_in_findings_and_metrics_out_and_the_baseline_survives() {
+    let dir = data_dir("e2e");
+    let c = Collector::start(&dir);
+    // OTLP/HTTP protobuf.
+    let (status, _) = request(c.otlp_http, "POST", "/v1/traces", "application/x-protobuf", &checkout_trace(1).encode_to_vec()).unwrap();
+    assert_eq!(status, 200);
+    // OTLP/HTTP JSON.
+    let json = serde_json::to_vec(&checkout_trace(2)).unwrap();
+    let (status, _) = request(c.otlp_http, "POST", "/v1/traces", "application/json", &json).unwrap();
+    assert_eq!(status, 200);
+    // OTLP/gRPC.
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    rt.block_on(async {
+        let mut client = TraceServiceClient::connect(format!("http://127.0.0.1:{}", c.otlp_grpc)).await.unwrap();
+        client.export(checkout_trace(3)).await.unwrap();
+    });
+    // Closes the channel's connection.
+    drop(rt);
+    wait_for("three traces", || {
+        chains(c.http).first().is_some_and(|ch| ch["traces"] == 3)
+    });
+    let ch = chains(c.http);
+    assert_eq!(ch.len(), 1, "one chain, seen three times: {ch:?}");
+    assert_eq!(ch[0]["depth"], 2);
+    assert_eq!(ch[0]["new"], true);
+    let hops: Vec<&str> = ch[0]["hops"].as_array().unwrap().iter().map(|h| h["service"].as_str().unwrap()).collect();
+    assert_eq!(hops, ["gateway", "orders", "pricing"]);
+    let findings = get_json(c.http, "/api/findings");
+    assert!(findings["findings"].as_array().unwrap().iter().any(|f| f["kind"] == "new_sync_chain"));
+    let graph = get_json(c.http, "/api/graph");
+    assert_eq!(graph["edges"].as_array().unwrap().len(), 2);
+    let (_, metrics) = request(c.http, "GET", "/metrics", "text/plain", b"").unwrap();
+    let metrics = String::from_utf8(metrics).unwrap();
+    assert!(metrics.contains("tangle_new_sync_chains_total 1\n"), "{metrics}");
+    assert!(metrics.contains("traces_service_graph_request_total{client=\"gateway\",server=\"orders\",connection_type=\"\"} 3"));
+    assert!(metrics.contains("tangle_sync_depth_max{entry_service=\"gateway\",entry_operation=\"POST /checkout\"} 2"));
+    match Command::new("promtool").args(["check", "metrics"]).stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn() {
+        Ok(mut p) => {
+            p.stdin.take().unwrap().write_all(metrics.as_bytes()).unwrap();
+            let out = p.wait_with_output().unwrap();
+            assert!(out.status.success(), "promtool: {}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        }
+        Err(_) if std::env::var_os("CI").is_some() => panic!("promtool is not installed (cargo xtask setup --test-deps)"),
+        Err(_) => eprintln!("SKIPPED promtool check: promtool is not installed"),
+    }
+    c.stop();
+
+    // After a restart the chain is known: not new again.
+    let c = Collector::start(&dir);
+    let (status, _) = request(c.otlp_http, "POST", "/v1/traces", "application/x-protobuf", &checkout_trace(4).encode_to_vec()).unwrap();
+    assert_eq!(status, 200);
+    wait_for("the trace after the restart", || !chains(c.http).is_empty());
+    let ch = chains(c.http);
+    assert_eq!(ch[0]["new"], false, "seen before the restart");
+    assert_eq!(ch[0]["example_trace"], "01".repeat(16), "its first example, from before the restart");
+    let (_, metrics) = request(c.http, "GET", "/metrics", "text/plain", b"").unwrap();
+    assert!(String::from_utf8(metrics).unwrap().contains("tangle_new_sync_chains_total 0\n"));
+    c.stop();
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[test]
+fn bad_input_gets_clear_errors() {
+    let dir = data_dir("bad");
+    let c = Collector::start(&dir);
+    let (status, body) = request(c.otlp_http, "POST", "/v1/traces", "application/json", b"{not json").unwrap();
+    assert_eq!(status, 400);
+    assert!(String::from_utf8_lossy(&body).contains("not an OTLP trace export"));
+    let (status, _) = request(c.otlp_http, "POST", "/v1/traces", "application/x-protobuf", b"\xff\xff\xff").unwrap();
+    assert_eq!(status, 400);
+    let (status, _) = request(c.http, "GET", "/api/nothing", "text/plain", b"").unwrap();
+    assert_eq!(status, 404);
+    c.stop();
+    // A config with a misspelt field names it.
+    let conf = dir.join("bad.toml");
+    std::fs::write(&conf, "trace_windw_ms = 100\n").unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_tangle-collector")).arg("--config").arg(&conf).arg("check-config").output().unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("trace_windw_ms"));
+    let _ = std::fs::remove_dir_all(dir);
+}
