@@ -16,5 +16,6 @@ pub mod config;
 pub mod metrics;
 pub mod model;
 pub mod otlp;
+pub mod report;
 pub mod server;
 pub mod span;

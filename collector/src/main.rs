@@ -4,7 +4,7 @@ use std::{path::PathBuf, process::ExitCode};
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
-use tangle_collector::{config::Config, server};
+use tangle_collector::{config::Config, report, server};
 
 /// Tangle's collector: takes OTLP spans from Tangle agents and any
 /// OpenTelemetry-instrumented application, assembles traces, and reports the
@@ -40,6 +40,15 @@ enum Command {
     Run,
     /// Print the configuration in effect, defaults included, and exit.
     CheckConfig,
+    /// The coupling report of a running collector: each distributed-monolith
+    /// symptom found, with its evidence.
+    Report {
+        /// The collector's /metrics and /api address.
+        #[arg(long, default_value = "http://127.0.0.1:9464", env = "TANGLE_URL")]
+        url: String,
+        #[arg(long, value_enum, default_value = "text")]
+        format: report::Format,
+    },
 }
 
 fn main() -> ExitCode {
@@ -54,6 +63,11 @@ fn main() -> ExitCode {
 }
 
 fn run(cli: Cli) -> anyhow::Result<()> {
+    if let Some(Command::Report { url, format }) = &cli.command {
+        let findings = report::fetch(url)?;
+        print!("{}", report::render(&findings, *format));
+        return Ok(());
+    }
     let mut config = match &cli.config {
         Some(path) => Config::load(path)?,
         None => Config::default(),

@@ -244,3 +244,27 @@ fn otlp_json_encoding() {
     assert_eq!(spans[0].operation, "GET /cart");
     assert_eq!(spans[0].start_ns, 1_544_712_660_000_000_000);
 }
+
+#[test]
+fn the_coupling_report_shows_each_symptom_with_its_evidence() {
+    use tangle_collector::report::{Format, render};
+    let dir = data_dir("report");
+    let mut m = Model::new(Baseline::open(&dir).unwrap(), Thresholds::default(), BTreeMap::new());
+    ingest(&mut m, &linear(5), 1);
+    ingest(&mut m, &node("orders", vec![db("orders_db", "orders", true)]), 2);
+    ingest(&mut m, &node("shipping", vec![db("orders_db", "orders", true), db("orders_db", "orders", true)]), 3);
+    let findings = serde_json::json!({ "findings": m.findings() });
+    let text = render(&findings, Format::Text);
+    assert!(text.contains("distributed-monolith symptoms found"), "{text}");
+    assert!(text.contains("Deep synchronous chains (1)"), "{text}");
+    assert!(text.contains("s1 GET /s1: depth 4 (p95 4): s1 GET /s1 → s2 GET /s2"), "{text}");
+    assert!(text.contains("orders_db.orders in db:5432/orders_db is written by orders, shipping"), "{text}");
+    assert!(text.contains("inferred: most writes"), "{text}");
+    let md = render(&findings, Format::Markdown);
+    assert!(md.starts_with("# Tangle coupling report\n") && md.contains("\n## Shared databases (1)\n"), "{md}");
+    let json: serde_json::Value = serde_json::from_str(&render(&findings, Format::Json)).unwrap();
+    assert_eq!(json["symptoms"], 4, "deep chain, shared db, cross-service access, table written by many: {json}");
+    let empty = render(&serde_json::json!({ "findings": [] }), Format::Text);
+    assert!(empty.contains("No distributed-monolith symptom found"));
+    let _ = std::fs::remove_dir_all(dir);
+}

@@ -189,6 +189,15 @@ fn otlp_in_findings_and_metrics_out_and_the_baseline_survives() {
         Err(_) if std::env::var_os("CI").is_some() => panic!("promtool is not installed (cargo xtask setup --test-deps)"),
         Err(_) => eprintln!("SKIPPED promtool check: promtool is not installed"),
     }
+    let report = Command::new(env!("CARGO_BIN_EXE_tangle-collector"))
+        .args(["report", "--format", "markdown", "--url", &format!("http://127.0.0.1:{}", c.http)])
+        .output()
+        .unwrap();
+    assert!(report.status.success(), "{}", String::from_utf8_lossy(&report.stderr));
+    let report = String::from_utf8(report.stdout).unwrap();
+    assert!(report.starts_with("# Tangle coupling report"), "{report}");
+    assert!(report.contains("## New synchronous chains (1)"), "{report}");
+    assert!(report.contains("gateway POST /checkout → orders POST /orders → pricing GET /prices/{sku}"), "{report}");
     c.stop();
 
     // After a restart the chain is known: not new again.
@@ -223,5 +232,9 @@ fn bad_input_gets_clear_errors() {
     let out = Command::new(env!("CARGO_BIN_EXE_tangle-collector")).arg("--config").arg(&conf).arg("check-config").output().unwrap();
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("trace_windw_ms"));
+    // A report with no collector to ask says so.
+    let out = Command::new(env!("CARGO_BIN_EXE_tangle-collector")).args(["report", "--url", "http://127.0.0.1:1"]).output().unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("cannot get findings from http://127.0.0.1:1"));
     let _ = std::fs::remove_dir_all(dir);
 }
