@@ -55,6 +55,10 @@ pub fn render(model: &Model, assembly: &AssemblyStats, mapping: &MappingStats) -
     o.line("tangle_traces_assembled_total", &[], assembly.traces);
     o.head("tangle_traces_evicted_total", "counter", "Traces closed early because memory was at its limit.");
     o.line("tangle_traces_evicted_total", &[], assembly.evicted);
+    o.head("tangle_spans_joined_total", "counter", "Server spans joined under their client span by the agents' join keys.");
+    o.line("tangle_spans_joined_total", &[], assembly.joined);
+    o.head("tangle_join_keys_unmatched_total", "counter", "Join keys whose other end never came within the trace window.");
+    o.line("tangle_join_keys_unmatched_total", &[], assembly.unjoined);
     o.head("tangle_spans_in_flight", "gauge", "Spans held while their traces are assembled.");
     o.line("tangle_spans_in_flight", &[], assembly.spans_in_flight);
     o.head("tangle_new_sync_chains_total", "counter", "Synchronous chains never seen before (against the persisted baseline).");

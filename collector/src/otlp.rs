@@ -48,6 +48,13 @@ fn kind(k: i32) -> SpanKind {
     }
 }
 
+/// The agent's join key, when the span has one.
+fn join_key(attrs: &[KeyValue]) -> Option<tangle_wire::JoinKey> {
+    let client = attr(attrs, &[tangle_wire::JOIN_CLIENT])?;
+    let seq = attr(attrs, &[tangle_wire::JOIN_SEQ])?.parse().ok()?;
+    Some(tangle_wire::JoinKey { client, seq })
+}
+
 /// One OTLP span, with its resource's `service.name`.
 pub fn map_span(service: &str, s: &OtlpSpan) -> Option<Span> {
     let trace_id = id::<16>(&s.trace_id)?;
@@ -107,6 +114,7 @@ pub fn map_span(service: &str, s: &OtlpSpan) -> Option<Span> {
         peer,
         tables,
         writes,
+        join: join_key(a),
     })
 }
 

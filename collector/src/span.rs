@@ -51,6 +51,9 @@ pub struct Span {
     /// Tables a database call touches (qualified), with whether it writes.
     pub tables: Vec<String>,
     pub writes: bool,
+    /// The agent's key for joining the two ends of one call (`tangle.join.*`).
+    #[serde(skip)]
+    pub join: Option<tangle_wire::JoinKey>,
 }
 
 impl Span {

@@ -208,3 +208,46 @@ proptest! {
         prop_assert!(a.chains.iter().all(|c| c.depth() <= a.depth));
     }
 }
+
+/// Two agents without propagated context: the client's and the server's
+/// spans of one call are in two traces, with equal join keys. In either
+/// order of arrival, the server's trace ends up under the client span.
+#[test]
+fn join_keys_stitch_the_two_ends_of_a_call() {
+    use tangle_wire::JoinKey;
+    for server_first in [false, true] {
+        // gateway (trace 1) calls orders; orders (trace 2) calls pricing.
+        let mut a = Builder::new(1);
+        a.serve(None, SpanKind::Server, &node("gateway", vec![Call::Uninstrumented("orders".into())]), 1_000);
+        let mut b = Builder::new(2);
+        b.serve(None, SpanKind::Server, &node("orders", vec![Call::Sync(node("pricing", vec![]))]), 1_050);
+        let key = JoinKey { client: "10.0.0.5:43210".into(), seq: 0 };
+        a.spans.iter_mut().find(|s| s.kind == SpanKind::Client).unwrap().join = Some(key.clone());
+        let orders = b.spans.iter_mut().find(|s| s.kind == SpanKind::Server && s.service == "orders").unwrap();
+        orders.join = Some(key);
+        let (first, second) = if server_first { (b.spans, a.spans) } else { (a.spans, b.spans) };
+        let mut asm = Assembler::new(1_000, 10_000);
+        for s in first.into_iter().chain(second) {
+            asm.add(s, 0);
+        }
+        let traces = asm.flush_all();
+        assert_eq!(traces.len(), 1, "one trace after the join (server first: {server_first})");
+        assert_eq!(asm.stats.joined, 1);
+        assert_eq!(asm.stats.unjoined, 0);
+        let got = analyze(&traces[0]).unwrap();
+        assert_eq!(got.entry.service, "gateway");
+        assert_eq!(got.depth, 2, "gateway -> orders -> pricing");
+        assert_eq!(got.closure.len(), 3);
+    }
+    // A key whose other end never comes is counted.
+    let mut a = Builder::new(3);
+    a.serve(None, SpanKind::Server, &node("gateway", vec![Call::Uninstrumented("orders".into())]), 1_000);
+    a.spans.iter_mut().find(|s| s.kind == SpanKind::Client).unwrap().join =
+        Some(JoinKey { client: "10.0.0.5:5555".into(), seq: 0 });
+    let mut asm = Assembler::new(1_000, 10_000);
+    for s in a.spans {
+        asm.add(s, 0);
+    }
+    asm.flush_all();
+    assert_eq!((asm.stats.joined, asm.stats.unjoined), (0, 1));
+}

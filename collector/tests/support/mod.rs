@@ -34,7 +34,8 @@ pub struct Builder {
 
 impl Builder {
     pub fn new(trace: u8) -> Self {
-        Self { trace: [trace; 16], next: 1, spans: Vec::new(), skew: Default::default() }
+        // Span ids unique across traces, as real (random) ones are.
+        Self { trace: [trace; 16], next: u64::from(trace) << 32, spans: Vec::new(), skew: Default::default() }
     }
 
     fn id(&mut self) -> [u8; 8] {
@@ -59,6 +60,7 @@ impl Builder {
             peer,
             tables: Vec::new(),
             writes: false,
+            join: None,
         });
         id
     }
