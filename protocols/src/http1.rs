@@ -192,6 +192,31 @@ fn parse_chunk<H>(b: &[u8]) -> Frame<Part<H>> {
     }
 }
 
+/// The next part of a side's stream: a chunk while a chunked body is open,
+/// else a message head (which may open one).
+fn next_part<H>(
+    b: &[u8],
+    chunked: &mut bool,
+    head: impl FnOnce(&[u8]) -> Frame<H>,
+    is_chunked: impl Fn(&H) -> bool,
+) -> Frame<Part<H>> {
+    if *chunked {
+        let f = parse_chunk(b);
+        if matches!(f, Frame::Message { msg: Part::End, .. }) {
+            *chunked = false;
+        }
+        return f;
+    }
+    match head(b) {
+        Frame::Message { head, body, msg } => {
+            *chunked = is_chunked(&msg);
+            Frame::Message { head, body, msg: Part::Head(msg) }
+        }
+        Frame::Incomplete => Frame::Incomplete,
+        Frame::Invalid => Frame::Invalid,
+    }
+}
+
 /// Folds a completed part into the message being assembled; returns the
 /// whole message once its last part is in.
 fn assemble<H>(slot: &mut Option<Assembling<H>>, done: Completed<Part<H>>, chunked: bool) -> Option<(Assembling<H>, u64)> {
@@ -260,23 +285,7 @@ impl Parser for Http1Parser {
                 let chunked = &mut self.req_chunked;
                 self.requests.feed(
                     chunk,
-                    |b| {
-                        if *chunked {
-                            let f = parse_chunk(b);
-                            if matches!(f, Frame::Message { msg: Part::End, .. }) {
-                                *chunked = false;
-                            }
-                            return f;
-                        }
-                        match parse_request(b) {
-                            Frame::Message { head, body, msg } => {
-                                *chunked = msg.chunked;
-                                Frame::Message { head, body, msg: Part::Head(msg) }
-                            }
-                            Frame::Incomplete => Frame::Incomplete,
-                            Frame::Invalid => Frame::Invalid,
-                        }
-                    },
+                    |b| next_part(b, chunked, parse_request, |h| h.chunked),
                     |b| looks_like(Side::Request, b),
                     |c| done.push(c),
                 );
@@ -303,23 +312,7 @@ impl Parser for Http1Parser {
                 let pending = &mut self.pending;
                 self.responses.feed(
                     chunk,
-                    |b| {
-                        if *chunked {
-                            let f = parse_chunk(b);
-                            if matches!(f, Frame::Message { msg: Part::End, .. }) {
-                                *chunked = false;
-                            }
-                            return f;
-                        }
-                        match parse_response(b, pending) {
-                            Frame::Message { head, body, msg } => {
-                                *chunked = msg.chunked;
-                                Frame::Message { head, body, msg: Part::Head(msg) }
-                            }
-                            Frame::Incomplete => Frame::Incomplete,
-                            Frame::Invalid => Frame::Invalid,
-                        }
-                    },
+                    |b| next_part(b, chunked, |b| parse_response(b, pending), |h| h.chunked),
                     |b| looks_like(Side::Response, b),
                     |c| done.push(c),
                 );
