@@ -35,6 +35,7 @@ fn trace(t: u64) -> Vec<Span> {
         peer,
         tables: Vec::new(),
         writes: false,
+        protocol: None,
         join: None,
     };
     let svc = |name: &str| Peer::Service { name: name.into() };

@@ -46,6 +46,7 @@ pub struct Call {
     pub client_ns: u64,
     /// The callee's server span's duration, when it was seen.
     pub server_ns: Option<u64>,
+    pub protocol: Option<String>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize)]
@@ -70,7 +71,12 @@ pub struct TraceAnalysis {
     pub closure: BTreeSet<String>,
     /// Service paths that come back to a service already on them.
     pub cycles: Vec<Vec<String>>,
+    /// Synchronous calls between services.
     pub calls: Vec<Call>,
+    /// Publishes: the publisher, and the consumer (or the broker) as callee.
+    pub publishes: Vec<Call>,
+    /// Calls to databases, the callee named `server/namespace`.
+    pub db_calls: Vec<Call>,
     pub db_accesses: Vec<DbAccess>,
     /// Links made by re-attaching spans whose parent was missing.
     pub inferred_links: usize,
@@ -198,6 +204,8 @@ pub fn analyze(spans: &[Span]) -> Option<TraceAnalysis> {
         closure: BTreeSet::new(),
         cycles: Vec::new(),
         calls: Vec::new(),
+        publishes: Vec::new(),
+        db_calls: Vec::new(),
         db_accesses: Vec::new(),
         inferred_links,
     };
@@ -219,7 +227,21 @@ pub fn analyze(spans: &[Span]) -> Option<TraceAnalysis> {
         let calls = if here.is_call() && node == root { vec![node] } else { g.calls_of(node, &extra) };
         for c in calls {
             let call = &spans[c];
+            let plain = |callee: String, callee_error: bool, server_ns: Option<u64>| Call {
+                caller: call.service.clone(),
+                callee,
+                caller_error: here.error,
+                callee_error,
+                client_ns: call.end_ns.saturating_sub(call.start_ns),
+                server_ns,
+                protocol: call.protocol.clone(),
+            };
             if let Peer::Database { system, server, namespace } = &call.peer {
+                let name = match namespace {
+                    Some(ns) => format!("{server}/{ns}"),
+                    None => server.clone(),
+                };
+                out.db_calls.push(plain(name, call.error, None));
                 out.db_accesses.push(DbAccess {
                     service: call.service.clone(),
                     system: system.clone(),
@@ -229,8 +251,16 @@ pub fn analyze(spans: &[Span]) -> Option<TraceAnalysis> {
                     writes: call.writes,
                 });
             }
-            // Publishing ends the chain.
+            // Publishing ends the chain: an asynchronous edge only.
             if !call.is_sync_call() {
+                let consumer = g.kids(c, &extra).into_iter().find(|&k| spans[k].is_entry());
+                let callee = match (consumer, &call.peer) {
+                    (Some(k), _) => spans[k].service.clone(),
+                    (None, Peer::Service { name }) => name.clone(),
+                    (None, Peer::Address { address }) => address.clone(),
+                    _ => "broker".into(),
+                };
+                out.publishes.push(plain(callee, false, None));
                 continue;
             }
             match g.callee(c, &extra) {
@@ -238,14 +268,7 @@ pub fn analyze(spans: &[Span]) -> Option<TraceAnalysis> {
                 Callee::Leaf(hop) => {
                     callees.insert(hop.service.clone());
                     out.closure.insert(hop.service.clone());
-                    out.calls.push(Call {
-                        caller: call.service.clone(),
-                        callee: hop.service.clone(),
-                        caller_error: here.error,
-                        callee_error: call.error,
-                        client_ns: call.end_ns.saturating_sub(call.start_ns),
-                        server_ns: None,
-                    });
+                    out.calls.push(plain(hop.service.clone(), call.error, None));
                     let mut p = path.clone();
                     p.push(hop);
                     out.chains.push(Chain { signature: signature(&p), hops: p });
@@ -255,14 +278,11 @@ pub fn analyze(spans: &[Span]) -> Option<TraceAnalysis> {
                     for t in targets {
                         let callee = &spans[t];
                         callees.insert(callee.service.clone());
-                        out.calls.push(Call {
-                            caller: call.service.clone(),
-                            callee: callee.service.clone(),
-                            caller_error: here.error,
-                            callee_error: callee.error,
-                            client_ns: call.end_ns.saturating_sub(call.start_ns),
-                            server_ns: callee.is_entry().then(|| callee.end_ns.saturating_sub(callee.start_ns)),
-                        });
+                        out.calls.push(plain(
+                            callee.service.clone(),
+                            callee.error,
+                            callee.is_entry().then(|| callee.end_ns.saturating_sub(callee.start_ns)),
+                        ));
                         if path.iter().any(|h| h.service == callee.service) && callee.service != here.service {
                             let mut cycle: Vec<String> = path.iter().map(|h| h.service.clone()).collect();
                             cycle.push(callee.service.clone());

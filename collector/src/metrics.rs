@@ -117,22 +117,31 @@ pub fn render(model: &Model, assembly: &AssemblyStats, mapping: &MappingStats) -
         o.line("tangle_findings", &[("kind", k)], n);
     }
 
-    // Grafana's service graph, as Tempo and Beyla expose it.
+    // Grafana's service graph, as Tempo and Beyla expose it: service to
+    // service (connection_type ""), to databases ("database"), and
+    // publishes ("messaging_system").
+    let graph: Vec<(&(String, String), &crate::model::EdgeStats, &str)> = model
+        .edges
+        .iter()
+        .map(|(k, e)| (k, e, ""))
+        .chain(model.db_edges.iter().map(|(k, e)| (k, e, "database")))
+        .chain(model.async_edges.iter().map(|(k, e)| (k, e, "messaging_system")))
+        .collect();
     o.head("traces_service_graph_request_total", "counter", "Requests between two services.");
-    for ((c, s), e) in &model.edges {
-        o.line("traces_service_graph_request_total", &[("client", c), ("server", s), ("connection_type", "")], e.calls);
+    for ((c, s), e, t) in &graph {
+        o.line("traces_service_graph_request_total", &[("client", c), ("server", s), ("connection_type", t)], e.calls);
     }
     o.head("traces_service_graph_request_failed_total", "counter", "Failed requests between two services.");
-    for ((c, s), e) in &model.edges {
-        o.line("traces_service_graph_request_failed_total", &[("client", c), ("server", s), ("connection_type", "")], e.callee_failures);
+    for ((c, s), e, t) in &graph {
+        o.line("traces_service_graph_request_failed_total", &[("client", c), ("server", s), ("connection_type", t)], e.callee_failures);
     }
     o.head("traces_service_graph_request_client_seconds", "histogram", "Request time as the client measured it.");
-    for ((c, s), e) in &model.edges {
-        o.histogram("traces_service_graph_request_client_seconds", &[("client", c), ("server", s), ("connection_type", "")], &e.client_latency);
+    for ((c, s), e, t) in &graph {
+        o.histogram("traces_service_graph_request_client_seconds", &[("client", c), ("server", s), ("connection_type", t)], &e.client_latency);
     }
     o.head("traces_service_graph_request_server_seconds", "histogram", "Request time as the server measured it.");
-    for ((c, s), e) in &model.edges {
-        o.histogram("traces_service_graph_request_server_seconds", &[("client", c), ("server", s), ("connection_type", "")], &e.server_latency);
+    for ((c, s), e, t) in &graph {
+        o.histogram("traces_service_graph_request_server_seconds", &[("client", c), ("server", s), ("connection_type", t)], &e.server_latency);
     }
     o.0
 }

@@ -131,6 +131,27 @@ pub struct EdgeStats {
     pub client_latency: Latency,
     /// As the callee measured it (when its span was seen).
     pub server_latency: Latency,
+    /// Protocols seen on the edge (`http`, `grpc`, `postgresql`, ...).
+    pub protocols: BTreeSet<String>,
+}
+
+impl EdgeStats {
+    fn record(&mut self, c: &crate::chains::Call) {
+        self.calls += 1;
+        self.client_latency.observe(c.client_ns);
+        if let Some(ns) = c.server_ns {
+            self.server_latency.observe(ns);
+        }
+        if let Some(p) = &c.protocol {
+            self.protocols.insert(p.clone());
+        }
+        if c.callee_error {
+            self.callee_failures += 1;
+            if c.caller_error {
+                self.propagated += 1;
+            }
+        }
+    }
 }
 
 #[derive(Clone, Debug, Default, Serialize)]
@@ -176,7 +197,12 @@ pub struct Model {
     baseline: Baseline,
     pub entries: BTreeMap<Hop, EntryStats>,
     pub chains: BTreeMap<String, ChainStats>,
+    /// Synchronous calls between services.
     pub edges: BTreeMap<(String, String), EdgeStats>,
+    /// Publishes: publisher to consumer (or broker).
+    pub async_edges: BTreeMap<(String, String), EdgeStats>,
+    /// Service to database (`server/namespace`).
+    pub db_edges: BTreeMap<(String, String), EdgeStats>,
     pub services: BTreeMap<String, ServiceStats>,
     pub databases: BTreeMap<DbKey, BTreeMap<String, BTreeMap<String, TableUse>>>,
     pub cycles: BTreeSet<Vec<String>>,
@@ -196,6 +222,8 @@ impl Model {
             entries: BTreeMap::new(),
             chains: BTreeMap::new(),
             edges: BTreeMap::new(),
+            async_edges: BTreeMap::new(),
+            db_edges: BTreeMap::new(),
             services: BTreeMap::new(),
             databases: BTreeMap::new(),
             cycles: BTreeSet::new(),
@@ -248,18 +276,9 @@ impl Model {
                 new,
             });
         }
-        for c in &a.calls {
-            let s = self.edges.entry((c.caller.clone(), c.callee.clone())).or_default();
-            s.calls += 1;
-            s.client_latency.observe(c.client_ns);
-            if let Some(ns) = c.server_ns {
-                s.server_latency.observe(ns);
-            }
-            if c.callee_error {
-                s.callee_failures += 1;
-                if c.caller_error {
-                    s.propagated += 1;
-                }
+        for (calls, edges) in [(&a.calls, &mut self.edges), (&a.publishes, &mut self.async_edges), (&a.db_calls, &mut self.db_edges)] {
+            for c in calls {
+                edges.entry((c.caller.clone(), c.callee.clone())).or_default().record(c);
             }
         }
         for ((caller, callee), n) in calls_per_edge(a) {

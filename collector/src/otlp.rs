@@ -114,6 +114,13 @@ pub fn map_span(service: &str, s: &OtlpSpan) -> Option<Span> {
         peer,
         tables,
         writes,
+        protocol: if attr(a, &["rpc.system"]).as_deref() == Some("grpc") {
+            Some("grpc".into())
+        } else if method.is_some() {
+            Some("http".into())
+        } else {
+            db_system.clone().or_else(|| attr(a, &["messaging.system"]))
+        },
         join: join_key(a),
     })
 }

@@ -2,6 +2,7 @@
 //! analysed on a timer, `/metrics` and the JSON API out.
 
 use std::{
+    collections::BTreeMap,
     sync::{Arc, Mutex, MutexGuard},
     time::{Duration, SystemTime, UNIX_EPOCH},
 };
@@ -138,19 +139,40 @@ impl Collector {
                     "max_fan_out": s.max_fan_out, "closure": s.closure, "availability": m.availability(&s.closure),
                 })).collect::<Vec<_>>(),
             }),
-            "graph" => serde_json::json!({
-                "services": m.services.iter().map(|(name, s)| serde_json::json!({
-                    "name": name, "served": s.served, "failed": s.failed, "success_rate": s.success_rate(),
-                })).collect::<Vec<_>>(),
-                "databases": m.databases.keys().map(|d| d.name()).collect::<Vec<_>>(),
-                "edges": m.edges.iter().map(|((c, s), e)| serde_json::json!({
-                    "client": c, "server": s, "sync": true, "calls": e.calls, "failed": e.callee_failures,
-                    "propagated": e.propagated, "max_calls_per_request": e.max_calls_per_trace,
-                    "client_seconds_sum": e.client_latency.sum_seconds,
-                })).collect::<Vec<_>>(),
-                "assembly": inner.assembler.stats,
-                "mapping": inner.mapping,
-            }),
+            "graph" => {
+                let edge = |(c, s): &(String, String), e: &crate::model::EdgeStats, kind: &str| serde_json::json!({
+                    "client": c, "server": s, "kind": kind, "sync": kind != "async", "protocols": e.protocols,
+                    "calls": e.calls, "failed": e.callee_failures, "propagated": e.propagated,
+                    "max_calls_per_request": e.max_calls_per_trace,
+                    "client_seconds": e.client_latency, "server_seconds": e.server_latency,
+                });
+                let mut edges: Vec<serde_json::Value> = m.edges.iter().map(|(k, e)| edge(k, e, "sync")).collect();
+                edges.extend(m.async_edges.iter().map(|(k, e)| edge(k, e, "async")));
+                edges.extend(m.db_edges.iter().map(|(k, e)| edge(k, e, "database")));
+                // Nodes: services that served requests, databases, and the
+                // rest (external endpoints and uninstrumented callees).
+                let mut nodes: BTreeMap<String, serde_json::Value> = BTreeMap::new();
+                for (name, s) in &m.services {
+                    nodes.insert(name.clone(), serde_json::json!({
+                        "name": name, "kind": "service", "served": s.served, "failed": s.failed, "success_rate": s.success_rate(),
+                    }));
+                }
+                for db in m.databases.keys() {
+                    nodes.insert(db.name(), serde_json::json!({ "name": db.name(), "kind": "database", "system": db.system }));
+                }
+                for e in &edges {
+                    for end in ["client", "server"] {
+                        let name = e[end].as_str().unwrap_or_default().to_owned();
+                        nodes.entry(name.clone()).or_insert_with(|| serde_json::json!({ "name": name, "kind": "external" }));
+                    }
+                }
+                serde_json::json!({
+                    "nodes": nodes.into_values().collect::<Vec<_>>(),
+                    "edges": edges,
+                    "assembly": inner.assembler.stats,
+                    "mapping": inner.mapping,
+                })
+            }
             "databases" => serde_json::json!({
                 "databases": m.databases.iter().map(|(db, users)| serde_json::json!({
                     "database": db.name(), "system": db.system, "owner": m.owner(db), "accessors": users,

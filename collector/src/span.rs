@@ -51,6 +51,8 @@ pub struct Span {
     /// Tables a database call touches (qualified), with whether it writes.
     pub tables: Vec<String>,
     pub writes: bool,
+    /// The protocol of a call (`http`, `grpc`, a database or messaging system).
+    pub protocol: Option<String>,
     /// The agent's key for joining the two ends of one call (`tangle.join.*`).
     #[serde(skip)]
     pub join: Option<tangle_wire::JoinKey>,

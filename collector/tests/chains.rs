@@ -63,6 +63,10 @@ fn publishing_ends_a_chain() {
     assert_eq!(a.depth, 1);
     assert!(!a.closure.contains("mailer") && !a.closure.contains("templates"));
     assert!(a.closure.contains("payments"));
+    // The publish is an asynchronous edge of the graph, not a sync call.
+    let published: Vec<_> = a.publishes.iter().map(|c| (c.caller.as_str(), c.callee.as_str())).collect();
+    assert_eq!(published, [("orders", "mailer")]);
+    assert!(a.calls.iter().all(|c| c.callee != "mailer"));
 }
 
 #[test]
@@ -79,6 +83,8 @@ fn databases_are_accesses_not_hops() {
     assert_eq!(a.depth, 1);
     let users: Vec<_> = a.db_accesses.iter().map(|d| (d.service.as_str(), d.tables[0].as_str())).collect();
     assert_eq!(users, [("orders", "orders_db.orders"), ("shipping", "orders_db.addresses")]);
+    let db_edges: Vec<_> = a.db_calls.iter().map(|c| (c.caller.as_str(), c.callee.as_str())).collect();
+    assert_eq!(db_edges, [("orders", "db:5432/orders_db"), ("shipping", "db:5432/orders_db")]);
 }
 
 #[test]

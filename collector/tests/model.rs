@@ -114,6 +114,12 @@ fn shared_database_owner_inferred_or_configured() {
     ingest(&mut m2, &shipping, 2);
     let owner = m2.owner(m2.databases.keys().next().unwrap()).unwrap();
     assert_eq!((owner.service.as_str(), owner.source.as_str()), ("shipping", "configured"));
+    // Databases are nodes of Grafana's service graph too.
+    let metrics = tangle_collector::metrics::render(&m, &Default::default(), &Default::default());
+    assert!(
+        metrics.contains("traces_service_graph_request_total{client=\"shipping\",server=\"db:5432/orders_db\",connection_type=\"database\"} 2"),
+        "{metrics}"
+    );
     let _ = std::fs::remove_dir_all(dir);
 }
 

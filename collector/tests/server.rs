@@ -174,7 +174,12 @@ fn otlp_in_findings_and_metrics_out_and_the_baseline_survives() {
     let findings = get_json(c.http, "/api/findings");
     assert!(findings["findings"].as_array().unwrap().iter().any(|f| f["kind"] == "new_sync_chain"));
     let graph = get_json(c.http, "/api/graph");
-    assert_eq!(graph["edges"].as_array().unwrap().len(), 2);
+    let edges = graph["edges"].as_array().unwrap();
+    assert_eq!(edges.len(), 2);
+    assert!(edges.iter().all(|e| e["kind"] == "sync" && e["protocols"] == serde_json::json!(["http"]) && e["calls"] == 3));
+    let kinds: Vec<(&str, &str)> =
+        graph["nodes"].as_array().unwrap().iter().map(|n| (n["name"].as_str().unwrap(), n["kind"].as_str().unwrap())).collect();
+    assert_eq!(kinds, [("gateway", "service"), ("orders", "service"), ("pricing", "service")]);
     let (_, metrics) = request(c.http, "GET", "/metrics", "text/plain", b"").unwrap();
     let metrics = String::from_utf8(metrics).unwrap();
     assert!(metrics.contains("tangle_new_sync_chains_total 1\n"), "{metrics}");

@@ -60,7 +60,8 @@ impl Builder {
             peer,
             tables: Vec::new(),
             writes: false,
-            join: None,
+            protocol: None,
+        join: None,
         });
         id
     }
