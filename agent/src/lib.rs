@@ -11,6 +11,7 @@
 pub mod btf;
 pub mod conntrack;
 pub mod events;
+pub mod export;
 pub mod output;
 pub mod pipeline;
 pub mod probe;

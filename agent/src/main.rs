@@ -32,6 +32,10 @@ enum Command {
     /// HTTP/2 and gRPC, PostgreSQL, MySQL/MariaDB and Redis, parsed from the
     /// captured bytes. Same filters and privileges as `capture`.
     Exchanges(CaptureArgs),
+    /// Capture, parse and export: every exchange on the node as an OTLP span
+    /// to a collector (`tangle-collector`, or any OTLP/gRPC endpoint), with
+    /// the join keys that put both ends of a call together.
+    Run(RunArgs),
     /// Read a pcap or pcapng file of TCP traffic, reassemble each stream, and
     /// print the exchanges found as JSON lines (counters go to stderr).
     ///
@@ -40,6 +44,25 @@ enum Command {
         /// The capture file (tcpdump -w, Wireshark, tshark -w).
         file: PathBuf,
     },
+}
+
+#[derive(Args)]
+struct RunArgs {
+    /// Where to export (OTLP/gRPC).
+    #[arg(long, env = "TANGLE_COLLECTOR", default_value = "http://127.0.0.1:4317")]
+    collector: String,
+    /// Spans held while the collector is slow or away; past it they are dropped (counted).
+    #[arg(long, env = "TANGLE_QUEUE_SPANS", default_value_t = 10_000)]
+    queue_spans: usize,
+    #[command(flatten)]
+    capture: CaptureArgs,
+}
+
+/// What the capture loop feeds.
+enum Mode {
+    Events,
+    Exchanges,
+    Export { collector: String, queue_spans: usize },
 }
 
 #[derive(Args)]
@@ -95,8 +118,11 @@ fn main() -> ExitCode {
         .init();
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Capture(args) => capture(args, false),
-        Command::Exchanges(args) => capture(args, true),
+        Command::Capture(args) => capture(args, Mode::Events),
+        Command::Exchanges(args) => capture(args, Mode::Exchanges),
+        Command::Run(run) => {
+            capture(run.capture, Mode::Export { collector: run.collector, queue_spans: run.queue_spans })
+        }
         Command::Replay { file } => replay(&file),
     };
     match result {
@@ -139,7 +165,34 @@ impl<W: std::io::Write> CliSink for Pipeline<LineWriter<W>> {
     }
 }
 
-fn capture(args: CaptureArgs, exchanges: bool) -> anyhow::Result<()> {
+/// Queued spans, and the counters of their export.
+struct Exporting {
+    queue: tangle_agent::export::SpanQueue,
+    stats: std::sync::Arc<tangle_agent::export::ExportStats>,
+    out: LineWriter<std::io::BufWriter<std::io::StdoutLock<'static>>>,
+}
+
+impl tangle_agent::pipeline::ExchangeSink for Exporting {
+    fn exchange(&mut self, conn: &tangle_agent::conntrack::Connection, seq: u64, e: &tangle_protocols::Exchange) {
+        self.queue.exchange(conn, seq, e);
+    }
+}
+
+impl CliSink for Pipeline<Exporting> {
+    fn take_write_error(&mut self) -> Option<std::io::Error> {
+        self.sink.out.write_error.take()
+    }
+    fn note(&mut self, human: &str, json: &serde_json::Value) {
+        self.sink.out.note(human, json);
+    }
+    fn stats(&self) -> serde_json::Value {
+        let mut v = serde_json::to_value(&self.stats).unwrap_or_default();
+        v["export"] = self.sink.stats.snapshot();
+        v
+    }
+}
+
+fn capture(args: CaptureArgs, mode: Mode) -> anyhow::Result<()> {
     let options = ProbeOptions {
         capture_size: args.capture_size,
         ring_size: args.ring_kib.saturating_mul(1024),
@@ -179,12 +232,27 @@ fn capture(args: CaptureArgs, exchanges: bool) -> anyhow::Result<()> {
             Format::Human
         };
         let lines = LineWriter::new(std::io::BufWriter::new(std::io::stdout().lock()), format);
-        if exchanges {
-            let mut out = Pipeline::new(lines, args.max_connections as usize);
-            capture_loop(&args, &mut probe, &mut reader, &mut out).await
-        } else {
-            let mut out = lines;
-            capture_loop(&args, &mut probe, &mut reader, &mut out).await
+        match mode {
+            Mode::Exchanges => {
+                let mut out = Pipeline::new(lines, args.max_connections as usize);
+                capture_loop(&args, &mut probe, &mut reader, &mut out).await
+            }
+            Mode::Events => {
+                let mut out = lines;
+                capture_loop(&args, &mut probe, &mut reader, &mut out).await
+            }
+            Mode::Export { collector, queue_spans } => {
+                let offset = tangle_agent::output::Clock::now().offset_ns();
+                let (queue, stats) = tangle_agent::export::start(collector.clone(), queue_spans, offset);
+                log::info!("exporting spans to {collector} (queue of {queue_spans})");
+                let sink = Exporting { queue, stats, out: lines };
+                let mut out = Pipeline::new(sink, args.max_connections as usize);
+                let res = capture_loop(&args, &mut probe, &mut reader, &mut out).await;
+                // Give the exporter a moment to send what is queued.
+                tokio::time::sleep(Duration::from_millis(1500)).await;
+                print_stats(&probe, &reader, &mut out, std::time::Instant::now())?;
+                res
+            }
         }
     })
 }

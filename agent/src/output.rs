@@ -34,6 +34,11 @@ impl Clock {
         Self { offset_ns: clock_ns(libc::CLOCK_REALTIME) - clock_ns(libc::CLOCK_MONOTONIC) }
     }
 
+    /// realtime - monotonic, in ns: add it to a kernel timestamp.
+    pub fn offset_ns(&self) -> i128 {
+        self.offset_ns
+    }
+
     /// Nanoseconds since the Unix epoch.
     pub fn wall_ns(&self, monotonic_ns: u64) -> u64 {
         (monotonic_ns as i128 + self.offset_ns).max(0) as u64
@@ -195,7 +200,7 @@ impl<W: Write> LineWriter<W> {
 }
 
 impl<W: Write> ExchangeSink for LineWriter<W> {
-    fn exchange(&mut self, c: &Connection, e: &Exchange) {
+    fn exchange(&mut self, c: &Connection, _seq: u64, e: &Exchange) {
         let status = match &e.status {
             Status::Ok { code: Some(code) } => code.clone(),
             Status::Ok { code: None } => "ok".into(),

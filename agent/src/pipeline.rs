@@ -10,7 +10,9 @@ use crate::{conntrack::Connection, reader::Sink};
 
 /// Where finished exchanges go, with the connection they were seen on.
 pub trait ExchangeSink {
-    fn exchange(&mut self, conn: &Connection, exchange: &Exchange);
+    /// `seq` is the exchange's place on its connection (0, 1, ...): both
+    /// ends of a connection count the same, which joins them (`tangle_wire`).
+    fn exchange(&mut self, conn: &Connection, seq: u64, exchange: &Exchange);
 }
 
 /// Counters of the parsing stage.
@@ -40,6 +42,8 @@ fn protocol_name(p: Protocol) -> &'static str {
 struct Tracked {
     conn: Connection,
     parsers: Parsers,
+    /// Exchanges handed on so far.
+    exchanges: u64,
 }
 
 /// A [`Sink`] that parses each connection's transfers and hands the
@@ -61,10 +65,11 @@ impl<S: ExchangeSink> Pipeline<S> {
         if self.out.is_empty() {
             return;
         }
-        if let Some(t) = self.conns.get(&conn_id) {
+        if let Some(t) = self.conns.get_mut(&conn_id) {
             for e in self.out.drain(..) {
                 self.stats.exchanges += 1;
-                self.sink.exchange(&t.conn, &e);
+                self.sink.exchange(&t.conn, t.exchanges, &e);
+                t.exchanges += 1;
             }
         }
         self.out.clear();
@@ -85,7 +90,7 @@ impl<S: ExchangeSink> Sink for Pipeline<S> {
             self.stats.parser_table_full += 1;
             return;
         }
-        self.conns.insert(conn.conn_id, Tracked { conn: conn.clone(), parsers: Parsers::default() });
+        self.conns.insert(conn.conn_id, Tracked { conn: conn.clone(), parsers: Parsers::default(), exchanges: 0 });
     }
 
     fn close(&mut self, _conn: Option<&Connection>, ev: &ConnEvent) {
@@ -94,7 +99,8 @@ impl<S: ExchangeSink> Sink for Pipeline<S> {
         self.retire(&t);
         for e in self.out.drain(..) {
             self.stats.exchanges += 1;
-            self.sink.exchange(&t.conn, &e);
+            self.sink.exchange(&t.conn, t.exchanges, &e);
+            t.exchanges += 1;
         }
     }
 

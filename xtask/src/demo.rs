@@ -1,9 +1,8 @@
 //! `cargo xtask demo`: three services on loopback, calling each other for
-//! every request, watched by the agent; then who called whom, from the
-//! agent's capture alone.
+//! every request, watched by the agent, which exports what it sees to a
+//! collector; then the collector's map and coupling report.
 
 use std::{
-    collections::BTreeMap,
     path::{Path, PathBuf},
     process::{Command, Stdio},
     time::{Duration, Instant},
@@ -11,7 +10,11 @@ use std::{
 
 use anyhow::{Context as _, bail};
 
-use crate::util::{Child, build_agent, is_root, root, wait_file, wait_port};
+use crate::util::{Child, build_agent, build_collector, is_root, root, wait_file, wait_port};
+
+/// The demo collector's ports (loopback only).
+const OTLP_GRPC: u16 = 14317;
+const API: u16 = 19464;
 
 /// Where cgroup v2 is mounted (`/sys/fs/cgroup`, or `.../unified` on hybrid systems).
 fn cgroup2_root() -> Option<PathBuf> {
@@ -39,11 +42,25 @@ pub fn run(duration: Duration) -> anyhow::Result<()> {
         bail!("the demo loads eBPF programs: run it as root (sudo -E cargo xtask demo)");
     }
     let agent = build_agent()?;
+    let collector = build_collector()?;
     let dir = root().join("target/demo");
     std::fs::create_dir_all(&dir)?;
     let ready = dir.join("ready");
     let _ = std::fs::remove_file(&ready);
-    let log = dir.join("exchanges.jsonl");
+    let log = dir.join("agent.jsonl");
+    let data = dir.join("collector-data");
+    let _ = std::fs::remove_dir_all(&data);
+    eprintln!("demo: starting the collector (tangle-collector, OTLP on 127.0.0.1:{OTLP_GRPC}, API on 127.0.0.1:{API})");
+    let collector_log = std::fs::File::create(dir.join("collector.log"))?;
+    let _collector = Child::spawn(
+        Command::new(&collector)
+            .arg("--data-dir")
+            .arg(&data)
+            .args(["--otlp-grpc", &format!("127.0.0.1:{OTLP_GRPC}"), "--otlp-http", "127.0.0.1:14318"])
+            .args(["--http", &format!("127.0.0.1:{API}"), "--trace-window-ms", "500"])
+            .stderr(collector_log),
+    )?;
+    wait_port(API, "the collector")?;
 
     // A cgroup keeps the capture to the demo's own processes.
     let cgroup = cgroup2_root().and_then(|r| {
@@ -54,12 +71,14 @@ pub fn run(duration: Duration) -> anyhow::Result<()> {
         eprintln!("demo: no cgroup v2 hierarchy: the capture will show every process's traffic");
     }
     let mut capture = Command::new(&agent);
-    capture.args(["exchanges", "--json", "--ready-file"]).arg(&ready);
+    capture
+        .args(["run", "--json", "--collector", &format!("http://127.0.0.1:{OTLP_GRPC}"), "--ready-file"])
+        .arg(&ready);
     if let Some(g) = &cgroup {
         capture.arg("--cgroup").arg(g);
     }
     let out = std::fs::File::create(&log).with_context(|| format!("creating {}", log.display()))?;
-    eprintln!("demo: starting the agent (tangle-agent exchanges)");
+    eprintln!("demo: starting the agent (tangle-agent run)");
     let mut agent_proc = Child::spawn(capture.stdout(out))?;
     wait_file(&ready, "the agent")?;
 
@@ -86,58 +105,59 @@ pub fn run(duration: Duration) -> anyhow::Result<()> {
     if let Some(g) = &cgroup {
         let _ = std::fs::remove_dir(g);
     }
-    summarize(&log)
+    // Let the collector close the last traces' window.
+    std::thread::sleep(Duration::from_millis(1500));
+    summarize(&log)?;
+    let report = Command::new(&collector)
+        .args(["report", "--url", &format!("http://127.0.0.1:{API}")])
+        .output()
+        .context("running tangle-collector report")?;
+    println!("\n{}", String::from_utf8_lossy(&report.stdout));
+    println!(
+        "Links between an inbound request and the calls made for it come next (the agent's causality): \
+         until then each call is its own chain, so depths are 1."
+    );
+    Ok(())
 }
 
-#[derive(Default)]
-struct Edge {
-    calls: u32,
-    errors: u32,
-    total_us: u64,
-    operations: std::collections::BTreeSet<String>,
-}
-
-/// Who called whom, with what: each client-side exchange, its callee named by
-/// the server-side exchanges seen on the address it called.
-fn summarize(log: &Path) -> anyhow::Result<()> {
-    let text = std::fs::read_to_string(log)?;
-    let lines: Vec<serde_json::Value> = text.lines().filter_map(|l| serde_json::from_str(l).ok()).collect();
-    let exchanges = || lines.iter().filter(|l| l["type"] == "exchange");
-    let server_at: BTreeMap<String, String> = exchanges()
-        .filter(|l| l["role"] == "server")
-        .map(|l| (l["local"].as_str().unwrap_or("").to_owned(), l["process"].as_str().unwrap_or("").to_owned()))
-        .collect();
-    let mut edges: BTreeMap<(String, String), Edge> = BTreeMap::new();
-    for l in exchanges().filter(|l| l["role"] == "client") {
-        let remote = l["remote"].as_str().unwrap_or("");
-        let callee = server_at.get(remote).cloned().unwrap_or_else(|| remote.to_owned());
-        let e = edges.entry((l["process"].as_str().unwrap_or("").to_owned(), callee)).or_default();
-        e.calls += 1;
-        e.errors += u32::from(l["status"]["kind"] == "error");
-        e.total_us += l["duration_us"].as_u64().unwrap_or(0);
-        e.operations.insert(l["operation"].as_str().unwrap_or("").to_owned());
-    }
-    let stats = lines.iter().rev().find(|l| l["type"] == "stats");
-    let events = stats.map_or(0, |s| s["agent"]["events"].as_u64().unwrap_or(0));
-    let lost = stats.map_or(0, |s| s["kernel"]["events_lost"].as_u64().unwrap_or(0));
-    println!("\nWhat the agent saw ({events} events, {lost} lost), parsed from the bytes alone:\n");
-    println!("  {:<10} -> {:<10} {:>6} {:>7} {:>9}  operations", "caller", "callee", "calls", "errors", "avg (us)");
-    for ((caller, callee), e) in &edges {
-        let ops: Vec<&str> = e.operations.iter().map(String::as_str).collect();
+/// The collector's map: who called whom, with what, from `/api/graph`.
+fn summarize(agent_log: &Path) -> anyhow::Result<()> {
+    let graph = fetch_json(&format!("127.0.0.1:{API}"), "/api/graph")?;
+    let text = std::fs::read_to_string(agent_log).unwrap_or_default();
+    let stats: Option<serde_json::Value> = text.lines().rev().find_map(|l| serde_json::from_str(l).ok());
+    let events = stats.as_ref().map_or(0, |s| s["agent"]["events"].as_u64().unwrap_or(0));
+    let lost = stats.as_ref().map_or(0, |s| s["kernel"]["events_lost"].as_u64().unwrap_or(0));
+    let exported = stats.as_ref().map_or(0, |s| s["parsers"]["export"]["exported"].as_u64().unwrap_or(0));
+    println!("\nThe agent saw {events} events ({lost} lost) and exported {exported} spans; the collector's map:\n");
+    println!("  {:<10} -> {:<10} {:>6} {:>7} {:>9}  protocols", "caller", "callee", "calls", "errors", "avg (us)");
+    let edges = graph["edges"].as_array().cloned().unwrap_or_default();
+    for e in &edges {
+        let calls = e["calls"].as_u64().unwrap_or(0);
+        let sum = e["client_seconds"]["sum_seconds"].as_f64().unwrap_or(0.0);
         println!(
-            "  {:<10} -> {:<10} {:>6} {:>7} {:>9}  {}",
-            caller,
-            callee,
-            e.calls,
-            e.errors,
-            e.total_us / u64::from(e.calls.max(1)),
-            ops.join(", ")
+            "  {:<10} -> {:<10} {:>6} {:>7} {:>9.0}  {}",
+            e["client"].as_str().unwrap_or("?"),
+            e["server"].as_str().unwrap_or("?"),
+            calls,
+            e["failed"].as_u64().unwrap_or(0),
+            sum * 1e6 / calls.max(1) as f64,
+            e["protocols"].as_array().map(|p| p.iter().filter_map(|v| v.as_str()).collect::<Vec<_>>().join(",")).unwrap_or_default()
         );
     }
-    println!("\nEvery exchange is in {} (JSON lines).", log.display());
-    println!("Watch any machine live with: sudo target/release/tangle-agent exchanges");
+    println!("\nThe agent's counters are in {}; the collector's API is on http://127.0.0.1:{API}/api/ while it runs.", agent_log.display());
     if edges.is_empty() {
-        bail!("the agent saw no calls between the demo services");
+        bail!("the collector saw no calls between the demo services");
     }
     Ok(())
+}
+
+/// A GET on loopback (no HTTP client crate for one call).
+fn fetch_json(addr: &str, path: &str) -> anyhow::Result<serde_json::Value> {
+    use std::io::{Read as _, Write as _};
+    let mut s = std::net::TcpStream::connect(addr).with_context(|| format!("connecting to {addr}"))?;
+    write!(s, "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n")?;
+    let mut out = Vec::new();
+    s.read_to_end(&mut out)?;
+    let split = out.windows(4).position(|w| w == b"\r\n\r\n").context("no HTTP response")?;
+    Ok(serde_json::from_slice(&out[split + 4..])?)
 }

@@ -69,6 +69,12 @@ pub fn build_agent() -> anyhow::Result<PathBuf> {
     Ok(root().join("target/release/tangle-agent"))
 }
 
+/// Builds the release collector; returns the binary's path.
+pub fn build_collector() -> anyhow::Result<PathBuf> {
+    run(cargo().args(["build", "--release", "-p", "tangle-collector"])).context("building the collector failed")?;
+    Ok(root().join("target/release/tangle-collector"))
+}
+
 /// A child process stopped (SIGTERM, then SIGKILL) when dropped.
 pub struct Child(pub std::process::Child);
 

@@ -1,0 +1,247 @@
+//! Exchanges into OTLP spans, exported over gRPC in batches from a bounded
+//! queue: if the collector is away the agent keeps capturing, memory stays
+//! bounded, and what is dropped is counted.
+//!
+//! Each exchange is one span: CLIENT for the process that made the call,
+//! SERVER for the one that served it, with OpenTelemetry semantic-convention
+//! attributes and the join key (`tangle_wire`) that lets the collector put
+//! the two ends of one call together. Causal links between an inbound
+//! request and the calls made for it are not made yet: each span starts its
+//! own trace.
+
+use std::{
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::Duration,
+};
+
+use opentelemetry_proto::tonic::{
+    collector::trace::v1::{ExportTraceServiceRequest, trace_service_client::TraceServiceClient},
+    common::v1::{AnyValue, KeyValue, any_value::Value},
+    resource::v1::Resource,
+    trace::v1::{ResourceSpans, ScopeSpans, Span, Status, status::StatusCode},
+};
+use tangle_common::Role;
+use tangle_protocols::{Exchange, Fields, Status as ExStatus};
+use tokio::sync::mpsc;
+
+use crate::{conntrack::Connection, pipeline::ExchangeSink};
+
+/// Counters of the export, shared with the exporting task.
+#[derive(Debug, Default)]
+pub struct ExportStats {
+    pub queued: AtomicU64,
+    /// Spans dropped because the queue was full (the collector slow or away).
+    pub dropped: AtomicU64,
+    pub exported: AtomicU64,
+    pub failed_attempts: AtomicU64,
+}
+
+impl ExportStats {
+    pub fn snapshot(&self) -> serde_json::Value {
+        serde_json::json!({
+            "queued": self.queued.load(Ordering::Relaxed),
+            "dropped": self.dropped.load(Ordering::Relaxed),
+            "exported": self.exported.load(Ordering::Relaxed),
+            "failed_attempts": self.failed_attempts.load(Ordering::Relaxed),
+        })
+    }
+}
+
+/// A span and the service it belongs to.
+pub struct Outgoing {
+    service: String,
+    span: Span,
+}
+
+fn kv(key: &str, value: Value) -> KeyValue {
+    KeyValue { key: key.into(), value: Some(AnyValue { value: Some(value) }), ..KeyValue::default() }
+}
+
+fn text(key: &str, v: impl Into<String>) -> KeyValue {
+    kv(key, Value::StringValue(v.into()))
+}
+
+fn int(key: &str, v: i64) -> KeyValue {
+    kv(key, Value::IntValue(v))
+}
+
+/// Random ids: not cryptographic, unique enough for traces.
+fn random_bytes<const N: usize>() -> [u8; N] {
+    use std::hash::{BuildHasher as _, Hasher as _};
+    let mut out = [0u8; N];
+    for chunk in out.chunks_mut(8) {
+        let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+        h.write_u64(std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64));
+        let v = h.finish().to_le_bytes();
+        chunk.copy_from_slice(&v[..chunk.len()]);
+    }
+    out
+}
+
+/// The span for one exchange seen on `conn`, the `seq`th on it.
+pub fn span_for(conn: &Connection, seq: u64, e: &Exchange, clock_offset_ns: i128) -> Span {
+    let wall = |ns: u64| (ns as i128 + clock_offset_ns).max(0) as u64;
+    let client_role = conn.role == Role::Client;
+    // The server end as this process sees it, and the client end.
+    let (server, client) = if client_role { (conn.remote, conn.local) } else { (conn.local, conn.remote) };
+    let mut attrs = vec![
+        text(tangle_wire::JOIN_CLIENT, client.to_string()),
+        int(tangle_wire::JOIN_SEQ, seq as i64),
+        kv(tangle_wire::SYNC, Value::BoolValue(e.sync)),
+        text("server.address", server.ip().to_string()),
+        int("server.port", i64::from(server.port())),
+        text("client.address", client.ip().to_string()),
+        int("client.port", i64::from(client.port())),
+        text("network.transport", "tcp"),
+        int("process.pid", i64::from(conn.pid)),
+    ];
+    match &e.fields {
+        Fields::Http(h) => {
+            attrs.push(text("http.request.method", h.method.clone()));
+            attrs.push(text("url.path", h.path.clone()));
+            attrs.push(text("http.route", e.operation.split_once(' ').map_or("", |(_, r)| r).to_owned()));
+            if let Some(s) = h.status {
+                attrs.push(int("http.response.status_code", i64::from(s)));
+            }
+            if let Some(g) = &h.grpc {
+                attrs.push(text("rpc.system", "grpc"));
+                attrs.push(text("rpc.service", g.service.clone()));
+                attrs.push(text("rpc.method", g.method.clone()));
+            }
+        }
+        Fields::Sql(s) => {
+            attrs.push(text("db.system.name", s.system.clone()));
+            if let Some(db) = &s.database {
+                attrs.push(text("db.namespace", db.clone()));
+            }
+            // Literals are already masked.
+            if let Some(q) = &s.statement {
+                attrs.push(text("db.query.text", q.clone()));
+            }
+        }
+        Fields::Redis(r) => {
+            attrs.push(text("db.system.name", "redis"));
+            attrs.push(text("db.operation.name", r.command.clone()));
+        }
+    }
+    let (code, message) = match &e.status {
+        ExStatus::Error { code } => (StatusCode::Error as i32, code.clone()),
+        _ => (StatusCode::Unset as i32, String::new()),
+    };
+    let kind = match (client_role, e.sync) {
+        (true, true) => 3,   // CLIENT
+        (true, false) => 4,  // PRODUCER
+        (false, _) => 2,     // SERVER
+    };
+    Span {
+        trace_id: random_bytes::<16>().to_vec(),
+        span_id: random_bytes::<8>().to_vec(),
+        name: e.operation.clone(),
+        kind,
+        start_time_unix_nano: wall(e.start_ns),
+        end_time_unix_nano: wall(e.end_ns),
+        attributes: attrs,
+        status: Some(Status { code, message }),
+        ..Span::default()
+    }
+}
+
+/// An [`ExchangeSink`] that queues spans for the exporter; never blocks.
+pub struct SpanQueue {
+    tx: mpsc::Sender<Outgoing>,
+    stats: Arc<ExportStats>,
+    clock_offset_ns: i128,
+}
+
+impl ExchangeSink for SpanQueue {
+    fn exchange(&mut self, conn: &Connection, seq: u64, e: &Exchange) {
+        let span = span_for(conn, seq, e, self.clock_offset_ns);
+        match self.tx.try_send(Outgoing { service: conn.process.clone(), span }) {
+            Ok(()) => {
+                self.stats.queued.fetch_add(1, Ordering::Relaxed);
+            }
+            Err(_) => {
+                self.stats.dropped.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+}
+
+/// Exports spans to `endpoint` (OTLP/gRPC) in batches; retries with backoff
+/// while the queue (`capacity` spans) absorbs what comes meanwhile.
+pub fn start(endpoint: String, capacity: usize, clock_offset_ns: i128) -> (SpanQueue, Arc<ExportStats>) {
+    let (tx, mut rx) = mpsc::channel::<Outgoing>(capacity.max(1));
+    let stats = Arc::new(ExportStats::default());
+    let task_stats = stats.clone();
+    tokio::spawn(async move {
+        let mut client: Option<TraceServiceClient<tonic::transport::Channel>> = None;
+        let mut batch: Vec<Outgoing> = Vec::new();
+        let mut backoff = Duration::from_millis(200);
+        loop {
+            if batch.is_empty() {
+                match rx.recv().await {
+                    Some(o) => batch.push(o),
+                    None => return,
+                }
+                // Gather what else is ready, up to a batch.
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                while batch.len() < 512 {
+                    match rx.try_recv() {
+                        Ok(o) => batch.push(o),
+                        Err(_) => break,
+                    }
+                }
+            }
+            if client.is_none() {
+                match TraceServiceClient::connect(endpoint.clone()).await {
+                    Ok(c) => client = Some(c),
+                    Err(e) => {
+                        log::debug!("collector {endpoint} unreachable: {e}");
+                        task_stats.failed_attempts.fetch_add(1, Ordering::Relaxed);
+                        tokio::time::sleep(backoff).await;
+                        backoff = (backoff * 2).min(Duration::from_secs(10));
+                        continue;
+                    }
+                }
+            }
+            let Some(c) = client.as_mut() else { continue };
+            let request = to_request(&batch);
+            match c.export(request).await {
+                Ok(_) => {
+                    task_stats.exported.fetch_add(batch.len() as u64, Ordering::Relaxed);
+                    batch.clear();
+                    backoff = Duration::from_millis(200);
+                }
+                Err(e) => {
+                    log::debug!("export to {endpoint} failed: {e}");
+                    task_stats.failed_attempts.fetch_add(1, Ordering::Relaxed);
+                    client = None;
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(10));
+                }
+            }
+        }
+    });
+    (SpanQueue { tx, stats: stats.clone(), clock_offset_ns }, stats)
+}
+
+/// One request: spans grouped by service (a resource each).
+fn to_request(batch: &[Outgoing]) -> ExportTraceServiceRequest {
+    let mut by_service: std::collections::BTreeMap<&str, Vec<Span>> = std::collections::BTreeMap::new();
+    for o in batch {
+        by_service.entry(o.service.as_str()).or_default().push(o.span.clone());
+    }
+    ExportTraceServiceRequest {
+        resource_spans: by_service
+            .into_iter()
+            .map(|(service, spans)| ResourceSpans {
+                resource: Some(Resource { attributes: vec![text("service.name", service)], ..Resource::default() }),
+                scope_spans: vec![ScopeSpans { spans, ..ScopeSpans::default() }],
+                ..ResourceSpans::default()
+            })
+            .collect(),
+    }
+}
