@@ -7,7 +7,11 @@
 //! attributes and the join key (`tangle_wire`) that lets the collector put
 //! the two ends of one call together. Causal links between an inbound
 //! request and the calls made for it are not made yet: each span starts its
-//! own trace.
+//! own trace, unless the thread rule links it: an outbound call made by the
+//! thread that is serving an inbound request, between the request's start
+//! and the response's end, belongs to it (thread-per-request servers). Such
+//! calls are held until the request they may belong to completes (at most
+//! [`HOLD`]).
 
 use std::{
     sync::{
@@ -149,17 +153,32 @@ pub fn span_for(conn: &Connection, seq: u64, e: &Exchange, clock_offset_ns: i128
     }
 }
 
-/// An [`ExchangeSink`] that queues spans for the exporter; never blocks.
+/// How long an outbound call waits for the inbound request it may belong to.
+pub const HOLD: Duration = Duration::from_secs(2);
+/// Outbound calls held at once, at most (past it the oldest go out unlinked).
+const MAX_HELD: usize = 4096;
+
+struct Held {
+    pid: u32,
+    tid: u32,
+    start_ns: u64,
+    end_ns: u64,
+    held_at: std::time::Instant,
+    out: Outgoing,
+}
+
+/// An [`ExchangeSink`] that links calls to requests by thread and queues
+/// spans for the exporter; never blocks.
 pub struct SpanQueue {
     tx: mpsc::Sender<Outgoing>,
     stats: Arc<ExportStats>,
     clock_offset_ns: i128,
+    held: std::collections::VecDeque<Held>,
 }
 
-impl ExchangeSink for SpanQueue {
-    fn exchange(&mut self, conn: &Connection, seq: u64, e: &Exchange) {
-        let span = span_for(conn, seq, e, self.clock_offset_ns);
-        match self.tx.try_send(Outgoing { service: conn.process.clone(), span }) {
+impl SpanQueue {
+    fn send(&mut self, out: Outgoing) {
+        match self.tx.try_send(out) {
             Ok(()) => {
                 self.stats.queued.fetch_add(1, Ordering::Relaxed);
             }
@@ -167,6 +186,57 @@ impl ExchangeSink for SpanQueue {
                 self.stats.dropped.fetch_add(1, Ordering::Relaxed);
             }
         }
+    }
+
+    /// Sends held calls whose time is up (or all of them).
+    pub fn flush_held(&mut self, all: bool) {
+        while let Some(h) = self.held.front() {
+            if !all && h.held_at.elapsed() < HOLD && self.held.len() <= MAX_HELD {
+                break;
+            }
+            if let Some(h) = self.held.pop_front() {
+                self.send(h.out);
+            }
+        }
+    }
+}
+
+impl ExchangeSink for SpanQueue {
+    fn exchange(&mut self, conn: &Connection, seq: u64, tid: u32, e: &Exchange) {
+        let mut span = span_for(conn, seq, e, self.clock_offset_ns);
+        let out = |span| Outgoing { service: conn.process.clone(), span };
+        if conn.role == Role::Client {
+            // May belong to a request this thread is serving: hold it.
+            self.held.push_back(Held {
+                pid: conn.pid,
+                tid,
+                start_ns: e.start_ns,
+                end_ns: e.end_ns,
+                held_at: std::time::Instant::now(),
+                out: out(span),
+            });
+        } else {
+            // A request served: the calls its thread made meanwhile are its children.
+            let (trace_id, span_id) = (span.trace_id.clone(), span.span_id.clone());
+            let mut children = Vec::new();
+            self.held.retain_mut(|h| {
+                let mine = h.pid == conn.pid && h.tid == tid && h.start_ns >= e.start_ns && h.end_ns <= e.end_ns;
+                if mine {
+                    h.out.span.trace_id = trace_id.clone();
+                    h.out.span.parent_span_id = span_id.clone();
+                    children.push(std::mem::replace(&mut h.out, Outgoing { service: String::new(), span: Span::default() }));
+                }
+                !mine
+            });
+            if !children.is_empty() {
+                span.attributes.push(int("tangle.children", children.len() as i64));
+            }
+            self.send(out(span));
+            for c in children {
+                self.send(c);
+            }
+        }
+        self.flush_held(false);
     }
 }
 
@@ -225,7 +295,7 @@ pub fn start(endpoint: String, capacity: usize, clock_offset_ns: i128) -> (SpanQ
             }
         }
     });
-    (SpanQueue { tx, stats: stats.clone(), clock_offset_ns }, stats)
+    (SpanQueue { tx, stats: stats.clone(), clock_offset_ns, held: Default::default() }, stats)
 }
 
 /// One request: spans grouped by service (a resource each).

@@ -173,8 +173,12 @@ struct Exporting {
 }
 
 impl tangle_agent::pipeline::ExchangeSink for Exporting {
-    fn exchange(&mut self, conn: &tangle_agent::conntrack::Connection, seq: u64, e: &tangle_protocols::Exchange) {
-        self.queue.exchange(conn, seq, e);
+    fn exchange(&mut self, conn: &tangle_agent::conntrack::Connection, seq: u64, tid: u32, e: &tangle_protocols::Exchange) {
+        self.queue.exchange(conn, seq, tid, e);
+    }
+    fn tick(&mut self) {
+        self.queue.flush_held(false);
+        tangle_agent::pipeline::ExchangeSink::tick(&mut self.out);
     }
 }
 
@@ -248,6 +252,7 @@ fn capture(args: CaptureArgs, mode: Mode) -> anyhow::Result<()> {
                 let sink = Exporting { queue, stats, out: lines };
                 let mut out = Pipeline::new(sink, args.max_connections as usize);
                 let res = capture_loop(&args, &mut probe, &mut reader, &mut out).await;
+                out.sink.queue.flush_held(true);
                 // Give the exporter a moment to send what is queued.
                 tokio::time::sleep(Duration::from_millis(1500)).await;
                 print_stats(&probe, &reader, &mut out, std::time::Instant::now())?;

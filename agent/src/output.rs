@@ -200,7 +200,13 @@ impl<W: Write> LineWriter<W> {
 }
 
 impl<W: Write> ExchangeSink for LineWriter<W> {
-    fn exchange(&mut self, c: &Connection, _seq: u64, e: &Exchange) {
+    fn tick(&mut self) {
+        if let Err(e) = self.out.flush() {
+            self.write_error.get_or_insert(e);
+        }
+    }
+
+    fn exchange(&mut self, c: &Connection, _seq: u64, _tid: u32, e: &Exchange) {
         let status = match &e.status {
             Status::Ok { code: Some(code) } => code.clone(),
             Status::Ok { code: None } => "ok".into(),

@@ -12,7 +12,11 @@ use crate::{conntrack::Connection, reader::Sink};
 pub trait ExchangeSink {
     /// `seq` is the exchange's place on its connection (0, 1, ...): both
     /// ends of a connection count the same, which joins them (`tangle_wire`).
-    fn exchange(&mut self, conn: &Connection, seq: u64, exchange: &Exchange);
+    /// `tid` is the thread that last moved a request on the connection: the
+    /// one that wrote it (client) or read it (server).
+    fn exchange(&mut self, conn: &Connection, seq: u64, tid: u32, exchange: &Exchange);
+    /// Called after each batch of events: time-based work.
+    fn tick(&mut self) {}
 }
 
 /// Counters of the parsing stage.
@@ -44,6 +48,8 @@ struct Tracked {
     parsers: Parsers,
     /// Exchanges handed on so far.
     exchanges: u64,
+    /// The thread of the last request-side transfer.
+    request_tid: u32,
 }
 
 /// A [`Sink`] that parses each connection's transfers and hands the
@@ -68,7 +74,7 @@ impl<S: ExchangeSink> Pipeline<S> {
         if let Some(t) = self.conns.get_mut(&conn_id) {
             for e in self.out.drain(..) {
                 self.stats.exchanges += 1;
-                self.sink.exchange(&t.conn, t.exchanges, &e);
+                self.sink.exchange(&t.conn, t.exchanges, t.request_tid, &e);
                 t.exchanges += 1;
             }
         }
@@ -90,7 +96,7 @@ impl<S: ExchangeSink> Sink for Pipeline<S> {
             self.stats.parser_table_full += 1;
             return;
         }
-        self.conns.insert(conn.conn_id, Tracked { conn: conn.clone(), parsers: Parsers::default(), exchanges: 0 });
+        self.conns.insert(conn.conn_id, Tracked { conn: conn.clone(), parsers: Parsers::default(), exchanges: 0, request_tid: 0 });
     }
 
     fn close(&mut self, _conn: Option<&Connection>, ev: &ConnEvent) {
@@ -99,9 +105,13 @@ impl<S: ExchangeSink> Sink for Pipeline<S> {
         self.retire(&t);
         for e in self.out.drain(..) {
             self.stats.exchanges += 1;
-            self.sink.exchange(&t.conn, t.exchanges, &e);
+            self.sink.exchange(&t.conn, t.exchanges, t.request_tid, &e);
             t.exchanges += 1;
         }
+    }
+
+    fn flush(&mut self) {
+        self.sink.tick();
     }
 
     fn data(&mut self, _conn: Option<&Connection>, h: &DataHeader, bytes: &[u8]) {
@@ -112,6 +122,9 @@ impl<S: ExchangeSink> Sink for Pipeline<S> {
         // The client writes requests; the server reads them.
         let egress = h.direction == Direction::Egress as u8;
         let side = if egress == (t.conn.role == Role::Client) { Side::Request } else { Side::Response };
+        if side == Side::Request {
+            t.request_tid = h.tid;
+        }
         t.parsers.feed(Chunk { side, ts_ns: h.ts_ns, bytes, total_len: h.total_len }, &mut self.out);
         self.emit(h.conn_id);
     }

@@ -144,3 +144,68 @@ fn exchanges_exported_with_join_keys_after_the_collector_comes_back() {
     assert_eq!(attr(&missing.1, "http.response.status_code"), Some("404".into()));
     let _ = std::fs::remove_file(&ready);
 }
+
+/// The thread rule on a thread-per-request service (the demo's shop:
+/// gateway -> orders -> inventory, each a Python ThreadingHTTPServer) under
+/// 60 concurrent requests: every outbound call is the child of the request
+/// its thread was serving, with zero mislinks (a child's item id is its
+/// parent's).
+#[test]
+fn thread_rule_links_calls_to_their_request_under_concurrency() {
+    let name = "thread_rule_links_calls_to_their_request_under_concurrency";
+    if require(name, &["curl", "python3"]).is_none() {
+        return;
+    }
+    let otlp_port = free_port();
+    let received = receiver(otlp_port);
+    let shop = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../demo/shop.py");
+    let mut services = Vec::new();
+    for s in ["inventory", "orders", "gateway"] {
+        services.push(Proc::spawn_ready(Command::new("python3").arg("-u").arg(&shop).arg(s), "listening"));
+    }
+    let ready = std::env::temp_dir().join(format!("tangle-ready-shop-{otlp_port}"));
+    let _ = std::fs::remove_file(&ready);
+    let pids: Vec<String> = services.iter().map(|p| p.pid().to_string()).collect();
+    let agent = Command::new(env!("CARGO_BIN_EXE_tangle-agent"))
+        .args(["run", "--json", "--duration", "12s"])
+        .args(["--collector", &format!("http://127.0.0.1:{otlp_port}"), "--ready-file"])
+        .arg(&ready)
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_for("the agent to attach", Duration::from_secs(20), || ready.exists());
+    // 60 concurrent requests, each for its own item.
+    let mut curls: Vec<_> = (1..=60)
+        .map(|i| {
+            Command::new("curl")
+                .args(["-sS", "-o", "/dev/null", &format!("http://127.0.0.1:18080/checkout/{i}")])
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    for c in &mut curls {
+        assert!(c.wait().unwrap().success());
+    }
+    let out = agent.wait_with_output().unwrap();
+    assert!(out.status.success());
+    drop(services);
+    let spans: Vec<(String, Span)> = received.0.lock().unwrap().clone();
+    let path = |s: &Span| attr(s, "url.path").unwrap_or_default();
+    let item = |s: &Span| path(s).rsplit('/').next().unwrap_or_default().to_owned();
+    let servers: Vec<&(String, Span)> = spans.iter().filter(|(svc, s)| s.kind == 2 && svc == "gateway").collect();
+    assert_eq!(servers.len(), 60, "every request served by gateway exported (pids {pids:?})");
+    let mut linked = 0;
+    for (svc, c) in spans.iter().filter(|(svc, s)| s.kind == 3 && (svc == "gateway" || svc == "orders")) {
+        let parent = spans
+            .iter()
+            .find(|(_, p)| p.span_id == c.parent_span_id && p.kind == 2)
+            .unwrap_or_else(|| panic!("{svc}'s call {} has no parent request", path(c)));
+        assert_eq!(parent.1.trace_id, c.trace_id, "same trace");
+        assert_eq!(&parent.0, svc, "the parent is served by the same service");
+        assert_eq!(item(&parent.1), item(c), "mislink: {} under {}", path(c), path(&parent.1));
+        linked += 1;
+    }
+    // gateway calls orders and inventory, orders calls inventory: 3 calls per request.
+    assert_eq!(linked, 180);
+    let _ = std::fs::remove_file(&ready);
+}

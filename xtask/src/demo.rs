@@ -57,7 +57,7 @@ pub fn run(duration: Duration) -> anyhow::Result<()> {
             .arg("--data-dir")
             .arg(&data)
             .args(["--otlp-grpc", &format!("127.0.0.1:{OTLP_GRPC}"), "--otlp-http", "127.0.0.1:14318"])
-            .args(["--http", &format!("127.0.0.1:{API}"), "--trace-window-ms", "500"])
+            .args(["--http", &format!("127.0.0.1:{API}"), "--trace-window-ms", "3000"])
             .stderr(collector_log),
     )?;
     wait_port(API, "the collector")?;
@@ -105,8 +105,9 @@ pub fn run(duration: Duration) -> anyhow::Result<()> {
     if let Some(g) = &cgroup {
         let _ = std::fs::remove_dir(g);
     }
-    // Let the collector close the last traces' window.
-    std::thread::sleep(Duration::from_millis(1500));
+    // Let the collector close the last traces' window (longer than the
+    // agent's hold of outbound calls: see tangle_agent::export::HOLD).
+    std::thread::sleep(Duration::from_millis(3500));
     summarize(&log)?;
     let report = Command::new(&collector)
         .args(["report", "--url", &format!("http://127.0.0.1:{API}")])
@@ -114,8 +115,8 @@ pub fn run(duration: Duration) -> anyhow::Result<()> {
         .context("running tangle-collector report")?;
     println!("\n{}", String::from_utf8_lossy(&report.stdout));
     println!(
-        "Links between an inbound request and the calls made for it come next (the agent's causality): \
-         until then each call is its own chain, so depths are 1."
+        "The services are thread-per-request: the agent links each call to the request its thread \
+         was serving (the thread rule), so the chains above are whole requests."
     );
     Ok(())
 }
