@@ -167,13 +167,94 @@ struct Held {
     out: Outgoing,
 }
 
-/// An [`ExchangeSink`] that links calls to requests by thread and queues
-/// spans for the exporter; never blocks.
+/// Links outbound calls to the inbound request their thread was serving.
+/// A thread seen serving two requests at once (an async runtime) is not
+/// thread-per-request: its links are marked inferred from then on, never
+/// presented as exact.
+#[derive(Default)]
+pub struct Linker {
+    held: std::collections::VecDeque<Held>,
+    /// Per (pid, tid): the last requests served, as (start, end).
+    served: std::collections::HashMap<(u32, u32), std::collections::VecDeque<(u64, u64)>>,
+    /// Threads seen serving overlapping requests.
+    multiplexed: std::collections::HashSet<(u32, u32)>,
+}
+
+impl Linker {
+    /// Takes one exchange's span; returns the spans ready to go.
+    pub fn exchange(&mut self, conn: &Connection, tid: u32, e: &Exchange, mut span: Span) -> Vec<Outgoing> {
+        let out = |span| Outgoing { service: conn.process.clone(), span };
+        if conn.role == Role::Client {
+            // May belong to a request this thread is serving: hold it.
+            self.held.push_back(Held {
+                pid: conn.pid,
+                tid,
+                start_ns: e.start_ns,
+                end_ns: e.end_ns,
+                held_at: std::time::Instant::now(),
+                out: out(span),
+            });
+            return self.expired(false);
+        }
+        let thread = (conn.pid, tid);
+        let recent = self.served.entry(thread).or_default();
+        if recent.iter().any(|&(s, end)| e.start_ns < end && s < e.end_ns) {
+            self.multiplexed.insert(thread);
+        }
+        if recent.len() >= 8 {
+            recent.pop_front();
+        }
+        recent.push_back((e.start_ns, e.end_ns));
+        if self.served.len() > 65_536 {
+            self.served.clear();
+        }
+        let inferred = self.multiplexed.contains(&thread);
+        // The calls its thread made meanwhile are its children.
+        let (trace_id, span_id) = (span.trace_id.clone(), span.span_id.clone());
+        let mut children = Vec::new();
+        self.held.retain_mut(|h| {
+            let mine = h.pid == conn.pid && h.tid == tid && h.start_ns >= e.start_ns && h.end_ns <= e.end_ns;
+            if mine {
+                h.out.span.trace_id = trace_id.clone();
+                h.out.span.parent_span_id = span_id.clone();
+                if inferred {
+                    h.out.span.attributes.push(kv(tangle_wire::LINK_INFERRED, Value::BoolValue(true)));
+                }
+                children.push(std::mem::replace(&mut h.out, Outgoing { service: String::new(), span: Span::default() }));
+            }
+            !mine
+        });
+        if !children.is_empty() {
+            span.attributes.push(int("tangle.children", children.len() as i64));
+        }
+        let mut ready = vec![out(span)];
+        ready.append(&mut children);
+        ready.extend(self.expired(false));
+        ready
+    }
+
+    /// Held calls whose time is up (or all of them).
+    pub fn expired(&mut self, all: bool) -> Vec<Outgoing> {
+        let mut out = Vec::new();
+        while let Some(h) = self.held.front() {
+            if !all && h.held_at.elapsed() < HOLD && self.held.len() <= MAX_HELD {
+                break;
+            }
+            if let Some(h) = self.held.pop_front() {
+                out.push(h.out);
+            }
+        }
+        out
+    }
+}
+
+/// An [`ExchangeSink`] that links calls to requests and queues spans for
+/// the exporter; never blocks.
 pub struct SpanQueue {
     tx: mpsc::Sender<Outgoing>,
     stats: Arc<ExportStats>,
     clock_offset_ns: i128,
-    held: std::collections::VecDeque<Held>,
+    linker: Linker,
 }
 
 impl SpanQueue {
@@ -190,53 +271,18 @@ impl SpanQueue {
 
     /// Sends held calls whose time is up (or all of them).
     pub fn flush_held(&mut self, all: bool) {
-        while let Some(h) = self.held.front() {
-            if !all && h.held_at.elapsed() < HOLD && self.held.len() <= MAX_HELD {
-                break;
-            }
-            if let Some(h) = self.held.pop_front() {
-                self.send(h.out);
-            }
+        for o in self.linker.expired(all) {
+            self.send(o);
         }
     }
 }
 
 impl ExchangeSink for SpanQueue {
     fn exchange(&mut self, conn: &Connection, seq: u64, tid: u32, e: &Exchange) {
-        let mut span = span_for(conn, seq, e, self.clock_offset_ns);
-        let out = |span| Outgoing { service: conn.process.clone(), span };
-        if conn.role == Role::Client {
-            // May belong to a request this thread is serving: hold it.
-            self.held.push_back(Held {
-                pid: conn.pid,
-                tid,
-                start_ns: e.start_ns,
-                end_ns: e.end_ns,
-                held_at: std::time::Instant::now(),
-                out: out(span),
-            });
-        } else {
-            // A request served: the calls its thread made meanwhile are its children.
-            let (trace_id, span_id) = (span.trace_id.clone(), span.span_id.clone());
-            let mut children = Vec::new();
-            self.held.retain_mut(|h| {
-                let mine = h.pid == conn.pid && h.tid == tid && h.start_ns >= e.start_ns && h.end_ns <= e.end_ns;
-                if mine {
-                    h.out.span.trace_id = trace_id.clone();
-                    h.out.span.parent_span_id = span_id.clone();
-                    children.push(std::mem::replace(&mut h.out, Outgoing { service: String::new(), span: Span::default() }));
-                }
-                !mine
-            });
-            if !children.is_empty() {
-                span.attributes.push(int("tangle.children", children.len() as i64));
-            }
-            self.send(out(span));
-            for c in children {
-                self.send(c);
-            }
+        let span = span_for(conn, seq, e, self.clock_offset_ns);
+        for o in self.linker.exchange(conn, tid, e, span) {
+            self.send(o);
         }
-        self.flush_held(false);
     }
 }
 
@@ -295,7 +341,7 @@ pub fn start(endpoint: String, capacity: usize, clock_offset_ns: i128) -> (SpanQ
             }
         }
     });
-    (SpanQueue { tx, stats: stats.clone(), clock_offset_ns, held: Default::default() }, stats)
+    (SpanQueue { tx, stats: stats.clone(), clock_offset_ns, linker: Linker::default() }, stats)
 }
 
 /// One request: spans grouped by service (a resource each).
@@ -313,5 +359,69 @@ fn to_request(batch: &[Outgoing]) -> ExportTraceServiceRequest {
                 ..ResourceSpans::default()
             })
             .collect(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tangle_protocols::{Fields, HttpFields, Protocol, Status as ExStatus};
+
+    fn conn(role: Role, port: u16) -> Connection {
+        Connection {
+            conn_id: u64::from(port),
+            pid: 7,
+            fd: 3,
+            process: "svc".into(),
+            role,
+            local: format!("127.0.0.1:{port}").parse().unwrap(),
+            remote: "127.0.0.1:80".parse().unwrap(),
+            cgroup_id: 0,
+            opened_ns: 0,
+        }
+    }
+
+    fn ex(start: u64, end: u64) -> Exchange {
+        Exchange {
+            protocol: Protocol::Http1,
+            operation: "GET /".into(),
+            status: ExStatus::Ok { code: None },
+            sync: true,
+            start_ns: start,
+            end_ns: end,
+            request_size: 1,
+            response_size: 1,
+            truncated: false,
+            fields: Fields::Http(HttpFields::default()),
+        }
+    }
+
+    fn inferred(s: &Span) -> bool {
+        s.attributes.iter().any(|kv| kv.key == tangle_wire::LINK_INFERRED)
+    }
+
+    #[test]
+    fn thread_rule_exact_then_inferred_once_a_thread_multiplexes() {
+        let mut l = Linker::default();
+        let (server, client) = (conn(Role::Server, 8080), conn(Role::Client, 40000));
+        // Thread 1 serves [10, 100] and calls out in [20, 30]: an exact child.
+        assert!(l.exchange(&client, 1, &ex(20, 30), span_for(&client, 0, &ex(20, 30), 0)).is_empty());
+        let out = l.exchange(&server, 1, &ex(10, 100), span_for(&server, 0, &ex(10, 100), 0));
+        assert_eq!(out.len(), 2);
+        assert_eq!(out[1].span.parent_span_id, out[0].span.span_id);
+        assert_eq!(out[1].span.trace_id, out[0].span.trace_id);
+        assert!(!inferred(&out[1].span));
+        // A call outside any request's window is not claimed.
+        assert!(l.exchange(&client, 1, &ex(150, 160), span_for(&client, 1, &ex(150, 160), 0)).is_empty());
+        // Thread 2 serves two overlapping requests (an event loop): its links are inferred.
+        let _ = l.exchange(&server, 2, &ex(200, 300), span_for(&server, 1, &ex(200, 300), 0));
+        assert!(l.exchange(&client, 2, &ex(260, 270), span_for(&client, 2, &ex(260, 270), 0)).is_empty());
+        let out = l.exchange(&server, 2, &ex(250, 400), span_for(&server, 2, &ex(250, 400), 0));
+        assert_eq!(out.len(), 2);
+        assert!(inferred(&out[1].span), "a multiplexing thread's link is marked inferred");
+        // What nobody claimed goes out when its time is up.
+        let rest = l.expired(true);
+        assert_eq!(rest.len(), 1);
+        assert!(rest[0].span.parent_span_id.is_empty());
     }
 }

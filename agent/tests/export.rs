@@ -203,6 +203,7 @@ fn thread_rule_links_calls_to_their_request_under_concurrency() {
         assert_eq!(parent.1.trace_id, c.trace_id, "same trace");
         assert_eq!(&parent.0, svc, "the parent is served by the same service");
         assert_eq!(item(&parent.1), item(c), "mislink: {} under {}", path(c), path(&parent.1));
+        assert_eq!(attr(c, "tangle.link.inferred"), None, "thread-per-request links are exact");
         linked += 1;
     }
     // gateway calls orders and inventory, orders calls inventory: 3 calls per request.
