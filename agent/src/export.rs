@@ -85,6 +85,27 @@ fn random_bytes<const N: usize>() -> [u8; N] {
     out
 }
 
+/// The trace id and parent span id of a W3C `traceparent` header.
+fn traceparent(e: &Exchange) -> Option<([u8; 16], [u8; 8])> {
+    let Fields::Http(h) = &e.fields else { return None };
+    let tp = h.trace.traceparent.as_deref()?;
+    let mut parts = tp.trim().split('-');
+    let (_version, trace, parent) = (parts.next()?, parts.next()?, parts.next()?);
+    let hex = |s: &str, out: &mut [u8]| -> Option<()> {
+        if s.len() != out.len() * 2 {
+            return None;
+        }
+        for (i, o) in out.iter_mut().enumerate() {
+            *o = u8::from_str_radix(s.get(2 * i..2 * i + 2)?, 16).ok()?;
+        }
+        Some(())
+    };
+    let (mut t, mut p) = ([0u8; 16], [0u8; 8]);
+    hex(trace, &mut t)?;
+    hex(parent, &mut p)?;
+    (t != [0; 16]).then_some((t, p))
+}
+
 /// The span for one exchange seen on `conn`, the `seq`th on it.
 pub fn span_for(conn: &Connection, seq: u64, e: &Exchange, clock_offset_ns: i128) -> Span {
     let wall = |ns: u64| (ns as i128 + clock_offset_ns).max(0) as u64;
@@ -140,9 +161,16 @@ pub fn span_for(conn: &Connection, seq: u64, e: &Exchange, clock_offset_ns: i128
         (true, false) => 4,  // PRODUCER
         (false, _) => 2,     // SERVER
     };
+    // Propagated context: the request's trace, under the caller's span.
+    let (trace_id, parent_span_id) = match traceparent(e) {
+        Some((t, p)) if !client_role => (t.to_vec(), p.to_vec()),
+        Some((t, _)) => (t.to_vec(), Vec::new()),
+        None => (random_bytes::<16>().to_vec(), Vec::new()),
+    };
     Span {
-        trace_id: random_bytes::<16>().to_vec(),
+        trace_id,
         span_id: random_bytes::<8>().to_vec(),
+        parent_span_id,
         name: e.operation.clone(),
         kind,
         start_time_unix_nano: wall(e.start_ns),
@@ -161,6 +189,8 @@ const MAX_HELD: usize = 4096;
 struct Held {
     pid: u32,
     tid: u32,
+    /// The propagated trace id the call carried, if any.
+    context: Option<[u8; 16]>,
     start_ns: u64,
     end_ns: u64,
     held_at: std::time::Instant,
@@ -189,6 +219,7 @@ impl Linker {
             self.held.push_back(Held {
                 pid: conn.pid,
                 tid,
+                context: traceparent(e).map(|(t, _)| t),
                 start_ns: e.start_ns,
                 end_ns: e.end_ns,
                 held_at: std::time::Instant::now(),
@@ -208,16 +239,20 @@ impl Linker {
         if self.served.len() > 65_536 {
             self.served.clear();
         }
-        let inferred = self.multiplexed.contains(&thread);
-        // The calls its thread made meanwhile are its children.
+        let multiplexed = self.multiplexed.contains(&thread);
+        let context = traceparent(e).map(|(t, _)| t);
+        // Its children: calls carrying its propagated trace id (exact), or
+        // made by its thread meanwhile (the thread rule).
         let (trace_id, span_id) = (span.trace_id.clone(), span.span_id.clone());
         let mut children = Vec::new();
         self.held.retain_mut(|h| {
-            let mine = h.pid == conn.pid && h.tid == tid && h.start_ns >= e.start_ns && h.end_ns <= e.end_ns;
+            let by_context = context.is_some() && h.pid == conn.pid && h.context == context;
+            let by_thread = h.pid == conn.pid && h.tid == tid && h.start_ns >= e.start_ns && h.end_ns <= e.end_ns;
+            let mine = by_context || (by_thread && (h.context.is_none() || context.is_none()));
             if mine {
                 h.out.span.trace_id = trace_id.clone();
                 h.out.span.parent_span_id = span_id.clone();
-                if inferred {
+                if multiplexed && !by_context {
                     h.out.span.attributes.push(kv(tangle_wire::LINK_INFERRED, Value::BoolValue(true)));
                 }
                 children.push(std::mem::replace(&mut h.out, Outgoing { service: String::new(), span: Span::default() }));
@@ -398,6 +433,36 @@ mod tests {
 
     fn inferred(s: &Span) -> bool {
         s.attributes.iter().any(|kv| kv.key == tangle_wire::LINK_INFERRED)
+    }
+
+    fn with_context(mut e: Exchange, tp: &str) -> Exchange {
+        if let Fields::Http(h) = &mut e.fields {
+            h.trace.traceparent = Some(tp.into());
+        }
+        e
+    }
+
+    #[test]
+    fn propagated_context_links_exactly_even_on_an_event_loop() {
+        let mut l = Linker::default();
+        let (server, client) = (conn(Role::Server, 8080), conn(Role::Client, 40000));
+        let t1 = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+        let t2 = "00-5bf92f3577b34da6a3ce929d0e0e4736-10f067aa0ba902b7-01";
+        // One thread, two overlapping requests, each call carrying its request's trace.
+        let a = with_context(ex(10, 100), t1);
+        let b = with_context(ex(20, 110), t2);
+        let call_b = with_context(ex(30, 40), t2);
+        let call_a = with_context(ex(50, 60), t1);
+        assert!(l.exchange(&client, 1, &call_b, span_for(&client, 0, &call_b, 0)).is_empty());
+        assert!(l.exchange(&client, 1, &call_a, span_for(&client, 1, &call_a, 0)).is_empty());
+        let out_a = l.exchange(&server, 1, &a, span_for(&server, 0, &a, 0));
+        let out_b = l.exchange(&server, 1, &b, span_for(&server, 1, &b, 0));
+        assert_eq!((out_a.len(), out_b.len()), (2, 2), "each request gets its own call, not the other's");
+        assert_eq!(out_a[0].span.trace_id, vec![0x4b, 0xf9, 0x2f, 0x35, 0x77, 0xb3, 0x4d, 0xa6, 0xa3, 0xce, 0x92, 0x9d, 0x0e, 0x0e, 0x47, 0x36]);
+        assert_eq!(out_a[0].span.parent_span_id, vec![0x00, 0xf0, 0x67, 0xaa, 0x0b, 0xa9, 0x02, 0xb7], "under the caller's span");
+        assert_eq!(out_a[1].span.parent_span_id, out_a[0].span.span_id);
+        assert_eq!(out_b[1].span.parent_span_id, out_b[0].span.span_id);
+        assert!(!inferred(&out_a[1].span) && !inferred(&out_b[1].span), "context links are exact");
     }
 
     #[test]
