@@ -265,11 +265,12 @@ fn track(fd: u32, role: Role) {
     emit_conn(EventKind::ConnOpen, &key, &info, 0, now);
 }
 
-/// Ring buffer flags for the next record: wake the reader only when enough
-/// has piled up, so it reads in batches instead of once per event.
+/// Ring buffer flags for the next record: wake the reader only when
+/// `threshold` bytes (the config's `wakeup_bytes`) have piled up, so it
+/// reads in batches instead of once per event.
 #[inline(always)]
-fn wakeup_flags() -> u64 {
-    let threshold = config().map_or(0, |c| c.wakeup_bytes as u64);
+fn wakeup_flags(threshold: u32) -> u64 {
+    let threshold = threshold as u64;
     if threshold == 0 {
         return 0;
     }
@@ -311,7 +312,7 @@ fn emit_conn(kind: EventKind, key: &ConnKey, info: &ConnInfo, close_reason: u8, 
         let comm = if from_task { bpf_get_current_comm().unwrap_or([0; 16]) } else { [0; 16] };
         ptr::addr_of_mut!((*e).comm).write(comm);
     }
-    entry.submit(wakeup_flags());
+    entry.submit(wakeup_flags(config().map_or(0, |c| c.wakeup_bytes)));
     count(Stat::ConnEvents);
 }
 
@@ -615,7 +616,7 @@ fn io_exit(ctx: &TracePointContext) {
         core::slice::from_raw_parts(ptr::from_mut(event).cast::<u8>(), size_of::<DataEvent>())
     };
     let Some(record) = bytes.get(..size as usize) else { return };
-    if EVENTS.output::<[u8]>(record, wakeup_flags()).is_err() {
+    if EVENTS.output::<[u8]>(record, wakeup_flags(cfg.wakeup_bytes)).is_err() {
         count(Stat::EventsLost);
     } else {
         count(Stat::DataEvents);

@@ -43,10 +43,12 @@ pub fn comm_str(comm: &[u8]) -> String {
     String::from_utf8_lossy(&comm[..end]).into_owned()
 }
 
-/// Process names by pid, read from /proc once and kept while they are in use.
+/// Process names by pid, read from /proc once and kept while the process has
+/// open connections (counted, so a close costs no scan of the table).
 #[derive(Default)]
 pub struct ProcessNames {
-    names: HashMap<u32, String>,
+    /// pid -> (name, open connections).
+    names: HashMap<u32, (String, usize)>,
 }
 
 impl ProcessNames {
@@ -54,9 +56,11 @@ impl ProcessNames {
     const MAX: usize = 8192;
 
     /// The process's name (`/proc/PID/comm`), or `fallback` (the thread's
-    /// name from the kernel) when the process is already gone.
-    pub fn get(&mut self, pid: u32, fallback: &str) -> String {
-        if let Some(name) = self.names.get(&pid) {
+    /// name from the kernel) when the process is already gone; counts one
+    /// more open connection of it.
+    pub fn acquire(&mut self, pid: u32, fallback: &str) -> String {
+        if let Some((name, open)) = self.names.get_mut(&pid) {
+            *open += 1;
             return name.clone();
         }
         let name = std::fs::read_to_string(format!("/proc/{pid}/comm"))
@@ -65,12 +69,18 @@ impl ProcessNames {
         if self.names.len() >= Self::MAX {
             self.names.clear();
         }
-        self.names.insert(pid, name.clone());
+        self.names.insert(pid, (name.clone(), 1));
         name
     }
 
-    pub fn forget(&mut self, pid: u32) {
-        self.names.remove(&pid);
+    /// One connection of `pid` closed; its name is dropped with the last.
+    pub fn release(&mut self, pid: u32) {
+        if let Some((_, open)) = self.names.get_mut(&pid) {
+            *open -= 1;
+            if *open == 0 {
+                self.names.remove(&pid);
+            }
+        }
     }
 }
 
@@ -100,14 +110,16 @@ impl ConnTable {
             conn_id: ev.conn_id,
             pid: ev.tgid,
             fd: ev.fd,
-            process: self.names.get(ev.tgid, &comm_str(&ev.comm)),
+            process: self.names.acquire(ev.tgid, &comm_str(&ev.comm)),
             role: Role::from_u8(ev.role).unwrap_or(Role::Client),
             local,
             remote,
             cgroup_id: ev.cgroup_id,
             opened_ns: ev.ts_ns,
         };
-        self.conns.insert(ev.conn_id, conn);
+        if let Some(old) = self.conns.insert(ev.conn_id, conn) {
+            self.names.release(old.pid);
+        }
         self.conns.get(&ev.conn_id)
     }
 
@@ -118,9 +130,7 @@ impl ConnTable {
     /// Records a close; returns the connection it ends, if it was known.
     pub fn close(&mut self, conn_id: u64) -> Option<Connection> {
         let conn = self.conns.remove(&conn_id)?;
-        if !self.conns.values().any(|c| c.pid == conn.pid) {
-            self.names.forget(conn.pid);
-        }
+        self.names.release(conn.pid);
         Some(conn)
     }
 

@@ -142,6 +142,8 @@ trait CliSink: Sink {
     fn stats(&self) -> serde_json::Value {
         serde_json::Value::Null
     }
+    /// The capture stopped: finish what is pending before the last counters.
+    async fn finish(&mut self) {}
 }
 
 impl<W: std::io::Write> CliSink for LineWriter<W> {
@@ -193,6 +195,11 @@ impl CliSink for Pipeline<Exporting> {
         let mut v = serde_json::to_value(&self.stats).unwrap_or_default();
         v["export"] = self.sink.stats.snapshot();
         v
+    }
+    async fn finish(&mut self) {
+        self.sink.queue.flush_held(true);
+        // Give the exporter a moment to send what is queued.
+        tokio::time::sleep(Duration::from_millis(1500)).await;
     }
 }
 
@@ -251,12 +258,7 @@ fn capture(args: CaptureArgs, mode: Mode) -> anyhow::Result<()> {
                 log::info!("exporting spans to {collector} (queue of {queue_spans})");
                 let sink = Exporting { queue, stats, out: lines };
                 let mut out = Pipeline::new(sink, args.max_connections as usize);
-                let res = capture_loop(&args, &mut probe, &mut reader, &mut out).await;
-                out.sink.queue.flush_held(true);
-                // Give the exporter a moment to send what is queued.
-                tokio::time::sleep(Duration::from_millis(1500)).await;
-                print_stats(&probe, &reader, &mut out, std::time::Instant::now())?;
-                res
+                capture_loop(&args, &mut probe, &mut reader, &mut out).await
             }
         }
     })
@@ -268,47 +270,46 @@ async fn capture_loop(
     reader: &mut Reader,
     out: &mut impl CliSink,
 ) -> anyhow::Result<()> {
-    {
-        let started = std::time::Instant::now();
-        let deadline = tokio::time::sleep(args.duration.unwrap_or(Duration::MAX / 4));
-        tokio::pin!(deadline);
-        let mut stats_tick =
-            tokio::time::interval(args.stats_interval.unwrap_or(Duration::from_secs(3600)));
-        stats_tick.tick().await;
-        let mut sweep_tick = tokio::time::interval(Duration::from_secs(5));
-        let ctrl_c = tokio::signal::ctrl_c();
-        tokio::pin!(ctrl_c);
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-            .context("installing the SIGTERM handler")?;
-        loop {
-            tokio::select! {
-                res = reader.next_batch(out) => { res.context("reading the ring buffer")?; }
-                _ = &mut deadline => break,
-                _ = &mut ctrl_c => break,
-                _ = term.recv() => break,
-                _ = stats_tick.tick() => print_stats(probe, reader, out, started)?,
-                _ = sweep_tick.tick() => {
-                    let gone = reader.sweep().len() + probe.sweep_dead_processes()?;
-                    if gone > 0 {
-                        log::debug!("forgot {gone} connections of exited processes");
-                    }
+    let started = std::time::Instant::now();
+    let deadline = tokio::time::sleep(args.duration.unwrap_or(Duration::MAX / 4));
+    tokio::pin!(deadline);
+    let mut stats_tick =
+        tokio::time::interval(args.stats_interval.unwrap_or(Duration::from_secs(3600)));
+    stats_tick.tick().await;
+    let mut sweep_tick = tokio::time::interval(Duration::from_secs(5));
+    let ctrl_c = tokio::signal::ctrl_c();
+    tokio::pin!(ctrl_c);
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .context("installing the SIGTERM handler")?;
+    loop {
+        tokio::select! {
+            res = reader.next_batch(out) => { res.context("reading the ring buffer")?; }
+            _ = &mut deadline => break,
+            _ = &mut ctrl_c => break,
+            _ = term.recv() => break,
+            _ = stats_tick.tick() => print_stats(probe, reader, out, started)?,
+            _ = sweep_tick.tick() => {
+                let gone = reader.sweep().len() + probe.sweep_dead_processes()?;
+                if gone > 0 {
+                    log::debug!("forgot {gone} connections of exited processes");
                 }
-            }
-            if let Some(err) = out.take_write_error() {
-                if err.kind() == std::io::ErrorKind::BrokenPipe {
-                    return Ok(());
-                }
-                return Err(err).context("writing output");
-            }
-            if args.max_events.is_some_and(|max| reader.stats().events >= max) {
-                break;
             }
         }
-        // Events already in the ring buffer still count.
-        reader.drain(out);
-        print_stats(probe, reader, out, started)?;
-        Ok(())
+        if let Some(err) = out.take_write_error() {
+            if err.kind() == std::io::ErrorKind::BrokenPipe {
+                return Ok(());
+            }
+            return Err(err).context("writing output");
+        }
+        if args.max_events.is_some_and(|max| reader.stats().events >= max) {
+            break;
+        }
     }
+    // Events already in the ring buffer still count.
+    reader.drain(out);
+    out.finish().await;
+    print_stats(probe, reader, out, started)?;
+    Ok(())
 }
 
 fn replay(file: &std::path::Path) -> anyhow::Result<()> {

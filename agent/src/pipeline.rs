@@ -43,6 +43,15 @@ fn protocol_name(p: Protocol) -> &'static str {
     }
 }
 
+/// Hands the exchanges in `out` on, numbered on their connection.
+fn deliver(t: &mut Tracked, out: &mut Vec<Exchange>, stats: &mut PipelineStats, sink: &mut impl ExchangeSink) {
+    for e in out.drain(..) {
+        stats.exchanges += 1;
+        sink.exchange(&t.conn, t.exchanges, t.request_tid, &e);
+        t.exchanges += 1;
+    }
+}
+
 struct Tracked {
     conn: Connection,
     parsers: Parsers,
@@ -67,20 +76,6 @@ impl<S: ExchangeSink> Pipeline<S> {
         Self { conns: HashMap::new(), max_connections, out: Vec::new(), stats: PipelineStats::default(), sink }
     }
 
-    fn emit(&mut self, conn_id: u64) {
-        if self.out.is_empty() {
-            return;
-        }
-        if let Some(t) = self.conns.get_mut(&conn_id) {
-            for e in self.out.drain(..) {
-                self.stats.exchanges += 1;
-                self.sink.exchange(&t.conn, t.exchanges, t.request_tid, &e);
-                t.exchanges += 1;
-            }
-        }
-        self.out.clear();
-    }
-
     fn retire(&mut self, t: &Tracked) {
         self.stats.undetected_transfers += t.parsers.undetected_chunks;
         if let Some(p) = t.parsers.protocol() {
@@ -103,11 +98,7 @@ impl<S: ExchangeSink> Sink for Pipeline<S> {
         let Some(mut t) = self.conns.remove(&ev.conn_id) else { return };
         t.parsers.finish(ev.ts_ns, &mut self.out);
         self.retire(&t);
-        for e in self.out.drain(..) {
-            self.stats.exchanges += 1;
-            self.sink.exchange(&t.conn, t.exchanges, t.request_tid, &e);
-            t.exchanges += 1;
-        }
+        deliver(&mut t, &mut self.out, &mut self.stats, &mut self.sink);
     }
 
     fn flush(&mut self) {
@@ -115,8 +106,9 @@ impl<S: ExchangeSink> Sink for Pipeline<S> {
     }
 
     fn data(&mut self, _conn: Option<&Connection>, h: &DataHeader, bytes: &[u8]) {
-        let Some(t) = self.conns.get_mut(&h.conn_id) else {
-            self.stats.orphan_transfers += 1;
+        let Self { conns, out, stats, sink, .. } = self;
+        let Some(t) = conns.get_mut(&h.conn_id) else {
+            stats.orphan_transfers += 1;
             return;
         };
         // The client writes requests; the server reads them.
@@ -125,7 +117,7 @@ impl<S: ExchangeSink> Sink for Pipeline<S> {
         if side == Side::Request {
             t.request_tid = h.tid;
         }
-        t.parsers.feed(Chunk { side, ts_ns: h.ts_ns, bytes, total_len: h.total_len }, &mut self.out);
-        self.emit(h.conn_id);
+        t.parsers.feed(Chunk { side, ts_ns: h.ts_ns, bytes, total_len: h.total_len }, out);
+        deliver(t, out, stats, sink);
     }
 }

@@ -156,7 +156,6 @@ pub struct KernelStats {
 pub struct Probe {
     ebpf: Ebpf,
     stats: PerCpuArray<MapData, u64>,
-    options: ProbeOptions,
 }
 
 /// Checks the things whose absence gives an obscure error later.
@@ -258,11 +257,7 @@ impl Probe {
             options.capture_size,
             ring_size / 1024
         );
-        Ok(Self { ebpf, stats, options })
-    }
-
-    pub fn options(&self) -> &ProbeOptions {
-        &self.options
+        Ok(Self { ebpf, stats })
     }
 
     /// The event ring buffer, for one reader. Call once.

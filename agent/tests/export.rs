@@ -66,6 +66,22 @@ fn receiver(port: u16) -> Receiver {
     r
 }
 
+/// Starts `tangle-agent run --json` exporting to `otlp_port`, with `args`;
+/// returns once its programs are attached, with its ready file.
+fn run_agent(otlp_port: u16, args: &[&str]) -> (std::process::Child, std::path::PathBuf) {
+    let ready = std::env::temp_dir().join(format!("tangle-ready-run-{otlp_port}"));
+    let _ = std::fs::remove_file(&ready);
+    let agent = Command::new(env!("CARGO_BIN_EXE_tangle-agent"))
+        .args(["run", "--json", "--collector", &format!("http://127.0.0.1:{otlp_port}"), "--ready-file"])
+        .arg(&ready)
+        .args(args)
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_for("the agent to attach", Duration::from_secs(20), || ready.exists());
+    (agent, ready)
+}
+
 fn attr(s: &Span, key: &str) -> Option<String> {
     s.attributes.iter().find(|kv| kv.key == key).and_then(|kv| kv.value.as_ref()).and_then(|v| match &v.value {
         Some(Value::StringValue(s)) => Some(s.clone()),
@@ -85,17 +101,8 @@ fn exchanges_exported_with_join_keys_after_the_collector_comes_back() {
         Command::new("python3").args(["-u", "-m", "http.server", &http_port.to_string(), "--bind", "127.0.0.1"]),
         "Serving HTTP",
     );
-    let ready = std::env::temp_dir().join(format!("tangle-ready-run-{http_port}"));
-    let _ = std::fs::remove_file(&ready);
     // The collector is not there yet.
-    let agent = Command::new(env!("CARGO_BIN_EXE_tangle-agent"))
-        .args(["run", "--json", "--duration", "10s", "--port", &http_port.to_string()])
-        .args(["--collector", &format!("http://127.0.0.1:{otlp_port}"), "--ready-file"])
-        .arg(&ready)
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    wait_for("the agent to attach", Duration::from_secs(20), || ready.exists());
+    let (agent, ready) = run_agent(otlp_port, &["--duration", "10s", "--port", &http_port.to_string()]);
     for path in ["/", "/missing/7"] {
         let ok = Command::new("curl")
             .args(["-sS", "-o", "/dev/null", "-H", "Authorization: Bearer export-secret"])
@@ -163,17 +170,8 @@ fn thread_rule_links_calls_to_their_request_under_concurrency() {
     for s in ["inventory", "orders", "gateway"] {
         services.push(Proc::spawn_ready(Command::new("python3").arg("-u").arg(&shop).arg(s), "listening"));
     }
-    let ready = std::env::temp_dir().join(format!("tangle-ready-shop-{otlp_port}"));
-    let _ = std::fs::remove_file(&ready);
     let pids: Vec<String> = services.iter().map(|p| p.pid().to_string()).collect();
-    let agent = Command::new(env!("CARGO_BIN_EXE_tangle-agent"))
-        .args(["run", "--json", "--duration", "12s"])
-        .args(["--collector", &format!("http://127.0.0.1:{otlp_port}"), "--ready-file"])
-        .arg(&ready)
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    wait_for("the agent to attach", Duration::from_secs(20), || ready.exists());
+    let (agent, ready) = run_agent(otlp_port, &["--duration", "12s"]);
     // 60 concurrent requests, each for its own item.
     let mut curls: Vec<_> = (1..=60)
         .map(|i| {

@@ -240,11 +240,8 @@ fn assemble<H>(slot: &mut Option<Assembling<H>>, done: Completed<Part<H>>, chunk
 }
 
 impl Http1Parser {
-    fn exchange(request: Option<Request>, response: Option<(Assembling<ResponseHead>, u64)>) -> Option<Exchange> {
-        let (mut fields, start_ns, req_end, request_size, req_truncated) = match request {
-            Some(r) => (r.fields, r.start_ns, r.end_ns, r.size, r.truncated),
-            None => return None,
-        };
+    fn exchange(request: Request, response: Option<(Assembling<ResponseHead>, u64)>) -> Exchange {
+        let Request { mut fields, start_ns, end_ns: req_end, size: request_size, truncated: req_truncated } = request;
         let (status, end_ns, response_size, resp_truncated) = match response {
             Some((r, end_ns)) => {
                 fields.status = Some(r.head.status);
@@ -255,7 +252,7 @@ impl Http1Parser {
             }
             None => (Status::NoResponse, req_end, 0, false),
         };
-        Some(Exchange {
+        Exchange {
             protocol: Protocol::Http1,
             operation: format!("{} {}", fields.method, normalize_path(&fields.path)),
             status,
@@ -266,7 +263,7 @@ impl Http1Parser {
             response_size,
             truncated: req_truncated || resp_truncated,
             fields: Fields::Http(fields),
-        })
+        }
     }
 }
 
@@ -328,7 +325,7 @@ impl Parser for Http1Parser {
                         self.upgraded = true;
                     }
                     match a.head.request.take() {
-                        Some(req) => out.extend(Self::exchange(Some(req), Some((a, end_ns)))),
+                        Some(req) => out.push(Self::exchange(req, Some((a, end_ns)))),
                         None => self.stats.unmatched_responses += 1,
                     }
                 }
@@ -341,13 +338,16 @@ impl Parser for Http1Parser {
         self.responses.finish(ts_ns, |c| done.push(c));
         for c in done {
             if let Part::Head(mut head) = c.msg {
-                let req = head.request.take();
+                let Some(req) = head.request.take() else {
+                    self.stats.unmatched_responses += 1;
+                    continue;
+                };
                 let a = Assembling { head, start_ns: c.start_ns, size: c.size, truncated: c.truncated };
-                out.extend(Self::exchange(req, Some((a, c.end_ns))));
+                out.push(Self::exchange(req, Some((a, c.end_ns))));
             }
         }
         while let Some(req) = self.pending.pop_front() {
-            out.extend(Self::exchange(Some(req), None));
+            out.push(Self::exchange(req, None));
         }
     }
 
