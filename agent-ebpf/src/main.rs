@@ -222,8 +222,12 @@ fn track(fd: u32, role: Role) {
         return;
     }
     let off = &cfg.offsets;
-    let Some(sk) = sock_of_fd(fd, off) else { return };
-    let Some(addrs) = tcp_addrs(sk, off) else { return };
+    let Some(sk) = sock_of_fd(fd, off) else {
+        return;
+    };
+    let Some(addrs) = tcp_addrs(sk, off) else {
+        return;
+    };
     if cfg.filter_port != 0
         && addrs.local_port != cfg.filter_port
         && addrs.remote_port != cfg.filter_port
@@ -231,8 +235,12 @@ fn track(fd: u32, role: Role) {
         return;
     }
     if cfg.filter_netns != 0 {
-        let Some(net) = read_kernel::<u64>(sk + off.sk_net as u64) else { return };
-        let Some(inum) = read_kernel::<u32>(net + off.net_ns_inum as u64) else { return };
+        let Some(net) = read_kernel::<u64>(sk + off.sk_net as u64) else {
+            return;
+        };
+        let Some(inum) = read_kernel::<u32>(net + off.net_ns_inum as u64) else {
+            return;
+        };
         if inum != cfg.filter_netns {
             return;
         }
@@ -258,7 +266,10 @@ fn track(fd: u32, role: Role) {
     }
     // The fd number is reused: what its last connection left is stale.
     let _ = INHERITABLE.remove(&key);
-    let owner = SockOwner { key, conn_id: info.conn_id };
+    let owner = SockOwner {
+        key,
+        conn_id: info.conn_id,
+    };
     if SOCKS.insert(&sk, &owner, 0).is_err() {
         count(Stat::ConnTableFull);
     }
@@ -304,12 +315,19 @@ fn emit_conn(kind: EventKind, key: &ConnKey, info: &ConnInfo, close_reason: u8, 
         ptr::addr_of_mut!((*e)._pad2).write(0);
         ptr::addr_of_mut!((*e).conn_id).write(info.conn_id);
         ptr::addr_of_mut!((*e).ts_ns).write(now);
-        ptr::addr_of_mut!((*e).cgroup_id)
-            .write(if from_task { bpf_get_current_cgroup_id() } else { 0 });
+        ptr::addr_of_mut!((*e).cgroup_id).write(if from_task {
+            bpf_get_current_cgroup_id()
+        } else {
+            0
+        });
         ptr::addr_of_mut!((*e).bytes_sent).write(info.bytes_sent);
         ptr::addr_of_mut!((*e).bytes_recv).write(info.bytes_recv);
         ptr::addr_of_mut!((*e).addrs).write(info.addrs);
-        let comm = if from_task { bpf_get_current_comm().unwrap_or([0; 16]) } else { [0; 16] };
+        let comm = if from_task {
+            bpf_get_current_comm().unwrap_or([0; 16])
+        } else {
+            [0; 16]
+        };
         ptr::addr_of_mut!((*e).comm).write(comm);
     }
     entry.submit(wakeup_flags(config().map_or(0, |c| c.wakeup_bytes)));
@@ -341,7 +359,9 @@ fn close_conn(key: &ConnKey, info: *const ConnInfo, reason: CloseReason) {
 #[tracepoint]
 pub fn process_fork(ctx: TracePointContext) -> u32 {
     // Record: parent_pid at 12, child_pid at 20 (threads too; harmless).
-    let Some(child) = arg::<i32>(&ctx, 20) else { return 0 };
+    let Some(child) = arg::<i32>(&ctx, 20) else {
+        return 0;
+    };
     let parent = (bpf_get_current_pid_tgid() >> 32) as u32;
     let _ = FORKED.insert(&(child as u32), &parent, 0);
     0
@@ -352,8 +372,13 @@ pub fn process_fork(ctx: TracePointContext) -> u32 {
 #[inline(always)]
 fn adopt(key: &ConnKey) -> bool {
     // SAFETY: a valid map value pointer, copied at once.
-    let Some(parent) = FORKED.get_ptr(&key.tgid).map(|p| unsafe { *p }) else { return false };
-    let parent_key = ConnKey { tgid: parent, fd: key.fd };
+    let Some(parent) = FORKED.get_ptr(&key.tgid).map(|p| unsafe { *p }) else {
+        return false;
+    };
+    let parent_key = ConnKey {
+        tgid: parent,
+        fd: key.fd,
+    };
     // Cheap lookups first: only an fd the parent tracked is worth the walk.
     let pinfo = match CONNS.get_ptr(&parent_key) {
         // SAFETY: a valid map value pointer, copied at once.
@@ -371,12 +396,21 @@ fn adopt(key: &ConnKey) -> bool {
     }
     // SAFETY: no arguments.
     let now = unsafe { bpf_ktime_get_ns() };
-    let info = ConnInfo { conn_id: next_conn_id(), opened_ns: now, bytes_sent: 0, bytes_recv: 0, ..pinfo };
+    let info = ConnInfo {
+        conn_id: next_conn_id(),
+        opened_ns: now,
+        bytes_sent: 0,
+        bytes_recv: 0,
+        ..pinfo
+    };
     if CONNS.insert(key, &info, 0).is_err() {
         count(Stat::ConnTableFull);
         return false;
     }
-    let owner = SockOwner { key: *key, conn_id: info.conn_id };
+    let owner = SockOwner {
+        key: *key,
+        conn_id: info.conn_id,
+    };
     let _ = SOCKS.insert(&info.sock, &owner, 0);
     emit_conn(EventKind::ConnOpen, key, &info, 0, now);
     true
@@ -384,7 +418,9 @@ fn adopt(key: &ConnKey) -> bool {
 
 #[tracepoint]
 pub fn connect_enter(ctx: TracePointContext) -> u32 {
-    let Some(fd) = arg::<u64>(&ctx, ARG0) else { return 0 };
+    let Some(fd) = arg::<u64>(&ctx, ARG0) else {
+        return 0;
+    };
     let id = bpf_get_current_pid_tgid();
     if CONNECTING.insert(&id, &(fd as u32), 0).is_err() {
         count(Stat::InFlightFull);
@@ -395,11 +431,15 @@ pub fn connect_enter(ctx: TracePointContext) -> u32 {
 #[tracepoint]
 pub fn connect_exit(ctx: TracePointContext) -> u32 {
     let id = bpf_get_current_pid_tgid();
-    let Some(fd) = CONNECTING.get_ptr(&id) else { return 0 };
+    let Some(fd) = CONNECTING.get_ptr(&id) else {
+        return 0;
+    };
     // SAFETY: a valid map value pointer; copied out before the remove.
     let fd = unsafe { *fd };
     let _ = CONNECTING.remove(&id);
-    let Some(ret) = arg::<i64>(&ctx, RET) else { return 0 };
+    let Some(ret) = arg::<i64>(&ctx, RET) else {
+        return 0;
+    };
     if ret == 0 || ret == -EINPROGRESS {
         track(fd, Role::Client);
     }
@@ -419,8 +459,13 @@ pub fn accept_exit(ctx: TracePointContext) -> u32 {
 
 #[tracepoint]
 pub fn close_enter(ctx: TracePointContext) -> u32 {
-    let Some(fd) = arg::<u64>(&ctx, ARG0) else { return 0 };
-    let key = ConnKey { tgid: (bpf_get_current_pid_tgid() >> 32) as u32, fd: fd as u32 };
+    let Some(fd) = arg::<u64>(&ctx, ARG0) else {
+        return 0;
+    };
+    let key = ConnKey {
+        tgid: (bpf_get_current_pid_tgid() >> 32) as u32,
+        fd: fd as u32,
+    };
     if let Some(info) = CONNS.get_ptr(&key) {
         close_conn(&key, info, CloseReason::Syscall);
     }
@@ -431,12 +476,18 @@ pub fn close_enter(ctx: TracePointContext) -> u32 {
 #[tracepoint]
 pub fn sock_set_state(ctx: TracePointContext) -> u32 {
     // Record: skaddr at 8, newstate at 20, protocol at 30.
-    let Some(newstate) = arg::<i32>(&ctx, 20) else { return 0 };
+    let Some(newstate) = arg::<i32>(&ctx, 20) else {
+        return 0;
+    };
     if newstate != TCP_CLOSE {
         return 0;
     }
-    let Some(sk) = arg::<u64>(&ctx, 8) else { return 0 };
-    let Some(owner) = SOCKS.get_ptr(&sk) else { return 0 };
+    let Some(sk) = arg::<u64>(&ctx, 8) else {
+        return 0;
+    };
+    let Some(owner) = SOCKS.get_ptr(&sk) else {
+        return 0;
+    };
     // SAFETY: a valid map value pointer; copied out at once.
     let owner = unsafe { *owner };
     match CONNS.get_ptr(&owner.key) {
@@ -455,13 +506,22 @@ pub fn sock_set_state(ctx: TracePointContext) -> u32 {
 #[inline(always)]
 fn io_enter(ctx: &TracePointContext, syscall: Syscall, direction: Direction) {
     let id = bpf_get_current_pid_tgid();
-    let Some(fd) = arg::<u64>(ctx, ARG0) else { return };
-    let key = ConnKey { tgid: (id >> 32) as u32, fd: fd as u32 };
+    let Some(fd) = arg::<u64>(ctx, ARG0) else {
+        return;
+    };
+    let key = ConnKey {
+        tgid: (id >> 32) as u32,
+        fd: fd as u32,
+    };
     if CONNS.get_ptr(&key).is_none() && !adopt(&key) {
         return;
     }
-    let Some(mut ptr) = arg::<u64>(ctx, ARG1) else { return };
-    let Some(mut iov_count) = arg::<u64>(ctx, ARG2) else { return };
+    let Some(mut ptr) = arg::<u64>(ctx, ARG1) else {
+        return;
+    };
+    let Some(mut iov_count) = arg::<u64>(ctx, ARG2) else {
+        return;
+    };
     let vectored = match syscall {
         Syscall::ReadV | Syscall::WriteV => 1,
         Syscall::RecvMsg | Syscall::SendMsg => {
@@ -492,7 +552,11 @@ fn io_enter(ctx: &TracePointContext, syscall: Syscall, direction: Direction) {
 /// Returns the bytes copied.
 #[inline(always)]
 fn copy_user(data: *mut u8, off: u64, src: u64, len: u64) -> u64 {
-    let len = if len > MAX_CAPTURE as u64 { MAX_CAPTURE as u64 } else { len };
+    let len = if len > MAX_CAPTURE as u64 {
+        MAX_CAPTURE as u64
+    } else {
+        len
+    };
     let off = off & CAPTURE_MASK;
     // SAFETY: `off < MAX_CAPTURE` and `len <= MAX_CAPTURE`, and the buffer is
     // `2 * MAX_CAPTURE` long; the helper checks the user address.
@@ -522,7 +586,9 @@ struct IovWalk {
 /// Returns 1 to stop the loop.
 #[inline(never)]
 extern "C" fn iov_step(index: u64, _ctx: *mut core::ffi::c_void) -> i64 {
-    let Some(walk) = IOV_WALK.get_ptr_mut(0) else { return 1 };
+    let Some(walk) = IOV_WALK.get_ptr_mut(0) else {
+        return 1;
+    };
     // SAFETY: the per-CPU walk slot the caller set up.
     let walk = unsafe { &mut *walk };
     if walk.remaining == 0 || index >= walk.count {
@@ -531,10 +597,16 @@ extern "C" fn iov_step(index: u64, _ctx: *mut core::ffi::c_void) -> i64 {
     let Some(iov) = read_user::<Iovec>(walk.iov + index * size_of::<Iovec>() as u64) else {
         return 1;
     };
-    let Some(event) = SCRATCH.get_ptr_mut(0) else { return 1 };
+    let Some(event) = SCRATCH.get_ptr_mut(0) else {
+        return 1;
+    };
     // SAFETY: the per-CPU scratch slot the caller is filling.
     let data = unsafe { (*event).data.as_mut_ptr() };
-    let n = if iov.len < walk.remaining { iov.len } else { walk.remaining };
+    let n = if iov.len < walk.remaining {
+        iov.len
+    } else {
+        walk.remaining
+    };
     let got = copy_user(data, walk.captured, iov.base, n);
     walk.captured += got;
     walk.remaining -= got;
@@ -545,17 +617,26 @@ extern "C" fn iov_step(index: u64, _ctx: *mut core::ffi::c_void) -> i64 {
 #[inline(always)]
 fn io_exit(ctx: &TracePointContext) {
     let id = bpf_get_current_pid_tgid();
-    let Some(p) = IN_FLIGHT.get_ptr(&id) else { return };
+    let Some(p) = IN_FLIGHT.get_ptr(&id) else {
+        return;
+    };
     // SAFETY: a valid map value pointer; copied out before the remove.
     let pending = unsafe { *p };
     let _ = IN_FLIGHT.remove(&id);
-    let Some(ret) = arg::<i64>(ctx, RET) else { return };
+    let Some(ret) = arg::<i64>(ctx, RET) else {
+        return;
+    };
     if ret <= 0 {
         return;
     }
     let total = ret as u64;
-    let key = ConnKey { tgid: (id >> 32) as u32, fd: pending.fd };
-    let Some(conn) = CONNS.get_ptr_mut(&key) else { return };
+    let key = ConnKey {
+        tgid: (id >> 32) as u32,
+        fd: pending.fd,
+    };
+    let Some(conn) = CONNS.get_ptr_mut(&key) else {
+        return;
+    };
     // SAFETY: a valid map value pointer. Counters are advisory: a lost update
     // between two threads of one process on one fd only skews totals.
     let conn_id = unsafe {
@@ -567,10 +648,16 @@ fn io_exit(ctx: &TracePointContext) {
         (*conn).conn_id
     };
     let Some(cfg) = config() else { return };
-    let Some(event) = SCRATCH.get_ptr_mut(0) else { return };
+    let Some(event) = SCRATCH.get_ptr_mut(0) else {
+        return;
+    };
     // SAFETY: the per-CPU scratch slot, used by nothing else until we return.
     let event = unsafe { &mut *event };
-    let mut want = if total < cfg.capture_size as u64 { total } else { cfg.capture_size as u64 };
+    let mut want = if total < cfg.capture_size as u64 {
+        total
+    } else {
+        cfg.capture_size as u64
+    };
     if want > MAX_CAPTURE as u64 {
         want = MAX_CAPTURE as u64;
     }
@@ -581,12 +668,26 @@ fn io_exit(ctx: &TracePointContext) {
     } else if pending.vectored == 0 {
         captured = copy_user(data, 0, pending.ptr, want);
     } else {
-        let Some(walk) = IOV_WALK.get_ptr_mut(0) else { return };
+        let Some(walk) = IOV_WALK.get_ptr_mut(0) else {
+            return;
+        };
         // SAFETY: the per-CPU walk slot, used by nothing else until we return.
-        unsafe { walk.write(IovWalk { iov: pending.ptr, count: pending.iov_count, remaining: want, captured: 0 }) };
+        unsafe {
+            walk.write(IovWalk {
+                iov: pending.ptr,
+                count: pending.iov_count,
+                remaining: want,
+                captured: 0,
+            })
+        };
         // SAFETY: `iov_step` has the callback signature bpf_loop expects.
         unsafe {
-            generated::bpf_loop(MAX_IOV, iov_step as *mut core::ffi::c_void, ptr::null_mut(), 0);
+            generated::bpf_loop(
+                MAX_IOV,
+                iov_step as *mut core::ffi::c_void,
+                ptr::null_mut(),
+                0,
+            );
         }
         // SAFETY: as above.
         captured = unsafe { (*walk).captured };
@@ -615,8 +716,13 @@ fn io_exit(ctx: &TracePointContext) {
     let bytes = unsafe {
         core::slice::from_raw_parts(ptr::from_mut(event).cast::<u8>(), size_of::<DataEvent>())
     };
-    let Some(record) = bytes.get(..size as usize) else { return };
-    if EVENTS.output::<[u8]>(record, wakeup_flags(cfg.wakeup_bytes)).is_err() {
+    let Some(record) = bytes.get(..size as usize) else {
+        return;
+    };
+    if EVENTS
+        .output::<[u8]>(record, wakeup_flags(cfg.wakeup_bytes))
+        .is_err()
+    {
         count(Stat::EventsLost);
     } else {
         count(Stat::DataEvents);

@@ -74,8 +74,10 @@ fn u32_at(b: &[u8], at: usize) -> Result<u32, BtfError> {
 
 impl Btf {
     pub fn from_file(path: &Path) -> Result<Self, BtfError> {
-        let data = std::fs::read(path)
-            .map_err(|source| BtfError::Read { path: path.display().to_string(), source })?;
+        let data = std::fs::read(path).map_err(|source| BtfError::Read {
+            path: path.display().to_string(),
+            source,
+        })?;
         Self::parse(&data)
     }
 
@@ -96,7 +98,11 @@ impl Btf {
             .get(hdr_len + str_off..hdr_len + str_off + str_len)
             .ok_or(BtfError::Malformed("string section out of bounds"))?
             .to_vec();
-        let mut btf = Self { strings, types: vec![Type::default()], by_name: HashMap::new() };
+        let mut btf = Self {
+            strings,
+            types: vec![Type::default()],
+            by_name: HashMap::new(),
+        };
         let mut at = 0;
         while at < types_sec.len() {
             let name_off = u32_at(types_sec, at)?;
@@ -105,10 +111,13 @@ impl Btf {
             let kind = (info >> 24) & 0x1f;
             let vlen = (info & 0xffff) as usize;
             let kind_flag = info >> 31 == 1;
-            let mut ty = Type { kind, members: Vec::new() };
+            let mut ty = Type {
+                kind,
+                members: Vec::new(),
+            };
             let extra = match kind {
-                1 | 14 | 17 => 4,                 // INT, VAR, DECL_TAG
-                3 => 12,                          // ARRAY
+                1 | 14 | 17 => 4, // INT, VAR, DECL_TAG
+                3 => 12,          // ARRAY
                 KIND_STRUCT | KIND_UNION => {
                     for i in 0..vlen {
                         let m = at + i * 12;
@@ -122,9 +131,9 @@ impl Btf {
                     }
                     vlen * 12
                 }
-                6 | 13 => vlen * 8,               // ENUM, FUNC_PROTO
-                15 | 19 => vlen * 12,             // DATASEC, ENUM64
-                2 | 7..=12 | 16 | 18 => 0,        // PTR, FWD, modifiers, FUNC, FLOAT, TYPE_TAG
+                6 | 13 => vlen * 8,        // ENUM, FUNC_PROTO
+                15 | 19 => vlen * 12,      // DATASEC, ENUM64
+                2 | 7..=12 | 16 | 18 => 0, // PTR, FWD, modifiers, FUNC, FLOAT, TYPE_TAG
                 _ => return Err(BtfError::Malformed("unknown type kind")),
             };
             at += extra;
@@ -147,13 +156,20 @@ impl Btf {
     /// Byte offset of `member` in struct `ty`, looking inside anonymous
     /// structs and unions as C does.
     pub fn member_offset(&self, ty: &str, member: &str) -> Result<u32, BtfError> {
-        let id = *self.by_name.get(ty).ok_or_else(|| BtfError::NoStruct(ty.to_owned()))?;
+        let id = *self
+            .by_name
+            .get(ty)
+            .ok_or_else(|| BtfError::NoStruct(ty.to_owned()))?;
         match self.find(id, member, 0, 0)? {
             Some(bits) if bits % 8 == 0 => Ok(bits / 8),
-            Some(_) => {
-                Err(BtfError::Bitfield { ty: ty.to_owned(), member: member.to_owned() })
-            }
-            None => Err(BtfError::NoMember { ty: ty.to_owned(), member: member.to_owned() }),
+            Some(_) => Err(BtfError::Bitfield {
+                ty: ty.to_owned(),
+                member: member.to_owned(),
+            }),
+            None => Err(BtfError::NoMember {
+                ty: ty.to_owned(),
+                member: member.to_owned(),
+            }),
         }
     }
 
@@ -161,7 +177,9 @@ impl Btf {
         if depth > 8 {
             return Ok(None);
         }
-        let Some(ty) = self.types.get(id as usize) else { return Ok(None) };
+        let Some(ty) = self.types.get(id as usize) else {
+            return Ok(None);
+        };
         for m in &ty.members {
             if m.name_off == 0 {
                 let inner = self.types.get(m.type_id as usize);
@@ -200,7 +218,8 @@ impl Btf {
             sk_v6_daddr: skc("skc_v6_daddr")?,
             sk_v6_rcv_saddr: skc("skc_v6_rcv_saddr")?,
             sk_net: skc("skc_net")?,
-            net_ns_inum: self.member_offset("net", "ns")? + self.member_offset("ns_common", "inum")?,
+            net_ns_inum: self.member_offset("net", "ns")?
+                + self.member_offset("ns_common", "inum")?,
         })
     }
 }
@@ -233,7 +252,10 @@ mod tests {
     #[test]
     fn rejects_garbage() {
         assert!(matches!(Btf::parse(b"nope"), Err(BtfError::Malformed(_))));
-        assert!(matches!(Btf::parse(&[0x9f, 0xeb, 1, 0, 24, 0]), Err(BtfError::Malformed(_))));
+        assert!(matches!(
+            Btf::parse(&[0x9f, 0xeb, 1, 0, 24, 0]),
+            Err(BtfError::Malformed(_))
+        ));
         let mut hdr = vec![0x9f, 0xeb, 1, 0];
         hdr.extend_from_slice(&24u32.to_le_bytes());
         hdr.extend_from_slice(&0u32.to_le_bytes());

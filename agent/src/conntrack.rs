@@ -96,7 +96,12 @@ pub struct ConnTable {
 
 impl ConnTable {
     pub fn new(max: usize) -> Self {
-        Self { conns: HashMap::new(), names: ProcessNames::default(), max, overflow: 0 }
+        Self {
+            conns: HashMap::new(),
+            names: ProcessNames::default(),
+            max,
+            overflow: 0,
+        }
     }
 
     /// Records an open; returns the connection as now known.
@@ -159,7 +164,12 @@ mod tests {
     use super::*;
 
     fn open_event(conn_id: u64, pid: u32) -> ConnEvent {
-        let mut addrs = SockAddrs { family: AF_INET, local_port: 40000, remote_port: 80, ..SockAddrs::default() };
+        let mut addrs = SockAddrs {
+            family: AF_INET,
+            local_port: 40000,
+            remote_port: 80,
+            ..SockAddrs::default()
+        };
         addrs.local_addr[..4].copy_from_slice(&[127, 0, 0, 1]);
         addrs.remote_addr[..4].copy_from_slice(&[127, 0, 0, 2]);
         ConnEvent {

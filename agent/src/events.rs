@@ -41,7 +41,10 @@ fn read<T: Copy>(bytes: &[u8]) -> Option<T> {
 pub fn decode(record: &[u8]) -> Result<Event<'_>, DecodeError> {
     let &first = record.first().ok_or(DecodeError::Empty)?;
     let kind = EventKind::from_u8(first).ok_or(DecodeError::UnknownKind(first))?;
-    let truncated = DecodeError::Truncated { kind, len: record.len() };
+    let truncated = DecodeError::Truncated {
+        kind,
+        len: record.len(),
+    };
     match kind {
         EventKind::ConnOpen => read::<ConnEvent>(record).map(Event::Open).ok_or(truncated),
         EventKind::ConnClose => read::<ConnEvent>(record).map(Event::Close).ok_or(truncated),
@@ -89,7 +92,10 @@ mod tests {
     fn malformed_records_are_errors() {
         assert_eq!(decode(&[]).unwrap_err(), DecodeError::Empty);
         assert_eq!(decode(&[77]).unwrap_err(), DecodeError::UnknownKind(77));
-        assert!(matches!(decode(&[1, 0, 0]), Err(DecodeError::Truncated { .. })));
+        assert!(matches!(
+            decode(&[1, 0, 0]),
+            Err(DecodeError::Truncated { .. })
+        ));
         let header = DataHeader {
             kind: EventKind::Data as u8,
             captured_len: 100, // claims more bytes than follow

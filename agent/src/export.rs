@@ -61,7 +61,11 @@ pub struct Outgoing {
 }
 
 fn kv(key: &str, value: Value) -> KeyValue {
-    KeyValue { key: key.into(), value: Some(AnyValue { value: Some(value) }), ..KeyValue::default() }
+    KeyValue {
+        key: key.into(),
+        value: Some(AnyValue { value: Some(value) }),
+        ..KeyValue::default()
+    }
 }
 
 fn text(key: &str, v: impl Into<String>) -> KeyValue {
@@ -78,7 +82,11 @@ fn random_bytes<const N: usize>() -> [u8; N] {
     let mut out = [0u8; N];
     for chunk in out.chunks_mut(8) {
         let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-        h.write_u64(std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64));
+        h.write_u64(
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_nanos() as u64),
+        );
         let v = h.finish().to_le_bytes();
         chunk.copy_from_slice(&v[..chunk.len()]);
     }
@@ -87,7 +95,9 @@ fn random_bytes<const N: usize>() -> [u8; N] {
 
 /// The trace id and parent span id of a W3C `traceparent` header.
 fn traceparent(e: &Exchange) -> Option<([u8; 16], [u8; 8])> {
-    let Fields::Http(h) = &e.fields else { return None };
+    let Fields::Http(h) = &e.fields else {
+        return None;
+    };
     let tp = h.trace.traceparent.as_deref()?;
     let mut parts = tp.trim().split('-');
     let (_version, trace, parent) = (parts.next()?, parts.next()?, parts.next()?);
@@ -111,7 +121,11 @@ pub fn span_for(conn: &Connection, seq: u64, e: &Exchange, clock_offset_ns: i128
     let wall = |ns: u64| (ns as i128 + clock_offset_ns).max(0) as u64;
     let client_role = conn.role == Role::Client;
     // The server end as this process sees it, and the client end.
-    let (server, client) = if client_role { (conn.remote, conn.local) } else { (conn.local, conn.remote) };
+    let (server, client) = if client_role {
+        (conn.remote, conn.local)
+    } else {
+        (conn.local, conn.remote)
+    };
     let mut attrs = vec![
         text(tangle_wire::JOIN_CLIENT, client.to_string()),
         int(tangle_wire::JOIN_SEQ, seq as i64),
@@ -127,7 +141,13 @@ pub fn span_for(conn: &Connection, seq: u64, e: &Exchange, clock_offset_ns: i128
         Fields::Http(h) => {
             attrs.push(text("http.request.method", h.method.clone()));
             attrs.push(text("url.path", h.path.clone()));
-            attrs.push(text("http.route", e.operation.split_once(' ').map_or("", |(_, r)| r).to_owned()));
+            attrs.push(text(
+                "http.route",
+                e.operation
+                    .split_once(' ')
+                    .map_or("", |(_, r)| r)
+                    .to_owned(),
+            ));
             if let Some(s) = h.status {
                 attrs.push(int("http.response.status_code", i64::from(s)));
             }
@@ -157,9 +177,9 @@ pub fn span_for(conn: &Connection, seq: u64, e: &Exchange, clock_offset_ns: i128
         _ => (StatusCode::Unset as i32, String::new()),
     };
     let kind = match (client_role, e.sync) {
-        (true, true) => 3,   // CLIENT
-        (true, false) => 4,  // PRODUCER
-        (false, _) => 2,     // SERVER
+        (true, true) => 3,  // CLIENT
+        (true, false) => 4, // PRODUCER
+        (false, _) => 2,    // SERVER
     };
     // Propagated context: the request's trace, under the caller's span.
     let (trace_id, parent_span_id) = match traceparent(e) {
@@ -212,8 +232,17 @@ pub struct Linker {
 
 impl Linker {
     /// Takes one exchange's span; returns the spans ready to go.
-    pub fn exchange(&mut self, conn: &Connection, tid: u32, e: &Exchange, mut span: Span) -> Vec<Outgoing> {
-        let out = |span| Outgoing { service: conn.process.clone(), span };
+    pub fn exchange(
+        &mut self,
+        conn: &Connection,
+        tid: u32,
+        e: &Exchange,
+        mut span: Span,
+    ) -> Vec<Outgoing> {
+        let out = |span| Outgoing {
+            service: conn.process.clone(),
+            span,
+        };
         if conn.role == Role::Client {
             // May belong to a request this thread is serving: hold it.
             self.held.push_back(Held {
@@ -229,7 +258,10 @@ impl Linker {
         }
         let thread = (conn.pid, tid);
         let recent = self.served.entry(thread).or_default();
-        if recent.iter().any(|&(s, end)| e.start_ns < end && s < e.end_ns) {
+        if recent
+            .iter()
+            .any(|&(s, end)| e.start_ns < end && s < e.end_ns)
+        {
             self.multiplexed.insert(thread);
         }
         if recent.len() >= 8 {
@@ -247,20 +279,33 @@ impl Linker {
         let mut children = Vec::new();
         self.held.retain_mut(|h| {
             let by_context = context.is_some() && h.pid == conn.pid && h.context == context;
-            let by_thread = h.pid == conn.pid && h.tid == tid && h.start_ns >= e.start_ns && h.end_ns <= e.end_ns;
+            let by_thread = h.pid == conn.pid
+                && h.tid == tid
+                && h.start_ns >= e.start_ns
+                && h.end_ns <= e.end_ns;
             let mine = by_context || (by_thread && (h.context.is_none() || context.is_none()));
             if mine {
                 h.out.span.trace_id = trace_id.clone();
                 h.out.span.parent_span_id = span_id.clone();
                 if multiplexed && !by_context {
-                    h.out.span.attributes.push(kv(tangle_wire::LINK_INFERRED, Value::BoolValue(true)));
+                    h.out
+                        .span
+                        .attributes
+                        .push(kv(tangle_wire::LINK_INFERRED, Value::BoolValue(true)));
                 }
-                children.push(std::mem::replace(&mut h.out, Outgoing { service: String::new(), span: Span::default() }));
+                children.push(std::mem::replace(
+                    &mut h.out,
+                    Outgoing {
+                        service: String::new(),
+                        span: Span::default(),
+                    },
+                ));
             }
             !mine
         });
         if !children.is_empty() {
-            span.attributes.push(int("tangle.children", children.len() as i64));
+            span.attributes
+                .push(int("tangle.children", children.len() as i64));
         }
         let mut ready = vec![out(span)];
         ready.append(&mut children);
@@ -323,7 +368,11 @@ impl ExchangeSink for SpanQueue {
 
 /// Exports spans to `endpoint` (OTLP/gRPC) in batches; retries with backoff
 /// while the queue (`capacity` spans) absorbs what comes meanwhile.
-pub fn start(endpoint: String, capacity: usize, clock_offset_ns: i128) -> (SpanQueue, Arc<ExportStats>) {
+pub fn start(
+    endpoint: String,
+    capacity: usize,
+    clock_offset_ns: i128,
+) -> (SpanQueue, Arc<ExportStats>) {
     let (tx, mut rx) = mpsc::channel::<Outgoing>(capacity.max(1));
     let stats = Arc::new(ExportStats::default());
     let task_stats = stats.clone();
@@ -362,7 +411,9 @@ pub fn start(endpoint: String, capacity: usize, clock_offset_ns: i128) -> (SpanQ
             let request = to_request(&batch);
             match c.export(request).await {
                 Ok(_) => {
-                    task_stats.exported.fetch_add(batch.len() as u64, Ordering::Relaxed);
+                    task_stats
+                        .exported
+                        .fetch_add(batch.len() as u64, Ordering::Relaxed);
                     batch.clear();
                     backoff = Duration::from_millis(200);
                 }
@@ -376,21 +427,39 @@ pub fn start(endpoint: String, capacity: usize, clock_offset_ns: i128) -> (SpanQ
             }
         }
     });
-    (SpanQueue { tx, stats: stats.clone(), clock_offset_ns, linker: Linker::default() }, stats)
+    (
+        SpanQueue {
+            tx,
+            stats: stats.clone(),
+            clock_offset_ns,
+            linker: Linker::default(),
+        },
+        stats,
+    )
 }
 
 /// One request: spans grouped by service (a resource each).
 fn to_request(batch: &[Outgoing]) -> ExportTraceServiceRequest {
-    let mut by_service: std::collections::BTreeMap<&str, Vec<Span>> = std::collections::BTreeMap::new();
+    let mut by_service: std::collections::BTreeMap<&str, Vec<Span>> =
+        std::collections::BTreeMap::new();
     for o in batch {
-        by_service.entry(o.service.as_str()).or_default().push(o.span.clone());
+        by_service
+            .entry(o.service.as_str())
+            .or_default()
+            .push(o.span.clone());
     }
     ExportTraceServiceRequest {
         resource_spans: by_service
             .into_iter()
             .map(|(service, spans)| ResourceSpans {
-                resource: Some(Resource { attributes: vec![text("service.name", service)], ..Resource::default() }),
-                scope_spans: vec![ScopeSpans { spans, ..ScopeSpans::default() }],
+                resource: Some(Resource {
+                    attributes: vec![text("service.name", service)],
+                    ..Resource::default()
+                }),
+                scope_spans: vec![ScopeSpans {
+                    spans,
+                    ..ScopeSpans::default()
+                }],
                 ..ResourceSpans::default()
             })
             .collect(),
@@ -432,7 +501,9 @@ mod tests {
     }
 
     fn inferred(s: &Span) -> bool {
-        s.attributes.iter().any(|kv| kv.key == tangle_wire::LINK_INFERRED)
+        s.attributes
+            .iter()
+            .any(|kv| kv.key == tangle_wire::LINK_INFERRED)
     }
 
     fn with_context(mut e: Exchange, tp: &str) -> Exchange {
@@ -453,16 +524,39 @@ mod tests {
         let b = with_context(ex(20, 110), t2);
         let call_b = with_context(ex(30, 40), t2);
         let call_a = with_context(ex(50, 60), t1);
-        assert!(l.exchange(&client, 1, &call_b, span_for(&client, 0, &call_b, 0)).is_empty());
-        assert!(l.exchange(&client, 1, &call_a, span_for(&client, 1, &call_a, 0)).is_empty());
+        assert!(
+            l.exchange(&client, 1, &call_b, span_for(&client, 0, &call_b, 0))
+                .is_empty()
+        );
+        assert!(
+            l.exchange(&client, 1, &call_a, span_for(&client, 1, &call_a, 0))
+                .is_empty()
+        );
         let out_a = l.exchange(&server, 1, &a, span_for(&server, 0, &a, 0));
         let out_b = l.exchange(&server, 1, &b, span_for(&server, 1, &b, 0));
-        assert_eq!((out_a.len(), out_b.len()), (2, 2), "each request gets its own call, not the other's");
-        assert_eq!(out_a[0].span.trace_id, vec![0x4b, 0xf9, 0x2f, 0x35, 0x77, 0xb3, 0x4d, 0xa6, 0xa3, 0xce, 0x92, 0x9d, 0x0e, 0x0e, 0x47, 0x36]);
-        assert_eq!(out_a[0].span.parent_span_id, vec![0x00, 0xf0, 0x67, 0xaa, 0x0b, 0xa9, 0x02, 0xb7], "under the caller's span");
+        assert_eq!(
+            (out_a.len(), out_b.len()),
+            (2, 2),
+            "each request gets its own call, not the other's"
+        );
+        assert_eq!(
+            out_a[0].span.trace_id,
+            vec![
+                0x4b, 0xf9, 0x2f, 0x35, 0x77, 0xb3, 0x4d, 0xa6, 0xa3, 0xce, 0x92, 0x9d, 0x0e, 0x0e,
+                0x47, 0x36
+            ]
+        );
+        assert_eq!(
+            out_a[0].span.parent_span_id,
+            vec![0x00, 0xf0, 0x67, 0xaa, 0x0b, 0xa9, 0x02, 0xb7],
+            "under the caller's span"
+        );
         assert_eq!(out_a[1].span.parent_span_id, out_a[0].span.span_id);
         assert_eq!(out_b[1].span.parent_span_id, out_b[0].span.span_id);
-        assert!(!inferred(&out_a[1].span) && !inferred(&out_b[1].span), "context links are exact");
+        assert!(
+            !inferred(&out_a[1].span) && !inferred(&out_b[1].span),
+            "context links are exact"
+        );
     }
 
     #[test]
@@ -470,20 +564,62 @@ mod tests {
         let mut l = Linker::default();
         let (server, client) = (conn(Role::Server, 8080), conn(Role::Client, 40000));
         // Thread 1 serves [10, 100] and calls out in [20, 30]: an exact child.
-        assert!(l.exchange(&client, 1, &ex(20, 30), span_for(&client, 0, &ex(20, 30), 0)).is_empty());
-        let out = l.exchange(&server, 1, &ex(10, 100), span_for(&server, 0, &ex(10, 100), 0));
+        assert!(
+            l.exchange(
+                &client,
+                1,
+                &ex(20, 30),
+                span_for(&client, 0, &ex(20, 30), 0)
+            )
+            .is_empty()
+        );
+        let out = l.exchange(
+            &server,
+            1,
+            &ex(10, 100),
+            span_for(&server, 0, &ex(10, 100), 0),
+        );
         assert_eq!(out.len(), 2);
         assert_eq!(out[1].span.parent_span_id, out[0].span.span_id);
         assert_eq!(out[1].span.trace_id, out[0].span.trace_id);
         assert!(!inferred(&out[1].span));
         // A call outside any request's window is not claimed.
-        assert!(l.exchange(&client, 1, &ex(150, 160), span_for(&client, 1, &ex(150, 160), 0)).is_empty());
+        assert!(
+            l.exchange(
+                &client,
+                1,
+                &ex(150, 160),
+                span_for(&client, 1, &ex(150, 160), 0)
+            )
+            .is_empty()
+        );
         // Thread 2 serves two overlapping requests (an event loop): its links are inferred.
-        let _ = l.exchange(&server, 2, &ex(200, 300), span_for(&server, 1, &ex(200, 300), 0));
-        assert!(l.exchange(&client, 2, &ex(260, 270), span_for(&client, 2, &ex(260, 270), 0)).is_empty());
-        let out = l.exchange(&server, 2, &ex(250, 400), span_for(&server, 2, &ex(250, 400), 0));
+        let _ = l.exchange(
+            &server,
+            2,
+            &ex(200, 300),
+            span_for(&server, 1, &ex(200, 300), 0),
+        );
+        assert!(
+            l.exchange(
+                &client,
+                2,
+                &ex(260, 270),
+                span_for(&client, 2, &ex(260, 270), 0)
+            )
+            .is_empty()
+        );
+        let out = l.exchange(
+            &server,
+            2,
+            &ex(250, 400),
+            span_for(&server, 2, &ex(250, 400), 0),
+        );
         assert_eq!(out.len(), 2);
-        assert!(inferred(&out[1].span), "a multiplexing thread's link is marked inferred");
+        assert!(
+            inferred(&out[1].span),
+            "a multiplexing thread's link is marked inferred"
+        );
         // What nobody claimed goes out when its time is up.
         let rest = l.expired(true);
         assert_eq!(rest.len(), 1);

@@ -7,9 +7,9 @@ use clap::{Args, Parser, Subcommand};
 use tangle_agent::{
     output::{Format, LineWriter},
     pipeline::Pipeline,
-    reader::Sink,
     probe::{self, Probe, ProbeOptions},
     reader::Reader,
+    reader::Sink,
 };
 
 /// Tangle's per-node agent: sees every TCP conversation on this node with eBPF,
@@ -49,7 +49,11 @@ enum Command {
 #[derive(Args)]
 struct RunArgs {
     /// Where to export (OTLP/gRPC).
-    #[arg(long, env = "TANGLE_COLLECTOR", default_value = "http://127.0.0.1:4317")]
+    #[arg(
+        long,
+        env = "TANGLE_COLLECTOR",
+        default_value = "http://127.0.0.1:4317"
+    )]
     collector: String,
     /// Spans held while the collector is slow or away; past it they are dropped (counted).
     #[arg(long, env = "TANGLE_QUEUE_SPANS", default_value_t = 10_000)]
@@ -62,7 +66,10 @@ struct RunArgs {
 enum Mode {
     Events,
     Exchanges,
-    Export { collector: String, queue_spans: usize },
+    Export {
+        collector: String,
+        queue_spans: usize,
+    },
 }
 
 #[derive(Args)]
@@ -120,9 +127,13 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Capture(args) => capture(args, Mode::Events),
         Command::Exchanges(args) => capture(args, Mode::Exchanges),
-        Command::Run(run) => {
-            capture(run.capture, Mode::Export { collector: run.collector, queue_spans: run.queue_spans })
-        }
+        Command::Run(run) => capture(
+            run.capture,
+            Mode::Export {
+                collector: run.collector,
+                queue_spans: run.queue_spans,
+            },
+        ),
         Command::Replay { file } => replay(&file),
     };
     match result {
@@ -175,7 +186,13 @@ struct Exporting {
 }
 
 impl tangle_agent::pipeline::ExchangeSink for Exporting {
-    fn exchange(&mut self, conn: &tangle_agent::conntrack::Connection, seq: u64, tid: u32, e: &tangle_protocols::Exchange) {
+    fn exchange(
+        &mut self,
+        conn: &tangle_agent::conntrack::Connection,
+        seq: u64,
+        tid: u32,
+        e: &tangle_protocols::Exchange,
+    ) {
         self.queue.exchange(conn, seq, tid, e);
     }
     fn tick(&mut self) {
@@ -229,8 +246,8 @@ fn capture(args: CaptureArgs, mode: Mode) -> anyhow::Result<()> {
     rt.block_on(async move {
         let mut probe = Probe::load(options)?;
         let ring = probe.take_events()?;
-        let mut reader = Reader::new(ring, args.max_connections as usize)
-            .context("watching the ring buffer")?;
+        let mut reader =
+            Reader::new(ring, args.max_connections as usize).context("watching the ring buffer")?;
         if let Some(path) = &args.ready_file {
             std::fs::write(path, "ready\n")
                 .with_context(|| format!("writing {}", path.display()))?;
@@ -252,11 +269,19 @@ fn capture(args: CaptureArgs, mode: Mode) -> anyhow::Result<()> {
                 let mut out = lines;
                 capture_loop(&args, &mut probe, &mut reader, &mut out).await
             }
-            Mode::Export { collector, queue_spans } => {
+            Mode::Export {
+                collector,
+                queue_spans,
+            } => {
                 let offset = tangle_agent::output::Clock::now().offset_ns();
-                let (queue, stats) = tangle_agent::export::start(collector.clone(), queue_spans, offset);
+                let (queue, stats) =
+                    tangle_agent::export::start(collector.clone(), queue_spans, offset);
                 log::info!("exporting spans to {collector} (queue of {queue_spans})");
-                let sink = Exporting { queue, stats, out: lines };
+                let sink = Exporting {
+                    queue,
+                    stats,
+                    out: lines,
+                };
                 let mut out = Pipeline::new(sink, args.max_connections as usize);
                 capture_loop(&args, &mut probe, &mut reader, &mut out).await
             }
@@ -301,7 +326,10 @@ async fn capture_loop(
             }
             return Err(err).context("writing output");
         }
-        if args.max_events.is_some_and(|max| reader.stats().events >= max) {
+        if args
+            .max_events
+            .is_some_and(|max| reader.stats().events >= max)
+        {
             break;
         }
     }
@@ -339,11 +367,19 @@ fn replay(file: &std::path::Path) -> anyhow::Result<()> {
         None => {}
     }
     out.flush().context("writing output")?;
-    eprintln!("replay: {}", serde_json::to_string(&stats).context("stats")?);
+    eprintln!(
+        "replay: {}",
+        serde_json::to_string(&stats).context("stats")?
+    );
     Ok(())
 }
 
-fn print_stats(probe: &Probe, reader: &Reader, out: &mut impl CliSink, started: std::time::Instant) -> anyhow::Result<()> {
+fn print_stats(
+    probe: &Probe,
+    reader: &Reader,
+    out: &mut impl CliSink,
+    started: std::time::Instant,
+) -> anyhow::Result<()> {
     let kernel = probe.stats()?;
     let user = reader.stats();
     let secs = started.elapsed().as_secs_f64().max(1e-9);

@@ -23,7 +23,10 @@ pub struct Clock {
 }
 
 fn clock_ns(id: libc::clockid_t) -> i128 {
-    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
     // SAFETY: clock_gettime writes into the timespec we own.
     unsafe { libc::clock_gettime(id, &mut ts) };
     ts.tv_sec as i128 * 1_000_000_000 + ts.tv_nsec as i128
@@ -31,7 +34,9 @@ fn clock_ns(id: libc::clockid_t) -> i128 {
 
 impl Clock {
     pub fn now() -> Self {
-        Self { offset_ns: clock_ns(libc::CLOCK_REALTIME) - clock_ns(libc::CLOCK_MONOTONIC) }
+        Self {
+            offset_ns: clock_ns(libc::CLOCK_REALTIME) - clock_ns(libc::CLOCK_MONOTONIC),
+        }
     }
 
     /// realtime - monotonic, in ns: add it to a kernel timestamp.
@@ -165,10 +170,20 @@ pub struct LineWriter<W: Write> {
 
 impl<W: Write> LineWriter<W> {
     pub fn new(out: W, format: Format) -> Self {
-        Self { out, format, clock: Clock::now(), lines: 0, write_error: None }
+        Self {
+            out,
+            format,
+            clock: Clock::now(),
+            lines: 0,
+            write_error: None,
+        }
     }
 
-    fn emit<T: Serialize>(&mut self, human: impl FnOnce(&Clock) -> String, json: impl FnOnce(&Clock) -> T) {
+    fn emit<T: Serialize>(
+        &mut self,
+        human: impl FnOnce(&Clock) -> String,
+        json: impl FnOnce(&Clock) -> T,
+    ) {
         if self.write_error.is_some() {
             return;
         }
@@ -219,7 +234,11 @@ impl<W: Write> ExchangeSink for LineWriter<W> {
                 format!(
                     "{} {} pid={} ({}) {} {} -> {} {:?} {} [{}] {} us{}",
                     clock.rfc3339(e.start_ns),
-                    if c.role == Role::Client { "CALL " } else { "SERVE" },
+                    if c.role == Role::Client {
+                        "CALL "
+                    } else {
+                        "SERVE"
+                    },
                     c.pid,
                     c.process,
                     role_str(c.role),
@@ -403,6 +422,9 @@ mod tests {
         let mono = clock_ns(libc::CLOCK_MONOTONIC) as u64;
         let wall = clock_ns(libc::CLOCK_REALTIME) as u64;
         let diff = c.wall_ns(mono).abs_diff(wall);
-        assert!(diff < 1_000_000_000, "monotonic-to-wall conversion off by {diff} ns");
+        assert!(
+            diff < 1_000_000_000,
+            "monotonic-to-wall conversion off by {diff} ns"
+        );
     }
 }

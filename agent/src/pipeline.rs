@@ -44,7 +44,12 @@ fn protocol_name(p: Protocol) -> &'static str {
 }
 
 /// Hands the exchanges in `out` on, numbered on their connection.
-fn deliver(t: &mut Tracked, out: &mut Vec<Exchange>, stats: &mut PipelineStats, sink: &mut impl ExchangeSink) {
+fn deliver(
+    t: &mut Tracked,
+    out: &mut Vec<Exchange>,
+    stats: &mut PipelineStats,
+    sink: &mut impl ExchangeSink,
+) {
     for e in out.drain(..) {
         stats.exchanges += 1;
         sink.exchange(&t.conn, t.exchanges, t.request_tid, &e);
@@ -73,7 +78,13 @@ pub struct Pipeline<S> {
 
 impl<S: ExchangeSink> Pipeline<S> {
     pub fn new(sink: S, max_connections: usize) -> Self {
-        Self { conns: HashMap::new(), max_connections, out: Vec::new(), stats: PipelineStats::default(), sink }
+        Self {
+            conns: HashMap::new(),
+            max_connections,
+            out: Vec::new(),
+            stats: PipelineStats::default(),
+            sink,
+        }
     }
 
     fn retire(&mut self, t: &Tracked) {
@@ -91,11 +102,21 @@ impl<S: ExchangeSink> Sink for Pipeline<S> {
             self.stats.parser_table_full += 1;
             return;
         }
-        self.conns.insert(conn.conn_id, Tracked { conn: conn.clone(), parsers: Parsers::default(), exchanges: 0, request_tid: 0 });
+        self.conns.insert(
+            conn.conn_id,
+            Tracked {
+                conn: conn.clone(),
+                parsers: Parsers::default(),
+                exchanges: 0,
+                request_tid: 0,
+            },
+        );
     }
 
     fn close(&mut self, _conn: Option<&Connection>, ev: &ConnEvent) {
-        let Some(mut t) = self.conns.remove(&ev.conn_id) else { return };
+        let Some(mut t) = self.conns.remove(&ev.conn_id) else {
+            return;
+        };
         t.parsers.finish(ev.ts_ns, &mut self.out);
         self.retire(&t);
         deliver(&mut t, &mut self.out, &mut self.stats, &mut self.sink);
@@ -106,18 +127,36 @@ impl<S: ExchangeSink> Sink for Pipeline<S> {
     }
 
     fn data(&mut self, _conn: Option<&Connection>, h: &DataHeader, bytes: &[u8]) {
-        let Self { conns, out, stats, sink, .. } = self;
+        let Self {
+            conns,
+            out,
+            stats,
+            sink,
+            ..
+        } = self;
         let Some(t) = conns.get_mut(&h.conn_id) else {
             stats.orphan_transfers += 1;
             return;
         };
         // The client writes requests; the server reads them.
         let egress = h.direction == Direction::Egress as u8;
-        let side = if egress == (t.conn.role == Role::Client) { Side::Request } else { Side::Response };
+        let side = if egress == (t.conn.role == Role::Client) {
+            Side::Request
+        } else {
+            Side::Response
+        };
         if side == Side::Request {
             t.request_tid = h.tid;
         }
-        t.parsers.feed(Chunk { side, ts_ns: h.ts_ns, bytes, total_len: h.total_len }, out);
+        t.parsers.feed(
+            Chunk {
+                side,
+                ts_ns: h.ts_ns,
+                bytes,
+                total_len: h.total_len,
+            },
+            out,
+        );
         deliver(t, out, stats, sink);
     }
 }

@@ -12,8 +12,8 @@ use aya::{
     programs::TracePoint,
 };
 use tangle_common::{
-    Config, ConnInfo, ConnKey, DEFAULT_CAPTURE, DEFAULT_WAKEUP_BYTES, KernelOffsets, MAX_CAPTURE, PendingIo, STAT_COUNT,
-    SockOwner, Stat,
+    Config, ConnInfo, ConnKey, DEFAULT_CAPTURE, DEFAULT_WAKEUP_BYTES, KernelOffsets, MAX_CAPTURE,
+    PendingIo, STAT_COUNT, SockOwner, Stat,
 };
 
 use crate::btf::{Btf, BtfError, VMLINUX_BTF};
@@ -172,10 +172,16 @@ fn preflight() -> Result<(), ProbeError> {
     }
     ensure_tracefs()?;
     // Kernels before 5.11 charge eBPF maps to RLIMIT_MEMLOCK; raising it is harmless later.
-    let rlim = libc::rlimit { rlim_cur: libc::RLIM_INFINITY, rlim_max: libc::RLIM_INFINITY };
+    let rlim = libc::rlimit {
+        rlim_cur: libc::RLIM_INFINITY,
+        rlim_max: libc::RLIM_INFINITY,
+    };
     // SAFETY: setrlimit reads the struct we pass; failure is only logged.
     if unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &rlim) } != 0 {
-        log::debug!("could not raise RLIMIT_MEMLOCK: {}", io::Error::last_os_error());
+        log::debug!(
+            "could not raise RLIMIT_MEMLOCK: {}",
+            io::Error::last_os_error()
+        );
     }
     Ok(())
 }
@@ -201,7 +207,13 @@ fn ensure_tracefs() -> Result<(), ProbeError> {
     let target = std::ffi::CString::new(TRACEFS).map_err(|e| ProbeError::NoTracefs(e.into()))?;
     // SAFETY: plain mount(2) with NUL-terminated strings that outlive the call.
     let rc = unsafe {
-        libc::mount(c"nodev".as_ptr(), target.as_ptr(), c"tracefs".as_ptr(), 0, std::ptr::null())
+        libc::mount(
+            c"nodev".as_ptr(),
+            target.as_ptr(),
+            c"tracefs".as_ptr(),
+            0,
+            std::ptr::null(),
+        )
     };
     if rc != 0 {
         return Err(ProbeError::NoTracefs(io::Error::last_os_error()));
@@ -220,7 +232,9 @@ impl Probe {
             )));
         }
         if options.max_connections == 0 {
-            return Err(ProbeError::Invalid("max connections must be at least 1".into()));
+            return Err(ProbeError::Invalid(
+                "max connections must be at least 1".into(),
+            ));
         }
         preflight()?;
         let offsets = Btf::from_file(Path::new(VMLINUX_BTF))?.kernel_offsets()?;
@@ -249,8 +263,12 @@ impl Probe {
             }
             program.attach(category, tracepoint).map_err(err)?;
         }
-        let stats = PerCpuArray::try_from(take_map(&mut ebpf, "STATS")?)
-            .map_err(|source| ProbeError::Map { name: "STATS", source })?;
+        let stats = PerCpuArray::try_from(take_map(&mut ebpf, "STATS")?).map_err(|source| {
+            ProbeError::Map {
+                name: "STATS",
+                source,
+            }
+        })?;
         log::info!(
             "eBPF programs attached to {} tracepoints (capture {} bytes, ring buffer {} KiB)",
             ATTACHMENTS.len(),
@@ -262,8 +280,10 @@ impl Probe {
 
     /// The event ring buffer, for one reader. Call once.
     pub fn take_events(&mut self) -> Result<RingBuf<MapData>, ProbeError> {
-        RingBuf::try_from(take_map(&mut self.ebpf, "EVENTS")?)
-            .map_err(|source| ProbeError::Map { name: "EVENTS", source })
+        RingBuf::try_from(take_map(&mut self.ebpf, "EVENTS")?).map_err(|source| ProbeError::Map {
+            name: "EVENTS",
+            source,
+        })
     }
 
     /// The kernel's counters and map sizes now.
@@ -272,7 +292,10 @@ impl Probe {
             let values = self
                 .stats
                 .get(&(stat as u32), 0)
-                .map_err(|source| ProbeError::Map { name: "STATS", source })?;
+                .map_err(|source| ProbeError::Map {
+                    name: "STATS",
+                    source,
+                })?;
             Ok(values.iter().sum())
         };
         debug_assert_eq!(STAT_COUNT, 6);
@@ -290,17 +313,27 @@ impl Probe {
     }
 
     fn map_len<K: aya::Pod, V: aya::Pod>(&self, name: &'static str) -> Result<u64, ProbeError> {
-        let map = self.ebpf.map(name).ok_or_else(|| ProbeError::Missing(format!("map {name}")))?;
-        let map = HashMap::<_, K, V>::try_from(map).map_err(|source| ProbeError::Map { name, source })?;
+        let map = self
+            .ebpf
+            .map(name)
+            .ok_or_else(|| ProbeError::Missing(format!("map {name}")))?;
+        let map =
+            HashMap::<_, K, V>::try_from(map).map_err(|source| ProbeError::Map { name, source })?;
         Ok(map.keys().count() as u64)
     }
 
     /// Forgets kernel entries of processes that no longer exist (a safety net:
     /// the kernel side removes them when it sees the socket close).
     pub fn sweep_dead_processes(&mut self) -> Result<usize, ProbeError> {
-        let map = self.ebpf.map_mut("CONNS").ok_or_else(|| ProbeError::Missing("map CONNS".into()))?;
-        let mut conns = HashMap::<_, ConnKey, ConnInfo>::try_from(map)
-            .map_err(|source| ProbeError::Map { name: "CONNS", source })?;
+        let map = self
+            .ebpf
+            .map_mut("CONNS")
+            .ok_or_else(|| ProbeError::Missing("map CONNS".into()))?;
+        let mut conns =
+            HashMap::<_, ConnKey, ConnInfo>::try_from(map).map_err(|source| ProbeError::Map {
+                name: "CONNS",
+                source,
+            })?;
         let dead: Vec<ConnKey> = conns
             .keys()
             .filter_map(Result::ok)
@@ -314,7 +347,8 @@ impl Probe {
 }
 
 fn take_map(ebpf: &mut Ebpf, name: &str) -> Result<aya::maps::Map, ProbeError> {
-    ebpf.take_map(name).ok_or_else(|| ProbeError::Missing(format!("map {name}")))
+    ebpf.take_map(name)
+        .ok_or_else(|| ProbeError::Missing(format!("map {name}")))
 }
 
 fn write_config(
@@ -334,10 +368,17 @@ fn write_config(
         offsets,
         ..Config::default()
     };
-    let map = ebpf.map_mut("CONFIG").ok_or_else(|| ProbeError::Missing("map CONFIG".into()))?;
-    let mut array = Array::<_, Config>::try_from(map)
-        .map_err(|source| ProbeError::Map { name: "CONFIG", source })?;
-    array.set(0, config, 0).map_err(|source| ProbeError::Map { name: "CONFIG", source })
+    let map = ebpf
+        .map_mut("CONFIG")
+        .ok_or_else(|| ProbeError::Missing("map CONFIG".into()))?;
+    let mut array = Array::<_, Config>::try_from(map).map_err(|source| ProbeError::Map {
+        name: "CONFIG",
+        source,
+    })?;
+    array.set(0, config, 0).map_err(|source| ProbeError::Map {
+        name: "CONFIG",
+        source,
+    })
 }
 
 /// Where the cgroup v2 hierarchy is mounted: `/sys/fs/cgroup` on a unified
@@ -354,7 +395,10 @@ pub fn cgroup2_root() -> Option<PathBuf> {
 /// 16 bits that differ between agent runs on one boot: the start time in
 /// seconds since boot (CLOCK_MONOTONIC), wrapping after 18 hours.
 fn run_id() -> u64 {
-    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
     // SAFETY: clock_gettime writes into the timespec we own.
     unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
     (ts.tv_sec as u64) & 0xffff
@@ -368,7 +412,9 @@ pub fn cgroup_id(path: &Path) -> io::Result<u64> {
         path.to_owned()
     } else {
         cgroup2_root()
-            .ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, "no cgroup v2 hierarchy is mounted"))?
+            .ok_or_else(|| {
+                io::Error::new(io::ErrorKind::NotFound, "no cgroup v2 hierarchy is mounted")
+            })?
             .join(path)
     };
     Ok(std::fs::metadata(path)?.ino())

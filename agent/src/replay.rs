@@ -95,11 +95,21 @@ impl<F: FnMut(Found<'_>)> Replayer<F> {
     fn emit(&mut self, client: SocketAddr, server: SocketAddr) {
         for e in self.out.drain(..) {
             self.stats.exchanges += 1;
-            (self.emit)(Found { client, server, exchange: &e });
+            (self.emit)(Found {
+                client,
+                server,
+                exchange: &e,
+            });
         }
     }
 
-    fn segment(&mut self, ts: u64, src: SocketAddr, dst: SocketAddr, tcp: &etherparse::TcpSlice<'_>) {
+    fn segment(
+        &mut self,
+        ts: u64,
+        src: SocketAddr,
+        dst: SocketAddr,
+        tcp: &etherparse::TcpSlice<'_>,
+    ) {
         self.stats.tcp_segments += 1;
         let key = if src < dst { (src, dst) } else { (dst, src) };
         if !self.flows.contains_key(&key) {
@@ -108,17 +118,37 @@ impl<F: FnMut(Found<'_>)> Replayer<F> {
                 return;
             }
             // The SYN's sender is the client; without one, the ephemeral (higher) port.
-            let src_is_client = if tcp.syn() { !tcp.ack() } else { src.port() > dst.port() };
-            let (client, server) = if src_is_client { (src, dst) } else { (dst, src) };
+            let src_is_client = if tcp.syn() {
+                !tcp.ack()
+            } else {
+                src.port() > dst.port()
+            };
+            let (client, server) = if src_is_client {
+                (src, dst)
+            } else {
+                (dst, src)
+            };
             self.flows.insert(
                 key,
-                Flow { client, server, conn: Connection::default(), dirs: Default::default(), last_ts: ts },
+                Flow {
+                    client,
+                    server,
+                    conn: Connection::default(),
+                    dirs: Default::default(),
+                    last_ts: ts,
+                },
             );
             self.stats.connections += 1;
         }
-        let Some(flow) = self.flows.get_mut(&key) else { return };
+        let Some(flow) = self.flows.get_mut(&key) else {
+            return;
+        };
         flow.last_ts = ts;
-        let side = if src == flow.client { Side::Request } else { Side::Response };
+        let side = if src == flow.client {
+            Side::Request
+        } else {
+            Side::Response
+        };
         let dir = &mut flow.dirs[side_index(side)];
         let seq = tcp.sequence_number();
         if tcp.syn() {
@@ -135,13 +165,28 @@ impl<F: FnMut(Found<'_>)> Replayer<F> {
             } else if at <= dir.next {
                 let skip = (dir.next - at) as usize;
                 dir.next = end;
-                flow.conn.feed(Chunk::whole(side, ts, &payload[skip..]), &mut self.out);
-                Self::drain(dir, &mut flow.conn, side, &mut self.out, false, &mut self.stats);
+                flow.conn
+                    .feed(Chunk::whole(side, ts, &payload[skip..]), &mut self.out);
+                Self::drain(
+                    dir,
+                    &mut flow.conn,
+                    side,
+                    &mut self.out,
+                    false,
+                    &mut self.stats,
+                );
             } else if !dir.pending.contains_key(&at) {
                 dir.pending_bytes += payload.len();
                 dir.pending.insert(at, (ts, payload.to_vec()));
                 if dir.pending_bytes > MAX_PENDING_BYTES {
-                    Self::drain(dir, &mut flow.conn, side, &mut self.out, true, &mut self.stats);
+                    Self::drain(
+                        dir,
+                        &mut flow.conn,
+                        side,
+                        &mut self.out,
+                        true,
+                        &mut self.stats,
+                    );
                 }
             }
         }
@@ -158,7 +203,14 @@ impl<F: FnMut(Found<'_>)> Replayer<F> {
 
     /// Delivers held segments that are now in order; with `force`, declares
     /// the missing bytes before the next held segment lost.
-    fn drain(dir: &mut Direction, conn: &mut Connection, side: Side, out: &mut Vec<Exchange>, force: bool, stats: &mut ReplayStats) {
+    fn drain(
+        dir: &mut Direction,
+        conn: &mut Connection,
+        side: Side,
+        out: &mut Vec<Exchange>,
+        force: bool,
+        stats: &mut ReplayStats,
+    ) {
         while let Some((&at, _)) = dir.pending.first_key_value() {
             if at > dir.next {
                 if !force {
@@ -167,10 +219,20 @@ impl<F: FnMut(Found<'_>)> Replayer<F> {
                 let gap = at - dir.next;
                 stats.gap_bytes += gap;
                 let ts = dir.pending.first_key_value().map_or(0, |(_, (ts, _))| *ts);
-                conn.feed(Chunk { side, ts_ns: ts, bytes: &[], total_len: gap }, out);
+                conn.feed(
+                    Chunk {
+                        side,
+                        ts_ns: ts,
+                        bytes: &[],
+                        total_len: gap,
+                    },
+                    out,
+                );
                 dir.next = at;
             }
-            let Some((at, (ts, bytes))) = dir.pending.pop_first() else { break };
+            let Some((at, (ts, bytes))) = dir.pending.pop_first() else {
+                break;
+            };
             dir.pending_bytes -= bytes.len();
             let end = at + bytes.len() as u64;
             if end > dir.next {
@@ -182,9 +244,18 @@ impl<F: FnMut(Found<'_>)> Replayer<F> {
     }
 
     fn close(&mut self, key: (SocketAddr, SocketAddr), ts: u64) {
-        let Some(mut flow) = self.flows.remove(&key) else { return };
+        let Some(mut flow) = self.flows.remove(&key) else {
+            return;
+        };
         for (i, side) in [Side::Request, Side::Response].into_iter().enumerate() {
-            Self::drain(&mut flow.dirs[i], &mut flow.conn, side, &mut self.out, true, &mut self.stats);
+            Self::drain(
+                &mut flow.dirs[i],
+                &mut flow.conn,
+                side,
+                &mut self.out,
+                true,
+                &mut self.stats,
+            );
         }
         flow.conn.finish(ts, &mut self.out);
         let s = flow.conn.stats();
@@ -217,8 +288,14 @@ impl<F: FnMut(Found<'_>)> Replayer<F> {
             return;
         };
         let (src_ip, dst_ip): (IpAddr, IpAddr) = match &p.net {
-            Some(NetSlice::Ipv4(ip)) => (ip.header().source_addr().into(), ip.header().destination_addr().into()),
-            Some(NetSlice::Ipv6(ip)) => (ip.header().source_addr().into(), ip.header().destination_addr().into()),
+            Some(NetSlice::Ipv4(ip)) => (
+                ip.header().source_addr().into(),
+                ip.header().destination_addr().into(),
+            ),
+            Some(NetSlice::Ipv6(ip)) => (
+                ip.header().source_addr().into(),
+                ip.header().destination_addr().into(),
+            ),
             _ => {
                 self.stats.skipped += 1;
                 return;
@@ -238,10 +315,22 @@ impl<F: FnMut(Found<'_>)> Replayer<F> {
 /// Replays a capture file; `emit` gets each exchange as it completes.
 pub fn replay(path: &Path, emit: impl FnMut(Found<'_>)) -> Result<ReplayStats, ReplayError> {
     let shown = path.display().to_string();
-    let file = File::open(path).map_err(|source| ReplayError::Open { path: shown.clone(), source })?;
-    let format_err = |reason: String| ReplayError::Format { path: shown.clone(), reason };
-    let mut reader = pcap_parser::create_reader(1 << 20, file).map_err(|e| format_err(format!("{e:?}")))?;
-    let mut r = Replayer { flows: HashMap::new(), stats: ReplayStats::default(), out: Vec::new(), emit };
+    let file = File::open(path).map_err(|source| ReplayError::Open {
+        path: shown.clone(),
+        source,
+    })?;
+    let format_err = |reason: String| ReplayError::Format {
+        path: shown.clone(),
+        reason,
+    };
+    let mut reader =
+        pcap_parser::create_reader(1 << 20, file).map_err(|e| format_err(format!("{e:?}")))?;
+    let mut r = Replayer {
+        flows: HashMap::new(),
+        stats: ReplayStats::default(),
+        out: Vec::new(),
+        emit,
+    };
     // Legacy pcap: one link type and time unit; pcapng: per interface.
     let mut legacy = (Linktype::ETHERNET, 1_000u64);
     let mut interfaces: Vec<(Linktype, u64, i64)> = Vec::new();
@@ -250,21 +339,36 @@ pub fn replay(path: &Path, emit: impl FnMut(Found<'_>)) -> Result<ReplayStats, R
             Ok((offset, block)) => {
                 match block {
                     PcapBlockOwned::LegacyHeader(h) => {
-                        legacy = (h.network, if h.is_nanosecond_precision() { 1 } else { 1_000 });
+                        legacy = (
+                            h.network,
+                            if h.is_nanosecond_precision() {
+                                1
+                            } else {
+                                1_000
+                            },
+                        );
                     }
                     PcapBlockOwned::Legacy(b) => {
-                        let ts = u64::from(b.ts_sec) * 1_000_000_000 + u64::from(b.ts_usec) * legacy.1;
+                        let ts =
+                            u64::from(b.ts_sec) * 1_000_000_000 + u64::from(b.ts_usec) * legacy.1;
                         r.packet(legacy.0, ts, b.data);
                     }
                     PcapBlockOwned::NG(Block::SectionHeader(_)) => interfaces.clear(),
                     PcapBlockOwned::NG(Block::InterfaceDescription(idb)) => {
-                        interfaces.push((idb.linktype, idb.ts_resolution().unwrap_or(1_000_000), idb.ts_offset()));
+                        interfaces.push((
+                            idb.linktype,
+                            idb.ts_resolution().unwrap_or(1_000_000),
+                            idb.ts_offset(),
+                        ));
                     }
                     PcapBlockOwned::NG(Block::EnhancedPacket(epb)) => {
-                        let (linktype, units, offset) =
-                            interfaces.get(epb.if_id as usize).copied().unwrap_or((Linktype::ETHERNET, 1_000_000, 0));
+                        let (linktype, units, offset) = interfaces
+                            .get(epb.if_id as usize)
+                            .copied()
+                            .unwrap_or((Linktype::ETHERNET, 1_000_000, 0));
                         let raw = (u64::from(epb.ts_high) << 32) | u64::from(epb.ts_low);
-                        let ns = (u128::from(raw) * 1_000_000_000 / u128::from(units.max(1))) as i128
+                        let ns = (u128::from(raw) * 1_000_000_000 / u128::from(units.max(1)))
+                            as i128
                             + i128::from(offset) * 1_000_000_000;
                         r.packet(linktype, ns.max(0) as u64, epb.data);
                     }

@@ -15,20 +15,34 @@ fn help_lists_capture_and_filters() {
     let out = agent().args(["capture", "--help"]).output().unwrap();
     assert!(out.status.success());
     let help = String::from_utf8(out.stdout).unwrap();
-    for flag in ["--json", "--pid", "--cgroup", "--port", "--netns", "--capture-size", "--duration"] {
+    for flag in [
+        "--json",
+        "--pid",
+        "--cgroup",
+        "--port",
+        "--netns",
+        "--capture-size",
+        "--duration",
+    ] {
         assert!(help.contains(flag), "--help lacks {flag}:\n{help}");
     }
 }
 
 #[test]
 fn bad_options_are_clear_errors() {
-    let out = agent().args(["capture", "--port", "banana"]).output().unwrap();
+    let out = agent()
+        .args(["capture", "--port", "banana"])
+        .output()
+        .unwrap();
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("--port"));
     if ebpf_skip_reason().is_some() {
         return; // the next check needs to get as far as loading
     }
-    let out = agent().args(["capture", "--capture-size", "0", "--duration", "1s"]).output().unwrap();
+    let out = agent()
+        .args(["capture", "--capture-size", "0", "--duration", "1s"])
+        .output()
+        .unwrap();
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("capture size 0 is not in 1..=8192"), "{err}");
@@ -41,11 +55,20 @@ fn unprivileged_run_says_why() {
     let root = unsafe { libc::geteuid() } == 0;
     let mut cmd = if root {
         let Some(setpriv) = which("setpriv") else {
-            skip("unprivileged_run_says_why", "`setpriv` (util-linux) is not installed");
+            skip(
+                "unprivileged_run_says_why",
+                "`setpriv` (util-linux) is not installed",
+            );
             return;
         };
         let mut c = Command::new(setpriv);
-        c.args(["--reuid=65534", "--regid=65534", "--clear-groups", "--inh-caps=-all", "--bounding-set=-all"]);
+        c.args([
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            "--inh-caps=-all",
+            "--bounding-set=-all",
+        ]);
         c.arg(env!("CARGO_BIN_EXE_tangle-agent"));
         c
     } else {
@@ -54,7 +77,10 @@ fn unprivileged_run_says_why() {
     let out = cmd.args(["capture", "--duration", "1s"]).output().unwrap();
     assert!(!out.status.success(), "must fail without privileges");
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("not allowed to load eBPF programs"), "unclear error: {err}");
+    assert!(
+        err.contains("not allowed to load eBPF programs"),
+        "unclear error: {err}"
+    );
 }
 
 /// JSON lines, with a pid filter: only the server's side of the connection.
@@ -66,22 +92,43 @@ fn json_lines_with_pid_filter() {
     }
     let port = free_port();
     let server = Proc::spawn_ready(
-        Command::new("python3").args(["-u", "-m", "http.server", &port.to_string(), "--bind", "127.0.0.1"]),
+        Command::new("python3").args([
+            "-u",
+            "-m",
+            "http.server",
+            &port.to_string(),
+            "--bind",
+            "127.0.0.1",
+        ]),
         "Serving HTTP",
     );
     let ready = std::env::temp_dir().join(format!("tangle-ready-{port}"));
     let _ = std::fs::remove_file(&ready);
     let agent = agent()
-        .args(["capture", "--json", "--duration", "8s", "--port", &port.to_string()])
+        .args([
+            "capture",
+            "--json",
+            "--duration",
+            "8s",
+            "--port",
+            &port.to_string(),
+        ])
         .args(["--pid", &server.pid().to_string(), "--ready-file"])
         .arg(&ready)
         .stdout(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    wait_for("the agent to attach", Duration::from_secs(20), || ready.exists());
+    wait_for("the agent to attach", Duration::from_secs(20), || {
+        ready.exists()
+    });
     for _ in 0..2 {
         let ok = Command::new("curl")
-            .args(["-sS", "-o", "/dev/null", &format!("http://127.0.0.1:{port}/")])
+            .args([
+                "-sS",
+                "-o",
+                "/dev/null",
+                &format!("http://127.0.0.1:{port}/"),
+            ])
             .status()
             .unwrap();
         assert!(ok.success());
@@ -95,13 +142,20 @@ fn json_lines_with_pid_filter() {
         .collect();
     let of = |t: &str| lines.iter().filter(|l| l["type"] == t).collect::<Vec<_>>();
     let opens = of("open");
-    assert_eq!(opens.len(), 2, "two connections, server side only: {opens:#?}");
+    assert_eq!(
+        opens.len(),
+        2,
+        "two connections, server side only: {opens:#?}"
+    );
     for open in &opens {
         assert_eq!(open["pid"], server.pid());
         assert_eq!(open["role"], "server");
         assert_eq!(open["local"], format!("127.0.0.1:{port}"));
     }
-    let requests: Vec<_> = of("data").into_iter().filter(|d| d["direction"] == "ingress").collect();
+    let requests: Vec<_> = of("data")
+        .into_iter()
+        .filter(|d| d["direction"] == "ingress")
+        .collect();
     assert_eq!(requests.len(), 2);
     use base64::Engine as _;
     let bytes = base64::engine::general_purpose::STANDARD
@@ -127,11 +181,25 @@ fn live_exchanges_from_http_and_redis() {
     }
     let (http_port, redis_port) = (free_port(), free_port());
     let _http = Proc::spawn_ready(
-        Command::new("python3").args(["-u", "-m", "http.server", &http_port.to_string(), "--bind", "127.0.0.1"]),
+        Command::new("python3").args([
+            "-u",
+            "-m",
+            "http.server",
+            &http_port.to_string(),
+            "--bind",
+            "127.0.0.1",
+        ]),
         "Serving HTTP",
     );
     let _redis = Proc::spawn_ready(
-        Command::new("redis-server").args(["--port", &redis_port.to_string(), "--bind", "127.0.0.1", "--save", ""]),
+        Command::new("redis-server").args([
+            "--port",
+            &redis_port.to_string(),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+        ]),
         "Ready to accept connections",
     );
     let ready = std::env::temp_dir().join(format!("tangle-ready-ex-{http_port}"));
@@ -143,45 +211,77 @@ fn live_exchanges_from_http_and_redis() {
         .stdout(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    wait_for("the agent to attach", Duration::from_secs(20), || ready.exists());
+    wait_for("the agent to attach", Duration::from_secs(20), || {
+        ready.exists()
+    });
     let ok = Command::new("curl")
-        .args(["-sS", "-o", "/dev/null", "-H", "Authorization: Bearer live-secret"])
+        .args([
+            "-sS",
+            "-o",
+            "/dev/null",
+            "-H",
+            "Authorization: Bearer live-secret",
+        ])
         .arg(format!("http://127.0.0.1:{http_port}/missing/42"))
         .status()
         .unwrap();
     assert!(ok.success());
     for cmd in [vec!["set", "greeting", "hello"], vec!["get", "greeting"]] {
-        let ok = Command::new("redis-cli").args(["-p", &redis_port.to_string()]).args(&cmd).status().unwrap();
+        let ok = Command::new("redis-cli")
+            .args(["-p", &redis_port.to_string()])
+            .args(&cmd)
+            .status()
+            .unwrap();
         assert!(ok.success());
     }
     let out = agent.wait_with_output().unwrap();
     assert!(out.status.success());
     let text = String::from_utf8(out.stdout).unwrap();
     assert!(!text.contains("live-secret"), "a secret reached the output");
-    let lines: Vec<serde_json::Value> = text.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let lines: Vec<serde_json::Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
     let ports = [http_port.to_string(), redis_port.to_string()];
     let ours = |l: &serde_json::Value| {
-        ["local", "remote"].iter().any(|k| l[k].as_str().is_some_and(|a| ports.iter().any(|p| a.ends_with(&format!(":{p}")))))
+        ["local", "remote"].iter().any(|k| {
+            l[k].as_str()
+                .is_some_and(|a| ports.iter().any(|p| a.ends_with(&format!(":{p}"))))
+        })
     };
     let seen = |process: &str, role: &str, op: &str| {
         lines.iter().any(|l| {
-            l["type"] == "exchange" && ours(l) && l["process"] == process && l["role"] == role && l["operation"] == op
+            l["type"] == "exchange"
+                && ours(l)
+                && l["process"] == process
+                && l["role"] == role
+                && l["operation"] == op
         })
     };
     assert!(seen("curl", "client", "GET /missing/{id}"), "{text}");
     assert!(seen("python3", "server", "GET /missing/{id}"), "{text}");
     // Other tests run meanwhile: pick this test's call by its server's address.
     let server = format!("127.0.0.1:{http_port}");
-    let http = lines.iter().find(|l| l["process"] == "curl" && l["remote"] == server.as_str()).unwrap();
+    let http = lines
+        .iter()
+        .find(|l| l["process"] == "curl" && l["remote"] == server.as_str())
+        .unwrap();
     assert_eq!(http["status"]["code"], "404");
     assert_eq!(http["operation"], "GET /missing/{id}");
     for op in ["redis SET", "redis GET"] {
         assert!(seen("redis-cli", "client", op), "{op}: {text}");
         assert!(seen("redis-server", "server", op), "{op}: {text}");
     }
-    let stats = lines.iter().rev().find(|l| l["type"] == "stats").expect("stats");
+    let stats = lines
+        .iter()
+        .rev()
+        .find(|l| l["type"] == "stats")
+        .expect("stats");
     for proto in ["http1", "redis"] {
-        assert_eq!(stats["parsers"]["protocols"][proto]["parse_errors"], 0, "{stats}");
+        assert_eq!(
+            stats["parsers"]["protocols"][proto]["parse_errors"], 0,
+            "{stats}"
+        );
     }
     let _ = std::fs::remove_file(&ready);
 }

@@ -36,7 +36,13 @@ impl TraceService for Receiver {
                 .as_ref()
                 .and_then(|r| r.attributes.iter().find(|kv| kv.key == "service.name"))
                 .and_then(|kv| kv.value.as_ref())
-                .and_then(|v| if let Some(Value::StringValue(s)) = &v.value { Some(s.clone()) } else { None })
+                .and_then(|v| {
+                    if let Some(Value::StringValue(s)) = &v.value {
+                        Some(s.clone())
+                    } else {
+                        None
+                    }
+                })
                 .unwrap_or_default();
             for ss in &rs.scope_spans {
                 for s in &ss.spans {
@@ -53,9 +59,14 @@ fn receiver(port: u16) -> Receiver {
     let r = Receiver::default();
     let served = r.clone();
     std::thread::spawn(move || {
-        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
         rt.block_on(async move {
-            let listener = tokio::net::TcpListener::bind(("127.0.0.1", port)).await.unwrap();
+            let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
+                .await
+                .unwrap();
             tonic::transport::Server::builder()
                 .add_service(TraceServiceServer::new(served))
                 .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener))
@@ -72,22 +83,34 @@ fn run_agent(otlp_port: u16, args: &[&str]) -> (std::process::Child, std::path::
     let ready = std::env::temp_dir().join(format!("tangle-ready-run-{otlp_port}"));
     let _ = std::fs::remove_file(&ready);
     let agent = Command::new(env!("CARGO_BIN_EXE_tangle-agent"))
-        .args(["run", "--json", "--collector", &format!("http://127.0.0.1:{otlp_port}"), "--ready-file"])
+        .args([
+            "run",
+            "--json",
+            "--collector",
+            &format!("http://127.0.0.1:{otlp_port}"),
+            "--ready-file",
+        ])
         .arg(&ready)
         .args(args)
         .stdout(Stdio::piped())
         .spawn()
         .unwrap();
-    wait_for("the agent to attach", Duration::from_secs(20), || ready.exists());
+    wait_for("the agent to attach", Duration::from_secs(20), || {
+        ready.exists()
+    });
     (agent, ready)
 }
 
 fn attr(s: &Span, key: &str) -> Option<String> {
-    s.attributes.iter().find(|kv| kv.key == key).and_then(|kv| kv.value.as_ref()).and_then(|v| match &v.value {
-        Some(Value::StringValue(s)) => Some(s.clone()),
-        Some(Value::IntValue(i)) => Some(i.to_string()),
-        _ => None,
-    })
+    s.attributes
+        .iter()
+        .find(|kv| kv.key == key)
+        .and_then(|kv| kv.value.as_ref())
+        .and_then(|v| match &v.value {
+            Some(Value::StringValue(s)) => Some(s.clone()),
+            Some(Value::IntValue(i)) => Some(i.to_string()),
+            _ => None,
+        })
 }
 
 #[test]
@@ -98,14 +121,30 @@ fn exchanges_exported_with_join_keys_after_the_collector_comes_back() {
     }
     let (http_port, otlp_port) = (free_port(), free_port());
     let _server = Proc::spawn_ready(
-        Command::new("python3").args(["-u", "-m", "http.server", &http_port.to_string(), "--bind", "127.0.0.1"]),
+        Command::new("python3").args([
+            "-u",
+            "-m",
+            "http.server",
+            &http_port.to_string(),
+            "--bind",
+            "127.0.0.1",
+        ]),
         "Serving HTTP",
     );
     // The collector is not there yet.
-    let (agent, ready) = run_agent(otlp_port, &["--duration", "10s", "--port", &http_port.to_string()]);
+    let (agent, ready) = run_agent(
+        otlp_port,
+        &["--duration", "10s", "--port", &http_port.to_string()],
+    );
     for path in ["/", "/missing/7"] {
         let ok = Command::new("curl")
-            .args(["-sS", "-o", "/dev/null", "-H", "Authorization: Bearer export-secret"])
+            .args([
+                "-sS",
+                "-o",
+                "/dev/null",
+                "-H",
+                "Authorization: Bearer export-secret",
+            ])
             .arg(format!("http://127.0.0.1:{http_port}{path}"))
             .status()
             .unwrap();
@@ -114,7 +153,9 @@ fn exchanges_exported_with_join_keys_after_the_collector_comes_back() {
     std::thread::sleep(Duration::from_secs(2));
     // Now the collector comes up: the queued spans go out.
     let received = receiver(otlp_port);
-    wait_for("four spans", Duration::from_secs(20), || received.0.lock().unwrap().len() >= 4);
+    wait_for("four spans", Duration::from_secs(20), || {
+        received.0.lock().unwrap().len() >= 4
+    });
     let out = agent.wait_with_output().unwrap();
     assert!(out.status.success());
     let stats: serde_json::Value = String::from_utf8_lossy(&out.stdout)
@@ -123,7 +164,10 @@ fn exchanges_exported_with_join_keys_after_the_collector_comes_back() {
         .find_map(|l| serde_json::from_str(l).ok())
         .unwrap();
     let export = &stats["parsers"]["export"];
-    assert!(export["failed_attempts"].as_u64().unwrap() > 0, "the first attempts failed: {export}");
+    assert!(
+        export["failed_attempts"].as_u64().unwrap() > 0,
+        "the first attempts failed: {export}"
+    );
     assert_eq!(export["dropped"], 0, "the queue held them: {export}");
 
     let spans = received.0.lock().unwrap().clone();
@@ -145,10 +189,17 @@ fn exchanges_exported_with_join_keys_after_the_collector_comes_back() {
         assert_eq!(attr(c, "server.port"), Some(http_port.to_string()));
         assert_eq!(attr(s, "server.port"), Some(http_port.to_string()));
     }
-    let names: std::collections::BTreeSet<&str> = spans.iter().map(|(_, s)| s.name.as_str()).collect();
+    let names: std::collections::BTreeSet<&str> =
+        spans.iter().map(|(_, s)| s.name.as_str()).collect();
     assert_eq!(names, ["GET /", "GET /missing/{id}"].into_iter().collect());
-    let missing = spans.iter().find(|(_, s)| s.name == "GET /missing/{id}").unwrap();
-    assert_eq!(attr(&missing.1, "http.response.status_code"), Some("404".into()));
+    let missing = spans
+        .iter()
+        .find(|(_, s)| s.name == "GET /missing/{id}")
+        .unwrap();
+    assert_eq!(
+        attr(&missing.1, "http.response.status_code"),
+        Some("404".into())
+    );
     let _ = std::fs::remove_file(&ready);
 }
 
@@ -168,7 +219,10 @@ fn thread_rule_links_calls_to_their_request_under_concurrency() {
     let shop = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../demo/shop.py");
     let mut services = Vec::new();
     for s in ["inventory", "orders", "gateway"] {
-        services.push(Proc::spawn_ready(Command::new("python3").arg("-u").arg(&shop).arg(s), "listening"));
+        services.push(Proc::spawn_ready(
+            Command::new("python3").arg("-u").arg(&shop).arg(s),
+            "listening",
+        ));
     }
     let pids: Vec<String> = services.iter().map(|p| p.pid().to_string()).collect();
     let (agent, ready) = run_agent(otlp_port, &["--duration", "12s"]);
@@ -176,7 +230,12 @@ fn thread_rule_links_calls_to_their_request_under_concurrency() {
     let mut curls: Vec<_> = (1..=60)
         .map(|i| {
             Command::new("curl")
-                .args(["-sS", "-o", "/dev/null", &format!("http://127.0.0.1:18080/checkout/{i}")])
+                .args([
+                    "-sS",
+                    "-o",
+                    "/dev/null",
+                    &format!("http://127.0.0.1:18080/checkout/{i}"),
+                ])
                 .spawn()
                 .unwrap()
         })
@@ -190,18 +249,38 @@ fn thread_rule_links_calls_to_their_request_under_concurrency() {
     let spans: Vec<(String, Span)> = received.0.lock().unwrap().clone();
     let path = |s: &Span| attr(s, "url.path").unwrap_or_default();
     let item = |s: &Span| path(s).rsplit('/').next().unwrap_or_default().to_owned();
-    let servers: Vec<&(String, Span)> = spans.iter().filter(|(svc, s)| s.kind == 2 && svc == "gateway").collect();
-    assert_eq!(servers.len(), 60, "every request served by gateway exported (pids {pids:?})");
+    let servers: Vec<&(String, Span)> = spans
+        .iter()
+        .filter(|(svc, s)| s.kind == 2 && svc == "gateway")
+        .collect();
+    assert_eq!(
+        servers.len(),
+        60,
+        "every request served by gateway exported (pids {pids:?})"
+    );
     let mut linked = 0;
-    for (svc, c) in spans.iter().filter(|(svc, s)| s.kind == 3 && (svc == "gateway" || svc == "orders")) {
+    for (svc, c) in spans
+        .iter()
+        .filter(|(svc, s)| s.kind == 3 && (svc == "gateway" || svc == "orders"))
+    {
         let parent = spans
             .iter()
             .find(|(_, p)| p.span_id == c.parent_span_id && p.kind == 2)
             .unwrap_or_else(|| panic!("{svc}'s call {} has no parent request", path(c)));
         assert_eq!(parent.1.trace_id, c.trace_id, "same trace");
         assert_eq!(&parent.0, svc, "the parent is served by the same service");
-        assert_eq!(item(&parent.1), item(c), "mislink: {} under {}", path(c), path(&parent.1));
-        assert_eq!(attr(c, "tangle.link.inferred"), None, "thread-per-request links are exact");
+        assert_eq!(
+            item(&parent.1),
+            item(c),
+            "mislink: {} under {}",
+            path(c),
+            path(&parent.1)
+        );
+        assert_eq!(
+            attr(c, "tangle.link.inferred"),
+            None,
+            "thread-per-request links are exact"
+        );
         linked += 1;
     }
     // gateway calls orders and inventory, orders calls inventory: 3 calls per request.

@@ -31,15 +31,36 @@ fn pcaps() -> Vec<PathBuf> {
 
 /// The exchanges `tangle-agent replay` prints for a capture file.
 fn replay(pcap: &Path) -> Vec<serde_json::Value> {
-    let out = Command::new(env!("CARGO_BIN_EXE_tangle-agent")).arg("replay").arg(pcap).output().unwrap();
-    assert!(out.status.success(), "replay {} failed: {}", pcap.display(), String::from_utf8_lossy(&out.stderr));
+    let out = Command::new(env!("CARGO_BIN_EXE_tangle-agent"))
+        .arg("replay")
+        .arg(pcap)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "replay {} failed: {}",
+        pcap.display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
     let stats = String::from_utf8_lossy(&out.stderr);
-    assert!(stats.contains("\"parse_errors\":0") && stats.contains("\"desyncs\":0"), "{}: {stats}", pcap.display());
-    String::from_utf8(out.stdout).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect()
+    assert!(
+        stats.contains("\"parse_errors\":0") && stats.contains("\"desyncs\":0"),
+        "{}: {stats}",
+        pcap.display()
+    );
+    String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
 }
 
 fn status_key(e: &serde_json::Value) -> String {
-    format!("{} {}", e["status"]["kind"].as_str().unwrap_or(""), e["status"]["code"].as_str().unwrap_or(""))
+    format!(
+        "{} {}",
+        e["status"]["kind"].as_str().unwrap_or(""),
+        e["status"]["code"].as_str().unwrap_or("")
+    )
 }
 
 fn multiset<T: Ord>(items: impl IntoIterator<Item = T>) -> BTreeMap<T, usize> {
@@ -53,8 +74,10 @@ fn multiset<T: Ord>(items: impl IntoIterator<Item = T>) -> BTreeMap<T, usize> {
 #[test]
 fn replay_finds_what_the_agent_captured() {
     for pcap in pcaps() {
-        let golden: serde_json::Value =
-            serde_json::from_str(&std::fs::read_to_string(pcap.with_extension("golden.json")).unwrap()).unwrap();
+        let golden: serde_json::Value = serde_json::from_str(
+            &std::fs::read_to_string(pcap.with_extension("golden.json")).unwrap(),
+        )
+        .unwrap();
         let captured = multiset(
             golden
                 .as_array()
@@ -69,26 +92,56 @@ fn replay_finds_what_the_agent_captured() {
         for secret in ["fixture-secret", "fixture-password"] {
             assert!(!text.contains(secret), "{} leaks {secret}", pcap.display());
         }
-        let replayed = multiset(replayed.iter().map(|e| (e["operation"].as_str().unwrap().to_owned(), status_key(e))));
+        let replayed = multiset(
+            replayed
+                .iter()
+                .map(|e| (e["operation"].as_str().unwrap().to_owned(), status_key(e))),
+        );
         assert!(!replayed.is_empty(), "{}: nothing found", pcap.display());
-        assert_eq!(replayed, captured, "{}: pcap replay vs the agent's capture", pcap.display());
+        assert_eq!(
+            replayed,
+            captured,
+            "{}: pcap replay vs the agent's capture",
+            pcap.display()
+        );
     }
 }
 
 /// tshark's fields for a capture, one row per packet that has any.
 fn tshark(pcap: &Path, decode_as: &str, fields: &[&str]) -> Vec<Vec<Vec<String>>> {
     let mut cmd = Command::new("tshark");
-    cmd.arg("-r").arg(pcap).args(["-d", decode_as, "-T", "fields", "-E", "aggregator=\x1f", "-E", "separator=\x1e"]);
+    cmd.arg("-r").arg(pcap).args([
+        "-d",
+        decode_as,
+        "-T",
+        "fields",
+        "-E",
+        "aggregator=\x1f",
+        "-E",
+        "separator=\x1e",
+    ]);
     for f in fields {
         cmd.args(["-e", f]);
     }
     let out = cmd.output().unwrap();
-    assert!(out.status.success(), "tshark: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "tshark: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     String::from_utf8_lossy(&out.stdout)
         .lines()
         .filter(|l| !l.trim_matches(['\x1e', ' ']).is_empty())
         .map(|l| {
-            l.split('\x1e').map(|f| if f.is_empty() { Vec::new() } else { f.split('\x1f').map(str::to_owned).collect() }).collect()
+            l.split('\x1e')
+                .map(|f| {
+                    if f.is_empty() {
+                        Vec::new()
+                    } else {
+                        f.split('\x1f').map(str::to_owned).collect()
+                    }
+                })
+                .collect()
         })
         .collect()
 }
@@ -104,17 +157,28 @@ fn sql_key(text: &str) -> (String, Vec<String>) {
 /// The statements replay found, keyed as tshark's are (prepared statements'
 /// executions and closes name the same statement).
 fn replay_sql_keys(replayed: &[serde_json::Value]) -> BTreeSet<(String, Vec<String>)> {
-    replayed.iter().filter_map(|e| e["fields"]["statement"].as_str()).map(sql_key).collect()
+    replayed
+        .iter()
+        .filter_map(|e| e["fields"]["statement"].as_str())
+        .map(sql_key)
+        .collect()
 }
 
 fn error_codes(replayed: &[serde_json::Value]) -> BTreeSet<String> {
-    replayed.iter().filter(|e| e["status"]["kind"] == "error").map(|e| e["status"]["code"].as_str().unwrap().to_owned()).collect()
+    replayed
+        .iter()
+        .filter(|e| e["status"]["kind"] == "error")
+        .map(|e| e["status"]["code"].as_str().unwrap().to_owned())
+        .collect()
 }
 
 #[test]
 fn tshark_decodes_the_same_calls() {
     if which("tshark").is_none() {
-        skip("tshark_decodes_the_same_calls", "`tshark` is not installed (cargo xtask setup --test-deps)");
+        skip(
+            "tshark_decodes_the_same_calls",
+            "`tshark` is not installed (cargo xtask setup --test-deps)",
+        );
         return;
     }
     let dir = fixtures_dir();
@@ -124,54 +188,122 @@ fn tshark_decodes_the_same_calls() {
         let pcap = dir.join(format!("{name}.pcapng"));
         let replayed = replay(&pcap);
         let decode = format!("tcp.port=={port},http");
-        let rows = tshark(&pcap, &decode, &["http.request.method", "http.request.uri", "http.response.code"]);
+        let rows = tshark(
+            &pcap,
+            &decode,
+            &[
+                "http.request.method",
+                "http.request.uri",
+                "http.response.code",
+            ],
+        );
         let theirs = multiset(rows.iter().filter(|r| !r[0].is_empty()).map(|r| {
-            (r[0][0].clone(), r[1][0].split('?').next().unwrap().to_owned())
+            (
+                r[0][0].clone(),
+                r[1][0].split('?').next().unwrap().to_owned(),
+            )
         }));
         let ours = multiset(replayed.iter().map(|e| {
-            (e["fields"]["method"].as_str().unwrap().to_owned(), e["fields"]["path"].as_str().unwrap().to_owned())
+            (
+                e["fields"]["method"].as_str().unwrap().to_owned(),
+                e["fields"]["path"].as_str().unwrap().to_owned(),
+            )
         }));
         assert_eq!(ours, theirs, "{name}: requests");
-        let theirs = multiset(rows.iter().filter(|r| !r[2].is_empty()).map(|r| r[2][0].clone()));
-        let ours = multiset(replayed.iter().filter_map(|e| e["fields"]["status"].as_u64()).map(|c| c.to_string()));
+        let theirs = multiset(
+            rows.iter()
+                .filter(|r| !r[2].is_empty())
+                .map(|r| r[2][0].clone()),
+        );
+        let ours = multiset(
+            replayed
+                .iter()
+                .filter_map(|e| e["fields"]["status"].as_u64())
+                .map(|c| c.to_string()),
+        );
         assert_eq!(ours, theirs, "{name}: responses");
         checked += 1;
     }
     // HTTP/2 and gRPC: method and path per stream; gRPC status from the trailers.
-    for (name, port) in [("http2/curl-nghttp-nginx", 18105), ("http2/grpc-python", 18106)] {
+    for (name, port) in [
+        ("http2/curl-nghttp-nginx", 18105),
+        ("http2/grpc-python", 18106),
+    ] {
         let pcap = dir.join(format!("{name}.pcapng"));
         let replayed = replay(&pcap);
-        let rows = tshark(&pcap, &format!("tcp.port=={port},http2"), &[
-            "http2.headers.method",
-            "http2.headers.path",
-            "http2.header.name",
-            "http2.header.value",
-        ]);
+        let rows = tshark(
+            &pcap,
+            &format!("tcp.port=={port},http2"),
+            &[
+                "http2.headers.method",
+                "http2.headers.path",
+                "http2.header.name",
+                "http2.header.value",
+            ],
+        );
         let theirs = multiset(rows.iter().flat_map(|r| {
-            r[0].iter().zip(&r[1]).map(|(m, p)| (m.clone(), p.split('?').next().unwrap().to_owned())).collect::<Vec<_>>()
+            r[0].iter()
+                .zip(&r[1])
+                .map(|(m, p)| (m.clone(), p.split('?').next().unwrap().to_owned()))
+                .collect::<Vec<_>>()
         }));
         let ours = multiset(replayed.iter().map(|e| {
-            (e["fields"]["method"].as_str().unwrap().to_owned(), e["fields"]["path"].as_str().unwrap().to_owned())
+            (
+                e["fields"]["method"].as_str().unwrap().to_owned(),
+                e["fields"]["path"].as_str().unwrap().to_owned(),
+            )
         }));
         assert_eq!(ours, theirs, "{name}: streams");
         let theirs = multiset(rows.iter().flat_map(|r| {
-            r[2].iter().zip(&r[3]).filter(|(n, _)| *n == "grpc-status").map(|(_, v)| v.clone()).collect::<Vec<_>>()
+            r[2].iter()
+                .zip(&r[3])
+                .filter(|(n, _)| *n == "grpc-status")
+                .map(|(_, v)| v.clone())
+                .collect::<Vec<_>>()
         }));
-        let ours = multiset(replayed.iter().filter_map(|e| e["fields"]["grpc"]["status"].as_str()).map(str::to_owned));
+        let ours = multiset(
+            replayed
+                .iter()
+                .filter_map(|e| e["fields"]["grpc"]["status"].as_str())
+                .map(str::to_owned),
+        );
         assert_eq!(ours, theirs, "{name}: grpc-status");
         checked += 1;
     }
     // SQL: the statements tshark finds, and the error codes.
     for (name, decode, query, code) in [
-        ("postgres/psql", "tcp.port==18104,pgsql", "pgsql.query", "pgsql.code"),
-        ("postgres/pgbench", "tcp.port==18104,pgsql", "pgsql.query", "pgsql.code"),
-        ("mysql/mariadb-client", "tcp.port==18107,mysql", "mysql.query", "mysql.error_code"),
-        ("mysql/connector-prepared", "tcp.port==18107,mysql", "mysql.query", "mysql.error_code"),
+        (
+            "postgres/psql",
+            "tcp.port==18104,pgsql",
+            "pgsql.query",
+            "pgsql.code",
+        ),
+        (
+            "postgres/pgbench",
+            "tcp.port==18104,pgsql",
+            "pgsql.query",
+            "pgsql.code",
+        ),
+        (
+            "mysql/mariadb-client",
+            "tcp.port==18107,mysql",
+            "mysql.query",
+            "mysql.error_code",
+        ),
+        (
+            "mysql/connector-prepared",
+            "tcp.port==18107,mysql",
+            "mysql.query",
+            "mysql.error_code",
+        ),
     ] {
         let pcap = dir.join(format!("{name}.pcapng"));
         let replayed = replay(&pcap);
         let rows = tshark(&pcap, decode, &[query, code]);
-        let theirs: BTreeSet<_> = rows.iter().flat_map(|r| r[0].iter().map(|q| sql_key(q))).collect();
+        let theirs: BTreeSet<_> = rows
+            .iter()
+            .flat_map(|r| r[0].iter().map(|q| sql_key(q)))
+            .collect();
         assert!(!theirs.is_empty(), "{name}: tshark found no statement");
         assert_eq!(replay_sql_keys(&replayed), theirs, "{name}: statements");
         let theirs: BTreeSet<String> = rows.iter().flat_map(|r| r[1].iter().cloned()).collect();
@@ -189,20 +321,42 @@ fn replay_rejects_a_file_that_is_not_a_capture_and_reads_a_cut_one() {
     std::fs::create_dir_all(&dir).unwrap();
     let junk = dir.join("junk.pcap");
     std::fs::write(&junk, b"this is not a packet capture at all, just text").unwrap();
-    let out = Command::new(agent).arg("replay").arg(&junk).output().unwrap();
+    let out = Command::new(agent)
+        .arg("replay")
+        .arg(&junk)
+        .output()
+        .unwrap();
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("is not a readable pcap or pcapng file"), "{err}");
-    let out = Command::new(agent).arg("replay").arg(dir.join("missing.pcap")).output().unwrap();
+    assert!(
+        err.contains("is not a readable pcap or pcapng file"),
+        "{err}"
+    );
+    let out = Command::new(agent)
+        .arg("replay")
+        .arg(dir.join("missing.pcap"))
+        .output()
+        .unwrap();
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("cannot open"));
     // A capture cut mid-packet (a full disk, a killed tcpdump): what came before counts.
     let whole = std::fs::read(fixtures_dir().join("postgres/psql.pcapng")).unwrap();
     let cut = dir.join("cut.pcapng");
     std::fs::write(&cut, &whole[..whole.len() * 2 / 3]).unwrap();
-    let out = Command::new(agent).arg("replay").arg(&cut).output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = Command::new(agent)
+        .arg("replay")
+        .arg(&cut)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let found = String::from_utf8_lossy(&out.stdout).lines().count();
-    assert!(found >= 2 && found < 5, "a cut capture gives some of the 5 exchanges, got {found}");
+    assert!(
+        found >= 2 && found < 5,
+        "a cut capture gives some of the 5 exchanges, got {found}"
+    );
     let _ = std::fs::remove_dir_all(dir);
 }

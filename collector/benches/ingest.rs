@@ -22,44 +22,120 @@ fn trace(t: u64) -> Vec<Span> {
         id
     };
     let sid = |n: u64| (t * 16 + n + 1).to_be_bytes();
-    let span = |n: u64, parent: Option<u64>, service: &str, kind: SpanKind, op: &str, peer: Peer| Span {
-        trace_id: tid,
-        span_id: sid(n),
-        parent: parent.map(sid),
-        service: service.into(),
-        kind,
-        operation: op.into(),
-        start_ns: 1_000 + n,
-        end_ns: 2_000_000 + n,
-        error: false,
-        peer,
-        tables: Vec::new(),
-        writes: false,
-        protocol: None,
-        join: None,
-    };
+    let span =
+        |n: u64, parent: Option<u64>, service: &str, kind: SpanKind, op: &str, peer: Peer| Span {
+            trace_id: tid,
+            span_id: sid(n),
+            parent: parent.map(sid),
+            service: service.into(),
+            kind,
+            operation: op.into(),
+            start_ns: 1_000 + n,
+            end_ns: 2_000_000 + n,
+            error: false,
+            peer,
+            tables: Vec::new(),
+            writes: false,
+            protocol: None,
+            join: None,
+        };
     let svc = |name: &str| Peer::Service { name: name.into() };
     vec![
-        span(0, None, "gateway", SpanKind::Server, "POST /checkout", Peer::Unknown),
-        span(1, Some(0), "gateway", SpanKind::Client, "POST /orders", svc("orders")),
-        span(2, Some(1), "orders", SpanKind::Server, "POST /orders", Peer::Unknown),
-        span(3, Some(2), "orders", SpanKind::Client, "GET /stock/{id}", svc("inventory")),
-        span(4, Some(3), "inventory", SpanKind::Server, "GET /stock/{id}", Peer::Unknown),
-        span(5, Some(2), "orders", SpanKind::Client, "GET /prices/{id}", svc("pricing")),
-        span(6, Some(5), "pricing", SpanKind::Server, "GET /prices/{id}", Peer::Unknown),
-        span(7, Some(6), "pricing", SpanKind::Client, "GET /tax", svc("tax")),
-        span(8, Some(7), "tax", SpanKind::Server, "GET /tax", Peer::Unknown),
-        span(9, Some(2), "orders", SpanKind::Client, "INSERT orders_db.orders", Peer::Database {
-            system: "postgresql".into(),
-            server: "db:5432".into(),
-            namespace: Some("orders_db".into()),
-        }),
+        span(
+            0,
+            None,
+            "gateway",
+            SpanKind::Server,
+            "POST /checkout",
+            Peer::Unknown,
+        ),
+        span(
+            1,
+            Some(0),
+            "gateway",
+            SpanKind::Client,
+            "POST /orders",
+            svc("orders"),
+        ),
+        span(
+            2,
+            Some(1),
+            "orders",
+            SpanKind::Server,
+            "POST /orders",
+            Peer::Unknown,
+        ),
+        span(
+            3,
+            Some(2),
+            "orders",
+            SpanKind::Client,
+            "GET /stock/{id}",
+            svc("inventory"),
+        ),
+        span(
+            4,
+            Some(3),
+            "inventory",
+            SpanKind::Server,
+            "GET /stock/{id}",
+            Peer::Unknown,
+        ),
+        span(
+            5,
+            Some(2),
+            "orders",
+            SpanKind::Client,
+            "GET /prices/{id}",
+            svc("pricing"),
+        ),
+        span(
+            6,
+            Some(5),
+            "pricing",
+            SpanKind::Server,
+            "GET /prices/{id}",
+            Peer::Unknown,
+        ),
+        span(
+            7,
+            Some(6),
+            "pricing",
+            SpanKind::Client,
+            "GET /tax",
+            svc("tax"),
+        ),
+        span(
+            8,
+            Some(7),
+            "tax",
+            SpanKind::Server,
+            "GET /tax",
+            Peer::Unknown,
+        ),
+        span(
+            9,
+            Some(2),
+            "orders",
+            SpanKind::Client,
+            "INSERT orders_db.orders",
+            Peer::Database {
+                system: "postgresql".into(),
+                server: "db:5432".into(),
+                namespace: Some("orders_db".into()),
+            },
+        ),
     ]
 }
 
 fn rss_bytes() -> u64 {
     let statm = std::fs::read_to_string("/proc/self/statm").unwrap_or_default();
-    statm.split_whitespace().nth(1).and_then(|p| p.parse::<u64>().ok()).unwrap_or(0) * 4096
+    statm
+        .split_whitespace()
+        .nth(1)
+        .and_then(|p| p.parse::<u64>().ok())
+        .unwrap_or(0)
+        * 4096
 }
 
 fn main() {
@@ -67,7 +143,11 @@ fn main() {
     let quick = !std::env::args().any(|a| a == "--bench");
     let traces: u64 = if quick { 1_000 } else { 200_000 };
     let dir = std::env::temp_dir().join(format!("tangle-bench-{}", std::process::id()));
-    let mut model = Model::new(Baseline::open(&dir).unwrap(), Thresholds::default(), Default::default());
+    let mut model = Model::new(
+        Baseline::open(&dir).unwrap(),
+        Thresholds::default(),
+        Default::default(),
+    );
     let mut asm = Assembler::new(1, usize::MAX);
     let start = Instant::now();
     let mut spans = 0u64;
@@ -78,12 +158,20 @@ fn main() {
         }
         for done in asm.flush(t + 2) {
             let a = analyze(&done).unwrap();
-            let served: Vec<(String, bool)> = done.iter().filter(|s| s.is_entry()).map(|s| (s.service.clone(), s.error)).collect();
+            let served: Vec<(String, bool)> = done
+                .iter()
+                .filter(|s| s.is_entry())
+                .map(|s| (s.service.clone(), s.error))
+                .collect();
             model.ingest(&done[0].trace_id, &a, &served, t).unwrap();
         }
     }
     let secs = start.elapsed().as_secs_f64();
-    println!("ingest: {spans} spans in {secs:.2} s: {:.0} spans/s, {:.0} traces/s on one core", spans as f64 / secs, traces as f64 / secs);
+    println!(
+        "ingest: {spans} spans in {secs:.2} s: {:.0} spans/s, {:.0} traces/s on one core",
+        spans as f64 / secs,
+        traces as f64 / secs
+    );
 
     // Memory: a million spans held (a window that never closes).
     let in_flight: u64 = if quick { 10_000 } else { 1_000_000 };

@@ -97,7 +97,9 @@ impl Assembler {
         }
         let mut closed = Vec::new();
         while self.in_flight > self.max_spans {
-            let Some((&(_, oldest), _)) = self.by_age.first_key_value() else { break };
+            let Some((&(_, oldest), _)) = self.by_age.first_key_value() else {
+                break;
+            };
             if let Some(t) = self.close(oldest) {
                 self.stats.evicted += 1;
                 closed.push(t);
@@ -135,7 +137,9 @@ impl Assembler {
             return;
         }
         // Move the server's trace into the client's.
-        let Some(mut from) = self.pending.remove(&server_trace) else { return };
+        let Some(mut from) = self.pending.remove(&server_trace) else {
+            return;
+        };
         self.by_age.remove(&(from.last_ns, server_trace));
         let Some(to) = self.pending.get_mut(&client_trace) else {
             // The client's trace already closed: keep the server's as it was.
@@ -166,7 +170,9 @@ impl Assembler {
             // A key still pointing at this trace (or one merged into it) never met its other end.
             if let Some((t, _, _)) = self.joins.remove(key)
                 && (t == id || p.aliases.contains(&t))
-                && !p.spans.iter().any(|s| s.parent.is_some() && s.join.as_ref() == Some(key) && s.kind == SpanKind::Server)
+                && !p.spans.iter().any(|s| {
+                    s.parent.is_some() && s.join.as_ref() == Some(key) && s.kind == SpanKind::Server
+                })
             {
                 self.stats.unjoined += 1;
             }

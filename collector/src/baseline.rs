@@ -48,7 +48,10 @@ impl Baseline {
     /// Opens (or creates) the baseline in `data_dir`.
     pub fn open(data_dir: &Path) -> Result<Self, BaselineError> {
         let path = data_dir.join(Self::FILE);
-        let err = |source| BaselineError::Io { path: path.display().to_string(), source };
+        let err = |source| BaselineError::Io {
+            path: path.display().to_string(),
+            source,
+        };
         std::fs::create_dir_all(data_dir).map_err(err)?;
         let mut known = HashMap::new();
         let mut skipped_lines = 0;
@@ -64,8 +67,17 @@ impl Baseline {
                 }
             }
         }
-        let file = OpenOptions::new().create(true).append(true).open(&path).map_err(err)?;
-        Ok(Self { path, file, known, skipped_lines })
+        let file = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)
+            .map_err(err)?;
+        Ok(Self {
+            path,
+            file,
+            known,
+            skipped_lines,
+        })
     }
 
     pub fn contains(&self, signature: &str) -> bool {
@@ -90,7 +102,10 @@ impl Baseline {
         if self.known.contains_key(&entry.signature) {
             return Ok(false);
         }
-        let err = |source| BaselineError::Io { path: self.path.display().to_string(), source };
+        let err = |source| BaselineError::Io {
+            path: self.path.display().to_string(),
+            source,
+        };
         let mut line = serde_json::to_string(&entry).map_err(|e| err(e.into()))?;
         line.push('\n');
         self.file.write_all(line.as_bytes()).map_err(err)?;

@@ -86,7 +86,13 @@ pub struct TraceAnalysis {
 pub fn signature(hops: &[Hop]) -> String {
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
     for hop in hops {
-        for b in hop.service.bytes().chain([0x1f]).chain(hop.operation.bytes()).chain([0x1e]) {
+        for b in hop
+            .service
+            .bytes()
+            .chain([0x1f])
+            .chain(hop.operation.bytes())
+            .chain([0x1e])
+        {
             h ^= u64::from(b);
             h = h.wrapping_mul(0x0100_0000_01b3);
         }
@@ -133,7 +139,11 @@ impl Graph<'_> {
     }
 
     fn kids(&self, i: usize, extra: &HashMap<usize, Vec<usize>>) -> Vec<usize> {
-        let mut k = self.children.get(&self.spans[i].span_id).cloned().unwrap_or_default();
+        let mut k = self
+            .children
+            .get(&self.spans[i].span_id)
+            .cloned()
+            .unwrap_or_default();
         if let Some(e) = extra.get(&i) {
             k.extend(e);
         }
@@ -141,19 +151,32 @@ impl Graph<'_> {
     }
 
     fn callee(&self, call: usize, extra: &HashMap<usize, Vec<usize>>) -> Callee {
-        let entries: Vec<usize> = self.kids(call, extra).into_iter().filter(|&k| {
-            let s = &self.spans[k];
-            s.is_entry() || s.service != self.spans[call].service
-        }).collect();
+        let entries: Vec<usize> = self
+            .kids(call, extra)
+            .into_iter()
+            .filter(|&k| {
+                let s = &self.spans[k];
+                s.is_entry() || s.service != self.spans[call].service
+            })
+            .collect();
         if !entries.is_empty() {
             return Callee::Spans(entries);
         }
         let c = &self.spans[call];
         match &c.peer {
             Peer::Database { .. } => Callee::Database,
-            Peer::Service { name } => Callee::Leaf(Hop { service: name.clone(), operation: c.operation.clone() }),
-            Peer::Address { address } => Callee::Leaf(Hop { service: address.clone(), operation: c.operation.clone() }),
-            Peer::Unknown => Callee::Leaf(Hop { service: "unknown".into(), operation: c.operation.clone() }),
+            Peer::Service { name } => Callee::Leaf(Hop {
+                service: name.clone(),
+                operation: c.operation.clone(),
+            }),
+            Peer::Address { address } => Callee::Leaf(Hop {
+                service: address.clone(),
+                operation: c.operation.clone(),
+            }),
+            Peer::Unknown => Callee::Leaf(Hop {
+                service: "unknown".into(),
+                operation: c.operation.clone(),
+            }),
         }
     }
 }
@@ -163,7 +186,11 @@ pub fn analyze(spans: &[Span]) -> Option<TraceAnalysis> {
     if spans.is_empty() {
         return None;
     }
-    let ids: HashMap<SpanId, usize> = spans.iter().enumerate().map(|(i, s)| (s.span_id, i)).collect();
+    let ids: HashMap<SpanId, usize> = spans
+        .iter()
+        .enumerate()
+        .map(|(i, s)| (s.span_id, i))
+        .collect();
     let mut children: HashMap<SpanId, Vec<usize>> = HashMap::new();
     let mut orphans = Vec::new();
     for (i, s) in spans.iter().enumerate() {
@@ -182,7 +209,10 @@ pub fn analyze(spans: &[Span]) -> Option<TraceAnalysis> {
         let host = (0..spans.len()).find(|&c| {
             spans[c].is_call()
                 && matches!(&spans[c].peer, Peer::Service { name } if name == service)
-                && !g.kids(c, &extra).iter().any(|&k| spans[k].service == *service)
+                && !g
+                    .kids(c, &extra)
+                    .iter()
+                    .any(|&k| spans[k].service == *service)
         });
         if let Some(c) = host {
             extra.entry(c).or_default().push(o);
@@ -192,9 +222,14 @@ pub fn analyze(spans: &[Span]) -> Option<TraceAnalysis> {
     let attached: BTreeSet<usize> = extra.values().flatten().copied().collect();
     // The root: a span with no parent (or a parent never seen and not re-attached).
     let root = (0..spans.len())
-        .filter(|&i| spans[i].parent.is_none_or(|p| !ids.contains_key(&p)) && !attached.contains(&i))
+        .filter(|&i| {
+            spans[i].parent.is_none_or(|p| !ids.contains_key(&p)) && !attached.contains(&i)
+        })
         .min_by_key(|&i| (!spans[i].is_entry(), spans[i].start_ns))?;
-    let entry = Hop { service: spans[root].service.clone(), operation: spans[root].operation.clone() };
+    let entry = Hop {
+        service: spans[root].service.clone(),
+        operation: spans[root].operation.clone(),
+    };
 
     let mut out = TraceAnalysis {
         entry: entry.clone(),
@@ -224,7 +259,11 @@ pub fn analyze(spans: &[Span]) -> Option<TraceAnalysis> {
         // Whether the path goes on past this service (else it is a chain).
         let mut extended = false;
         // A root that is itself a call (a job calling out): treat it as its own call.
-        let calls = if here.is_call() && node == root { vec![node] } else { g.calls_of(node, &extra) };
+        let calls = if here.is_call() && node == root {
+            vec![node]
+        } else {
+            g.calls_of(node, &extra)
+        };
         for c in calls {
             let call = &spans[c];
             let plain = |callee: String, callee_error: bool, server_ns: Option<u64>| Call {
@@ -236,7 +275,12 @@ pub fn analyze(spans: &[Span]) -> Option<TraceAnalysis> {
                 server_ns,
                 protocol: call.protocol.clone(),
             };
-            if let Peer::Database { system, server, namespace } = &call.peer {
+            if let Peer::Database {
+                system,
+                server,
+                namespace,
+            } = &call.peer
+            {
                 let name = match namespace {
                     Some(ns) => format!("{server}/{ns}"),
                     None => server.clone(),
@@ -271,7 +315,10 @@ pub fn analyze(spans: &[Span]) -> Option<TraceAnalysis> {
                     out.calls.push(plain(hop.service.clone(), call.error, None));
                     let mut p = path.clone();
                     p.push(hop);
-                    out.chains.push(Chain { signature: signature(&p), hops: p });
+                    out.chains.push(Chain {
+                        signature: signature(&p),
+                        hops: p,
+                    });
                     extended = true;
                 }
                 Callee::Spans(targets) => {
@@ -281,17 +328,29 @@ pub fn analyze(spans: &[Span]) -> Option<TraceAnalysis> {
                         out.calls.push(plain(
                             callee.service.clone(),
                             callee.error,
-                            callee.is_entry().then(|| callee.end_ns.saturating_sub(callee.start_ns)),
+                            callee
+                                .is_entry()
+                                .then(|| callee.end_ns.saturating_sub(callee.start_ns)),
                         ));
-                        if path.iter().any(|h| h.service == callee.service) && callee.service != here.service {
-                            let mut cycle: Vec<String> = path.iter().map(|h| h.service.clone()).collect();
+                        if path.iter().any(|h| h.service == callee.service)
+                            && callee.service != here.service
+                        {
+                            let mut cycle: Vec<String> =
+                                path.iter().map(|h| h.service.clone()).collect();
                             cycle.push(callee.service.clone());
                             out.cycles.push(cycle);
                         }
                         let mut p = path.clone();
                         // An orphaned client span stands for its (missing) server span.
-                        let op = if callee.is_entry() { callee.operation.clone() } else { call.operation.clone() };
-                        p.push(Hop { service: callee.service.clone(), operation: op });
+                        let op = if callee.is_entry() {
+                            callee.operation.clone()
+                        } else {
+                            call.operation.clone()
+                        };
+                        p.push(Hop {
+                            service: callee.service.clone(),
+                            operation: op,
+                        });
                         next.push((t, p));
                         extended = true;
                     }
@@ -300,7 +359,10 @@ pub fn analyze(spans: &[Span]) -> Option<TraceAnalysis> {
         }
         out.fan_out = out.fan_out.max(callees.len());
         if !extended {
-            out.chains.push(Chain { signature: signature(&path), hops: path });
+            out.chains.push(Chain {
+                signature: signature(&path),
+                hops: path,
+            });
         }
         stack.extend(next);
     }

@@ -1,7 +1,11 @@
 //! The collector's configuration file (TOML). Every field has a default, so
 //! the collector runs with no file at all. Unknown fields are errors.
 
-use std::{collections::BTreeMap, net::SocketAddr, path::{Path, PathBuf}};
+use std::{
+    collections::BTreeMap,
+    net::SocketAddr,
+    path::{Path, PathBuf},
+};
 
 use serde::Deserialize;
 
@@ -61,12 +65,18 @@ impl Default for Config {
 
 impl Config {
     pub fn parse(text: &str, path: &str) -> Result<Self, ConfigError> {
-        toml::from_str(text).map_err(|e| ConfigError::Parse { path: path.to_owned(), message: e.to_string() })
+        toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: path.to_owned(),
+            message: e.to_string(),
+        })
     }
 
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
         let shown = path.display().to_string();
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: shown.clone(), source })?;
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: shown.clone(),
+            source,
+        })?;
         Self::parse(&text, &shown)
     }
 }
@@ -81,11 +91,17 @@ mod tests {
         let c = Config::parse("data_dir = \"/var/lib/tangle\"\n[thresholds]\nmax_sync_depth = 5\n[owners]\norders_db = \"orders\"\n", "c.toml").unwrap();
         assert_eq!(c.thresholds.max_sync_depth, 5);
         assert_eq!(c.owners["orders_db"], "orders");
-        let e = Config::parse("trace_windw_ms = 3\n", "c.toml").unwrap_err().to_string();
+        let e = Config::parse("trace_windw_ms = 3\n", "c.toml")
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("trace_windw_ms"), "{e}");
-        let e = Config::parse("[thresholds]\nmax_sync_depth = \"deep\"\n", "c.toml").unwrap_err().to_string();
+        let e = Config::parse("[thresholds]\nmax_sync_depth = \"deep\"\n", "c.toml")
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("max_sync_depth"), "{e}");
-        let e = Config::parse("http = \"not an address\"\n", "c.toml").unwrap_err().to_string();
+        let e = Config::parse("http = \"not an address\"\n", "c.toml")
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("http"), "{e}");
     }
 }

@@ -11,11 +11,16 @@ use crate::{
 };
 
 fn escape(v: &str) -> String {
-    v.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
+    v.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
 }
 
 fn labels(pairs: &[(&str, &str)]) -> String {
-    let inner: Vec<String> = pairs.iter().map(|(k, v)| format!("{k}=\"{}\"", escape(v))).collect();
+    let inner: Vec<String> = pairs
+        .iter()
+        .map(|(k, v)| format!("{k}=\"{}\"", escape(v)))
+        .collect();
     format!("{{{}}}", inner.join(","))
 }
 
@@ -26,14 +31,20 @@ impl Out {
         let _ = writeln!(self.0, "# HELP {name} {help}\n# TYPE {name} {kind}");
     }
     fn line(&mut self, name: &str, l: &[(&str, &str)], v: impl std::fmt::Display) {
-        let l = if l.is_empty() { String::new() } else { labels(l) };
+        let l = if l.is_empty() {
+            String::new()
+        } else {
+            labels(l)
+        };
         let _ = writeln!(self.0, "{name}{l} {v}");
     }
     fn histogram(&mut self, name: &str, l: &[(&str, &str)], h: &Latency) {
         let mut cumulative = 0;
         for (i, n) in h.buckets.iter().enumerate() {
             cumulative += n;
-            let le = LATENCY_BUCKETS.get(i).map_or("+Inf".to_owned(), |b| b.to_string());
+            let le = LATENCY_BUCKETS
+                .get(i)
+                .map_or("+Inf".to_owned(), |b| b.to_string());
             let mut with = l.to_vec();
             with.push(("le", &le));
             self.line(&format!("{name}_bucket"), &with, cumulative);
@@ -45,36 +56,99 @@ impl Out {
 
 pub fn render(model: &Model, assembly: &AssemblyStats, mapping: &MappingStats) -> String {
     let mut o = Out(String::new());
-    o.head("tangle_spans_received_total", "counter", "Spans received and kept.");
+    o.head(
+        "tangle_spans_received_total",
+        "counter",
+        "Spans received and kept.",
+    );
     o.line("tangle_spans_received_total", &[], mapping.accepted);
-    o.head("tangle_spans_rejected_total", "counter", "Spans rejected for bad trace or span ids.");
+    o.head(
+        "tangle_spans_rejected_total",
+        "counter",
+        "Spans rejected for bad trace or span ids.",
+    );
     o.line("tangle_spans_rejected_total", &[], mapping.bad_ids);
-    o.head("tangle_spans_duplicate_total", "counter", "Spans received twice, dropped.");
+    o.head(
+        "tangle_spans_duplicate_total",
+        "counter",
+        "Spans received twice, dropped.",
+    );
     o.line("tangle_spans_duplicate_total", &[], assembly.duplicates);
-    o.head("tangle_traces_assembled_total", "counter", "Traces assembled and analysed.");
+    o.head(
+        "tangle_traces_assembled_total",
+        "counter",
+        "Traces assembled and analysed.",
+    );
     o.line("tangle_traces_assembled_total", &[], assembly.traces);
-    o.head("tangle_traces_evicted_total", "counter", "Traces closed early because memory was at its limit.");
+    o.head(
+        "tangle_traces_evicted_total",
+        "counter",
+        "Traces closed early because memory was at its limit.",
+    );
     o.line("tangle_traces_evicted_total", &[], assembly.evicted);
-    o.head("tangle_spans_joined_total", "counter", "Server spans joined under their client span by the agents' join keys.");
+    o.head(
+        "tangle_spans_joined_total",
+        "counter",
+        "Server spans joined under their client span by the agents' join keys.",
+    );
     o.line("tangle_spans_joined_total", &[], assembly.joined);
-    o.head("tangle_join_keys_unmatched_total", "counter", "Join keys whose other end never came within the trace window.");
+    o.head(
+        "tangle_join_keys_unmatched_total",
+        "counter",
+        "Join keys whose other end never came within the trace window.",
+    );
     o.line("tangle_join_keys_unmatched_total", &[], assembly.unjoined);
-    o.head("tangle_spans_in_flight", "gauge", "Spans held while their traces are assembled.");
+    o.head(
+        "tangle_spans_in_flight",
+        "gauge",
+        "Spans held while their traces are assembled.",
+    );
     o.line("tangle_spans_in_flight", &[], assembly.spans_in_flight);
-    o.head("tangle_new_sync_chains_total", "counter", "Synchronous chains never seen before (against the persisted baseline).");
+    o.head(
+        "tangle_new_sync_chains_total",
+        "counter",
+        "Synchronous chains never seen before (against the persisted baseline).",
+    );
     o.line("tangle_new_sync_chains_total", &[], model.new_chains);
-    o.head("tangle_sync_chains", "gauge", "Distinct synchronous chains seen by this collector.");
+    o.head(
+        "tangle_sync_chains",
+        "gauge",
+        "Distinct synchronous chains seen by this collector.",
+    );
     o.line("tangle_sync_chains", &[], model.chains.len());
 
-    o.head("tangle_entry_traces_total", "counter", "Traces per entry operation.");
+    o.head(
+        "tangle_entry_traces_total",
+        "counter",
+        "Traces per entry operation.",
+    );
     for (e, s) in &model.entries {
-        o.line("tangle_entry_traces_total", &[("entry_service", &e.service), ("entry_operation", &e.operation)], s.traces);
+        o.line(
+            "tangle_entry_traces_total",
+            &[
+                ("entry_service", &e.service),
+                ("entry_operation", &e.operation),
+            ],
+            s.traces,
+        );
     }
     for (name, help) in [
-        ("tangle_sync_depth_max", "Longest synchronous chain (service-to-service hops) of the entry operation."),
-        ("tangle_sync_depth_p95", "95th percentile of the entry operation's sync depth."),
-        ("tangle_sync_fan_out_max", "Most distinct services one operation calls synchronously."),
-        ("tangle_sync_closure_services", "Services the entry operation needs up."),
+        (
+            "tangle_sync_depth_max",
+            "Longest synchronous chain (service-to-service hops) of the entry operation.",
+        ),
+        (
+            "tangle_sync_depth_p95",
+            "95th percentile of the entry operation's sync depth.",
+        ),
+        (
+            "tangle_sync_fan_out_max",
+            "Most distinct services one operation calls synchronously.",
+        ),
+        (
+            "tangle_sync_closure_services",
+            "Services the entry operation needs up.",
+        ),
     ] {
         o.head(name, "gauge", help);
         for (e, s) in &model.entries {
@@ -84,35 +158,76 @@ pub fn render(model: &Model, assembly: &AssemblyStats, mapping: &MappingStats) -
                 "tangle_sync_fan_out_max" => s.max_fan_out,
                 _ => s.closure.len(),
             };
-            o.line(name, &[("entry_service", &e.service), ("entry_operation", &e.operation)], v);
+            o.line(
+                name,
+                &[
+                    ("entry_service", &e.service),
+                    ("entry_operation", &e.operation),
+                ],
+                v,
+            );
         }
     }
-    o.head("tangle_sync_closure_availability", "gauge", "Availability the closure implies: product of its services' success rates.");
+    o.head(
+        "tangle_sync_closure_availability",
+        "gauge",
+        "Availability the closure implies: product of its services' success rates.",
+    );
     for (e, s) in &model.entries {
         if let Some(a) = model.availability(&s.closure) {
-            o.line("tangle_sync_closure_availability", &[("entry_service", &e.service), ("entry_operation", &e.operation)], a);
+            o.line(
+                "tangle_sync_closure_availability",
+                &[
+                    ("entry_service", &e.service),
+                    ("entry_operation", &e.operation),
+                ],
+                a,
+            );
         }
     }
-    o.head("tangle_sync_chain_traces_total", "counter", "Traces per synchronous chain (details: /api/chains).");
+    o.head(
+        "tangle_sync_chain_traces_total",
+        "counter",
+        "Traces per synchronous chain (details: /api/chains).",
+    );
     for (sig, c) in &model.chains {
         let depth = c.depth.to_string();
         o.line(
             "tangle_sync_chain_traces_total",
-            &[("entry_service", &c.entry.service), ("entry_operation", &c.entry.operation), ("signature", sig), ("depth", &depth)],
+            &[
+                ("entry_service", &c.entry.service),
+                ("entry_operation", &c.entry.operation),
+                ("signature", sig),
+                ("depth", &depth),
+            ],
             c.traces,
         );
     }
-    o.head("tangle_database_accessors", "gauge", "Services that access each database.");
+    o.head(
+        "tangle_database_accessors",
+        "gauge",
+        "Services that access each database.",
+    );
     for (db, users) in &model.databases {
-        o.line("tangle_database_accessors", &[("database", &db.name())], users.len());
+        o.line(
+            "tangle_database_accessors",
+            &[("database", &db.name())],
+            users.len(),
+        );
     }
     let findings = model.findings();
     let mut by_kind = std::collections::BTreeMap::new();
     for f in &findings {
         let v = serde_json::to_value(f).unwrap_or_default();
-        *by_kind.entry(v["kind"].as_str().unwrap_or("unknown").to_owned()).or_insert(0u64) += 1;
+        *by_kind
+            .entry(v["kind"].as_str().unwrap_or("unknown").to_owned())
+            .or_insert(0u64) += 1;
     }
-    o.head("tangle_findings", "gauge", "Distributed-monolith findings now, by kind (details: /api/findings).");
+    o.head(
+        "tangle_findings",
+        "gauge",
+        "Distributed-monolith findings now, by kind (details: /api/findings).",
+    );
     for (k, n) in &by_kind {
         o.line("tangle_findings", &[("kind", k)], n);
     }
@@ -125,23 +240,60 @@ pub fn render(model: &Model, assembly: &AssemblyStats, mapping: &MappingStats) -
         .iter()
         .map(|(k, e)| (k, e, ""))
         .chain(model.db_edges.iter().map(|(k, e)| (k, e, "database")))
-        .chain(model.async_edges.iter().map(|(k, e)| (k, e, "messaging_system")))
+        .chain(
+            model
+                .async_edges
+                .iter()
+                .map(|(k, e)| (k, e, "messaging_system")),
+        )
         .collect();
-    o.head("traces_service_graph_request_total", "counter", "Requests between two services.");
+    o.head(
+        "traces_service_graph_request_total",
+        "counter",
+        "Requests between two services.",
+    );
     for ((c, s), e, t) in &graph {
-        o.line("traces_service_graph_request_total", &[("client", c), ("server", s), ("connection_type", t)], e.calls);
+        o.line(
+            "traces_service_graph_request_total",
+            &[("client", c), ("server", s), ("connection_type", t)],
+            e.calls,
+        );
     }
-    o.head("traces_service_graph_request_failed_total", "counter", "Failed requests between two services.");
+    o.head(
+        "traces_service_graph_request_failed_total",
+        "counter",
+        "Failed requests between two services.",
+    );
     for ((c, s), e, t) in &graph {
-        o.line("traces_service_graph_request_failed_total", &[("client", c), ("server", s), ("connection_type", t)], e.callee_failures);
+        o.line(
+            "traces_service_graph_request_failed_total",
+            &[("client", c), ("server", s), ("connection_type", t)],
+            e.callee_failures,
+        );
     }
-    o.head("traces_service_graph_request_client_seconds", "histogram", "Request time as the client measured it.");
+    o.head(
+        "traces_service_graph_request_client_seconds",
+        "histogram",
+        "Request time as the client measured it.",
+    );
     for ((c, s), e, t) in &graph {
-        o.histogram("traces_service_graph_request_client_seconds", &[("client", c), ("server", s), ("connection_type", t)], &e.client_latency);
+        o.histogram(
+            "traces_service_graph_request_client_seconds",
+            &[("client", c), ("server", s), ("connection_type", t)],
+            &e.client_latency,
+        );
     }
-    o.head("traces_service_graph_request_server_seconds", "histogram", "Request time as the server measured it.");
+    o.head(
+        "traces_service_graph_request_server_seconds",
+        "histogram",
+        "Request time as the server measured it.",
+    );
     for ((c, s), e, t) in &graph {
-        o.histogram("traces_service_graph_request_server_seconds", &[("client", c), ("server", s), ("connection_type", t)], &e.server_latency);
+        o.histogram(
+            "traces_service_graph_request_server_seconds",
+            &[("client", c), ("server", s), ("connection_type", t)],
+            &e.server_latency,
+        );
     }
     o.0
 }

@@ -31,7 +31,13 @@ pub struct Thresholds {
 
 impl Default for Thresholds {
     fn default() -> Self {
-        Self { max_sync_depth: 3, max_closure: 5, cascade_ratio: 0.5, cascade_min_failures: 5, max_calls_per_request: 10.0 }
+        Self {
+            max_sync_depth: 3,
+            max_closure: 5,
+            cascade_ratio: 0.5,
+            cascade_min_failures: 5,
+            max_calls_per_request: 10.0,
+        }
     }
 }
 
@@ -97,7 +103,9 @@ pub struct ChainStats {
 
 /// Upper bounds (seconds) of the latency buckets, as Tempo's service graphs
 /// use, with finer steps below 100 ms for in-cluster calls.
-pub const LATENCY_BUCKETS: [f64; 12] = [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.2, 0.4, 0.8, 1.6, 3.2];
+pub const LATENCY_BUCKETS: [f64; 12] = [
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.2, 0.4, 0.8, 1.6, 3.2,
+];
 
 /// A latency histogram: counts per bucket of [`LATENCY_BUCKETS`] (the last
 /// slot is +Inf), and the sum.
@@ -111,7 +119,10 @@ pub struct Latency {
 impl Latency {
     pub fn observe(&mut self, ns: u64) {
         let s = ns as f64 / 1e9;
-        let i = LATENCY_BUCKETS.iter().position(|b| s <= *b).unwrap_or(LATENCY_BUCKETS.len());
+        let i = LATENCY_BUCKETS
+            .iter()
+            .position(|b| s <= *b)
+            .unwrap_or(LATENCY_BUCKETS.len());
         self.buckets[i] += 1;
         self.sum_seconds += s;
         self.count += 1;
@@ -179,15 +190,55 @@ pub struct Owner {
 #[derive(Clone, Debug, PartialEq, Serialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum Finding {
-    NewSyncChain { signature: String, chain: Vec<Hop>, first_seen_ns: u64, example_trace: String },
-    DeepSyncChain { entry: Hop, depth: usize, p95_depth: usize, longest: Vec<Hop> },
-    WideClosure { entry: Hop, services: BTreeSet<String>, availability: Option<f64> },
-    Cycle { services: Vec<String> },
-    CascadingFailure { caller: String, callee: String, propagated: u64, callee_failures: u64, ratio: f64 },
-    ChattyEdge { caller: String, callee: String, max_calls_per_request: u64, calls_per_request: f64 },
-    SharedDatabase { database: String, services: BTreeSet<String>, owner: Option<Owner> },
-    CrossServiceAccess { database: String, owner: Owner, accessor: String, tables: BTreeMap<String, (u64, u64)> },
-    TableWrittenByMany { database: String, table: String, services: BTreeSet<String> },
+    NewSyncChain {
+        signature: String,
+        chain: Vec<Hop>,
+        first_seen_ns: u64,
+        example_trace: String,
+    },
+    DeepSyncChain {
+        entry: Hop,
+        depth: usize,
+        p95_depth: usize,
+        longest: Vec<Hop>,
+    },
+    WideClosure {
+        entry: Hop,
+        services: BTreeSet<String>,
+        availability: Option<f64>,
+    },
+    Cycle {
+        services: Vec<String>,
+    },
+    CascadingFailure {
+        caller: String,
+        callee: String,
+        propagated: u64,
+        callee_failures: u64,
+        ratio: f64,
+    },
+    ChattyEdge {
+        caller: String,
+        callee: String,
+        max_calls_per_request: u64,
+        calls_per_request: f64,
+    },
+    SharedDatabase {
+        database: String,
+        services: BTreeSet<String>,
+        owner: Option<Owner>,
+    },
+    CrossServiceAccess {
+        database: String,
+        owner: Owner,
+        accessor: String,
+        tables: BTreeMap<String, (u64, u64)>,
+    },
+    TableWrittenByMany {
+        database: String,
+        table: String,
+        services: BTreeSet<String>,
+    },
 }
 
 pub struct Model {
@@ -214,7 +265,11 @@ fn hex(id: &[u8]) -> String {
 }
 
 impl Model {
-    pub fn new(baseline: Baseline, thresholds: Thresholds, owners: BTreeMap<String, String>) -> Self {
+    pub fn new(
+        baseline: Baseline,
+        thresholds: Thresholds,
+        owners: BTreeMap<String, String>,
+    ) -> Self {
         Self {
             thresholds,
             owners,
@@ -255,7 +310,12 @@ impl Model {
                 continue;
             }
             let example_trace = hex(trace_id);
-            let text = chain.hops.iter().map(|h| format!("{}:{}", h.service, h.operation)).collect::<Vec<_>>().join(" -> ");
+            let text = chain
+                .hops
+                .iter()
+                .map(|h| format!("{}:{}", h.service, h.operation))
+                .collect::<Vec<_>>()
+                .join(" -> ");
             let new = self.baseline.record(FirstSeen {
                 signature: chain.signature.clone(),
                 chain: text,
@@ -266,19 +326,29 @@ impl Model {
                 self.new_chains += 1;
             }
             let first = self.baseline.get(&chain.signature).cloned();
-            self.chains.insert(chain.signature.clone(), ChainStats {
-                entry: a.entry.clone(),
-                hops: chain.hops.clone(),
-                depth: chain.depth(),
-                traces: 1,
-                first_seen_ns: first.as_ref().map_or(now_ns, |f| f.first_seen_ns),
-                example_trace: first.map_or(example_trace, |f| f.example_trace),
-                new,
-            });
+            self.chains.insert(
+                chain.signature.clone(),
+                ChainStats {
+                    entry: a.entry.clone(),
+                    hops: chain.hops.clone(),
+                    depth: chain.depth(),
+                    traces: 1,
+                    first_seen_ns: first.as_ref().map_or(now_ns, |f| f.first_seen_ns),
+                    example_trace: first.map_or(example_trace, |f| f.example_trace),
+                    new,
+                },
+            );
         }
-        for (calls, edges) in [(&a.calls, &mut self.edges), (&a.publishes, &mut self.async_edges), (&a.db_calls, &mut self.db_edges)] {
+        for (calls, edges) in [
+            (&a.calls, &mut self.edges),
+            (&a.publishes, &mut self.async_edges),
+            (&a.db_calls, &mut self.db_edges),
+        ] {
             for c in calls {
-                edges.entry((c.caller.clone(), c.callee.clone())).or_default().record(c);
+                edges
+                    .entry((c.caller.clone(), c.callee.clone()))
+                    .or_default()
+                    .record(c);
             }
         }
         for ((caller, callee), n) in calls_per_edge(a) {
@@ -292,9 +362,22 @@ impl Model {
             s.failed += u64::from(*failed);
         }
         for acc in &a.db_accesses {
-            let key = DbKey { system: acc.system.clone(), server: acc.server.clone(), namespace: acc.namespace.clone() };
-            let tables = self.databases.entry(key).or_default().entry(acc.service.clone()).or_default();
-            let names = if acc.tables.is_empty() { vec!["*".to_owned()] } else { acc.tables.clone() };
+            let key = DbKey {
+                system: acc.system.clone(),
+                server: acc.server.clone(),
+                namespace: acc.namespace.clone(),
+            };
+            let tables = self
+                .databases
+                .entry(key)
+                .or_default()
+                .entry(acc.service.clone())
+                .or_default();
+            let names = if acc.tables.is_empty() {
+                vec!["*".to_owned()]
+            } else {
+                acc.tables.clone()
+            };
             for t in names {
                 let u = tables.entry(t).or_default();
                 if acc.writes {
@@ -311,15 +394,27 @@ impl Model {
     /// The configured owner, or the service that writes most (then reads most).
     pub fn owner(&self, db: &DbKey) -> Option<Owner> {
         let name = db.name();
-        let configured = self.owners.get(&name).or_else(|| db.namespace.as_ref().and_then(|ns| self.owners.get(ns)));
+        let configured = self
+            .owners
+            .get(&name)
+            .or_else(|| db.namespace.as_ref().and_then(|ns| self.owners.get(ns)));
         if let Some(service) = configured {
-            return Some(Owner { service: service.clone(), source: "configured".into() });
+            return Some(Owner {
+                service: service.clone(),
+                source: "configured".into(),
+            });
         }
         let users = self.databases.get(db)?;
         let score = |t: &BTreeMap<String, TableUse>| {
-            (t.values().map(|u| u.writes).sum::<u64>(), t.values().map(|u| u.reads).sum::<u64>())
+            (
+                t.values().map(|u| u.writes).sum::<u64>(),
+                t.values().map(|u| u.reads).sum::<u64>(),
+            )
         };
-        let (service, (w, r)) = users.iter().map(|(s, t)| (s, score(t))).max_by_key(|(s, sc)| (*sc, std::cmp::Reverse((*s).clone())))?;
+        let (service, (w, r)) = users
+            .iter()
+            .map(|(s, t)| (s, score(t)))
+            .max_by_key(|(s, sc)| (*sc, std::cmp::Reverse((*s).clone())))?;
         let total_w: u64 = users.values().map(|t| score(t).0).sum();
         Some(Owner {
             service: service.clone(),
@@ -329,7 +424,10 @@ impl Model {
 
     /// Availability the closure implies: the product of its services' success rates.
     pub fn availability(&self, closure: &BTreeSet<String>) -> Option<f64> {
-        let rates: Vec<f64> = closure.iter().filter_map(|s| self.services.get(s)?.success_rate()).collect();
+        let rates: Vec<f64> = closure
+            .iter()
+            .filter_map(|s| self.services.get(s)?.success_rate())
+            .collect();
         (!rates.is_empty()).then(|| rates.iter().product())
     }
 
@@ -355,7 +453,12 @@ impl Model {
                     .max_by_key(|c| c.depth)
                     .map(|c| c.hops.clone())
                     .unwrap_or_default();
-                out.push(Finding::DeepSyncChain { entry: entry.clone(), depth: e.max_depth, p95_depth: e.p95_depth(), longest });
+                out.push(Finding::DeepSyncChain {
+                    entry: entry.clone(),
+                    depth: e.max_depth,
+                    p95_depth: e.p95_depth(),
+                    longest,
+                });
             }
             if e.closure.len() > t.max_closure {
                 out.push(Finding::WideClosure {
@@ -366,7 +469,9 @@ impl Model {
             }
         }
         for cycle in &self.cycles {
-            out.push(Finding::Cycle { services: cycle.clone() });
+            out.push(Finding::Cycle {
+                services: cycle.clone(),
+            });
         }
         for ((caller, callee), e) in &self.edges {
             if e.callee_failures >= t.cascade_min_failures {
@@ -381,7 +486,11 @@ impl Model {
                     });
                 }
             }
-            let per_request = if e.traces > 0 { e.calls as f64 / e.traces as f64 } else { 0.0 };
+            let per_request = if e.traces > 0 {
+                e.calls as f64 / e.traces as f64
+            } else {
+                0.0
+            };
             if e.max_calls_per_trace as f64 > t.max_calls_per_request {
                 out.push(Finding::ChattyEdge {
                     caller: caller.clone(),
@@ -406,7 +515,10 @@ impl Model {
                         database: db.name(),
                         owner: owner.clone(),
                         accessor: service.clone(),
-                        tables: tables.iter().map(|(t, u)| (t.clone(), (u.reads, u.writes))).collect(),
+                        tables: tables
+                            .iter()
+                            .map(|(t, u)| (t.clone(), (u.reads, u.writes)))
+                            .collect(),
                     });
                 }
             }
@@ -419,7 +531,11 @@ impl Model {
                 }
             }
             for (table, services) in writers.into_iter().filter(|(_, s)| s.len() > 1) {
-                out.push(Finding::TableWrittenByMany { database: db.name(), table: table.clone(), services });
+                out.push(Finding::TableWrittenByMany {
+                    database: db.name(),
+                    table: table.clone(),
+                    services,
+                });
             }
         }
         out

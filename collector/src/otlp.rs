@@ -30,7 +30,13 @@ fn text(v: &AnyValue) -> Option<String> {
 
 /// The first of `keys` present among `attrs`.
 fn attr(attrs: &[KeyValue], keys: &[&str]) -> Option<String> {
-    keys.iter().find_map(|k| attrs.iter().find(|kv| kv.key == *k).and_then(|kv| kv.value.as_ref()).and_then(text))
+    keys.iter().find_map(|k| {
+        attrs
+            .iter()
+            .find(|kv| kv.key == *k)
+            .and_then(|kv| kv.value.as_ref())
+            .and_then(text)
+    })
 }
 
 fn id<const N: usize>(bytes: &[u8]) -> Option<[u8; N]> {
@@ -65,16 +71,23 @@ pub fn map_span(service: &str, s: &OtlpSpan) -> Option<Span> {
     let db_system = attr(a, &["db.system.name", "db.system"]);
     let query = attr(a, &["db.query.text", "db.statement"]);
     let namespace = attr(a, &["db.namespace", "db.name"]);
-    let server = match (attr(a, &["server.address", "net.peer.name"]), attr(a, &["server.port", "net.peer.port"])) {
+    let server = match (
+        attr(a, &["server.address", "net.peer.name"]),
+        attr(a, &["server.port", "net.peer.port"]),
+    ) {
         (Some(h), Some(p)) => Some(format!("{h}:{p}")),
         (h, _) => h,
     };
     let method = attr(a, &["http.request.method", "http.method"]);
-    let status_code: Option<u16> = attr(a, &["http.response.status_code", "http.status_code"]).and_then(|c| c.parse().ok());
+    let status_code: Option<u16> =
+        attr(a, &["http.response.status_code", "http.status_code"]).and_then(|c| c.parse().ok());
     let parsed = query.as_deref().map(sql::parse);
     let operation = if let Some(m) = &method {
         let path = attr(a, &["http.route"])
-            .or_else(|| attr(a, &["url.path", "http.target"]).map(|p| normalize_path(p.split('?').next().unwrap_or(""))))
+            .or_else(|| {
+                attr(a, &["url.path", "http.target"])
+                    .map(|p| normalize_path(p.split('?').next().unwrap_or("")))
+            })
             .unwrap_or_else(|| "/".into());
         format!("{m} {path}")
     } else if let Some(st) = &parsed {
@@ -84,7 +97,11 @@ pub fn map_span(service: &str, s: &OtlpSpan) -> Option<Span> {
         s.name.clone()
     };
     let peer = if let Some(system) = db_system.clone() {
-        Peer::Database { system, server: server.clone().unwrap_or_default(), namespace: namespace.clone() }
+        Peer::Database {
+            system,
+            server: server.clone().unwrap_or_default(),
+            namespace: namespace.clone(),
+        }
     } else if let Some(name) = attr(a, &["peer.service"]) {
         Peer::Service { name }
     } else if let Some(address) = server {
@@ -92,7 +109,10 @@ pub fn map_span(service: &str, s: &OtlpSpan) -> Option<Span> {
     } else {
         Peer::Unknown
     };
-    let failed_status = s.status.as_ref().is_some_and(|st| st.code == StatusCode::Error as i32);
+    let failed_status = s
+        .status
+        .as_ref()
+        .is_some_and(|st| st.code == StatusCode::Error as i32);
     let error = failed_status || status_code.is_some_and(|c| c >= 500);
     let (tables, writes) = match &parsed {
         Some(st) if db_system.is_some() => (

@@ -29,15 +29,29 @@ pub enum ReportError {
 
 /// GETs `/api/findings` from a running collector.
 pub fn fetch(url: &str) -> Result<Value, ReportError> {
-    let addr = url.strip_prefix("http://").map(|a| a.trim_end_matches('/')).filter(|a| a.contains(':'));
+    let addr = url
+        .strip_prefix("http://")
+        .map(|a| a.trim_end_matches('/'))
+        .filter(|a| a.contains(':'));
     let addr = addr.ok_or_else(|| ReportError::Url(url.to_owned()))?;
-    let fail = |reason: String| ReportError::Fetch { url: url.to_owned(), reason };
+    let fail = |reason: String| ReportError::Fetch {
+        url: url.to_owned(),
+        reason,
+    };
     let mut s = TcpStream::connect(addr).map_err(|e| fail(e.to_string()))?;
-    s.set_read_timeout(Some(Duration::from_secs(30))).map_err(|e| fail(e.to_string()))?;
-    write!(s, "GET /api/findings HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").map_err(|e| fail(e.to_string()))?;
+    s.set_read_timeout(Some(Duration::from_secs(30)))
+        .map_err(|e| fail(e.to_string()))?;
+    write!(
+        s,
+        "GET /api/findings HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )
+    .map_err(|e| fail(e.to_string()))?;
     let mut out = Vec::new();
     s.read_to_end(&mut out).map_err(|e| fail(e.to_string()))?;
-    let split = out.windows(4).position(|w| w == b"\r\n\r\n").ok_or_else(|| fail("no HTTP response".into()))?;
+    let split = out
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .ok_or_else(|| fail("no HTTP response".into()))?;
     if !out.starts_with(b"HTTP/1.1 200") {
         return Err(fail(String::from_utf8_lossy(&out[..split]).into_owned()));
     }
@@ -46,28 +60,56 @@ pub fn fetch(url: &str) -> Result<Value, ReportError> {
 
 const SECTIONS: &[(&str, &str)] = &[
     ("deep_sync_chain", "Deep synchronous chains"),
-    ("wide_closure", "Wide closures (services that must all be up)"),
+    (
+        "wide_closure",
+        "Wide closures (services that must all be up)",
+    ),
     ("cycle", "Circular synchronous dependencies"),
     ("cascading_failure", "Cascading failures"),
     ("chatty_edge", "Chatty APIs (calls per request)"),
     ("shared_database", "Shared databases"),
     ("cross_service_access", "Cross-service database access"),
-    ("table_written_by_many", "Tables written by more than one service"),
+    (
+        "table_written_by_many",
+        "Tables written by more than one service",
+    ),
     ("new_sync_chain", "New synchronous chains"),
 ];
 
 fn hops(v: &Value) -> String {
     v.as_array()
-        .map(|h| h.iter().map(|h| format!("{} {}", h["service"].as_str().unwrap_or("?"), h["operation"].as_str().unwrap_or(""))).collect::<Vec<_>>().join(" → "))
+        .map(|h| {
+            h.iter()
+                .map(|h| {
+                    format!(
+                        "{} {}",
+                        h["service"].as_str().unwrap_or("?"),
+                        h["operation"].as_str().unwrap_or("")
+                    )
+                })
+                .collect::<Vec<_>>()
+                .join(" → ")
+        })
         .unwrap_or_default()
 }
 
 fn list(v: &Value) -> String {
-    v.as_array().map(|a| a.iter().filter_map(Value::as_str).collect::<Vec<_>>().join(", ")).unwrap_or_default()
+    v.as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(Value::as_str)
+                .collect::<Vec<_>>()
+                .join(", ")
+        })
+        .unwrap_or_default()
 }
 
 fn entry(v: &Value) -> String {
-    format!("{} {}", v["service"].as_str().unwrap_or("?"), v["operation"].as_str().unwrap_or(""))
+    format!(
+        "{} {}",
+        v["service"].as_str().unwrap_or("?"),
+        v["operation"].as_str().unwrap_or("")
+    )
 }
 
 /// One line of evidence for a finding.
@@ -82,8 +124,15 @@ fn evidence(f: &Value) -> String {
         ),
         "wide_closure" => {
             let n = f["services"].as_array().map_or(0, Vec::len);
-            let availability = f["availability"].as_f64().map(|a| format!("; implied availability {:.3}%", a * 100.0)).unwrap_or_default();
-            format!("{} needs {n} services up: {}{availability}", entry(&f["entry"]), list(&f["services"]))
+            let availability = f["availability"]
+                .as_f64()
+                .map(|a| format!("; implied availability {:.3}%", a * 100.0))
+                .unwrap_or_default();
+            format!(
+                "{} needs {n} services up: {}{availability}",
+                entry(&f["entry"]),
+                list(&f["services"])
+            )
         }
         "cycle" => list(&f["services"]).replace(", ", " → "),
         "cascading_failure" => format!(
@@ -102,12 +151,27 @@ fn evidence(f: &Value) -> String {
             f["calls_per_request"].as_f64().unwrap_or(0.0)
         ),
         "shared_database" => {
-            let owner = f["owner"]["service"].as_str().map(|o| format!(" (owner {o}: {})", f["owner"]["source"].as_str().unwrap_or(""))).unwrap_or_default();
-            format!("{} is used by {}{owner}", f["database"].as_str().unwrap_or("?"), list(&f["services"]))
+            let owner = f["owner"]["service"]
+                .as_str()
+                .map(|o| {
+                    format!(
+                        " (owner {o}: {})",
+                        f["owner"]["source"].as_str().unwrap_or("")
+                    )
+                })
+                .unwrap_or_default();
+            format!(
+                "{} is used by {}{owner}",
+                f["database"].as_str().unwrap_or("?"),
+                list(&f["services"])
+            )
         }
         "cross_service_access" => {
             let tables = f["tables"].as_object().map(|t| {
-                t.iter().map(|(name, rw)| format!("{name} ({} reads, {} writes)", rw[0], rw[1])).collect::<Vec<_>>().join(", ")
+                t.iter()
+                    .map(|(name, rw)| format!("{name} ({} reads, {} writes)", rw[0], rw[1]))
+                    .collect::<Vec<_>>()
+                    .join(", ")
             });
             format!(
                 "{} uses {} of {}, owned by {}",
@@ -118,31 +182,56 @@ fn evidence(f: &Value) -> String {
             )
         }
         "table_written_by_many" => {
-            format!("{} in {} is written by {}", f["table"].as_str().unwrap_or("?"), f["database"].as_str().unwrap_or("?"), list(&f["services"]))
+            format!(
+                "{} in {} is written by {}",
+                f["table"].as_str().unwrap_or("?"),
+                f["database"].as_str().unwrap_or("?"),
+                list(&f["services"])
+            )
         }
-        "new_sync_chain" => format!("{} (signature {}, example trace {})", hops(&f["chain"]), f["signature"].as_str().unwrap_or(""), f["example_trace"].as_str().unwrap_or("")),
+        "new_sync_chain" => format!(
+            "{} (signature {}, example trace {})",
+            hops(&f["chain"]),
+            f["signature"].as_str().unwrap_or(""),
+            f["example_trace"].as_str().unwrap_or("")
+        ),
         other => format!("{other}: {f}"),
     }
 }
 
 /// Renders `/api/findings`' answer.
 pub fn render(findings: &Value, format: Format) -> String {
-    let all: Vec<&Value> = findings["findings"].as_array().map(|a| a.iter().collect()).unwrap_or_default();
+    let all: Vec<&Value> = findings["findings"]
+        .as_array()
+        .map(|a| a.iter().collect())
+        .unwrap_or_default();
     // New chains are news, not symptoms.
     let symptoms = all.iter().filter(|f| f["kind"] != "new_sync_chain").count();
-    let kinds: std::collections::BTreeSet<&str> = all.iter().filter(|f| f["kind"] != "new_sync_chain").filter_map(|f| f["kind"].as_str()).collect();
+    let kinds: std::collections::BTreeSet<&str> = all
+        .iter()
+        .filter(|f| f["kind"] != "new_sync_chain")
+        .filter_map(|f| f["kind"].as_str())
+        .collect();
     let verdict = if symptoms == 0 {
         "No distributed-monolith symptom found in the traffic seen so far.".to_owned()
     } else {
-        format!("{symptoms} distributed-monolith symptoms found, of {} kinds: these services are not independent.", kinds.len())
+        format!(
+            "{symptoms} distributed-monolith symptoms found, of {} kinds: these services are not independent.",
+            kinds.len()
+        )
     };
     if format == Format::Json {
-        let report = serde_json::json!({ "verdict": verdict, "symptoms": symptoms, "findings": all });
+        let report =
+            serde_json::json!({ "verdict": verdict, "symptoms": symptoms, "findings": all });
         return serde_json::to_string_pretty(&report).unwrap_or_default() + "\n";
     }
     let md = format == Format::Markdown;
     let mut out = String::new();
-    out.push_str(if md { "# Tangle coupling report\n\n" } else { "Tangle coupling report\n======================\n\n" });
+    out.push_str(if md {
+        "# Tangle coupling report\n\n"
+    } else {
+        "Tangle coupling report\n======================\n\n"
+    });
     out.push_str(&verdict);
     out.push_str("\n");
     for (kind, title) in SECTIONS {
@@ -150,7 +239,11 @@ pub fn render(findings: &Value, format: Format) -> String {
         if items.is_empty() {
             continue;
         }
-        out.push_str(&if md { format!("\n## {title} ({})\n\n", items.len()) } else { format!("\n{title} ({})\n", items.len()) });
+        out.push_str(&if md {
+            format!("\n## {title} ({})\n\n", items.len())
+        } else {
+            format!("\n{title} ({})\n", items.len())
+        });
         for f in items {
             out.push_str(if md { "- " } else { "  - " });
             out.push_str(&evidence(f));

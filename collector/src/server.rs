@@ -66,17 +66,31 @@ pub struct Collector {
 }
 
 fn now_ns() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64)
 }
 
 impl Collector {
     pub fn new(config: &Config) -> Result<Self, ServerError> {
         let baseline = Baseline::open(&config.data_dir)?;
-        log::info!("baseline: {} known chains in {}", baseline.len(), config.data_dir.display());
+        log::info!(
+            "baseline: {} known chains in {}",
+            baseline.len(),
+            config.data_dir.display()
+        );
         let model = Model::new(baseline, config.thresholds.clone(), config.owners.clone());
-        let assembler = Assembler::new(config.trace_window_ms * 1_000_000, config.max_spans_in_flight);
+        let assembler = Assembler::new(
+            config.trace_window_ms * 1_000_000,
+            config.max_spans_in_flight,
+        );
         Ok(Self {
-            inner: Arc::new(Mutex::new(Inner { assembler, model, mapping: MappingStats::default(), baseline_errors: 0 })),
+            inner: Arc::new(Mutex::new(Inner {
+                assembler,
+                model,
+                mapping: MappingStats::default(),
+                baseline_errors: 0,
+            })),
         })
     }
 
@@ -121,7 +135,10 @@ impl Collector {
         let mut text = metrics::render(&inner.model, &inner.assembler.stats, &inner.mapping);
         text.push_str("# HELP tangle_baseline_write_errors_total Chains that could not be written to the baseline.\n");
         text.push_str("# TYPE tangle_baseline_write_errors_total counter\n");
-        text.push_str(&format!("tangle_baseline_write_errors_total {}\n", inner.baseline_errors));
+        text.push_str(&format!(
+            "tangle_baseline_write_errors_total {}\n",
+            inner.baseline_errors
+        ));
         text
     }
 
@@ -140,13 +157,16 @@ impl Collector {
                 })).collect::<Vec<_>>(),
             }),
             "graph" => {
-                let edge = |(c, s): &(String, String), e: &crate::model::EdgeStats, kind: &str| serde_json::json!({
-                    "client": c, "server": s, "kind": kind, "sync": kind != "async", "protocols": e.protocols,
-                    "calls": e.calls, "failed": e.callee_failures, "propagated": e.propagated,
-                    "max_calls_per_request": e.max_calls_per_trace,
-                    "client_seconds": e.client_latency, "server_seconds": e.server_latency,
-                });
-                let mut edges: Vec<serde_json::Value> = m.edges.iter().map(|(k, e)| edge(k, e, "sync")).collect();
+                let edge = |(c, s): &(String, String), e: &crate::model::EdgeStats, kind: &str| {
+                    serde_json::json!({
+                        "client": c, "server": s, "kind": kind, "sync": kind != "async", "protocols": e.protocols,
+                        "calls": e.calls, "failed": e.callee_failures, "propagated": e.propagated,
+                        "max_calls_per_request": e.max_calls_per_trace,
+                        "client_seconds": e.client_latency, "server_seconds": e.server_latency,
+                    })
+                };
+                let mut edges: Vec<serde_json::Value> =
+                    m.edges.iter().map(|(k, e)| edge(k, e, "sync")).collect();
                 edges.extend(m.async_edges.iter().map(|(k, e)| edge(k, e, "async")));
                 edges.extend(m.db_edges.iter().map(|(k, e)| edge(k, e, "database")));
                 // Nodes: services that served requests, databases, and the
@@ -163,7 +183,9 @@ impl Collector {
                 for e in &edges {
                     for end in ["client", "server"] {
                         let name = e[end].as_str().unwrap_or_default().to_owned();
-                        nodes.entry(name.clone()).or_insert_with(|| serde_json::json!({ "name": name, "kind": "external" }));
+                        nodes.entry(name.clone()).or_insert_with(
+                            || serde_json::json!({ "name": name, "kind": "external" }),
+                        );
                     }
                 }
                 serde_json::json!({
@@ -186,7 +208,11 @@ impl Collector {
 
 fn analyse(inner: &mut Inner, trace: &[Span], now: u64) {
     let Some(a) = analyze(trace) else { return };
-    let served: Vec<(String, bool)> = trace.iter().filter(|s| s.is_entry()).map(|s| (s.service.clone(), s.error)).collect();
+    let served: Vec<(String, bool)> = trace
+        .iter()
+        .filter(|s| s.is_entry())
+        .map(|s| (s.service.clone(), s.error))
+        .collect();
     let trace_id = trace[0].trace_id;
     if let Err(e) = inner.model.ingest(&trace_id, &a, &served, now) {
         inner.baseline_errors += 1;
@@ -224,31 +250,57 @@ async fn otlp_http(State(c): State<Collector>, headers: HeaderMap, body: Bytes) 
             if json {
                 ([(header::CONTENT_TYPE, "application/json")], "{}").into_response()
             } else {
-                ([(header::CONTENT_TYPE, "application/x-protobuf")], ExportTraceServiceResponse::default().encode_to_vec())
+                (
+                    [(header::CONTENT_TYPE, "application/x-protobuf")],
+                    ExportTraceServiceResponse::default().encode_to_vec(),
+                )
                     .into_response()
             }
         }
-        Err(e) => (StatusCode::BAD_REQUEST, format!("not an OTLP trace export: {e}\n")).into_response(),
+        Err(e) => (
+            StatusCode::BAD_REQUEST,
+            format!("not an OTLP trace export: {e}\n"),
+        )
+            .into_response(),
     }
 }
 
 async fn metrics_page(State(c): State<Collector>) -> Response {
-    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], c.metrics()).into_response()
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        c.metrics(),
+    )
+        .into_response()
 }
 
-async fn api(State(c): State<Collector>, axum::extract::Path(what): axum::extract::Path<String>) -> Response {
+async fn api(
+    State(c): State<Collector>,
+    axum::extract::Path(what): axum::extract::Path<String>,
+) -> Response {
     match c.api(&what) {
         Some(v) => Json(v).into_response(),
-        None => (StatusCode::NOT_FOUND, "try /api/graph, /api/chains, /api/databases or /api/findings\n").into_response(),
+        None => (
+            StatusCode::NOT_FOUND,
+            "try /api/graph, /api/chains, /api/databases or /api/findings\n",
+        )
+            .into_response(),
     }
 }
 
-async fn bind(addr: std::net::SocketAddr, what: &'static str) -> Result<tokio::net::TcpListener, ServerError> {
-    tokio::net::TcpListener::bind(addr).await.map_err(|source| ServerError::Bind { addr, what, source })
+async fn bind(
+    addr: std::net::SocketAddr,
+    what: &'static str,
+) -> Result<tokio::net::TcpListener, ServerError> {
+    tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|source| ServerError::Bind { addr, what, source })
 }
 
 /// Runs until `shutdown` resolves; then analyses what is still open.
-pub async fn run(config: Config, shutdown: impl std::future::Future<Output = ()> + Send + 'static) -> Result<(), ServerError> {
+pub async fn run(
+    config: Config,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> Result<(), ServerError> {
     let collector = Collector::new(&config)?;
     let grpc_listener = bind(config.otlp_grpc, "OTLP/gRPC").await?;
     let http_listener = bind(config.otlp_http, "OTLP/HTTP").await?;
@@ -263,7 +315,9 @@ pub async fn run(config: Config, shutdown: impl std::future::Future<Output = ()>
     let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|s| *s).await;
     };
-    let otlp = Router::new().route("/v1/traces", post(otlp_http)).with_state(collector.clone());
+    let otlp = Router::new()
+        .route("/v1/traces", post(otlp_http))
+        .with_state(collector.clone());
     let pages = Router::new()
         .route("/metrics", get(metrics_page))
         .route("/api/{what}", get(api))
@@ -271,7 +325,10 @@ pub async fn run(config: Config, shutdown: impl std::future::Future<Output = ()>
         .with_state(collector.clone());
     let grpc = tonic::transport::Server::builder()
         .add_service(TraceServiceServer::new(Grpc(collector.clone())))
-        .serve_with_incoming_shutdown(tokio_stream::wrappers::TcpListenerStream::new(grpc_listener), stopped(stop_rx.clone()));
+        .serve_with_incoming_shutdown(
+            tokio_stream::wrappers::TcpListenerStream::new(grpc_listener),
+            stopped(stop_rx.clone()),
+        );
     let http = axum::serve(http_listener, otlp).with_graceful_shutdown(stopped(stop_rx.clone()));
     let pages = axum::serve(api_listener, pages).with_graceful_shutdown(stopped(stop_rx.clone()));
     let ticker = {

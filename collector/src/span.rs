@@ -27,7 +27,11 @@ pub enum Peer {
     /// Another service (`peer.service`, or resolved from the address).
     Service { name: String },
     /// A database (`db.system.name` + `server.address` + `db.namespace`).
-    Database { system: String, server: String, namespace: Option<String> },
+    Database {
+        system: String,
+        server: String,
+        namespace: Option<String>,
+    },
     /// Known by its address only.
     Address { address: String },
     /// Not said.

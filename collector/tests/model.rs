@@ -31,13 +31,23 @@ fn ingest(model: &mut Model, root: &Node, n: u8) {
     let mut b = Builder::new(n);
     b.serve(None, SpanKind::Server, root, 1_000);
     let a = analyze(&b.spans).unwrap();
-    let served: Vec<(String, bool)> =
-        b.spans.iter().filter(|s| s.is_entry()).map(|s| (s.service.clone(), s.error)).collect();
-    model.ingest(&[n; 16], &a, &served, 42 + u64::from(n)).unwrap();
+    let served: Vec<(String, bool)> = b
+        .spans
+        .iter()
+        .filter(|s| s.is_entry())
+        .map(|s| (s.service.clone(), s.error))
+        .collect();
+    model
+        .ingest(&[n; 16], &a, &served, 42 + u64::from(n))
+        .unwrap();
 }
 
 fn db(ns: &str, table: &str, writes: bool) -> Call {
-    Call::Db { namespace: ns.into(), tables: vec![format!("{ns}.{table}")], writes }
+    Call::Db {
+        namespace: ns.into(),
+        tables: vec![format!("{ns}.{table}")],
+        writes,
+    }
 }
 
 fn kinds(f: &[Finding]) -> Vec<&'static str> {
@@ -61,25 +71,41 @@ fn deep_chain_new_once_and_not_after_a_restart() {
     let dir = data_dir("restart");
     let checkout = linear(5); // s1 -> s2 -> s3 -> s4 -> s5: depth 4
     {
-        let mut m = Model::new(Baseline::open(&dir).unwrap(), Thresholds::default(), BTreeMap::new());
+        let mut m = Model::new(
+            Baseline::open(&dir).unwrap(),
+            Thresholds::default(),
+            BTreeMap::new(),
+        );
         ingest(&mut m, &checkout, 1);
         ingest(&mut m, &checkout, 2);
         assert_eq!(m.new_chains, 1, "reported once, not per trace");
         let f = m.findings();
         assert_eq!(kinds(&f), ["new_sync_chain", "deep_sync_chain"]);
         match &f[1] {
-            Finding::DeepSyncChain { depth, p95_depth, longest, .. } => {
+            Finding::DeepSyncChain {
+                depth,
+                p95_depth,
+                longest,
+                ..
+            } => {
                 assert_eq!((*depth, *p95_depth, longest.len()), (4, 4, 5));
             }
             other => panic!("{other:?}"),
         }
     }
-    let mut m = Model::new(Baseline::open(&dir).unwrap(), Thresholds::default(), BTreeMap::new());
+    let mut m = Model::new(
+        Baseline::open(&dir).unwrap(),
+        Thresholds::default(),
+        BTreeMap::new(),
+    );
     ingest(&mut m, &checkout, 3);
     assert_eq!(m.new_chains, 0, "seen before the restart");
     assert!(!kinds(&m.findings()).contains(&"new_sync_chain"));
     let chain = m.chains.values().next().unwrap();
-    assert_eq!(chain.first_seen_ns, 43, "first seen before the restart, by trace 1");
+    assert_eq!(
+        chain.first_seen_ns, 43,
+        "first seen before the restart, by trace 1"
+    );
     assert_eq!(chain.example_trace, "01".repeat(16));
     let _ = std::fs::remove_dir_all(dir);
 }
@@ -87,33 +113,70 @@ fn deep_chain_new_once_and_not_after_a_restart() {
 #[test]
 fn shared_database_owner_inferred_or_configured() {
     let dir = data_dir("db");
-    let orders = node("orders", vec![db("orders_db", "orders", true), db("orders_db", "orders", true)]);
-    let shipping = node("shipping", vec![db("orders_db", "addresses", true), db("orders_db", "orders", true)]);
-    let mut m = Model::new(Baseline::open(&dir).unwrap(), Thresholds::default(), BTreeMap::new());
+    let orders = node(
+        "orders",
+        vec![
+            db("orders_db", "orders", true),
+            db("orders_db", "orders", true),
+        ],
+    );
+    let shipping = node(
+        "shipping",
+        vec![
+            db("orders_db", "addresses", true),
+            db("orders_db", "orders", true),
+        ],
+    );
+    let mut m = Model::new(
+        Baseline::open(&dir).unwrap(),
+        Thresholds::default(),
+        BTreeMap::new(),
+    );
     for i in 0..3 {
         ingest(&mut m, &orders, i);
     }
     ingest(&mut m, &shipping, 10);
     let f = m.findings();
     let k = kinds(&f);
-    assert!(k.contains(&"shared_database") && k.contains(&"cross_service_access") && k.contains(&"table_written_by_many"), "{k:?}");
+    assert!(
+        k.contains(&"shared_database")
+            && k.contains(&"cross_service_access")
+            && k.contains(&"table_written_by_many"),
+        "{k:?}"
+    );
     let cross = f.iter().find_map(|f| match f {
-        Finding::CrossServiceAccess { owner, accessor, tables, .. } => Some((owner.clone(), accessor.clone(), tables.clone())),
+        Finding::CrossServiceAccess {
+            owner,
+            accessor,
+            tables,
+            ..
+        } => Some((owner.clone(), accessor.clone(), tables.clone())),
         _ => None,
     });
     let (owner, accessor, tables) = cross.unwrap();
     assert_eq!(owner.service, "orders");
-    assert!(owner.source.starts_with("inferred: most writes (6 of 8)"), "{}", owner.source);
+    assert!(
+        owner.source.starts_with("inferred: most writes (6 of 8)"),
+        "{}",
+        owner.source
+    );
     assert_eq!(accessor, "shipping");
     assert_eq!(tables["orders_db.addresses"], (0, 1));
     // Configured ownership wins over inference.
     let mut owners = BTreeMap::new();
     owners.insert("orders_db".to_owned(), "shipping".to_owned());
-    let mut m2 = Model::new(Baseline::open(&data_dir("db2")).unwrap(), Thresholds::default(), owners);
+    let mut m2 = Model::new(
+        Baseline::open(&data_dir("db2")).unwrap(),
+        Thresholds::default(),
+        owners,
+    );
     ingest(&mut m2, &orders, 1);
     ingest(&mut m2, &shipping, 2);
     let owner = m2.owner(m2.databases.keys().next().unwrap()).unwrap();
-    assert_eq!((owner.service.as_str(), owner.source.as_str()), ("shipping", "configured"));
+    assert_eq!(
+        (owner.service.as_str(), owner.source.as_str()),
+        ("shipping", "configured")
+    );
     // Databases are nodes of Grafana's service graph too.
     let metrics = tangle_collector::metrics::render(&m, &Default::default(), &Default::default());
     assert!(
@@ -126,7 +189,11 @@ fn shared_database_owner_inferred_or_configured() {
 #[test]
 fn cascades_chattiness_closure_and_cycles() {
     let dir = data_dir("edges");
-    let mut m = Model::new(Baseline::open(&dir).unwrap(), Thresholds::default(), BTreeMap::new());
+    let mut m = Model::new(
+        Baseline::open(&dir).unwrap(),
+        Thresholds::default(),
+        BTreeMap::new(),
+    );
     // pricing fails 10 times; checkout fails with it 9 times.
     for i in 0..10u8 {
         let mut pricing = node("pricing", vec![]);
@@ -136,42 +203,81 @@ fn cascades_chattiness_closure_and_cycles() {
         ingest(&mut m, &root, i);
     }
     // orders calls catalog 40 times for one request (N+1 over the network).
-    let catalog: Vec<Call> = (0..40).map(|_| Call::Sync(node("catalog", vec![]))).collect();
+    let catalog: Vec<Call> = (0..40)
+        .map(|_| Call::Sync(node("catalog", vec![])))
+        .collect();
     ingest(&mut m, &node("orders", catalog), 50);
     // gateway needs 7 services up; a -> b -> a is a cycle.
-    let wide = node("gateway", ["a", "b", "c", "d", "e", "f"].iter().map(|s| Call::Sync(node(s, vec![]))).collect());
+    let wide = node(
+        "gateway",
+        ["a", "b", "c", "d", "e", "f"]
+            .iter()
+            .map(|s| Call::Sync(node(s, vec![])))
+            .collect(),
+    );
     ingest(&mut m, &wide, 60);
-    ingest(&mut m, &node("a", vec![Call::Sync(node("b", vec![Call::Sync(node("a", vec![]))]))]), 70);
+    ingest(
+        &mut m,
+        &node(
+            "a",
+            vec![Call::Sync(node("b", vec![Call::Sync(node("a", vec![]))]))],
+        ),
+        70,
+    );
     let f = m.findings();
     let cascade = f.iter().find_map(|f| match f {
-        Finding::CascadingFailure { caller, callee, ratio, propagated, .. } => Some((caller.clone(), callee.clone(), *ratio, *propagated)),
+        Finding::CascadingFailure {
+            caller,
+            callee,
+            ratio,
+            propagated,
+            ..
+        } => Some((caller.clone(), callee.clone(), *ratio, *propagated)),
         _ => None,
     });
     assert_eq!(cascade, Some(("checkout".into(), "pricing".into(), 0.9, 9)));
     let chatty = f.iter().find_map(|f| match f {
-        Finding::ChattyEdge { caller, callee, max_calls_per_request, .. } => Some((caller.clone(), callee.clone(), *max_calls_per_request)),
+        Finding::ChattyEdge {
+            caller,
+            callee,
+            max_calls_per_request,
+            ..
+        } => Some((caller.clone(), callee.clone(), *max_calls_per_request)),
         _ => None,
     });
     assert_eq!(chatty, Some(("orders".into(), "catalog".into(), 40)));
     let wide = f.iter().find_map(|f| match f {
-        Finding::WideClosure { entry, services, availability } => Some((entry.service.clone(), services.len(), *availability)),
+        Finding::WideClosure {
+            entry,
+            services,
+            availability,
+        } => Some((entry.service.clone(), services.len(), *availability)),
         _ => None,
     });
     let (entry, n, availability) = wide.unwrap();
     assert_eq!((entry.as_str(), n), ("gateway", 7));
     // a and b also served failing-free requests: every rate is 1 here.
     assert_eq!(availability, Some(1.0));
-    assert!(f.iter().any(|f| matches!(f, Finding::Cycle { services } if services == &["a", "b", "a"])));
+    assert!(
+        f.iter()
+            .any(|f| matches!(f, Finding::Cycle { services } if services == &["a", "b", "a"]))
+    );
     // The product of the closure's success rates: checkout 1 of 10, pricing 0 of 10.
     let one = ["checkout".to_owned()].into_iter().collect();
     assert!((m.availability(&one).unwrap() - 0.1).abs() < 1e-12);
-    let both = ["checkout".to_owned(), "pricing".to_owned()].into_iter().collect();
+    let both = ["checkout".to_owned(), "pricing".to_owned()]
+        .into_iter()
+        .collect();
     assert_eq!(m.availability(&both), Some(0.0));
     let _ = std::fs::remove_dir_all(dir);
 }
 
 fn kv(key: &str, v: Value) -> KeyValue {
-    KeyValue { key: key.into(), value: Some(AnyValue { value: Some(v) }), ..KeyValue::default() }
+    KeyValue {
+        key: key.into(),
+        value: Some(AnyValue { value: Some(v) }),
+        ..KeyValue::default()
+    }
 }
 
 fn s(v: &str) -> Value {
@@ -191,22 +297,53 @@ fn otlp_spans_by_semantic_conventions() {
         attributes: attrs,
         ..OtlpSpan::default()
     };
-    let mut server = span(1, 0, 2, vec![kv("http.request.method", s("GET")), kv("url.path", s("/orders/42?x=1"))]);
-    server.status = Some(Status { code: StatusCode::Error as i32, message: String::new() });
+    let mut server = span(
+        1,
+        0,
+        2,
+        vec![
+            kv("http.request.method", s("GET")),
+            kv("url.path", s("/orders/42?x=1")),
+        ],
+    );
+    server.status = Some(Status {
+        code: StatusCode::Error as i32,
+        message: String::new(),
+    });
     let req = ExportTraceServiceRequest {
         resource_spans: vec![ResourceSpans {
-            resource: Some(Resource { attributes: vec![kv("service.name", s("orders"))], ..Resource::default() }),
+            resource: Some(Resource {
+                attributes: vec![kv("service.name", s("orders"))],
+                ..Resource::default()
+            }),
             scope_spans: vec![ScopeSpans {
                 spans: vec![
                     server,
-                    span(2, 1, 3, vec![
-                        kv("db.system.name", s("postgresql")),
-                        kv("db.namespace", s("orders_db")),
-                        kv("server.address", s("db")),
-                        kv("server.port", Value::IntValue(5432)),
-                        kv("db.query.text", s("UPDATE addresses SET street = 'x' WHERE id = 7")),
-                    ]),
-                    span(3, 1, 3, vec![kv("peer.service", s("payments")), kv("http.request.method", s("POST")), kv("http.route", s("/pay"))]),
+                    span(
+                        2,
+                        1,
+                        3,
+                        vec![
+                            kv("db.system.name", s("postgresql")),
+                            kv("db.namespace", s("orders_db")),
+                            kv("server.address", s("db")),
+                            kv("server.port", Value::IntValue(5432)),
+                            kv(
+                                "db.query.text",
+                                s("UPDATE addresses SET street = 'x' WHERE id = 7"),
+                            ),
+                        ],
+                    ),
+                    span(
+                        3,
+                        1,
+                        3,
+                        vec![
+                            kv("peer.service", s("payments")),
+                            kv("http.request.method", s("POST")),
+                            kv("http.route", s("/pay")),
+                        ],
+                    ),
                     span(0, 1, 3, vec![]),
                 ],
                 ..ScopeSpans::default()
@@ -216,18 +353,30 @@ fn otlp_spans_by_semantic_conventions() {
     };
     let mut stats = MappingStats::default();
     let spans = map_request(&req, &mut stats);
-    assert_eq!((stats.accepted, stats.bad_ids), (3, 1), "an all-zero span id is rejected");
+    assert_eq!(
+        (stats.accepted, stats.bad_ids),
+        (3, 1),
+        "an all-zero span id is rejected"
+    );
     assert_eq!(spans[0].operation, "GET /orders/{id}");
     assert!(spans[0].error && spans[0].kind == SpanKind::Server && spans[0].service == "orders");
     assert_eq!(spans[1].operation, "UPDATE orders_db.addresses");
     assert_eq!(spans[1].tables, ["orders_db.addresses"]);
     assert!(spans[1].writes);
-    assert_eq!(spans[1].peer, Peer::Database {
-        system: "postgresql".into(),
-        server: "db:5432".into(),
-        namespace: Some("orders_db".into()),
-    });
-    assert_eq!(spans[2].peer, Peer::Service { name: "payments".into() });
+    assert_eq!(
+        spans[1].peer,
+        Peer::Database {
+            system: "postgresql".into(),
+            server: "db:5432".into(),
+            namespace: Some("orders_db".into()),
+        }
+    );
+    assert_eq!(
+        spans[2].peer,
+        Peer::Service {
+            name: "payments".into()
+        }
+    );
     assert_eq!(spans[2].operation, "POST /pay");
     let a = analyze(&spans).unwrap();
     assert_eq!(a.depth, 1);
@@ -255,21 +404,54 @@ fn otlp_json_encoding() {
 fn the_coupling_report_shows_each_symptom_with_its_evidence() {
     use tangle_collector::report::{Format, render};
     let dir = data_dir("report");
-    let mut m = Model::new(Baseline::open(&dir).unwrap(), Thresholds::default(), BTreeMap::new());
+    let mut m = Model::new(
+        Baseline::open(&dir).unwrap(),
+        Thresholds::default(),
+        BTreeMap::new(),
+    );
     ingest(&mut m, &linear(5), 1);
-    ingest(&mut m, &node("orders", vec![db("orders_db", "orders", true)]), 2);
-    ingest(&mut m, &node("shipping", vec![db("orders_db", "orders", true), db("orders_db", "orders", true)]), 3);
+    ingest(
+        &mut m,
+        &node("orders", vec![db("orders_db", "orders", true)]),
+        2,
+    );
+    ingest(
+        &mut m,
+        &node(
+            "shipping",
+            vec![
+                db("orders_db", "orders", true),
+                db("orders_db", "orders", true),
+            ],
+        ),
+        3,
+    );
     let findings = serde_json::json!({ "findings": m.findings() });
     let text = render(&findings, Format::Text);
-    assert!(text.contains("distributed-monolith symptoms found"), "{text}");
+    assert!(
+        text.contains("distributed-monolith symptoms found"),
+        "{text}"
+    );
     assert!(text.contains("Deep synchronous chains (1)"), "{text}");
-    assert!(text.contains("s1 GET /s1: depth 4 (p95 4): s1 GET /s1 → s2 GET /s2"), "{text}");
-    assert!(text.contains("orders_db.orders in db:5432/orders_db is written by orders, shipping"), "{text}");
+    assert!(
+        text.contains("s1 GET /s1: depth 4 (p95 4): s1 GET /s1 → s2 GET /s2"),
+        "{text}"
+    );
+    assert!(
+        text.contains("orders_db.orders in db:5432/orders_db is written by orders, shipping"),
+        "{text}"
+    );
     assert!(text.contains("inferred: most writes"), "{text}");
     let md = render(&findings, Format::Markdown);
-    assert!(md.starts_with("# Tangle coupling report\n") && md.contains("\n## Shared databases (1)\n"), "{md}");
+    assert!(
+        md.starts_with("# Tangle coupling report\n") && md.contains("\n## Shared databases (1)\n"),
+        "{md}"
+    );
     let json: serde_json::Value = serde_json::from_str(&render(&findings, Format::Json)).unwrap();
-    assert_eq!(json["symptoms"], 4, "deep chain, shared db, cross-service access, table written by many: {json}");
+    assert_eq!(
+        json["symptoms"], 4,
+        "deep chain, shared db, cross-service access, table written by many: {json}"
+    );
     let empty = render(&serde_json::json!({ "findings": [] }), Format::Text);
     assert!(empty.contains("No distributed-monolith symptom found"));
     let _ = std::fs::remove_dir_all(dir);

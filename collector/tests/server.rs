@@ -19,7 +19,11 @@ use opentelemetry_proto::tonic::{
 use prost::Message as _;
 
 fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 struct Collector {
@@ -42,7 +46,12 @@ impl Collector {
             .stderr(Stdio::null())
             .spawn()
             .unwrap();
-        let c = Self { child, otlp_grpc, otlp_http, http };
+        let c = Self {
+            child,
+            otlp_grpc,
+            otlp_http,
+            http,
+        };
         let deadline = Instant::now() + Duration::from_secs(20);
         while request(c.http, "GET", "/healthz", "", b"").is_none() {
             assert!(Instant::now() < deadline, "the collector did not start");
@@ -53,7 +62,10 @@ impl Collector {
 
     fn stop(mut self) {
         // SIGTERM: a graceful stop that analyses what is still open.
-        let _ = Command::new("kill").arg("-TERM").arg(self.child.id().to_string()).status();
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(self.child.id().to_string())
+            .status();
         let status = self.child.wait().unwrap();
         assert!(status.success(), "stopped cleanly: {status}");
     }
@@ -67,7 +79,13 @@ impl Drop for Collector {
 }
 
 /// A minimal HTTP/1.1 exchange on loopback: (status, body).
-fn request(port: u16, method: &str, path: &str, content_type: &str, body: &[u8]) -> Option<(u16, Vec<u8>)> {
+fn request(
+    port: u16,
+    method: &str,
+    path: &str,
+    content_type: &str,
+    body: &[u8],
+) -> Option<(u16, Vec<u8>)> {
     let mut s = TcpStream::connect(("127.0.0.1", port)).ok()?;
     s.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
     let head = format!(
@@ -90,7 +108,13 @@ fn get_json(port: u16, path: &str) -> serde_json::Value {
 }
 
 fn kv(key: &str, v: &str) -> KeyValue {
-    KeyValue { key: key.into(), value: Some(AnyValue { value: Some(Value::StringValue(v.into())) }), ..KeyValue::default() }
+    KeyValue {
+        key: key.into(),
+        value: Some(AnyValue {
+            value: Some(Value::StringValue(v.into())),
+        }),
+        ..KeyValue::default()
+    }
 }
 
 /// gateway -> orders -> pricing, one trace; `trace` picks its id.
@@ -106,10 +130,18 @@ fn checkout_trace(trace: u8) -> ExportTraceServiceRequest {
         attributes: attrs,
         ..Span::default()
     };
-    let http = |method: &str, route: &str| vec![kv("http.request.method", method), kv("http.route", route)];
+    let http = |method: &str, route: &str| {
+        vec![kv("http.request.method", method), kv("http.route", route)]
+    };
     let service = |name: &str, spans: Vec<Span>| ResourceSpans {
-        resource: Some(Resource { attributes: vec![kv("service.name", name)], ..Resource::default() }),
-        scope_spans: vec![ScopeSpans { spans, ..ScopeSpans::default() }],
+        resource: Some(Resource {
+            attributes: vec![kv("service.name", name)],
+            ..Resource::default()
+        }),
+        scope_spans: vec![ScopeSpans {
+            spans,
+            ..ScopeSpans::default()
+        }],
         ..ResourceSpans::default()
     };
     let mut to_orders = http("POST", "/orders");
@@ -118,8 +150,20 @@ fn checkout_trace(trace: u8) -> ExportTraceServiceRequest {
     to_pricing.push(kv("peer.service", "pricing"));
     ExportTraceServiceRequest {
         resource_spans: vec![
-            service("gateway", vec![span(1, 0, 2, http("POST", "/checkout")), span(2, 1, 3, to_orders)]),
-            service("orders", vec![span(3, 2, 2, http("POST", "/orders")), span(4, 3, 3, to_pricing)]),
+            service(
+                "gateway",
+                vec![
+                    span(1, 0, 2, http("POST", "/checkout")),
+                    span(2, 1, 3, to_orders),
+                ],
+            ),
+            service(
+                "orders",
+                vec![
+                    span(3, 2, 2, http("POST", "/orders")),
+                    span(4, 3, 3, to_pricing),
+                ],
+            ),
             service("pricing", vec![span(5, 4, 2, http("GET", "/prices/{sku}"))]),
         ],
     }
@@ -140,7 +184,10 @@ fn wait_for(what: &str, f: impl Fn() -> bool) {
 }
 
 fn chains(port: u16) -> Vec<serde_json::Value> {
-    get_json(port, "/api/chains")["chains"].as_array().cloned().unwrap_or_default()
+    get_json(port, "/api/chains")["chains"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
 }
 
 #[test]
@@ -148,16 +195,29 @@ fn otlp_in_findings_and_metrics_out_and_the_baseline_survives() {
     let dir = data_dir("e2e");
     let c = Collector::start(&dir);
     // OTLP/HTTP protobuf.
-    let (status, _) = request(c.otlp_http, "POST", "/v1/traces", "application/x-protobuf", &checkout_trace(1).encode_to_vec()).unwrap();
+    let (status, _) = request(
+        c.otlp_http,
+        "POST",
+        "/v1/traces",
+        "application/x-protobuf",
+        &checkout_trace(1).encode_to_vec(),
+    )
+    .unwrap();
     assert_eq!(status, 200);
     // OTLP/HTTP JSON.
     let json = serde_json::to_vec(&checkout_trace(2)).unwrap();
-    let (status, _) = request(c.otlp_http, "POST", "/v1/traces", "application/json", &json).unwrap();
+    let (status, _) =
+        request(c.otlp_http, "POST", "/v1/traces", "application/json", &json).unwrap();
     assert_eq!(status, 200);
     // OTLP/gRPC.
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
     rt.block_on(async {
-        let mut client = TraceServiceClient::connect(format!("http://127.0.0.1:{}", c.otlp_grpc)).await.unwrap();
+        let mut client = TraceServiceClient::connect(format!("http://127.0.0.1:{}", c.otlp_grpc))
+            .await
+            .unwrap();
         client.export(checkout_trace(3)).await.unwrap();
     });
     // Closes the channel's connection.
@@ -169,52 +229,126 @@ fn otlp_in_findings_and_metrics_out_and_the_baseline_survives() {
     assert_eq!(ch.len(), 1, "one chain, seen three times: {ch:?}");
     assert_eq!(ch[0]["depth"], 2);
     assert_eq!(ch[0]["new"], true);
-    let hops: Vec<&str> = ch[0]["hops"].as_array().unwrap().iter().map(|h| h["service"].as_str().unwrap()).collect();
+    let hops: Vec<&str> = ch[0]["hops"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|h| h["service"].as_str().unwrap())
+        .collect();
     assert_eq!(hops, ["gateway", "orders", "pricing"]);
     let findings = get_json(c.http, "/api/findings");
-    assert!(findings["findings"].as_array().unwrap().iter().any(|f| f["kind"] == "new_sync_chain"));
+    assert!(
+        findings["findings"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|f| f["kind"] == "new_sync_chain")
+    );
     let graph = get_json(c.http, "/api/graph");
     let edges = graph["edges"].as_array().unwrap();
     assert_eq!(edges.len(), 2);
-    assert!(edges.iter().all(|e| e["kind"] == "sync" && e["protocols"] == serde_json::json!(["http"]) && e["calls"] == 3));
-    let kinds: Vec<(&str, &str)> =
-        graph["nodes"].as_array().unwrap().iter().map(|n| (n["name"].as_str().unwrap(), n["kind"].as_str().unwrap())).collect();
-    assert_eq!(kinds, [("gateway", "service"), ("orders", "service"), ("pricing", "service")]);
+    assert!(edges.iter().all(|e| e["kind"] == "sync"
+        && e["protocols"] == serde_json::json!(["http"])
+        && e["calls"] == 3));
+    let kinds: Vec<(&str, &str)> = graph["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| (n["name"].as_str().unwrap(), n["kind"].as_str().unwrap()))
+        .collect();
+    assert_eq!(
+        kinds,
+        [
+            ("gateway", "service"),
+            ("orders", "service"),
+            ("pricing", "service")
+        ]
+    );
     let (_, metrics) = request(c.http, "GET", "/metrics", "text/plain", b"").unwrap();
     let metrics = String::from_utf8(metrics).unwrap();
-    assert!(metrics.contains("tangle_new_sync_chains_total 1\n"), "{metrics}");
+    assert!(
+        metrics.contains("tangle_new_sync_chains_total 1\n"),
+        "{metrics}"
+    );
     assert!(metrics.contains("traces_service_graph_request_total{client=\"gateway\",server=\"orders\",connection_type=\"\"} 3"));
-    assert!(metrics.contains("tangle_sync_depth_max{entry_service=\"gateway\",entry_operation=\"POST /checkout\"} 2"));
-    match Command::new("promtool").args(["check", "metrics"]).stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn() {
+    assert!(metrics.contains(
+        "tangle_sync_depth_max{entry_service=\"gateway\",entry_operation=\"POST /checkout\"} 2"
+    ));
+    match Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+    {
         Ok(mut p) => {
-            p.stdin.take().unwrap().write_all(metrics.as_bytes()).unwrap();
+            p.stdin
+                .take()
+                .unwrap()
+                .write_all(metrics.as_bytes())
+                .unwrap();
             let out = p.wait_with_output().unwrap();
-            assert!(out.status.success(), "promtool: {}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+            assert!(
+                out.status.success(),
+                "promtool: {}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
         }
-        Err(_) if std::env::var_os("CI").is_some() => panic!("promtool is not installed (cargo xtask setup --test-deps)"),
+        Err(_) if std::env::var_os("CI").is_some() => {
+            panic!("promtool is not installed (cargo xtask setup --test-deps)")
+        }
         Err(_) => eprintln!("SKIPPED promtool check: promtool is not installed"),
     }
     let report = Command::new(env!("CARGO_BIN_EXE_tangle-collector"))
-        .args(["report", "--format", "markdown", "--url", &format!("http://127.0.0.1:{}", c.http)])
+        .args([
+            "report",
+            "--format",
+            "markdown",
+            "--url",
+            &format!("http://127.0.0.1:{}", c.http),
+        ])
         .output()
         .unwrap();
-    assert!(report.status.success(), "{}", String::from_utf8_lossy(&report.stderr));
+    assert!(
+        report.status.success(),
+        "{}",
+        String::from_utf8_lossy(&report.stderr)
+    );
     let report = String::from_utf8(report.stdout).unwrap();
     assert!(report.starts_with("# Tangle coupling report"), "{report}");
     assert!(report.contains("## New synchronous chains (1)"), "{report}");
-    assert!(report.contains("gateway POST /checkout → orders POST /orders → pricing GET /prices/{sku}"), "{report}");
+    assert!(
+        report.contains("gateway POST /checkout → orders POST /orders → pricing GET /prices/{sku}"),
+        "{report}"
+    );
     c.stop();
 
     // After a restart the chain is known: not new again.
     let c = Collector::start(&dir);
-    let (status, _) = request(c.otlp_http, "POST", "/v1/traces", "application/x-protobuf", &checkout_trace(4).encode_to_vec()).unwrap();
+    let (status, _) = request(
+        c.otlp_http,
+        "POST",
+        "/v1/traces",
+        "application/x-protobuf",
+        &checkout_trace(4).encode_to_vec(),
+    )
+    .unwrap();
     assert_eq!(status, 200);
     wait_for("the trace after the restart", || !chains(c.http).is_empty());
     let ch = chains(c.http);
     assert_eq!(ch[0]["new"], false, "seen before the restart");
-    assert_eq!(ch[0]["example_trace"], "01".repeat(16), "its first example, from before the restart");
+    assert_eq!(
+        ch[0]["example_trace"],
+        "01".repeat(16),
+        "its first example, from before the restart"
+    );
     let (_, metrics) = request(c.http, "GET", "/metrics", "text/plain", b"").unwrap();
-    assert!(String::from_utf8(metrics).unwrap().contains("tangle_new_sync_chains_total 0\n"));
+    assert!(
+        String::from_utf8(metrics)
+            .unwrap()
+            .contains("tangle_new_sync_chains_total 0\n")
+    );
     c.stop();
     let _ = std::fs::remove_dir_all(dir);
 }
@@ -223,10 +357,24 @@ fn otlp_in_findings_and_metrics_out_and_the_baseline_survives() {
 fn bad_input_gets_clear_errors() {
     let dir = data_dir("bad");
     let c = Collector::start(&dir);
-    let (status, body) = request(c.otlp_http, "POST", "/v1/traces", "application/json", b"{not json").unwrap();
+    let (status, body) = request(
+        c.otlp_http,
+        "POST",
+        "/v1/traces",
+        "application/json",
+        b"{not json",
+    )
+    .unwrap();
     assert_eq!(status, 400);
     assert!(String::from_utf8_lossy(&body).contains("not an OTLP trace export"));
-    let (status, _) = request(c.otlp_http, "POST", "/v1/traces", "application/x-protobuf", b"\xff\xff\xff").unwrap();
+    let (status, _) = request(
+        c.otlp_http,
+        "POST",
+        "/v1/traces",
+        "application/x-protobuf",
+        b"\xff\xff\xff",
+    )
+    .unwrap();
     assert_eq!(status, 400);
     let (status, _) = request(c.http, "GET", "/api/nothing", "text/plain", b"").unwrap();
     assert_eq!(status, 404);
@@ -234,12 +382,23 @@ fn bad_input_gets_clear_errors() {
     // A config with a misspelt field names it.
     let conf = dir.join("bad.toml");
     std::fs::write(&conf, "trace_windw_ms = 100\n").unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_tangle-collector")).arg("--config").arg(&conf).arg("check-config").output().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_tangle-collector"))
+        .arg("--config")
+        .arg(&conf)
+        .arg("check-config")
+        .output()
+        .unwrap();
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("trace_windw_ms"));
     // A report with no collector to ask says so.
-    let out = Command::new(env!("CARGO_BIN_EXE_tangle-collector")).args(["report", "--url", "http://127.0.0.1:1"]).output().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_tangle-collector"))
+        .args(["report", "--url", "http://127.0.0.1:1"])
+        .output()
+        .unwrap();
     assert!(!out.status.success());
-    assert!(String::from_utf8_lossy(&out.stderr).contains("cannot get findings from http://127.0.0.1:1"));
+    assert!(
+        String::from_utf8_lossy(&out.stderr)
+            .contains("cannot get findings from http://127.0.0.1:1")
+    );
     let _ = std::fs::remove_dir_all(dir);
 }

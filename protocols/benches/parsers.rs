@@ -12,7 +12,14 @@ use tangle_protocols::{Chunk, Connection, Side};
 type Transfers = Vec<(Side, Vec<u8>)>;
 
 fn conversation(request: &[u8], response: &[u8], n: usize) -> Transfers {
-    (0..n).flat_map(|_| [(Side::Request, request.to_vec()), (Side::Response, response.to_vec())]).collect()
+    (0..n)
+        .flat_map(|_| {
+            [
+                (Side::Request, request.to_vec()),
+                (Side::Response, response.to_vec()),
+            ]
+        })
+        .collect()
 }
 
 fn parse(transfers: &Transfers) -> usize {
@@ -27,7 +34,9 @@ fn parse(transfers: &Transfers) -> usize {
 
 /// The client side of the fixture connection with the most exchanges.
 fn busiest(fixture: &str) -> Transfers {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(fixture);
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures")
+        .join(fixture);
     let text = std::fs::read_to_string(&path).unwrap();
     let mut conns: Vec<(u64, Transfers)> = Vec::new();
     for line in text.lines() {
@@ -36,8 +45,14 @@ fn busiest(fixture: &str) -> Transfers {
             continue;
         }
         let id = v["conn_id"].as_u64().unwrap();
-        let side = if v["direction"] == "egress" { Side::Request } else { Side::Response };
-        let bytes = base64::engine::general_purpose::STANDARD.decode(v["data"].as_str().unwrap()).unwrap();
+        let side = if v["direction"] == "egress" {
+            Side::Request
+        } else {
+            Side::Response
+        };
+        let bytes = base64::engine::general_purpose::STANDARD
+            .decode(v["data"].as_str().unwrap())
+            .unwrap();
         match conns.iter_mut().find(|(i, _)| *i == id) {
             Some((_, t)) => t.push((side, bytes)),
             None => conns.push((id, vec![(side, bytes)])),
@@ -68,7 +83,11 @@ fn parsers(c: &mut Criterion) {
         N,
     );
     bench(c, "steady/http1", &http);
-    let redis = conversation(b"*3\r\n$3\r\nSET\r\n$16\r\nkey:000000000042\r\n$3\r\nxxx\r\n", b"+OK\r\n", N);
+    let redis = conversation(
+        b"*3\r\n$3\r\nSET\r\n$16\r\nkey:000000000042\r\n$3\r\nxxx\r\n",
+        b"+OK\r\n",
+        N,
+    );
     bench(c, "steady/redis", &redis);
     for (name, fixture) in [
         ("recorded/http2", "http2/curl-nghttp-nginx.jsonl"),

@@ -16,8 +16,12 @@ pub enum Protocol {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case", tag = "kind")]
 pub enum Status {
-    Ok { code: Option<String> },
-    Error { code: String },
+    Ok {
+        code: Option<String>,
+    },
+    Error {
+        code: String,
+    },
     /// No response was seen (fire-and-forget, or the connection ended first).
     NoResponse,
 }

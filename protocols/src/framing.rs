@@ -47,7 +47,14 @@ pub(crate) struct SideStream<M> {
 
 impl<M> Default for SideStream<M> {
     fn default() -> Self {
-        Self { buf: Vec::new(), skip: 0, in_body: None, buf_start_ns: 0, lost_sync: false, stats: ParserStats::default() }
+        Self {
+            buf: Vec::new(),
+            skip: 0,
+            in_body: None,
+            buf_start_ns: 0,
+            lost_sync: false,
+            stats: ParserStats::default(),
+        }
     }
 }
 
@@ -102,8 +109,12 @@ impl<M> SideStream<M> {
                 Frame::Message { head, body, msg } => {
                     let head = head.max(1).min(self.buf.len() - at);
                     at += head;
-                    self.in_body =
-                        Some(InBody { msg, start_ns: self.buf_start_ns, size: head as u64, truncated: false });
+                    self.in_body = Some(InBody {
+                        msg,
+                        start_ns: self.buf_start_ns,
+                        size: head as u64,
+                        truncated: false,
+                    });
                     self.skip = body;
                     let from_buf = body.min((self.buf.len() - at) as u64);
                     self.pass_body(from_buf);
@@ -157,7 +168,13 @@ impl<M> SideStream<M> {
 
     fn finish_body(&mut self, ts_ns: u64, done: &mut impl FnMut(Completed<M>)) {
         if let Some(b) = self.in_body.take() {
-            done(Completed { msg: b.msg, start_ns: b.start_ns, end_ns: ts_ns, size: b.size, truncated: b.truncated });
+            done(Completed {
+                msg: b.msg,
+                start_ns: b.start_ns,
+                end_ns: ts_ns,
+                size: b.size,
+                truncated: b.truncated,
+            });
         }
     }
 
@@ -175,7 +192,13 @@ impl<M> SideStream<M> {
             if self.skip != u64::MAX {
                 b.truncated = true;
             }
-            done(Completed { msg: b.msg, start_ns: b.start_ns, end_ns: ts_ns, size: b.size, truncated: b.truncated });
+            done(Completed {
+                msg: b.msg,
+                start_ns: b.start_ns,
+                end_ns: ts_ns,
+                size: b.size,
+                truncated: b.truncated,
+            });
         }
         self.skip = 0;
     }

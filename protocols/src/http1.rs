@@ -11,8 +11,9 @@ use crate::{
     normalize::normalize_path,
 };
 
-const METHODS: &[&str] =
-    &["GET", "POST", "PUT", "DELETE", "HEAD", "OPTIONS", "PATCH", "CONNECT", "TRACE"];
+const METHODS: &[&str] = &[
+    "GET", "POST", "PUT", "DELETE", "HEAD", "OPTIONS", "PATCH", "CONNECT", "TRACE",
+];
 
 /// Requests waiting for a response, at most.
 const MAX_PENDING: usize = 1024;
@@ -92,7 +93,10 @@ fn headers(head: &str) -> impl Iterator<Item = (&str, &str)> {
 }
 
 fn is_chunked(value: &str) -> bool {
-    value.rsplit(',').next().is_some_and(|last| last.trim().eq_ignore_ascii_case("chunked"))
+    value
+        .rsplit(',')
+        .next()
+        .is_some_and(|last| last.trim().eq_ignore_ascii_case("chunked"))
 }
 
 fn parse_request(b: &[u8]) -> Frame<RequestHead> {
@@ -103,16 +107,23 @@ fn parse_request(b: &[u8]) -> Frame<RequestHead> {
             Frame::Incomplete
         };
     };
-    let Ok(head) = std::str::from_utf8(&b[..end - 4]) else { return Frame::Invalid };
+    let Ok(head) = std::str::from_utf8(&b[..end - 4]) else {
+        return Frame::Invalid;
+    };
     let mut line = head.split("\r\n").next().unwrap_or_default().split(' ');
-    let (Some(method), Some(target), Some(version)) = (line.next(), line.next(), line.next()) else {
+    let (Some(method), Some(target), Some(version)) = (line.next(), line.next(), line.next())
+    else {
         return Frame::Invalid;
     };
     if !METHODS.contains(&method) || !version.starts_with("HTTP/1.") {
         return Frame::Invalid;
     }
     let path = target.split(['?', '#']).next().unwrap_or(target);
-    let mut fields = HttpFields { method: method.to_owned(), path: path.to_owned(), ..HttpFields::default() };
+    let mut fields = HttpFields {
+        method: method.to_owned(),
+        path: path.to_owned(),
+        ..HttpFields::default()
+    };
     let mut chunked = false;
     for (name, value) in headers(head) {
         match name.to_ascii_lowercase().as_str() {
@@ -127,8 +138,16 @@ fn parse_request(b: &[u8]) -> Frame<RequestHead> {
             _ => {}
         }
     }
-    let body = if chunked { 0 } else { fields.request_content_length.unwrap_or(0) };
-    Frame::Message { head: end, body, msg: RequestHead { fields, chunked } }
+    let body = if chunked {
+        0
+    } else {
+        fields.request_content_length.unwrap_or(0)
+    };
+    Frame::Message {
+        head: end,
+        body,
+        msg: RequestHead { fields, chunked },
+    }
 }
 
 fn parse_response(b: &[u8], pending: &mut VecDeque<Request>) -> Frame<ResponseHead> {
@@ -139,10 +158,16 @@ fn parse_response(b: &[u8], pending: &mut VecDeque<Request>) -> Frame<ResponseHe
             Frame::Incomplete
         };
     };
-    let Ok(head) = std::str::from_utf8(&b[..end - 4]) else { return Frame::Invalid };
+    let Ok(head) = std::str::from_utf8(&b[..end - 4]) else {
+        return Frame::Invalid;
+    };
     let mut line = head.split("\r\n").next().unwrap_or_default().splitn(3, ' ');
-    let (Some(version), Some(code)) = (line.next(), line.next()) else { return Frame::Invalid };
-    let Ok(status) = code.parse::<u16>() else { return Frame::Invalid };
+    let (Some(version), Some(code)) = (line.next(), line.next()) else {
+        return Frame::Invalid;
+    };
+    let Ok(status) = code.parse::<u16>() else {
+        return Frame::Invalid;
+    };
     if !version.starts_with("HTTP/1.") || !(100..1000).contains(&status) {
         return Frame::Invalid;
     }
@@ -165,29 +190,58 @@ fn parse_response(b: &[u8], pending: &mut VecDeque<Request>) -> Frame<ResponseHe
     } else {
         content_length.unwrap_or(u64::MAX)
     };
-    let chunked = chunked && body == 0 && !interim && !head_request && status != 204 && status != 304;
-    Frame::Message { head: end, body, msg: ResponseHead { request, status, content_length, chunked, interim } }
+    let chunked =
+        chunked && body == 0 && !interim && !head_request && status != 204 && status != 304;
+    Frame::Message {
+        head: end,
+        body,
+        msg: ResponseHead {
+            request,
+            status,
+            content_length,
+            chunked,
+            interim,
+        },
+    }
 }
 
 /// One chunk of a chunked body: `size[;ext]\r\n data \r\n`, or the last
 /// chunk with its trailers.
 fn parse_chunk<H>(b: &[u8]) -> Frame<Part<H>> {
     let Some(line_end) = b.windows(2).position(|w| w == b"\r\n") else {
-        return if b.len() > 1024 { Frame::Invalid } else { Frame::Incomplete };
+        return if b.len() > 1024 {
+            Frame::Invalid
+        } else {
+            Frame::Incomplete
+        };
     };
     let size_text = std::str::from_utf8(&b[..line_end]).unwrap_or("");
     let size_text = size_text.split(';').next().unwrap_or("").trim();
-    let Ok(size) = u64::from_str_radix(size_text, 16) else { return Frame::Invalid };
+    let Ok(size) = u64::from_str_radix(size_text, 16) else {
+        return Frame::Invalid;
+    };
     if size > 0 {
-        return Frame::Message { head: line_end + 2, body: size.saturating_add(2), msg: Part::Chunk };
+        return Frame::Message {
+            head: line_end + 2,
+            body: size.saturating_add(2),
+            msg: Part::Chunk,
+        };
     }
     // Last chunk: trailers end with an empty line.
     let rest = &b[line_end + 2..];
     if rest.starts_with(b"\r\n") {
-        return Frame::Message { head: line_end + 4, body: 0, msg: Part::End };
+        return Frame::Message {
+            head: line_end + 4,
+            body: 0,
+            msg: Part::End,
+        };
     }
     match head_end(rest) {
-        Some(end) => Frame::Message { head: line_end + 2 + end, body: 0, msg: Part::End },
+        Some(end) => Frame::Message {
+            head: line_end + 2 + end,
+            body: 0,
+            msg: Part::End,
+        },
         None => Frame::Incomplete,
     }
 }
@@ -210,7 +264,11 @@ fn next_part<H>(
     match head(b) {
         Frame::Message { head, body, msg } => {
             *chunked = is_chunked(&msg);
-            Frame::Message { head, body, msg: Part::Head(msg) }
+            Frame::Message {
+                head,
+                body,
+                msg: Part::Head(msg),
+            }
         }
         Frame::Incomplete => Frame::Incomplete,
         Frame::Invalid => Frame::Invalid,
@@ -219,10 +277,19 @@ fn next_part<H>(
 
 /// Folds a completed part into the message being assembled; returns the
 /// whole message once its last part is in.
-fn assemble<H>(slot: &mut Option<Assembling<H>>, done: Completed<Part<H>>, chunked: bool) -> Option<(Assembling<H>, u64)> {
+fn assemble<H>(
+    slot: &mut Option<Assembling<H>>,
+    done: Completed<Part<H>>,
+    chunked: bool,
+) -> Option<(Assembling<H>, u64)> {
     match done.msg {
         Part::Head(head) => {
-            let a = Assembling { head, start_ns: done.start_ns, size: done.size, truncated: done.truncated };
+            let a = Assembling {
+                head,
+                start_ns: done.start_ns,
+                size: done.size,
+                truncated: done.truncated,
+            };
             if chunked {
                 *slot = Some(a);
                 None
@@ -234,20 +301,34 @@ fn assemble<H>(slot: &mut Option<Assembling<H>>, done: Completed<Part<H>>, chunk
             let a = slot.as_mut()?;
             a.size += done.size;
             a.truncated |= done.truncated;
-            if matches!(done.msg, Part::End) { slot.take().map(|a| (a, done.end_ns)) } else { None }
+            if matches!(done.msg, Part::End) {
+                slot.take().map(|a| (a, done.end_ns))
+            } else {
+                None
+            }
         }
     }
 }
 
 impl Http1Parser {
     fn exchange(request: Request, response: Option<(Assembling<ResponseHead>, u64)>) -> Exchange {
-        let Request { mut fields, start_ns, end_ns: req_end, size: request_size, truncated: req_truncated } = request;
+        let Request {
+            mut fields,
+            start_ns,
+            end_ns: req_end,
+            size: request_size,
+            truncated: req_truncated,
+        } = request;
         let (status, end_ns, response_size, resp_truncated) = match response {
             Some((r, end_ns)) => {
                 fields.status = Some(r.head.status);
                 fields.response_content_length = r.head.content_length;
                 let code = r.head.status.to_string();
-                let status = if r.head.status >= 500 { Status::Error { code } } else { Status::Ok { code: Some(code) } };
+                let status = if r.head.status >= 500 {
+                    Status::Error { code }
+                } else {
+                    Status::Ok { code: Some(code) }
+                };
                 (status, end_ns, r.size, r.truncated)
             }
             None => (Status::NoResponse, req_end, 0, false),
@@ -288,7 +369,9 @@ impl Parser for Http1Parser {
                 );
                 for c in done {
                     let is_chunked_head = matches!(&c.msg, Part::Head(h) if h.chunked);
-                    if let Some((a, end_ns)) = assemble(&mut self.req_assembling, c, is_chunked_head) {
+                    if let Some((a, end_ns)) =
+                        assemble(&mut self.req_assembling, c, is_chunked_head)
+                    {
                         if self.pending.len() >= MAX_PENDING {
                             self.pending.pop_front();
                             self.stats.dropped_requests += 1;
@@ -315,7 +398,9 @@ impl Parser for Http1Parser {
                 );
                 for c in done {
                     let is_chunked_head = matches!(&c.msg, Part::Head(h) if h.chunked);
-                    let Some((mut a, end_ns)) = assemble(&mut self.resp_assembling, c, is_chunked_head) else {
+                    let Some((mut a, end_ns)) =
+                        assemble(&mut self.resp_assembling, c, is_chunked_head)
+                    else {
                         continue;
                     };
                     if a.head.interim {
@@ -342,7 +427,12 @@ impl Parser for Http1Parser {
                     self.stats.unmatched_responses += 1;
                     continue;
                 };
-                let a = Assembling { head, start_ns: c.start_ns, size: c.size, truncated: c.truncated };
+                let a = Assembling {
+                    head,
+                    start_ns: c.start_ns,
+                    size: c.size,
+                    truncated: c.truncated,
+                };
                 out.push(Self::exchange(req, Some((a, c.end_ns))));
             }
         }
@@ -375,14 +465,25 @@ mod tests {
         assert_eq!(ex[0].operation, "GET /a/{id}");
         assert_eq!(ex[0].response_size, 41);
         assert_eq!(ex[1].operation, "HEAD /b");
-        assert_eq!(ex[1].status, Status::Ok { code: Some("404".into()) });
+        assert_eq!(
+            ex[1].status,
+            Status::Ok {
+                code: Some("404".into())
+            }
+        );
     }
 
     #[test]
     fn chunked_response_and_until_close() {
         let (ex, _) = run(&[
-            (Side::Request, b"POST /x HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n"),
-            (Side::Response, b"HTTP/1.1 500 Oops\r\nTransfer-Encoding: chunked\r\n\r\n4\r\nwxyz\r\n"),
+            (
+                Side::Request,
+                b"POST /x HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n",
+            ),
+            (
+                Side::Response,
+                b"HTTP/1.1 500 Oops\r\nTransfer-Encoding: chunked\r\n\r\n4\r\nwxyz\r\n",
+            ),
             (Side::Response, b"0\r\n\r\n"),
             (Side::Request, b"GET /y HTTP/1.0\r\n\r\n"),
             (Side::Response, b"HTTP/1.0 200 OK\r\n\r\nbody until close"),

@@ -29,7 +29,9 @@ const MAX_HEADER_BLOCK: usize = 64 * 1024;
 
 /// The client's connection preface (`PRI * HTTP/2.0...`), or its start.
 pub fn looks_like(side: Side, first: &[u8]) -> bool {
-    side == Side::Request && first.len() >= 4 && PREFACE.starts_with(&first[..first.len().min(PREFACE.len())])
+    side == Side::Request
+        && first.len() >= 4
+        && PREFACE.starts_with(&first[..first.len().min(PREFACE.len())])
 }
 
 /// A frame's header, with the payload when the parser needs it.
@@ -45,8 +47,18 @@ struct H2Frame {
 
 fn frame(b: &[u8]) -> Frame<H2Frame> {
     if b.starts_with(PREFACE) {
-        let msg = H2Frame { kind: 0xff, flags: 0, stream: 0, payload: Vec::new(), preface: true };
-        return Frame::Message { head: PREFACE.len(), body: 0, msg };
+        let msg = H2Frame {
+            kind: 0xff,
+            flags: 0,
+            stream: 0,
+            payload: Vec::new(),
+            preface: true,
+        };
+        return Frame::Message {
+            head: PREFACE.len(),
+            body: 0,
+            msg,
+        };
     }
     if b.len() < PREFACE.len() && PREFACE.starts_with(b) || b.len() < 9 {
         return Frame::Incomplete;
@@ -66,10 +78,30 @@ fn frame(b: &[u8]) -> Frame<H2Frame> {
         if b.len() < 9 + len {
             return Frame::Incomplete;
         }
-        let msg = H2Frame { kind, flags, stream, payload: b[9..9 + len].to_vec(), preface: false };
-        return Frame::Message { head: 9 + len, body: 0, msg };
+        let msg = H2Frame {
+            kind,
+            flags,
+            stream,
+            payload: b[9..9 + len].to_vec(),
+            preface: false,
+        };
+        return Frame::Message {
+            head: 9 + len,
+            body: 0,
+            msg,
+        };
     }
-    Frame::Message { head: 9, body: len as u64, msg: H2Frame { kind, flags, stream, payload: Vec::new(), preface: false } }
+    Frame::Message {
+        head: 9,
+        body: len as u64,
+        msg: H2Frame {
+            kind,
+            flags,
+            stream,
+            payload: Vec::new(),
+            preface: false,
+        },
+    }
 }
 
 #[derive(Default)]
@@ -96,7 +128,11 @@ struct Headers {
 
 impl Default for Headers {
     fn default() -> Self {
-        Self { decoder: Decoder::new(), block: None, damaged: false }
+        Self {
+            decoder: Decoder::new(),
+            block: None,
+            damaged: false,
+        }
     }
 }
 
@@ -132,7 +168,11 @@ impl Http2Parser {
         }
         match f.kind {
             HEADERS | CONTINUATION => {
-                let h = if side == Side::Request { &mut self.req_headers } else { &mut self.resp_headers };
+                let h = if side == Side::Request {
+                    &mut self.req_headers
+                } else {
+                    &mut self.resp_headers
+                };
                 let fragment = if f.kind == HEADERS {
                     match header_fragment(f.flags, &f.payload) {
                         Some(frag) => {
@@ -143,7 +183,10 @@ impl Http2Parser {
                     }
                 } else {
                     match h.block.as_mut() {
-                        Some((stream, _, block)) if *stream == f.stream && block.len() + f.payload.len() <= MAX_HEADER_BLOCK => {
+                        Some((stream, _, block))
+                            if *stream == f.stream
+                                && block.len() + f.payload.len() <= MAX_HEADER_BLOCK =>
+                        {
                             block.extend_from_slice(&f.payload);
                             true
                         }
@@ -158,15 +201,29 @@ impl Http2Parser {
                 if f.flags & END_HEADERS == 0 {
                     return;
                 }
-                let h = if side == Side::Request { &mut self.req_headers } else { &mut self.resp_headers };
-                let Some((stream, flags, block)) = h.block.take() else { return };
+                let h = if side == Side::Request {
+                    &mut self.req_headers
+                } else {
+                    &mut self.resp_headers
+                };
+                let Some((stream, flags, block)) = h.block.take() else {
+                    return;
+                };
                 let mut pairs: Vec<(String, String)> = Vec::new();
                 let decoded = h.decoder.decode_with_cb(&block, |name, value| {
                     let name = String::from_utf8_lossy(&name).to_ascii_lowercase();
                     // Only what is kept: nothing from authorization or cookie.
                     if matches!(
                         name.as_str(),
-                        ":method" | ":path" | ":authority" | ":status" | "content-type" | "grpc-status" | "traceparent" | "b3" | "x-request-id"
+                        ":method"
+                            | ":path"
+                            | ":authority"
+                            | ":status"
+                            | "content-type"
+                            | "grpc-status"
+                            | "traceparent"
+                            | "b3"
+                            | "x-request-id"
                     ) {
                         pairs.push((name, String::from_utf8_lossy(&value).into_owned()));
                     }
@@ -201,7 +258,15 @@ impl Http2Parser {
         }
     }
 
-    fn count(&mut self, side: Side, stream: u32, start_ns: u64, end_ns: u64, size: u64, truncated: bool) {
+    fn count(
+        &mut self,
+        side: Side,
+        stream: u32,
+        start_ns: u64,
+        end_ns: u64,
+        size: u64,
+        truncated: bool,
+    ) {
         if !self.streams.contains_key(&stream) && self.streams.len() >= MAX_STREAMS {
             self.stats.dropped_requests += 1;
             return;
@@ -218,12 +283,24 @@ impl Http2Parser {
         }
     }
 
-    fn headers(&mut self, side: Side, stream: u32, pairs: Vec<(String, String)>, end_stream: bool, ts: u64, out: &mut Vec<Exchange>) {
-        let Some(s) = self.streams.get_mut(&stream) else { return };
+    fn headers(
+        &mut self,
+        side: Side,
+        stream: u32,
+        pairs: Vec<(String, String)>,
+        end_stream: bool,
+        ts: u64,
+        out: &mut Vec<Exchange>,
+    ) {
+        let Some(s) = self.streams.get_mut(&stream) else {
+            return;
+        };
         for (name, value) in pairs {
             match (side, name.as_str()) {
                 (Side::Request, ":method") => s.fields.method = value,
-                (Side::Request, ":path") => s.fields.path = value.split(['?', '#']).next().unwrap_or("").to_owned(),
+                (Side::Request, ":path") => {
+                    s.fields.path = value.split(['?', '#']).next().unwrap_or("").to_owned()
+                }
                 (Side::Request, ":authority") => s.fields.host = Some(value),
                 (Side::Request, "content-type") => s.grpc = value.starts_with("application/grpc"),
                 (Side::Request, "traceparent") => s.fields.trace.traceparent = Some(value),
@@ -248,8 +325,16 @@ impl Http2Parser {
         }
     }
 
-    fn finish_stream(&mut self, stream: u32, end_ns: u64, responded: bool, out: &mut Vec<Exchange>) {
-        let Some(s) = self.streams.remove(&stream) else { return };
+    fn finish_stream(
+        &mut self,
+        stream: u32,
+        end_ns: u64,
+        responded: bool,
+        out: &mut Vec<Exchange>,
+    ) {
+        let Some(s) = self.streams.remove(&stream) else {
+            return;
+        };
         if s.fields.method.is_empty() && s.fields.path.is_empty() {
             // Headers lost to a gap: nothing to name the exchange by.
             self.stats.unmatched_responses += 1;
@@ -266,12 +351,22 @@ impl Http2Parser {
         let status = match (&grpc, s.fields.status) {
             _ if !responded || !s.responded => Status::NoResponse,
             (Some(g), _) => match g.status.as_deref() {
-                Some("0") => Status::Ok { code: Some("0".into()) },
-                Some(code) => Status::Error { code: code.to_owned() },
-                None => Status::Error { code: "missing grpc-status".into() },
+                Some("0") => Status::Ok {
+                    code: Some("0".into()),
+                },
+                Some(code) => Status::Error {
+                    code: code.to_owned(),
+                },
+                None => Status::Error {
+                    code: "missing grpc-status".into(),
+                },
             },
-            (None, Some(code)) if code >= 500 => Status::Error { code: code.to_string() },
-            (None, code) => Status::Ok { code: code.map(|c| c.to_string()) },
+            (None, Some(code)) if code >= 500 => Status::Error {
+                code: code.to_string(),
+            },
+            (None, code) => Status::Ok {
+                code: code.map(|c| c.to_string()),
+            },
         };
         let operation = match &grpc {
             Some(g) => format!("grpc {}/{}", g.service, g.method),
@@ -302,12 +397,25 @@ impl Parser for Http2Parser {
     fn feed(&mut self, chunk: Chunk<'_>, out: &mut Vec<Exchange>) {
         let side = chunk.side;
         let mut done = Vec::new();
-        let stream = if side == Side::Request { &mut self.requests } else { &mut self.responses };
+        let stream = if side == Side::Request {
+            &mut self.requests
+        } else {
+            &mut self.responses
+        };
         let desyncs = stream.stats.desyncs;
         // After a gap, a transfer that starts with a plausible frame header regains sync.
-        stream.feed(chunk, frame, |b| b.len() >= 9 && b[3] <= CONTINUATION, |c| done.push(c));
+        stream.feed(
+            chunk,
+            frame,
+            |b| b.len() >= 9 && b[3] <= CONTINUATION,
+            |c| done.push(c),
+        );
         if stream.stats.desyncs != desyncs {
-            let h = if side == Side::Request { &mut self.req_headers } else { &mut self.resp_headers };
+            let h = if side == Side::Request {
+                &mut self.req_headers
+            } else {
+                &mut self.resp_headers
+            };
             h.damaged = true;
             h.block = None;
         }

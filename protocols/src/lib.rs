@@ -19,7 +19,10 @@ pub mod postgres;
 pub mod redis;
 pub mod sql;
 
-pub use exchange::{Exchange, Fields, GrpcFields, HttpFields, Protocol, RedisFields, SqlFields, Status, TraceContext};
+pub use exchange::{
+    Exchange, Fields, GrpcFields, HttpFields, Protocol, RedisFields, SqlFields, Status,
+    TraceContext,
+};
 
 /// Which way bytes flow, relative to the call: client to server carries
 /// requests, server to client carries responses.
@@ -44,7 +47,12 @@ pub struct Chunk<'a> {
 impl<'a> Chunk<'a> {
     /// A chunk whose bytes were captured whole.
     pub fn whole(side: Side, ts_ns: u64, bytes: &'a [u8]) -> Self {
-        Self { side, ts_ns, bytes, total_len: bytes.len() as u64 }
+        Self {
+            side,
+            ts_ns,
+            bytes,
+            total_len: bytes.len() as u64,
+        }
     }
 
     /// Bytes of the transfer that were not captured.
@@ -150,7 +158,12 @@ impl Connection {
             self.undetected_chunks += 1;
             return;
         }
-        self.held.push((chunk.side, chunk.ts_ns, chunk.bytes.to_vec(), chunk.total_len));
+        self.held.push((
+            chunk.side,
+            chunk.ts_ns,
+            chunk.bytes.to_vec(),
+            chunk.total_len,
+        ));
         // Detect on the start of this side's stream, while it is captured whole.
         let mut first = Vec::new();
         for (side, _, bytes, total) in &self.held {
@@ -165,7 +178,15 @@ impl Connection {
             Some(p) => {
                 let mut parser = parser_for(p);
                 for (side, ts_ns, bytes, total_len) in self.held.drain(..) {
-                    parser.feed(Chunk { side, ts_ns, bytes: &bytes, total_len }, out);
+                    parser.feed(
+                        Chunk {
+                            side,
+                            ts_ns,
+                            bytes: &bytes,
+                            total_len,
+                        },
+                        out,
+                    );
                 }
                 self.parser = Some(parser);
             }
@@ -174,7 +195,8 @@ impl Connection {
             // are held until the client has said enough.
             None if chunk.side == Side::Request
                 && (first.len() >= Self::DETECT_BYTES
-                    || self.held.iter().filter(|h| h.0 == Side::Request).count() >= Self::DETECT_TRIES)
+                    || self.held.iter().filter(|h| h.0 == Side::Request).count()
+                        >= Self::DETECT_TRIES)
                 || self.held.iter().map(|h| h.2.len()).sum::<usize>() > Self::DETECT_HELD_BYTES =>
             {
                 // Long enough and still unknown: not a protocol we parse.
@@ -199,7 +221,10 @@ impl Connection {
 
 /// Feeds whole transfers, one per timestamp, then finishes at 99.
 #[cfg(test)]
-pub(crate) fn run_parser(mut p: impl Parser, chunks: &[(Side, &[u8])]) -> (Vec<Exchange>, ParserStats) {
+pub(crate) fn run_parser(
+    mut p: impl Parser,
+    chunks: &[(Side, &[u8])],
+) -> (Vec<Exchange>, ParserStats) {
     let mut out = Vec::new();
     for (i, (side, bytes)) in chunks.iter().enumerate() {
         p.feed(Chunk::whole(*side, i as u64, bytes), &mut out);

@@ -41,7 +41,10 @@ pub fn looks_like(side: Side, first: &[u8]) -> bool {
     first[3] == 0
         && first[4] == 10
         && (32..1024).contains(&len)
-        && first[5..].iter().take_while(|&&b| b != 0).all(|b| b.is_ascii_graphic())
+        && first[5..]
+            .iter()
+            .take_while(|&&b| b != 0)
+            .all(|b| b.is_ascii_graphic())
         && first[5..].contains(&0)
 }
 
@@ -58,18 +61,35 @@ fn frame(b: &[u8]) -> Frame<Packet> {
     let seq = b[3];
     let have = b.len() - 4;
     if have >= len {
-        return Frame::Message { head: 4 + len, body: 0, msg: Packet { seq, payload: b[4..4 + len].to_vec() } };
+        return Frame::Message {
+            head: 4 + len,
+            body: 0,
+            msg: Packet {
+                seq,
+                payload: b[4..4 + len].to_vec(),
+            },
+        };
     }
     if len <= MAX_PAYLOAD {
         return Frame::Incomplete;
     }
     let keep = have.min(MAX_PAYLOAD);
-    Frame::Message { head: 4 + keep, body: (len - keep) as u64, msg: Packet { seq, payload: b[4..4 + keep].to_vec() } }
+    Frame::Message {
+        head: 4 + keep,
+        body: (len - keep) as u64,
+        msg: Packet {
+            seq,
+            payload: b[4..4 + keep].to_vec(),
+        },
+    }
 }
 
 fn cstr(b: &[u8]) -> (&str, &[u8]) {
     let end = b.iter().position(|&c| c == 0).unwrap_or(b.len());
-    (std::str::from_utf8(&b[..end]).unwrap_or(""), b.get(end + 1..).unwrap_or_default())
+    (
+        std::str::from_utf8(&b[..end]).unwrap_or(""),
+        b.get(end + 1..).unwrap_or_default(),
+    )
 }
 
 /// A length-encoded integer and the rest.
@@ -184,7 +204,9 @@ impl MysqlParser {
             COM_INIT_DB => self.database = Some(text()),
             COM_STMT_PREPARE => cmd.prepare = Some(text()),
             COM_STMT_EXECUTE | COM_STMT_CLOSE | COM_STMT_SEND_LONG_DATA | COM_STMT_RESET => {
-                let id = p.get(1..5).map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]));
+                let id = p
+                    .get(1..5)
+                    .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]));
                 cmd.statement = id.and_then(|id| self.statements.get(&id).cloned());
                 if code == COM_STMT_CLOSE
                     && let Some(id) = id
@@ -257,8 +279,12 @@ impl MysqlParser {
             if p.first() == Some(&0xfe) && p.len() < 9 {
                 p.get(3..5).map_or(0, |s| u16::from_le_bytes([s[0], s[1]]))
             } else {
-                let rest = lenenc(&p[1..]).and_then(|(_, r)| lenenc(r)).map(|(_, r)| r).unwrap_or_default();
-                rest.get(..2).map_or(0, |s| u16::from_le_bytes([s[0], s[1]]))
+                let rest = lenenc(&p[1..])
+                    .and_then(|(_, r)| lenenc(r))
+                    .map(|(_, r)| r)
+                    .unwrap_or_default();
+                rest.get(..2)
+                    .map_or(0, |s| u16::from_le_bytes([s[0], s[1]]))
             }
         };
         let expect = self.expect.unwrap_or(Expect::First);
@@ -280,7 +306,11 @@ impl MysqlParser {
                         self.statements.clear();
                     }
                     self.statements.insert(id, query);
-                    let eofs = if self.deprecate_eof { 0 } else { u64::from(params > 0) + u64::from(columns > 0) };
+                    let eofs = if self.deprecate_eof {
+                        0
+                    } else {
+                        u64::from(params > 0) + u64::from(columns > 0)
+                    };
                     let left = params + columns + eofs;
                     if left == 0 {
                         true
@@ -293,7 +323,10 @@ impl MysqlParser {
                 } else {
                     match lenenc(p) {
                         Some((n, _)) if n > 0 => {
-                            self.expect = Some(Expect::Columns { left: n, eof: !self.deprecate_eof });
+                            self.expect = Some(Expect::Columns {
+                                left: n,
+                                eof: !self.deprecate_eof,
+                            });
                             false
                         }
                         _ => {
@@ -307,7 +340,10 @@ impl MysqlParser {
                 // `left` counts column definitions still to come; 0 means
                 // this packet is the EOF after them.
                 self.expect = Some(match left {
-                    2.. => Expect::Columns { left: left - 1, eof },
+                    2.. => Expect::Columns {
+                        left: left - 1,
+                        eof,
+                    },
                     1 if eof => Expect::Columns { left: 0, eof },
                     _ => Expect::Rows,
                 });
@@ -348,7 +384,9 @@ impl MysqlParser {
         let text = cmd.statement.as_deref().or(cmd.prepare.as_deref());
         let parsed = text.map(sql::parse);
         let verb = match cmd.code {
-            COM_QUERY | COM_STMT_PREPARE | COM_STMT_EXECUTE => parsed.as_ref().map(|s| s.verb.clone()),
+            COM_QUERY | COM_STMT_PREPARE | COM_STMT_EXECUTE => {
+                parsed.as_ref().map(|s| s.verb.clone())
+            }
             _ => None,
         };
         let command = match cmd.code {
@@ -363,7 +401,10 @@ impl MysqlParser {
             0x0e => "PING",
             _ => "COMMAND",
         };
-        let tables = parsed.as_ref().map(|s| s.qualified_tables(self.database.as_deref(), true)).unwrap_or_default();
+        let tables = parsed
+            .as_ref()
+            .map(|s| s.qualified_tables(self.database.as_deref(), true))
+            .unwrap_or_default();
         let name = match (cmd.code, verb.filter(|v| !v.is_empty())) {
             (COM_STMT_PREPARE, Some(v)) => format!("PREPARE {v}"),
             (_, Some(v)) => v,
@@ -371,18 +412,15 @@ impl MysqlParser {
         };
         let operation = sql::operation(&name, &tables);
         let (status, end_ns, response_size, resp_truncated) = match reply {
-            Some((end, r)) => (
-                Status::from_error(r.error),
-                end,
-                r.size,
-                r.truncated,
-            ),
+            Some((end, r)) => (Status::from_error(r.error), end, r.size, r.truncated),
             None => (Status::NoResponse, cmd.end_ns, 0, false),
         };
         // A statement id whose PREPARE was not seen (a capture gap, or
         // before the capture started): the operation lacks its statement.
-        let statement_unknown =
-            matches!(cmd.code, COM_STMT_EXECUTE | COM_STMT_CLOSE | COM_STMT_SEND_LONG_DATA | COM_STMT_RESET) && parsed.is_none();
+        let statement_unknown = matches!(
+            cmd.code,
+            COM_STMT_EXECUTE | COM_STMT_CLOSE | COM_STMT_SEND_LONG_DATA | COM_STMT_RESET
+        ) && parsed.is_none();
         Exchange {
             protocol: Protocol::Mysql,
             operation,
@@ -437,7 +475,12 @@ impl Parser for MysqlParser {
             }
             Side::Response => {
                 let desyncs = self.responses.stats.desyncs;
-                self.responses.feed(chunk, frame, |b| b.len() >= 5 && b[3] == 1, |c| done.push(c));
+                self.responses.feed(
+                    chunk,
+                    frame,
+                    |b| b.len() >= 5 && b[3] == 1,
+                    |c| done.push(c),
+                );
                 if self.responses.stats.desyncs != desyncs {
                     // The reply in flight lost packets: end it here, marked.
                     self.expect = None;

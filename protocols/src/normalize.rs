@@ -27,7 +27,12 @@ fn placeholder(seg: &str) -> Option<&'static str> {
         return Some("{hash}");
     }
     // Long tokens mixing letters and digits (base64 ids, slugs with ids).
-    if seg.len() >= 20 && digits > 0 && seg.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_') {
+    if seg.len() >= 20
+        && digits > 0
+        && seg
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+    {
         return Some("{id}");
     }
     None
@@ -49,8 +54,14 @@ mod tests {
     #[test]
     fn templates_identifiers() {
         assert_eq!(normalize_path("/orders/123"), "/orders/{id}");
-        assert_eq!(normalize_path("/u/550e8400-e29b-41d4-a716-446655440000/x"), "/u/{uuid}/x");
-        assert_eq!(normalize_path("/blob/9f86d081884c7d659a2feaa0c55ad015"), "/blob/{hash}");
+        assert_eq!(
+            normalize_path("/u/550e8400-e29b-41d4-a716-446655440000/x"),
+            "/u/{uuid}/x"
+        );
+        assert_eq!(
+            normalize_path("/blob/9f86d081884c7d659a2feaa0c55ad015"),
+            "/blob/{hash}"
+        );
         assert_eq!(normalize_path("/t/dGhpcyBpcyBhIHRva2VuMTIz"), "/t/{id}");
         assert_eq!(normalize_path("/v1/health"), "/v1/health");
         assert_eq!(normalize_path("/"), "/");

@@ -54,7 +54,11 @@ fn be32(b: &[u8]) -> usize {
 /// Frames `type + length + payload` messages; `untyped` for the client's
 /// first messages, which have no type byte.
 fn frame(b: &[u8], untyped: bool) -> Frame<Message> {
-    let (kind, at) = if untyped { (0, 0) } else { (*b.first().unwrap_or(&0), 1) };
+    let (kind, at) = if untyped {
+        (0, 0)
+    } else {
+        (*b.first().unwrap_or(&0), 1)
+    };
     if b.len() < at + 4 {
         return Frame::Incomplete;
     }
@@ -66,7 +70,14 @@ fn frame(b: &[u8], untyped: bool) -> Frame<Message> {
     let start = at + 4;
     let have = b.len() - start;
     if have >= payload_len {
-        return Frame::Message { head: start + payload_len, body: 0, msg: Message { kind, payload: b[start..start + payload_len].to_vec() } };
+        return Frame::Message {
+            head: start + payload_len,
+            body: 0,
+            msg: Message {
+                kind,
+                payload: b[start..start + payload_len].to_vec(),
+            },
+        };
     }
     if payload_len <= MAX_PAYLOAD {
         return Frame::Incomplete;
@@ -76,13 +87,19 @@ fn frame(b: &[u8], untyped: bool) -> Frame<Message> {
     Frame::Message {
         head: start + keep,
         body: (payload_len - keep) as u64,
-        msg: Message { kind, payload: b[start..start + keep].to_vec() },
+        msg: Message {
+            kind,
+            payload: b[start..start + keep].to_vec(),
+        },
     }
 }
 
 fn cstr(b: &[u8]) -> (&str, &[u8]) {
     let end = b.iter().position(|&c| c == 0).unwrap_or(b.len());
-    (std::str::from_utf8(&b[..end]).unwrap_or(""), b.get(end + 1..).unwrap_or_default())
+    (
+        std::str::from_utf8(&b[..end]).unwrap_or(""),
+        b.get(end + 1..).unwrap_or_default(),
+    )
 }
 
 /// A request being gathered: a simple query, or extended messages up to Sync.
@@ -134,7 +151,11 @@ impl PostgresParser {
     fn client_message(&mut self, c: Completed<Message>) {
         let m = &c.msg;
         if m.kind == 0 {
-            let code = if m.payload.len() >= 4 { be32(&m.payload) as u32 } else { 0 };
+            let code = if m.payload.len() >= 4 {
+                be32(&m.payload) as u32
+            } else {
+                0
+            };
             match code {
                 SSL_REQUEST | GSS_REQUEST => self.awaiting_ssl_answer = true,
                 PROTOCOL_3 => {
@@ -178,7 +199,9 @@ impl PostgresParser {
                     }
                     self.statements.insert(name.to_owned(), query.to_owned());
                 }
-                self.gathering.statement.get_or_insert_with(|| query.to_owned());
+                self.gathering
+                    .statement
+                    .get_or_insert_with(|| query.to_owned());
             }
             b'B' => {
                 let (_portal, rest) = cstr(&m.payload);
@@ -253,19 +276,20 @@ impl PostgresParser {
 
     fn exchange(&self, req: Request, reply: Option<(u64, Reply)>) -> Exchange {
         let parsed = req.statement.as_deref().map(sql::parse);
-        let verb = parsed.as_ref().map(|s| s.verb.clone()).filter(|v| !v.is_empty()).unwrap_or_else(|| "UNKNOWN".into());
+        let verb = parsed
+            .as_ref()
+            .map(|s| s.verb.clone())
+            .filter(|v| !v.is_empty())
+            .unwrap_or_else(|| "UNKNOWN".into());
         // Without a database in the startup, PostgreSQL uses the user's name.
         let db = self.database.as_deref().or(self.user.as_deref());
-        let tables = parsed.as_ref().map(|s| s.qualified_tables(db, false)).unwrap_or_default();
+        let tables = parsed
+            .as_ref()
+            .map(|s| s.qualified_tables(db, false))
+            .unwrap_or_default();
         let operation = sql::operation(&verb, &tables);
         let (status, end_ns, response_size, resp_truncated, tag) = match reply {
-            Some((end, r)) => (
-                Status::from_error(r.error),
-                end,
-                r.size,
-                r.truncated,
-                r.tag,
-            ),
+            Some((end, r)) => (Status::from_error(r.error), end, r.size, r.truncated, r.tag),
             None => (Status::NoResponse, req.end_ns, 0, false, None),
         };
         Exchange {
@@ -313,7 +337,14 @@ impl Parser for PostgresParser {
                     |b| {
                         let f = frame(b, untyped_left);
                         // Only the first message(s) are untyped: after a startup message, typed ones follow.
-                        if let Frame::Message { msg: Message { kind: 0, ref payload }, .. } = f
+                        if let Frame::Message {
+                            msg:
+                                Message {
+                                    kind: 0,
+                                    ref payload,
+                                },
+                            ..
+                        } = f
                             && payload.len() >= 4
                             && be32(payload) as u32 == PROTOCOL_3
                         {
@@ -321,7 +352,10 @@ impl Parser for PostgresParser {
                         }
                         f
                     },
-                    |b| b.first().is_some_and(|c| CLIENT_TYPES.contains(c)) || looks_like(Side::Request, b),
+                    |b| {
+                        b.first().is_some_and(|c| CLIENT_TYPES.contains(c))
+                            || looks_like(Side::Request, b)
+                    },
                     |c| done.push(c),
                 );
                 // Bytes lost to a gap belong to the request being gathered.
@@ -341,7 +375,11 @@ impl Parser for PostgresParser {
                             return;
                         }
                         Some(b'N') => {
-                            let rest = Chunk { bytes: &chunk.bytes[1..], total_len: chunk.total_len.saturating_sub(1), ..chunk };
+                            let rest = Chunk {
+                                bytes: &chunk.bytes[1..],
+                                total_len: chunk.total_len.saturating_sub(1),
+                                ..chunk
+                            };
                             if rest.total_len > 0 {
                                 self.feed(rest, out);
                             }
@@ -351,9 +389,12 @@ impl Parser for PostgresParser {
                     }
                 }
                 let desyncs = self.responses.stats.desyncs;
-                self.responses.feed(chunk, |b| frame(b, false), |b| b.first().is_some_and(u8::is_ascii_alphanumeric), |c| {
-                    done.push(c)
-                });
+                self.responses.feed(
+                    chunk,
+                    |b| frame(b, false),
+                    |b| b.first().is_some_and(u8::is_ascii_alphanumeric),
+                    |c| done.push(c),
+                );
                 if self.responses.stats.desyncs != desyncs {
                     self.reply.truncated = true;
                 }

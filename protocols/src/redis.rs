@@ -11,9 +11,18 @@ use crate::{
 };
 
 /// Commands whose first argument names what they do.
-const CONTAINER_COMMANDS: &[&str] =
-    &["CLIENT", "CONFIG", "CLUSTER", "OBJECT", "XINFO", "SCRIPT", "MEMORY", "COMMAND", "ACL", "FUNCTION", "XGROUP"];
-const SUBSCRIBE: &[&str] = &["SUBSCRIBE", "PSUBSCRIBE", "SSUBSCRIBE", "UNSUBSCRIBE", "PUNSUBSCRIBE", "SUNSUBSCRIBE"];
+const CONTAINER_COMMANDS: &[&str] = &[
+    "CLIENT", "CONFIG", "CLUSTER", "OBJECT", "XINFO", "SCRIPT", "MEMORY", "COMMAND", "ACL",
+    "FUNCTION", "XGROUP",
+];
+const SUBSCRIBE: &[&str] = &[
+    "SUBSCRIBE",
+    "PSUBSCRIBE",
+    "SSUBSCRIBE",
+    "UNSUBSCRIBE",
+    "PUNSUBSCRIBE",
+    "SUNSUBSCRIBE",
+];
 const PUSH_KINDS: &[&str] = &["message", "pmessage", "smessage"];
 const MAX_PENDING: usize = 4096;
 /// Nesting a reply may have, at most.
@@ -40,7 +49,10 @@ struct Value {
 }
 
 fn line_end(b: &[u8], from: usize) -> Option<usize> {
-    b.get(from..)?.windows(2).position(|w| w == b"\r\n").map(|p| from + p)
+    b.get(from..)?
+        .windows(2)
+        .position(|w| w == b"\r\n")
+        .map(|p| from + p)
 }
 
 fn number(b: &[u8]) -> Option<i64> {
@@ -52,14 +64,22 @@ fn number(b: &[u8]) -> Option<i64> {
 /// be captured.
 fn scan(b: &[u8]) -> Frame<Value> {
     let mut v = Value::default();
-    let Some(&kind) = b.first() else { return Frame::Incomplete };
+    let Some(&kind) = b.first() else {
+        return Frame::Incomplete;
+    };
     v.kind = kind;
     if !b"+-:$*_,#!=(%~>|".contains(&kind) {
         // An inline command: one line of words.
         let Some(le) = line_end(b, 0) else {
-            return if b.len() > 4096 { Frame::Invalid } else { Frame::Incomplete };
+            return if b.len() > 4096 {
+                Frame::Invalid
+            } else {
+                Frame::Incomplete
+            };
         };
-        let Ok(text) = std::str::from_utf8(&b[..le]) else { return Frame::Invalid };
+        let Ok(text) = std::str::from_utf8(&b[..le]) else {
+            return Frame::Invalid;
+        };
         let mut words = text.split_whitespace();
         v.strings = words.by_ref().take(2).map(str::to_owned).collect();
         v.count = v.strings.len() as u64 + words.count() as u64;
@@ -67,15 +87,25 @@ fn scan(b: &[u8]) -> Frame<Value> {
             return Frame::Invalid;
         }
         v.kind = b'i';
-        return Frame::Message { head: le + 2, body: 0, msg: v };
+        return Frame::Message {
+            head: le + 2,
+            body: 0,
+            msg: v,
+        };
     }
     let mut pos = 0usize;
     let mut remaining: u64 = 1;
     let mut top = true;
     while remaining > 0 {
-        let Some(&t) = b.get(pos) else { return Frame::Incomplete };
+        let Some(&t) = b.get(pos) else {
+            return Frame::Incomplete;
+        };
         let Some(le) = line_end(b, pos + 1) else {
-            return if b.len() - pos > MAX_HEAD { Frame::Invalid } else { Frame::Incomplete };
+            return if b.len() - pos > MAX_HEAD {
+                Frame::Invalid
+            } else {
+                Frame::Incomplete
+            };
         };
         let line = &b[pos + 1..le];
         remaining -= 1;
@@ -87,25 +117,38 @@ fn scan(b: &[u8]) -> Frame<Value> {
                 }
             }
             b'$' | b'!' | b'=' => {
-                let Some(len) = number(line) else { return Frame::Invalid };
+                let Some(len) = number(line) else {
+                    return Frame::Invalid;
+                };
                 if len >= 0 {
                     let len = len as u64;
                     let end = (next as u64).saturating_add(len).saturating_add(2);
                     if end > b.len() as u64 {
                         if remaining == 0 {
-                            return Frame::Message { head: next, body: len + 2, msg: v };
+                            return Frame::Message {
+                                head: next,
+                                body: len + 2,
+                                msg: v,
+                            };
                         }
-                        return if b.len() > MAX_HEAD { Frame::Invalid } else { Frame::Incomplete };
+                        return if b.len() > MAX_HEAD {
+                            Frame::Invalid
+                        } else {
+                            Frame::Incomplete
+                        };
                     }
                     if top || v.strings.len() < 2 {
                         let s = &b[next..next + len as usize];
-                        v.strings.push(String::from_utf8_lossy(&s[..s.len().min(64)]).into_owned());
+                        v.strings
+                            .push(String::from_utf8_lossy(&s[..s.len().min(64)]).into_owned());
                     }
                     next = end as usize;
                 }
             }
             b'*' | b'~' | b'>' | b'%' | b'|' => {
-                let Some(n) = number(line) else { return Frame::Invalid };
+                let Some(n) = number(line) else {
+                    return Frame::Invalid;
+                };
                 let n = n.max(0) as u64;
                 let elems = if t == b'%' || t == b'|' { n * 2 } else { n };
                 if elems > MAX_ELEMENTS {
@@ -122,7 +165,11 @@ fn scan(b: &[u8]) -> Frame<Value> {
         top = false;
         pos = next;
     }
-    Frame::Message { head: pos, body: 0, msg: v }
+    Frame::Message {
+        head: pos,
+        body: 0,
+        msg: v,
+    }
 }
 
 struct Request {
@@ -147,7 +194,11 @@ pub struct RedisParser {
 }
 
 fn command_of(v: &Value) -> (String, u32) {
-    let mut command = v.strings.first().map(|s| s.to_ascii_uppercase()).unwrap_or_default();
+    let mut command = v
+        .strings
+        .first()
+        .map(|s| s.to_ascii_uppercase())
+        .unwrap_or_default();
     if CONTAINER_COMMANDS.contains(&command.as_str())
         && let Some(sub) = v.strings.get(1)
     {
@@ -160,7 +211,11 @@ impl RedisParser {
     fn request(&mut self, c: Completed<Value>) {
         let (command, args) = command_of(&c.msg);
         let first = command.split(' ').next().unwrap_or_default();
-        let replies = if SUBSCRIBE.contains(&first) { u64::from(args).max(1) } else { 1 };
+        let replies = if SUBSCRIBE.contains(&first) {
+            u64::from(args).max(1)
+        } else {
+            1
+        };
         if self.pending.len() >= MAX_PENDING {
             self.pending.pop_front();
             self.stats.dropped_requests += 1;
@@ -182,8 +237,12 @@ impl RedisParser {
         // A (un)subscribe confirmation answers the (UN)SUBSCRIBE waiting for it,
         // even when RESP3 sends it as a push.
         let confirms = SUBSCRIBE.iter().any(|s| s.eq_ignore_ascii_case(first))
-            && self.pending.front().is_some_and(|r| SUBSCRIBE.iter().any(|s| r.command == *s));
-        let is_push = !confirms && (v.kind == b'>' || (v.kind == b'*' && PUSH_KINDS.contains(&first) && v.count >= 3));
+            && self
+                .pending
+                .front()
+                .is_some_and(|r| SUBSCRIBE.iter().any(|s| r.command == *s));
+        let is_push = !confirms
+            && (v.kind == b'>' || (v.kind == b'*' && PUSH_KINDS.contains(&first) && v.count >= 3));
         if is_push {
             let kind = first.to_owned();
             out.push(Exchange {
@@ -196,13 +255,16 @@ impl RedisParser {
                 request_size: 0,
                 response_size: c.size,
                 truncated: c.truncated,
-                fields: Fields::Redis(RedisFields { command: kind, args: 0, push: true }),
+                fields: Fields::Redis(RedisFields {
+                    command: kind,
+                    args: 0,
+                    push: true,
+                }),
             });
             return;
         }
-        let error = matches!(v.kind, b'-' | b'!').then(|| {
-            first.split_whitespace().next().unwrap_or("ERR").to_owned()
-        });
+        let error = matches!(v.kind, b'-' | b'!')
+            .then(|| first.split_whitespace().next().unwrap_or("ERR").to_owned());
         let Some(front) = self.pending.front_mut() else {
             self.stats.unmatched_responses += 1;
             return;
@@ -218,19 +280,21 @@ impl RedisParser {
             return;
         }
         let (size, truncated, error) = self.partial.take().unwrap_or_default();
-        let Some(req) = self.pending.pop_front() else { return };
-        out.push(Self::exchange(req, Some((c.end_ns, size, truncated, error))));
+        let Some(req) = self.pending.pop_front() else {
+            return;
+        };
+        out.push(Self::exchange(
+            req,
+            Some((c.end_ns, size, truncated, error)),
+        ));
     }
 
     fn exchange(req: Request, reply: Option<(u64, u64, bool, Option<String>)>) -> Exchange {
         let sync = !matches!(req.command.as_str(), "PUBLISH" | "SPUBLISH");
         let (status, end_ns, response_size, resp_truncated) = match reply {
-            Some((end, size, truncated, error)) => (
-                Status::from_error(error),
-                end,
-                size,
-                truncated,
-            ),
+            Some((end, size, truncated, error)) => {
+                (Status::from_error(error), end, size, truncated)
+            }
             None => (Status::NoResponse, req.end_ns, 0, false),
         };
         Exchange {
@@ -243,7 +307,11 @@ impl RedisParser {
             request_size: req.size,
             response_size,
             truncated: req.truncated || resp_truncated,
-            fields: Fields::Redis(RedisFields { command: req.command, args: req.args, push: false }),
+            fields: Fields::Redis(RedisFields {
+                command: req.command,
+                args: req.args,
+                push: false,
+            }),
         }
     }
 }
@@ -257,15 +325,23 @@ impl Parser for RedisParser {
         let mut done = Vec::new();
         match chunk.side {
             Side::Request => {
-                self.requests.feed(chunk, scan, |b| looks_like(Side::Request, b), |c| done.push(c));
+                self.requests.feed(
+                    chunk,
+                    scan,
+                    |b| looks_like(Side::Request, b),
+                    |c| done.push(c),
+                );
                 for c in done {
                     self.request(c);
                 }
             }
             Side::Response => {
-                self.responses.feed(chunk, scan, |b| b.first().is_some_and(|c| b"+-:$*_,#!=(%~>|".contains(c)), |c| {
-                    done.push(c)
-                });
+                self.responses.feed(
+                    chunk,
+                    scan,
+                    |b| b.first().is_some_and(|c| b"+-:$*_,#!=(%~>|".contains(c)),
+                    |c| done.push(c),
+                );
                 for c in done {
                     self.response(c, out);
                 }
@@ -313,14 +389,29 @@ mod tests {
     #[test]
     fn resp3_aggregates_and_pushes() {
         let (ex, stats) = run(&[
-            (Side::Request, b"*2\r\n$5\r\nHELLO\r\n$1\r\n3\r\n*2\r\n$9\r\nSUBSCRIBE\r\n$2\r\nch\r\n"),
-            (Side::Response, b"%2\r\n$6\r\nserver\r\n$5\r\nredis\r\n$5\r\nproto\r\n:3\r\n"),
-            (Side::Response, b">3\r\n$9\r\nsubscribe\r\n$2\r\nch\r\n:1\r\n"),
-            (Side::Response, b">3\r\n$7\r\nmessage\r\n$2\r\nch\r\n$2\r\nhi\r\n"),
+            (
+                Side::Request,
+                b"*2\r\n$5\r\nHELLO\r\n$1\r\n3\r\n*2\r\n$9\r\nSUBSCRIBE\r\n$2\r\nch\r\n",
+            ),
+            (
+                Side::Response,
+                b"%2\r\n$6\r\nserver\r\n$5\r\nredis\r\n$5\r\nproto\r\n:3\r\n",
+            ),
+            (
+                Side::Response,
+                b">3\r\n$9\r\nsubscribe\r\n$2\r\nch\r\n:1\r\n",
+            ),
+            (
+                Side::Response,
+                b">3\r\n$7\r\nmessage\r\n$2\r\nch\r\n$2\r\nhi\r\n",
+            ),
         ]);
         assert_eq!(stats, ParserStats::default());
         let ops: Vec<_> = ex.iter().map(|e| e.operation.as_str()).collect();
-        assert_eq!(ops, ["redis HELLO", "redis SUBSCRIBE", "redis PUSH message"]);
+        assert_eq!(
+            ops,
+            ["redis HELLO", "redis SUBSCRIBE", "redis PUSH message"]
+        );
         assert!(ex[1].sync && !ex[2].sync);
     }
 
@@ -332,7 +423,15 @@ mod tests {
         let mut first = head.to_vec();
         first.extend_from_slice(&[b'x'; 100]);
         let total = head.len() as u64 + 100_002;
-        p.feed(Chunk { side: Side::Request, ts_ns: 1, bytes: &first, total_len: total }, &mut out);
+        p.feed(
+            Chunk {
+                side: Side::Request,
+                ts_ns: 1,
+                bytes: &first,
+                total_len: total,
+            },
+            &mut out,
+        );
         p.feed(Chunk::whole(Side::Response, 2, b"+OK\r\n"), &mut out);
         assert_eq!(out.len(), 1);
         assert_eq!(out[0].operation, "redis SET");

@@ -42,7 +42,11 @@ impl Statement {
 
 /// An operation name: `VERB t1,t2`, or the verb alone.
 pub fn operation(verb: &str, tables: &[String]) -> String {
-    if tables.is_empty() { verb.to_owned() } else { format!("{verb} {}", tables.join(",")) }
+    if tables.is_empty() {
+        verb.to_owned()
+    } else {
+        format!("{verb} {}", tables.join(","))
+    }
 }
 
 /// The most characters of a statement kept (the rest is cut, marked `...`).
@@ -102,7 +106,9 @@ fn tokens(sql: &str) -> Vec<Token> {
                 while i < b.len() && b[i] != c {
                     i += 1;
                 }
-                out.push(Token::Ident(String::from_utf8_lossy(&b[start..i.min(b.len())]).to_lowercase()));
+                out.push(Token::Ident(
+                    String::from_utf8_lossy(&b[start..i.min(b.len())]).to_lowercase(),
+                ));
                 i += 1;
             }
             b'$' if b.get(i + 1).is_some_and(u8::is_ascii_digit) => {
@@ -121,10 +127,17 @@ fn tokens(sql: &str) -> Vec<Token> {
             }
             _ if c.is_ascii_alphabetic() || c == b'_' || c >= 0x80 => {
                 let start = i;
-                while i < b.len() && (b[i].is_ascii_alphanumeric() || b[i] == b'_' || b[i] == b'$' || b[i] >= 0x80) {
+                while i < b.len()
+                    && (b[i].is_ascii_alphanumeric()
+                        || b[i] == b'_'
+                        || b[i] == b'$'
+                        || b[i] >= 0x80)
+                {
                     i += 1;
                 }
-                out.push(Token::Word(String::from_utf8_lossy(&b[start..i]).into_owned()));
+                out.push(Token::Word(
+                    String::from_utf8_lossy(&b[start..i]).into_owned(),
+                ));
             }
             _ => {
                 out.push(Token::Punct(c as char));
@@ -191,8 +204,21 @@ fn table_at(t: &[Token], mut i: usize) -> Option<(String, usize)> {
 
 fn is_keyword(w: &str) -> bool {
     const KW: &[&str] = &[
-        "SELECT", "LATERAL", "ONLY", "IF", "NOT", "EXISTS", "WHERE", "SET", "VALUES", "ON", "USING", "AS",
-        "UNNEST", "TABLE", "GENERATE_SERIES",
+        "SELECT",
+        "LATERAL",
+        "ONLY",
+        "IF",
+        "NOT",
+        "EXISTS",
+        "WHERE",
+        "SET",
+        "VALUES",
+        "ON",
+        "USING",
+        "AS",
+        "UNNEST",
+        "TABLE",
+        "GENERATE_SERIES",
     ];
     KW.iter().any(|k| k.eq_ignore_ascii_case(w))
 }
@@ -203,13 +229,19 @@ fn tables(t: &[Token]) -> Vec<String> {
     while i < t.len() && out.len() < MAX_TABLES {
         let kw = word(t.get(i));
         let takes_list = matches!(kw.as_deref(), Some("FROM"));
-        let takes_one = matches!(kw.as_deref(), Some("JOIN" | "INTO" | "UPDATE" | "TABLE" | "TRUNCATE" | "COPY"));
+        let takes_one = matches!(
+            kw.as_deref(),
+            Some("JOIN" | "INTO" | "UPDATE" | "TABLE" | "TRUNCATE" | "COPY")
+        );
         i += 1;
         if !(takes_list || takes_one) {
             continue;
         }
         // DDL and TRUNCATE: skip IF [NOT] EXISTS, ONLY.
-        while matches!(word(t.get(i)).as_deref(), Some("IF" | "NOT" | "EXISTS" | "ONLY")) {
+        while matches!(
+            word(t.get(i)).as_deref(),
+            Some("IF" | "NOT" | "EXISTS" | "ONLY")
+        ) {
             i += 1;
         }
         while let Some((name, next)) = table_at(t, i) {
@@ -243,8 +275,28 @@ fn tables(t: &[Token]) -> Vec<String> {
 
 fn is_clause(w: &str) -> bool {
     const CLAUSES: &[&str] = &[
-        "WHERE", "JOIN", "LEFT", "RIGHT", "INNER", "OUTER", "FULL", "CROSS", "ON", "GROUP", "ORDER", "LIMIT",
-        "OFFSET", "HAVING", "UNION", "FOR", "RETURNING", "SET", "VALUES", "USING", "NATURAL", "WINDOW",
+        "WHERE",
+        "JOIN",
+        "LEFT",
+        "RIGHT",
+        "INNER",
+        "OUTER",
+        "FULL",
+        "CROSS",
+        "ON",
+        "GROUP",
+        "ORDER",
+        "LIMIT",
+        "OFFSET",
+        "HAVING",
+        "UNION",
+        "FOR",
+        "RETURNING",
+        "SET",
+        "VALUES",
+        "USING",
+        "NATURAL",
+        "WINDOW",
     ];
     CLAUSES.iter().any(|k| k.eq_ignore_ascii_case(w))
 }
@@ -253,19 +305,26 @@ pub fn parse(sql: &str) -> Statement {
     let toks = tokens(sql);
     let verb = toks
         .iter()
-        .find_map(|t| if let Token::Word(w) = t { Some(w.to_ascii_uppercase()) } else { None })
+        .find_map(|t| {
+            if let Token::Word(w) = t {
+                Some(w.to_ascii_uppercase())
+            } else {
+                None
+            }
+        })
         .unwrap_or_default();
-    let kind = match verb.as_str() {
-        "SELECT" | "SHOW" | "WITH" | "EXPLAIN" | "VALUES" => StatementKind::Read,
-        "INSERT" | "UPDATE" | "DELETE" | "MERGE" | "UPSERT" | "REPLACE" | "COPY" | "TRUNCATE" => {
-            StatementKind::Write
-        }
-        "CREATE" | "ALTER" | "DROP" | "RENAME" | "COMMENT" | "GRANT" | "REVOKE" => StatementKind::Ddl,
-        "BEGIN" | "START" | "COMMIT" | "ROLLBACK" | "SAVEPOINT" | "RELEASE" | "END" | "ABORT" => {
-            StatementKind::Transaction
-        }
-        _ => StatementKind::Other,
-    };
+    let kind =
+        match verb.as_str() {
+            "SELECT" | "SHOW" | "WITH" | "EXPLAIN" | "VALUES" => StatementKind::Read,
+            "INSERT" | "UPDATE" | "DELETE" | "MERGE" | "UPSERT" | "REPLACE" | "COPY"
+            | "TRUNCATE" => StatementKind::Write,
+            "CREATE" | "ALTER" | "DROP" | "RENAME" | "COMMENT" | "GRANT" | "REVOKE" => {
+                StatementKind::Ddl
+            }
+            "BEGIN" | "START" | "COMMIT" | "ROLLBACK" | "SAVEPOINT" | "RELEASE" | "END"
+            | "ABORT" => StatementKind::Transaction,
+            _ => StatementKind::Other,
+        };
     // A WITH ... that writes is a write.
     let kind = if verb == "WITH"
         && toks.iter().any(|t| matches!(t, Token::Word(w) if ["INSERT", "UPDATE", "DELETE"].iter().any(|k| k.eq_ignore_ascii_case(w))))
@@ -274,8 +333,17 @@ pub fn parse(sql: &str) -> Statement {
     } else {
         kind
     };
-    let tables = if matches!(kind, StatementKind::Transaction) { Vec::new() } else { tables(&toks) };
-    Statement { normalized: normalized(&toks), verb, kind, tables }
+    let tables = if matches!(kind, StatementKind::Transaction) {
+        Vec::new()
+    } else {
+        tables(&toks)
+    };
+    Statement {
+        normalized: normalized(&toks),
+        verb,
+        kind,
+        tables,
+    }
 }
 
 #[cfg(test)]
@@ -284,20 +352,35 @@ mod tests {
 
     #[test]
     fn literals_masked_tables_found() {
-        let s = parse("SELECT a.id, b.name FROM orders a JOIN public.customers b ON a.c = b.id WHERE a.total > 100 AND b.email = 'x@y.z'");
+        let s = parse(
+            "SELECT a.id, b.name FROM orders a JOIN public.customers b ON a.c = b.id WHERE a.total > 100 AND b.email = 'x@y.z'",
+        );
         assert_eq!(s.kind, StatementKind::Read);
         assert_eq!(s.tables, ["orders", "public.customers"]);
-        assert!(!s.normalized.contains("x@y.z") && !s.normalized.contains("100"), "{}", s.normalized);
+        assert!(
+            !s.normalized.contains("x@y.z") && !s.normalized.contains("100"),
+            "{}",
+            s.normalized
+        );
         let s = parse("insert into \"Addresses\" (id, street) values ($1, 'Main St')");
-        assert_eq!((s.kind, s.tables.clone()), (StatementKind::Write, vec!["addresses".to_owned()]));
-        assert_eq!(s.normalized, "insert into \"addresses\" (id, street) values (?, ?)");
+        assert_eq!(
+            (s.kind, s.tables.clone()),
+            (StatementKind::Write, vec!["addresses".to_owned()])
+        );
+        assert_eq!(
+            s.normalized,
+            "insert into \"addresses\" (id, street) values (?, ?)"
+        );
         let s = parse("UPDATE pgbench_accounts SET abalance = abalance + -4 WHERE aid = 77;");
         assert_eq!(s.tables, ["pgbench_accounts"]);
         let s = parse("select * from a, b as bb, c where 1=1");
         assert_eq!(s.tables, ["a", "b", "c"]);
         assert_eq!(parse("BEGIN").kind, StatementKind::Transaction);
         assert_eq!(parse("COPY addresses FROM STDIN").tables, ["addresses"]);
-        assert_eq!(parse("create table if not exists t1 (x int)").tables, ["t1"]);
+        assert_eq!(
+            parse("create table if not exists t1 (x int)").tables,
+            ["t1"]
+        );
         assert_eq!(parse("").verb, "");
         assert_eq!(parse("'unterminated").normalized, "?");
     }

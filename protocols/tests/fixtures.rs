@@ -64,13 +64,21 @@ fn load(path: &Path) -> Vec<Conn> {
                 },
             )),
             Some("data") => {
-                let Some((_, c)) = conns.iter_mut().find(|(i, _)| *i == id) else { continue };
+                let Some((_, c)) = conns.iter_mut().find(|(i, _)| *i == id) else {
+                    continue;
+                };
                 let egress = v["direction"] == "egress";
-                let side = if egress == (c.role == "client") { Side::Request } else { Side::Response };
+                let side = if egress == (c.role == "client") {
+                    Side::Request
+                } else {
+                    Side::Response
+                };
                 c.transfers.push(Transfer {
                     side,
                     ts_ns: v["ts_ns"].as_u64().unwrap(),
-                    bytes: base64::engine::general_purpose::STANDARD.decode(v["data"].as_str().unwrap()).unwrap(),
+                    bytes: base64::engine::general_purpose::STANDARD
+                        .decode(v["data"].as_str().unwrap())
+                        .unwrap(),
                     total_len: v["len"].as_u64().unwrap(),
                 });
             }
@@ -93,7 +101,15 @@ fn parse(transfers: &[Transfer], close_ns: u64) -> (Vec<Exchange>, Connection) {
     let mut conn = Connection::default();
     let mut out = Vec::new();
     for t in transfers {
-        conn.feed(Chunk { side: t.side, ts_ns: t.ts_ns, bytes: &t.bytes, total_len: t.total_len }, &mut out);
+        conn.feed(
+            Chunk {
+                side: t.side,
+                ts_ns: t.ts_ns,
+                bytes: &t.bytes,
+                total_len: t.total_len,
+            },
+            &mut out,
+        );
     }
     conn.finish(close_ns, &mut out);
     (out, conn)
@@ -102,7 +118,15 @@ fn parse(transfers: &[Transfer], close_ns: u64) -> (Vec<Exchange>, Connection) {
 /// What must not change with how the bytes were split: no timestamps.
 fn essence(ex: &[Exchange]) -> Vec<(String, String, u64, u64, bool)> {
     ex.iter()
-        .map(|e| (e.operation.clone(), format!("{:?}", e.status), e.request_size, e.response_size, e.sync))
+        .map(|e| {
+            (
+                e.operation.clone(),
+                format!("{:?}", e.status),
+                e.request_size,
+                e.response_size,
+                e.sync,
+            )
+        })
         .collect()
 }
 
@@ -111,12 +135,24 @@ fn golden_outputs() {
     let update = std::env::var_os("UPDATE_GOLDEN").is_some();
     for path in fixtures() {
         let conns = load(&path);
-        let base = conns.iter().flat_map(|c| c.transfers.first()).map(|t| t.ts_ns).min().unwrap_or(0);
+        let base = conns
+            .iter()
+            .flat_map(|c| c.transfers.first())
+            .map(|t| t.ts_ns)
+            .min()
+            .unwrap_or(0);
         let mut report = Vec::new();
         for c in &conns {
             let (ex, conn) = parse(&c.transfers, c.close_ns);
             let stats = conn.stats();
-            assert_eq!(stats.parse_errors + stats.desyncs, 0, "{}: {} {}: {stats:?}", path.display(), c.role, c.process);
+            assert_eq!(
+                stats.parse_errors + stats.desyncs,
+                0,
+                "{}: {} {}: {stats:?}",
+                path.display(),
+                c.role,
+                c.process
+            );
             let mut ex = serde_json::to_value(&ex).unwrap();
             for e in ex.as_array_mut().unwrap() {
                 for k in ["start_ns", "end_ns"] {
@@ -130,7 +166,11 @@ fn golden_outputs() {
         }
         let text = serde_json::to_string_pretty(&report).unwrap() + "\n";
         for secret in ["fixture-secret", "fixture-password"] {
-            assert!(!text.contains(secret), "{} leaks `{secret}`", path.display());
+            assert!(
+                !text.contains(secret),
+                "{} leaks `{secret}`",
+                path.display()
+            );
         }
         let golden = path.with_extension("golden.json");
         if update || !golden.exists() {
@@ -138,7 +178,12 @@ fn golden_outputs() {
             eprintln!("wrote {}", golden.display());
         } else {
             let want = std::fs::read_to_string(&golden).unwrap();
-            assert!(want == text, "{} differs from {}; UPDATE_GOLDEN=1 to accept", path.display(), golden.display());
+            assert!(
+                want == text,
+                "{} differs from {}; UPDATE_GOLDEN=1 to accept",
+                path.display(),
+                golden.display()
+            );
         }
     }
 }
@@ -151,22 +196,48 @@ fn both_ends_agree() {
         let conns = load(&path);
         let mut pairs = 0;
         // A client that closed before sending anything has nothing to compare.
-        for client in conns.iter().filter(|c| c.role == "client" && !c.transfers.is_empty()) {
+        for client in conns
+            .iter()
+            .filter(|c| c.role == "client" && !c.transfers.is_empty())
+        {
             // A pre-fork server (PostgreSQL) shows the accepting process's
             // copy, with no transfers, and the serving child's.
             let Some(server) = conns.iter().find(|s| {
-                s.role == "server" && s.local == client.remote && s.remote == client.local && !s.transfers.is_empty()
+                s.role == "server"
+                    && s.local == client.remote
+                    && s.remote == client.local
+                    && !s.transfers.is_empty()
             }) else {
                 continue;
             };
             let (a, _) = parse(&client.transfers, client.close_ns);
             let (b, _) = parse(&server.transfers, server.close_ns);
-            assert!(!a.is_empty(), "{}: no exchange on {}", path.display(), client.local);
-            let ops = |e: &[Exchange]| e.iter().map(|e| (e.operation.clone(), format!("{:?}", e.status))).collect::<Vec<_>>();
-            assert_eq!(ops(&a), ops(&b), "{}: {} vs {}", path.display(), client.process, server.process);
+            assert!(
+                !a.is_empty(),
+                "{}: no exchange on {}",
+                path.display(),
+                client.local
+            );
+            let ops = |e: &[Exchange]| {
+                e.iter()
+                    .map(|e| (e.operation.clone(), format!("{:?}", e.status)))
+                    .collect::<Vec<_>>()
+            };
+            assert_eq!(
+                ops(&a),
+                ops(&b),
+                "{}: {} vs {}",
+                path.display(),
+                client.process,
+                server.process
+            );
             pairs += 1;
         }
-        assert!(pairs > 0, "{}: no connection seen from both ends", path.display());
+        assert!(
+            pairs > 0,
+            "{}: no connection seen from both ends",
+            path.display()
+        );
     }
 }
 
@@ -176,8 +247,16 @@ fn whole_transfers() -> Vec<(String, Vec<Transfer>, u64)> {
     let mut out = Vec::new();
     for path in fixtures() {
         for c in load(&path) {
-            if c.transfers.iter().all(|t| t.bytes.len() as u64 == t.total_len) && !c.transfers.is_empty() {
-                out.push((format!("{} {}", path.display(), c.process), c.transfers, c.close_ns));
+            if c.transfers
+                .iter()
+                .all(|t| t.bytes.len() as u64 == t.total_len)
+                && !c.transfers.is_empty()
+            {
+                out.push((
+                    format!("{} {}", path.display(), c.process),
+                    c.transfers,
+                    c.close_ns,
+                ));
             }
         }
     }
@@ -203,7 +282,12 @@ fn resplit(transfers: &[Transfer], cuts: &[u16]) -> Vec<Transfer> {
             let frac = cuts[k % cuts.len()] as usize;
             k += 1;
             let n = (1 + frac * (run.len() - at) / 1000).min(run.len() - at);
-            out.push(Transfer { side, ts_ns: ts, bytes: run[at..at + n].to_vec(), total_len: n as u64 });
+            out.push(Transfer {
+                side,
+                ts_ns: ts,
+                bytes: run[at..at + n].to_vec(),
+                total_len: n as u64,
+            });
             at += n;
         }
     }
@@ -219,8 +303,16 @@ fn config() -> ProptestConfig {
     } else {
         proptest::test_runner::RngSeed::Fixed(0x7a6e_676c)
     };
-    let cases = if std::env::var_os("PROPTEST_CASES").is_some() { base.cases } else { 64 };
-    ProptestConfig { cases, rng_seed, ..base }
+    let cases = if std::env::var_os("PROPTEST_CASES").is_some() {
+        base.cases
+    } else {
+        64
+    };
+    ProptestConfig {
+        cases,
+        rng_seed,
+        ..base
+    }
 }
 
 proptest! {

@@ -29,7 +29,9 @@ struct AgentResult {
 }
 
 fn micros(v: &str) -> Option<f64> {
-    let (num, unit) = v.find(|c: char| c.is_ascii_alphabetic()).map(|i| v.split_at(i))?;
+    let (num, unit) = v
+        .find(|c: char| c.is_ascii_alphabetic())
+        .map(|i| v.split_at(i))?;
     let n: f64 = num.parse().ok()?;
     Some(match unit {
         "us" => n,
@@ -92,18 +94,34 @@ fn start_nginx(dir: &Path) -> anyhow::Result<Child> {
     )?;
     let nginx = which("nginx").context("nginx is not installed (cargo xtask setup --test-deps)")?;
     let child = Child::spawn(
-        Command::new(nginx).args(["-e", "stderr", "-p"]).arg(dir).arg("-c").arg(&conf).args(["-g", "daemon off;"]),
+        Command::new(nginx)
+            .args(["-e", "stderr", "-p"])
+            .arg(dir)
+            .arg("-c")
+            .arg(&conf)
+            .args(["-g", "daemon off;"]),
     )?;
     wait_port(PORT, "nginx")?;
     Ok(child)
 }
 
-fn with_agent(agent: &Path, dir: &Path, duration: Duration, connections: u32) -> anyhow::Result<(WrkResult, AgentResult)> {
+fn with_agent(
+    agent: &Path,
+    dir: &Path,
+    duration: Duration,
+    connections: u32,
+) -> anyhow::Result<(WrkResult, AgentResult)> {
     let ready = dir.join("ready");
     let _ = std::fs::remove_file(&ready);
     let mut proc = Child::spawn(
         Command::new(agent)
-            .args(["capture", "--quiet", "--port", &PORT.to_string(), "--ready-file"])
+            .args([
+                "capture",
+                "--quiet",
+                "--port",
+                &PORT.to_string(),
+                "--ready-file",
+            ])
             .arg(&ready)
             .stdout(Stdio::piped())
             .stderr(Stdio::null()),
@@ -126,7 +144,11 @@ fn with_agent(agent: &Path, dir: &Path, duration: Duration, connections: u32) ->
     let n = |v: &serde_json::Value| v.as_f64().unwrap_or(0.0);
     Ok((
         result?,
-        AgentResult { events: n(&stats["agent"]["events"]), lost: n(&stats["kernel"]["events_lost"]), cpu_s },
+        AgentResult {
+            events: n(&stats["agent"]["events"]),
+            lost: n(&stats["kernel"]["events_lost"]),
+            cpu_s,
+        },
     ))
 }
 
@@ -145,8 +167,13 @@ pub fn run(duration: Duration, connections: u32, rounds: u32) -> anyhow::Result<
     let agent = build_agent()?;
     let dir = root().join("target/bench");
     let _nginx = start_nginx(&dir)?;
-    eprintln!("bench: wrk -t1 -c{connections} -d{}s against nginx on loopback, {rounds} rounds", duration.as_secs());
-    println!("| round | baseline req/s | with agent req/s | ratio | baseline p99 | with agent p99 | p99 ratio | events/s | lost | agent CPU |");
+    eprintln!(
+        "bench: wrk -t1 -c{connections} -d{}s against nginx on loopback, {rounds} rounds",
+        duration.as_secs()
+    );
+    println!(
+        "| round | baseline req/s | with agent req/s | ratio | baseline p99 | with agent p99 | p99 ratio | events/s | lost | agent CPU |"
+    );
     println!("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |");
     let (mut tput, mut p99, mut added, mut eps, mut cpu) = (vec![], vec![], vec![], vec![], vec![]);
     for round in 1..=rounds {

@@ -31,7 +31,10 @@ const SERVICES: &[(&str, u16)] = &[("gateway", 18080), ("orders", 18081), ("inve
 fn in_cgroup(cgroup: Option<&Path>, cmd: &str) -> Command {
     let mut c = Command::new("sh");
     match cgroup {
-        Some(g) => c.args(["-c", &format!("echo $$ > {}/cgroup.procs && exec {cmd}", g.display())]),
+        Some(g) => c.args([
+            "-c",
+            &format!("echo $$ > {}/cgroup.procs && exec {cmd}", g.display()),
+        ]),
         None => c.args(["-c", &format!("exec {cmd}")]),
     };
     c
@@ -50,14 +53,26 @@ pub fn run(duration: Duration) -> anyhow::Result<()> {
     let log = dir.join("agent.jsonl");
     let data = dir.join("collector-data");
     let _ = std::fs::remove_dir_all(&data);
-    eprintln!("demo: starting the collector (tangle-collector, OTLP on 127.0.0.1:{OTLP_GRPC}, API on 127.0.0.1:{API})");
+    eprintln!(
+        "demo: starting the collector (tangle-collector, OTLP on 127.0.0.1:{OTLP_GRPC}, API on 127.0.0.1:{API})"
+    );
     let collector_log = std::fs::File::create(dir.join("collector.log"))?;
     let _collector = Child::spawn(
         Command::new(&collector)
             .arg("--data-dir")
             .arg(&data)
-            .args(["--otlp-grpc", &format!("127.0.0.1:{OTLP_GRPC}"), "--otlp-http", "127.0.0.1:14318"])
-            .args(["--http", &format!("127.0.0.1:{API}"), "--trace-window-ms", "3000"])
+            .args([
+                "--otlp-grpc",
+                &format!("127.0.0.1:{OTLP_GRPC}"),
+                "--otlp-http",
+                "127.0.0.1:14318",
+            ])
+            .args([
+                "--http",
+                &format!("127.0.0.1:{API}"),
+                "--trace-window-ms",
+                "3000",
+            ])
             .stderr(collector_log),
     )?;
     wait_port(API, "the collector")?;
@@ -72,7 +87,13 @@ pub fn run(duration: Duration) -> anyhow::Result<()> {
     }
     let mut capture = Command::new(&agent);
     capture
-        .args(["run", "--json", "--collector", &format!("http://127.0.0.1:{OTLP_GRPC}"), "--ready-file"])
+        .args([
+            "run",
+            "--json",
+            "--collector",
+            &format!("http://127.0.0.1:{OTLP_GRPC}"),
+            "--ready-file",
+        ])
         .arg(&ready);
     if let Some(g) = &cgroup {
         capture.arg("--cgroup").arg(g);
@@ -86,7 +107,9 @@ pub fn run(duration: Duration) -> anyhow::Result<()> {
     let mut services = Vec::new();
     for (name, port) in SERVICES {
         let cmd = format!("python3 {} {name}", shop.display());
-        services.push(Child::spawn(in_cgroup(cgroup.as_deref(), &cmd).stdout(Stdio::null()))?);
+        services.push(Child::spawn(
+            in_cgroup(cgroup.as_deref(), &cmd).stdout(Stdio::null()),
+        )?);
         wait_port(*port, name)?;
     }
     eprintln!("demo: gateway, orders and inventory are up; sending requests for {duration:?}");
@@ -94,9 +117,16 @@ pub fn run(duration: Duration) -> anyhow::Result<()> {
     let mut sent = 0u32;
     while started.elapsed() < duration {
         sent += 1;
-        let cmd = format!("curl -s -o /dev/null -w %{{http_code}} http://127.0.0.1:18080/checkout/{sent}");
-        let out = in_cgroup(cgroup.as_deref(), &cmd).output().context("running curl")?;
-        eprintln!("demo: GET /checkout/{sent} -> {}", String::from_utf8_lossy(&out.stdout));
+        let cmd = format!(
+            "curl -s -o /dev/null -w %{{http_code}} http://127.0.0.1:18080/checkout/{sent}"
+        );
+        let out = in_cgroup(cgroup.as_deref(), &cmd)
+            .output()
+            .context("running curl")?;
+        eprintln!(
+            "demo: GET /checkout/{sent} -> {}",
+            String::from_utf8_lossy(&out.stdout)
+        );
         std::thread::sleep(Duration::from_millis(500));
     }
     std::thread::sleep(Duration::from_millis(300));
@@ -125,12 +155,26 @@ pub fn run(duration: Duration) -> anyhow::Result<()> {
 fn summarize(agent_log: &Path) -> anyhow::Result<()> {
     let graph = fetch_json(&format!("127.0.0.1:{API}"), "/api/graph")?;
     let text = std::fs::read_to_string(agent_log).unwrap_or_default();
-    let stats: Option<serde_json::Value> = text.lines().rev().find_map(|l| serde_json::from_str(l).ok());
-    let events = stats.as_ref().map_or(0, |s| s["agent"]["events"].as_u64().unwrap_or(0));
-    let lost = stats.as_ref().map_or(0, |s| s["kernel"]["events_lost"].as_u64().unwrap_or(0));
-    let exported = stats.as_ref().map_or(0, |s| s["parsers"]["export"]["exported"].as_u64().unwrap_or(0));
-    println!("\nThe agent saw {events} events ({lost} lost) and exported {exported} spans; the collector's map:\n");
-    println!("  {:<10} -> {:<10} {:>6} {:>7} {:>9}  protocols", "caller", "callee", "calls", "errors", "avg (us)");
+    let stats: Option<serde_json::Value> = text
+        .lines()
+        .rev()
+        .find_map(|l| serde_json::from_str(l).ok());
+    let events = stats
+        .as_ref()
+        .map_or(0, |s| s["agent"]["events"].as_u64().unwrap_or(0));
+    let lost = stats
+        .as_ref()
+        .map_or(0, |s| s["kernel"]["events_lost"].as_u64().unwrap_or(0));
+    let exported = stats.as_ref().map_or(0, |s| {
+        s["parsers"]["export"]["exported"].as_u64().unwrap_or(0)
+    });
+    println!(
+        "\nThe agent saw {events} events ({lost} lost) and exported {exported} spans; the collector's map:\n"
+    );
+    println!(
+        "  {:<10} -> {:<10} {:>6} {:>7} {:>9}  protocols",
+        "caller", "callee", "calls", "errors", "avg (us)"
+    );
     let edges = graph["edges"].as_array().cloned().unwrap_or_default();
     for e in &edges {
         let calls = e["calls"].as_u64().unwrap_or(0);
@@ -142,10 +186,20 @@ fn summarize(agent_log: &Path) -> anyhow::Result<()> {
             calls,
             e["failed"].as_u64().unwrap_or(0),
             sum * 1e6 / calls.max(1) as f64,
-            e["protocols"].as_array().map(|p| p.iter().filter_map(|v| v.as_str()).collect::<Vec<_>>().join(",")).unwrap_or_default()
+            e["protocols"]
+                .as_array()
+                .map(|p| p
+                    .iter()
+                    .filter_map(|v| v.as_str())
+                    .collect::<Vec<_>>()
+                    .join(","))
+                .unwrap_or_default()
         );
     }
-    println!("\nThe agent's counters are in {}; the collector's API is on http://127.0.0.1:{API}/api/ while it runs.", agent_log.display());
+    println!(
+        "\nThe agent's counters are in {}; the collector's API is on http://127.0.0.1:{API}/api/ while it runs.",
+        agent_log.display()
+    );
     if edges.is_empty() {
         bail!("the collector saw no calls between the demo services");
     }
@@ -155,10 +209,17 @@ fn summarize(agent_log: &Path) -> anyhow::Result<()> {
 /// A GET on loopback (no HTTP client crate for one call).
 fn fetch_json(addr: &str, path: &str) -> anyhow::Result<serde_json::Value> {
     use std::io::{Read as _, Write as _};
-    let mut s = std::net::TcpStream::connect(addr).with_context(|| format!("connecting to {addr}"))?;
-    write!(s, "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n")?;
+    let mut s =
+        std::net::TcpStream::connect(addr).with_context(|| format!("connecting to {addr}"))?;
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )?;
     let mut out = Vec::new();
     s.read_to_end(&mut out)?;
-    let split = out.windows(4).position(|w| w == b"\r\n\r\n").context("no HTTP response")?;
+    let split = out
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .context("no HTTP response")?;
     Ok(serde_json::from_slice(&out[split + 4..])?)
 }

@@ -54,7 +54,9 @@ enum Command {
 
 fn humantime_secs(s: &str) -> Result<Duration, String> {
     let secs = s.strip_suffix('s').unwrap_or(s);
-    secs.parse::<u64>().map(Duration::from_secs).map_err(|e| format!("{s}: {e} (use e.g. 10s)"))
+    secs.parse::<u64>()
+        .map(Duration::from_secs)
+        .map_err(|e| format!("{s}: {e} (use e.g. 10s)"))
 }
 
 fn main() -> anyhow::Result<()> {
@@ -63,7 +65,11 @@ fn main() -> anyhow::Result<()> {
         Command::Build => util::build_agent().map(|_| ()),
         Command::Demo { duration } => demo::run(duration),
         Command::Test { args } => test(&args),
-        Command::Bench { duration, connections, rounds } => bench::run(duration, connections, rounds),
+        Command::Bench {
+            duration,
+            connections,
+            rounds,
+        } => bench::run(duration, connections, rounds),
     }
 }
 
@@ -77,7 +83,10 @@ fn test(args: &[String]) -> anyhow::Result<()> {
     let _ = std::fs::remove_file(&skip_log);
     // Default members only: the eBPF crate builds for the BPF target alone.
     let mut cmd = util::cargo();
-    cmd.arg("test").args(args).env("TANGLE_SKIP_LOG", &skip_log).stdout(std::process::Stdio::piped());
+    cmd.arg("test")
+        .args(args)
+        .env("TANGLE_SKIP_LOG", &skip_log)
+        .stdout(std::process::Stdio::piped());
     let mut child = cmd.spawn()?;
     let (mut passed, mut failed) = (0u64, 0u64);
     let stdout = child.stdout.take().expect("piped");
@@ -87,7 +96,15 @@ fn test(args: &[String]) -> anyhow::Result<()> {
         if let Some(rest) = line.strip_prefix("test result: ") {
             let count = |word: &str| {
                 rest.split(';')
-                    .find_map(|part| part.trim().strip_suffix(word)?.trim().rsplit(' ').next()?.parse::<u64>().ok())
+                    .find_map(|part| {
+                        part.trim()
+                            .strip_suffix(word)?
+                            .trim()
+                            .rsplit(' ')
+                            .next()?
+                            .parse::<u64>()
+                            .ok()
+                    })
                     .unwrap_or(0)
             };
             passed += count("passed");
@@ -100,7 +117,10 @@ fn test(args: &[String]) -> anyhow::Result<()> {
         println!("SKIPPED {line}");
     }
     let skipped = skips.lines().count() as u64;
-    println!("tests: {} passed, {failed} failed, {skipped} skipped", passed.saturating_sub(skipped));
+    println!(
+        "tests: {} passed, {failed} failed, {skipped} skipped",
+        passed.saturating_sub(skipped)
+    );
     if !status.success() {
         anyhow::bail!("cargo test failed ({status})");
     }

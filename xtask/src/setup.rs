@@ -34,7 +34,13 @@ fn run_step(name: &str, f: impl FnOnce() -> anyhow::Result<()>) -> anyhow::Resul
 pub fn run(test_deps: bool) -> anyhow::Result<()> {
     run_step("nightly toolchain", nightly)?;
     run_step("rust-src for nightly", || {
-        util::run(Command::new("rustup").args(["component", "add", "rust-src", "--toolchain", "nightly"]))
+        util::run(Command::new("rustup").args([
+            "component",
+            "add",
+            "rust-src",
+            "--toolchain",
+            "nightly",
+        ]))
     })?;
     run_step("bpf-linker", bpf_linker)?;
     if test_deps {
@@ -51,8 +57,14 @@ fn nightly() -> anyhow::Result<()> {
     if output(Command::new("rustc").arg("+nightly").arg("--version")).is_some() {
         return Ok(());
     }
-    util::run(Command::new("rustup").args(["toolchain", "install", "nightly", "--profile", "minimal"]))
-        .context("could not install the nightly toolchain (no network to rustup's servers?)")
+    util::run(Command::new("rustup").args([
+        "toolchain",
+        "install",
+        "nightly",
+        "--profile",
+        "minimal",
+    ]))
+    .context("could not install the nightly toolchain (no network to rustup's servers?)")
 }
 
 /// The nightly's own libLLVM and its major version, e.g. (path, 22).
@@ -62,7 +74,11 @@ fn nightly_llvm() -> anyhow::Result<(PathBuf, u32)> {
     let lib = PathBuf::from(sysroot.trim()).join("lib");
     for entry in std::fs::read_dir(&lib).with_context(|| format!("reading {}", lib.display()))? {
         let path = entry?.path();
-        let name = path.file_name().and_then(|n| n.to_str()).unwrap_or_default().to_owned();
+        let name = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or_default()
+            .to_owned();
         // libLLVM.so.22.1-rust-1.97.0-nightly
         if let Some(rest) = name.strip_prefix("libLLVM.so.")
             && rest.contains("-rust-")
@@ -73,7 +89,10 @@ fn nightly_llvm() -> anyhow::Result<(PathBuf, u32)> {
             }
         }
     }
-    bail!("no libLLVM.so.*-rust-* in {}: is the nightly toolchain complete?", lib.display())
+    bail!(
+        "no libLLVM.so.*-rust-* in {}: is the nightly toolchain complete?",
+        lib.display()
+    )
 }
 
 fn bpf_linker() -> anyhow::Result<()> {
@@ -96,11 +115,26 @@ fn bpf_linker() -> anyhow::Result<()> {
         std::os::unix::fs::symlink(&llvm, &link)
             .with_context(|| format!("linking {} to {}", link.display(), llvm.display()))?;
     }
-    eprintln!("setup: building bpf-linker {BPF_LINKER_VERSION} against the nightly's LLVM {major} (about a minute)");
-    util::run(Command::new("cargo")
-        .args(["+nightly", "install", "--force", "bpf-linker", "--version", BPF_LINKER_VERSION])
-        .args(["--no-default-features", "--features", &format!("llvm-{major}")])
-        .env("LLVM_PREFIX", &prefix))
+    eprintln!(
+        "setup: building bpf-linker {BPF_LINKER_VERSION} against the nightly's LLVM {major} (about a minute)"
+    );
+    util::run(
+        Command::new("cargo")
+            .args([
+                "+nightly",
+                "install",
+                "--force",
+                "bpf-linker",
+                "--version",
+                BPF_LINKER_VERSION,
+            ])
+            .args([
+                "--no-default-features",
+                "--features",
+                &format!("llvm-{major}"),
+            ])
+            .env("LLVM_PREFIX", &prefix),
+    )
     .context("building bpf-linker failed")?;
     output(Command::new("bpf-linker").arg("--version"))
         .context("bpf-linker was installed but does not run (is ~/.cargo/bin on PATH?)")?;
@@ -108,18 +142,26 @@ fn bpf_linker() -> anyhow::Result<()> {
 }
 
 fn debian_packages() -> anyhow::Result<()> {
-    let missing: Vec<&str> =
-        TEST_PACKAGES.iter().filter(|(_, bin)| which(bin).is_none()).map(|(pkg, _)| *pkg).collect();
+    let missing: Vec<&str> = TEST_PACKAGES
+        .iter()
+        .filter(|(_, bin)| which(bin).is_none())
+        .map(|(pkg, _)| *pkg)
+        .collect();
     if missing.is_empty() {
         return Ok(());
     }
     if !is_root() {
-        bail!("missing packages {missing:?}; as root run: apt-get install -y {}", missing.join(" "));
+        bail!(
+            "missing packages {missing:?}; as root run: apt-get install -y {}",
+            missing.join(" ")
+        );
     }
     eprintln!("setup: installing {}", missing.join(" "));
     util::run(Command::new("apt-get").args(["update", "-q"]))?;
-    util::run(Command::new("apt-get")
-        .args(["install", "-y", "-q", "--no-install-recommends"])
-        .args(&missing)
-        .env("DEBIAN_FRONTEND", "noninteractive"))
+    util::run(
+        Command::new("apt-get")
+            .args(["install", "-y", "-q", "--no-install-recommends"])
+            .args(&missing)
+            .env("DEBIAN_FRONTEND", "noninteractive"),
+    )
 }

@@ -9,7 +9,10 @@ use anyhow::{Context as _, bail};
 
 /// The workspace root (xtask's parent folder).
 pub fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("xtask sits in the workspace").to_owned()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask sits in the workspace")
+        .to_owned()
 }
 
 pub fn cargo() -> Command {
@@ -20,7 +23,9 @@ pub fn cargo() -> Command {
 
 /// Runs a command, failing with its name if it fails.
 pub fn run(cmd: &mut Command) -> anyhow::Result<()> {
-    let status = cmd.status().with_context(|| format!("could not start {cmd:?}"))?;
+    let status = cmd
+        .status()
+        .with_context(|| format!("could not start {cmd:?}"))?;
     if !status.success() {
         bail!("{cmd:?} failed ({status})");
     }
@@ -30,7 +35,9 @@ pub fn run(cmd: &mut Command) -> anyhow::Result<()> {
 /// Runs a command and returns its stdout, or None if it fails to run or fails.
 pub fn output(cmd: &mut Command) -> Option<String> {
     let out = cmd.output().ok()?;
-    out.status.success().then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+    out.status
+        .success()
+        .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
 pub fn which(tool: &str) -> Option<PathBuf> {
@@ -71,7 +78,8 @@ pub fn build_agent() -> anyhow::Result<PathBuf> {
 
 /// Builds the release collector; returns the binary's path.
 pub fn build_collector() -> anyhow::Result<PathBuf> {
-    run(cargo().args(["build", "--release", "-p", "tangle-collector"])).context("building the collector failed")?;
+    run(cargo().args(["build", "--release", "-p", "tangle-collector"]))
+        .context("building the collector failed")?;
     Ok(root().join("target/release/tangle-collector"))
 }
 
@@ -80,7 +88,10 @@ pub struct Child(pub std::process::Child);
 
 impl Child {
     pub fn spawn(cmd: &mut Command) -> anyhow::Result<Self> {
-        Ok(Self(cmd.spawn().with_context(|| format!("could not start {cmd:?}"))?))
+        Ok(Self(
+            cmd.spawn()
+                .with_context(|| format!("could not start {cmd:?}"))?,
+        ))
     }
 
     pub fn terminate(&mut self) {

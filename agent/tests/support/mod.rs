@@ -37,7 +37,11 @@ pub fn skip(test: &str, reason: &str) {
     eprintln!("SKIPPED {test}: {reason}");
     if let Some(log) = std::env::var_os("TANGLE_SKIP_LOG") {
         use std::io::Write as _;
-        if let Ok(mut f) = std::fs::OpenOptions::new().create(true).append(true).open(log) {
+        if let Ok(mut f) = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(log)
+        {
             let _ = writeln!(f, "{test}: {reason}");
         }
     }
@@ -51,7 +55,10 @@ pub fn require(test: &str, tools: &[&str]) -> Option<()> {
     }
     for tool in tools {
         if which(tool).is_none() {
-            skip(test, &format!("`{tool}` is not installed (run `cargo xtask setup --test-deps`)"));
+            skip(
+                test,
+                &format!("`{tool}` is not installed (run `cargo xtask setup --test-deps`)"),
+            );
             return None;
         }
     }
@@ -68,11 +75,16 @@ pub fn which(tool: &str) -> Option<PathBuf> {
 
 /// A port free on loopback now (bound and released).
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).unwrap()
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .unwrap()
 }
 
 pub fn fixture(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(name)
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures")
+        .join(name)
 }
 
 /// An event copied out of the ring buffer.
@@ -94,7 +106,8 @@ impl Sink for Collect {
         self.0.push(Owned::Close(conn.cloned(), *ev));
     }
     fn data(&mut self, conn: Option<&Connection>, header: &DataHeader, bytes: &[u8]) {
-        self.0.push(Owned::Data(conn.cloned(), *header, bytes.to_vec()));
+        self.0
+            .push(Owned::Data(conn.cloned(), *header, bytes.to_vec()));
     }
 }
 
@@ -108,21 +121,34 @@ pub struct Capture {
 
 impl Capture {
     pub fn start(options: ProbeOptions) -> Self {
-        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
         let (probe, reader) = rt.block_on(async {
             let mut probe = Probe::load(options).expect("load and attach the eBPF programs");
             let ring = probe.take_events().unwrap();
             let reader = Reader::new(ring, 100_000).unwrap();
             (probe, reader)
         });
-        Self { probe, reader, rt, collected: Collect::default() }
+        Self {
+            probe,
+            reader,
+            rt,
+            collected: Collect::default(),
+        }
     }
 
     /// Reads events until `done` holds for all of them or `timeout` passes.
     /// Returns whether `done` held.
     pub fn until(&mut self, timeout: Duration, done: impl Fn(&[Owned]) -> bool) -> bool {
         let deadline = Instant::now() + timeout;
-        let Self { reader, rt, collected, .. } = self;
+        let Self {
+            reader,
+            rt,
+            collected,
+            ..
+        } = self;
         rt.block_on(async {
             loop {
                 if done(&collected.0) {
@@ -132,14 +158,20 @@ impl Capture {
                 if left.is_zero() {
                     return false;
                 }
-                let _ = tokio::time::timeout(left.min(Duration::from_millis(200)), reader.next_batch(collected)).await;
+                let _ = tokio::time::timeout(
+                    left.min(Duration::from_millis(200)),
+                    reader.next_batch(collected),
+                )
+                .await;
             }
         })
     }
 
     /// Reads until `n` connections have closed.
     pub fn until_closes(&mut self, n: usize, timeout: Duration) -> bool {
-        self.until(timeout, |ev| ev.iter().filter(|e| matches!(e, Owned::Close(..))).count() >= n)
+        self.until(timeout, |ev| {
+            ev.iter().filter(|e| matches!(e, Owned::Close(..))).count() >= n
+        })
     }
 
     /// Reads for `d` whatever comes.
@@ -156,11 +188,29 @@ impl Capture {
     }
 
     pub fn opens(&self) -> Vec<&Connection> {
-        self.events().iter().filter_map(|e| if let Owned::Open(c, _) = e { Some(c) } else { None }).collect()
+        self.events()
+            .iter()
+            .filter_map(|e| {
+                if let Owned::Open(c, _) = e {
+                    Some(c)
+                } else {
+                    None
+                }
+            })
+            .collect()
     }
 
     pub fn closes(&self) -> Vec<&ConnEvent> {
-        self.events().iter().filter_map(|e| if let Owned::Close(_, ev) = e { Some(ev) } else { None }).collect()
+        self.events()
+            .iter()
+            .filter_map(|e| {
+                if let Owned::Close(_, ev) = e {
+                    Some(ev)
+                } else {
+                    None
+                }
+            })
+            .collect()
     }
 
     /// Data events of one connection in one direction, in time order.
@@ -181,11 +231,16 @@ impl Capture {
 
     /// The captured bytes of one direction of a connection, concatenated.
     pub fn stream(&self, conn_id: u64, dir: Direction) -> Vec<u8> {
-        self.data(conn_id, dir).into_iter().flat_map(|(_, b)| b.to_vec()).collect()
+        self.data(conn_id, dir)
+            .into_iter()
+            .flat_map(|(_, b)| b.to_vec())
+            .collect()
     }
 
     pub fn conn_of(&self, pid: u32, role: Role) -> Option<&Connection> {
-        self.opens().into_iter().find(|c| c.pid == pid && c.role == role)
+        self.opens()
+            .into_iter()
+            .find(|c| c.pid == pid && c.role == role)
     }
 }
 
@@ -195,7 +250,11 @@ pub struct Proc(pub Child);
 impl Proc {
     /// Starts `cmd` and waits until it prints a line containing `ready`.
     pub fn spawn_ready(cmd: &mut Command, ready: &str) -> Self {
-        let mut child = cmd.stdout(Stdio::piped()).stderr(Stdio::inherit()).spawn().expect("spawn");
+        let mut child = cmd
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("spawn");
         let stdout = child.stdout.take().unwrap();
         let mut lines = BufReader::new(stdout).lines();
         loop {

@@ -17,12 +17,21 @@ pub struct Node {
 pub enum Call {
     Sync(Node),
     Publish(Node),
-    Db { namespace: String, tables: Vec<String>, writes: bool },
+    Db {
+        namespace: String,
+        tables: Vec<String>,
+        writes: bool,
+    },
     Uninstrumented(String),
 }
 
 pub fn node(service: &str, calls: Vec<Call>) -> Node {
-    Node { service: service.into(), operation: format!("GET /{service}"), error: false, calls }
+    Node {
+        service: service.into(),
+        operation: format!("GET /{service}"),
+        error: false,
+        calls,
+    }
 }
 
 pub struct Builder {
@@ -35,7 +44,12 @@ pub struct Builder {
 impl Builder {
     pub fn new(trace: u8) -> Self {
         // Span ids unique across traces, as real (random) ones are.
-        Self { trace: [trace; 16], next: u64::from(trace) << 32, spans: Vec::new(), skew: Default::default() }
+        Self {
+            trace: [trace; 16],
+            next: u64::from(trace) << 32,
+            spans: Vec::new(),
+            skew: Default::default(),
+        }
     }
 
     fn id(&mut self) -> [u8; 8] {
@@ -43,7 +57,15 @@ impl Builder {
         self.next.to_be_bytes()
     }
 
-    fn span(&mut self, parent: Option<[u8; 8]>, service: &str, kind: SpanKind, op: &str, peer: Peer, t: u64) -> [u8; 8] {
+    fn span(
+        &mut self,
+        parent: Option<[u8; 8]>,
+        service: &str,
+        kind: SpanKind,
+        op: &str,
+        peer: Peer,
+        t: u64,
+    ) -> [u8; 8] {
         let id = self.id();
         let skew = self.skew.get(service).copied().unwrap_or(0);
         let at = (t as i64 + skew).max(0) as u64;
@@ -61,7 +83,7 @@ impl Builder {
             tables: Vec::new(),
             writes: false,
             protocol: None,
-        join: None,
+            join: None,
         });
         id
     }
@@ -71,23 +93,56 @@ impl Builder {
         let me = self.span(parent, &n.service, kind, &n.operation, Peer::Unknown, t);
         self.spans.last_mut().unwrap().error = n.error;
         // Work inside the service goes through an internal span.
-        let work = self.span(Some(me), &n.service, SpanKind::Internal, "handler", Peer::Unknown, t + 1);
+        let work = self.span(
+            Some(me),
+            &n.service,
+            SpanKind::Internal,
+            "handler",
+            Peer::Unknown,
+            t + 1,
+        );
         for (i, call) in n.calls.iter().enumerate() {
             let t = t + 10 * (i as u64 + 1);
             match call {
                 Call::Sync(callee) => {
-                    let peer = Peer::Service { name: callee.service.clone() };
-                    let c = self.span(Some(work), &n.service, SpanKind::Client, &callee.operation, peer, t);
+                    let peer = Peer::Service {
+                        name: callee.service.clone(),
+                    };
+                    let c = self.span(
+                        Some(work),
+                        &n.service,
+                        SpanKind::Client,
+                        &callee.operation,
+                        peer,
+                        t,
+                    );
                     self.spans.last_mut().unwrap().error = callee.error;
                     self.serve(Some(c), SpanKind::Server, callee, t + 1);
                 }
                 Call::Publish(callee) => {
-                    let peer = Peer::Service { name: "broker".into() };
-                    let c = self.span(Some(work), &n.service, SpanKind::Producer, "publish", peer, t);
+                    let peer = Peer::Service {
+                        name: "broker".into(),
+                    };
+                    let c = self.span(
+                        Some(work),
+                        &n.service,
+                        SpanKind::Producer,
+                        "publish",
+                        peer,
+                        t,
+                    );
                     self.serve(Some(c), SpanKind::Consumer, callee, t + 1);
                 }
-                Call::Db { namespace, tables, writes } => {
-                    let peer = Peer::Database { system: "postgresql".into(), server: "db:5432".into(), namespace: Some(namespace.clone()) };
+                Call::Db {
+                    namespace,
+                    tables,
+                    writes,
+                } => {
+                    let peer = Peer::Database {
+                        system: "postgresql".into(),
+                        server: "db:5432".into(),
+                        namespace: Some(namespace.clone()),
+                    };
                     self.span(Some(work), &n.service, SpanKind::Client, "SELECT", peer, t);
                     let s = self.spans.last_mut().unwrap();
                     s.tables = tables.clone();
@@ -116,4 +171,3 @@ pub fn linear(n: usize) -> Node {
     }
     cur
 }
-

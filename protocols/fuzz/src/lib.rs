@@ -4,7 +4,10 @@
 
 use tangle_protocols::{Chunk, Exchange, Side};
 
-pub fn transfers(data: &[u8], mut feed: impl FnMut(Chunk<'_>, &mut Vec<Exchange>)) -> Vec<Exchange> {
+pub fn transfers(
+    data: &[u8],
+    mut feed: impl FnMut(Chunk<'_>, &mut Vec<Exchange>),
+) -> Vec<Exchange> {
     let mut out = Vec::new();
     let mut rest = data;
     let mut ts = 0;
@@ -12,10 +15,26 @@ pub fn transfers(data: &[u8], mut feed: impl FnMut(Chunk<'_>, &mut Vec<Exchange>
         let (flags, len) = (rest[0], rest[1] as usize);
         let body = &rest[2..];
         let n = len.min(body.len());
-        let side = if flags & 1 == 0 { Side::Request } else { Side::Response };
-        let missing = if flags & 2 != 0 { u64::from(flags >> 2) * 1000 } else { 0 };
+        let side = if flags & 1 == 0 {
+            Side::Request
+        } else {
+            Side::Response
+        };
+        let missing = if flags & 2 != 0 {
+            u64::from(flags >> 2) * 1000
+        } else {
+            0
+        };
         ts += 1;
-        feed(Chunk { side, ts_ns: ts, bytes: &body[..n], total_len: n as u64 + missing }, &mut out);
+        feed(
+            Chunk {
+                side,
+                ts_ns: ts,
+                bytes: &body[..n],
+                total_len: n as u64 + missing,
+            },
+            &mut out,
+        );
         rest = &body[n..];
         if out.len() > 10_000 {
             out.clear();
