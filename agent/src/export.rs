@@ -93,26 +93,40 @@ fn random_bytes<const N: usize>() -> [u8; N] {
     out
 }
 
-/// The trace id and parent span id of a W3C `traceparent` header.
-fn traceparent(e: &Exchange) -> Option<([u8; 16], [u8; 8])> {
+/// Hex digits into `out`, exactly filling it.
+fn hex_into(s: &str, out: &mut [u8]) -> Option<()> {
+    if s.len() != out.len() * 2 {
+        return None;
+    }
+    for (i, o) in out.iter_mut().enumerate() {
+        *o = u8::from_str_radix(s.get(2 * i..2 * i + 2)?, 16).ok()?;
+    }
+    Some(())
+}
+
+/// The trace id and parent span id the request carried: a W3C
+/// `traceparent`, else B3 (single or multi header; a 64-bit trace id is
+/// widened to 128 bits with leading zeros, as B3 specifies).
+fn propagated(e: &Exchange) -> Option<([u8; 16], [u8; 8])> {
     let Fields::Http(h) = &e.fields else {
         return None;
     };
-    let tp = h.trace.traceparent.as_deref()?;
-    let mut parts = tp.trim().split('-');
-    let (_version, trace, parent) = (parts.next()?, parts.next()?, parts.next()?);
-    let hex = |s: &str, out: &mut [u8]| -> Option<()> {
-        if s.len() != out.len() * 2 {
-            return None;
-        }
-        for (i, o) in out.iter_mut().enumerate() {
-            *o = u8::from_str_radix(s.get(2 * i..2 * i + 2)?, 16).ok()?;
-        }
-        Some(())
-    };
     let (mut t, mut p) = ([0u8; 16], [0u8; 8]);
-    hex(trace, &mut t)?;
-    hex(parent, &mut p)?;
+    if let Some(tp) = h.trace.traceparent.as_deref() {
+        let mut parts = tp.trim().split('-');
+        let (_version, trace, parent) = (parts.next()?, parts.next()?, parts.next()?);
+        hex_into(trace, &mut t)?;
+        hex_into(parent, &mut p)?;
+    } else {
+        let mut parts = h.trace.b3.as_deref()?.trim().split('-');
+        let (trace, span) = (parts.next()?, parts.next()?);
+        match trace.len() {
+            32 => hex_into(trace, &mut t)?,
+            16 => hex_into(trace, &mut t[8..])?,
+            _ => return None,
+        }
+        hex_into(span, &mut p)?;
+    }
     (t != [0; 16]).then_some((t, p))
 }
 
@@ -182,7 +196,7 @@ pub fn span_for(conn: &Connection, seq: u64, e: &Exchange, clock_offset_ns: i128
         (false, _) => 2,    // SERVER
     };
     // Propagated context: the request's trace, under the caller's span.
-    let (trace_id, parent_span_id) = match traceparent(e) {
+    let (trace_id, parent_span_id) = match propagated(e) {
         Some((t, p)) if !client_role => (t.to_vec(), p.to_vec()),
         Some((t, _)) => (t.to_vec(), Vec::new()),
         None => (random_bytes::<16>().to_vec(), Vec::new()),
@@ -228,9 +242,49 @@ pub struct Linker {
     served: std::collections::HashMap<(u32, u32), std::collections::VecDeque<(u64, u64)>>,
     /// Threads seen serving overlapping requests.
     multiplexed: std::collections::HashSet<(u32, u32)>,
+    /// Per (pid, tid): server connections it read a request on that is not
+    /// answered yet. A second one means the thread multiplexes, known before
+    /// the first request completes (its links would otherwise pass as exact).
+    reading: std::collections::HashMap<(u32, u32), Vec<u64>>,
+    /// Connection id to the thread in `reading`.
+    reader_of: std::collections::HashMap<u64, (u32, u32)>,
 }
 
 impl Linker {
+    /// Thread `tid` read request bytes on server connection `conn`.
+    pub fn inbound_read(&mut self, conn: &Connection, tid: u32) {
+        let thread = (conn.pid, tid);
+        if self.reader_of.get(&conn.conn_id) == Some(&thread) {
+            return;
+        }
+        self.answered(conn.conn_id);
+        let open = self.reading.entry(thread).or_default();
+        if !open.is_empty() {
+            self.multiplexed.insert(thread);
+        }
+        if open.len() < 64 {
+            open.push(conn.conn_id);
+            self.reader_of.insert(conn.conn_id, thread);
+        }
+        if self.reader_of.len() > 65_536 {
+            self.reading.clear();
+            self.reader_of.clear();
+        }
+    }
+
+    /// Connection `conn_id` has no request waiting any more (answered or closed).
+    pub fn answered(&mut self, conn_id: u64) {
+        let Some(thread) = self.reader_of.remove(&conn_id) else {
+            return;
+        };
+        if let Some(open) = self.reading.get_mut(&thread) {
+            open.retain(|&c| c != conn_id);
+            if open.is_empty() {
+                self.reading.remove(&thread);
+            }
+        }
+    }
+
     /// Takes one exchange's span; returns the spans ready to go.
     pub fn exchange(
         &mut self,
@@ -248,7 +302,7 @@ impl Linker {
             self.held.push_back(Held {
                 pid: conn.pid,
                 tid,
-                context: traceparent(e).map(|(t, _)| t),
+                context: propagated(e).map(|(t, _)| t),
                 start_ns: e.start_ns,
                 end_ns: e.end_ns,
                 held_at: std::time::Instant::now(),
@@ -257,6 +311,7 @@ impl Linker {
             return self.expired(false);
         }
         let thread = (conn.pid, tid);
+        self.answered(conn.conn_id);
         let recent = self.served.entry(thread).or_default();
         if recent
             .iter()
@@ -272,7 +327,7 @@ impl Linker {
             self.served.clear();
         }
         let multiplexed = self.multiplexed.contains(&thread);
-        let context = traceparent(e).map(|(t, _)| t);
+        let context = propagated(e).map(|(t, _)| t);
         // Its children: calls carrying its propagated trace id (exact), or
         // made by its thread meanwhile (the thread rule).
         let (trace_id, span_id) = (span.trace_id.clone(), span.span_id.clone());
@@ -363,6 +418,12 @@ impl ExchangeSink for SpanQueue {
         for o in self.linker.exchange(conn, tid, e, span) {
             self.send(o);
         }
+    }
+    fn inbound_read(&mut self, conn: &Connection, tid: u32) {
+        self.linker.inbound_read(conn, tid);
+    }
+    fn closed(&mut self, conn: &Connection) {
+        self.linker.answered(conn.conn_id);
     }
 }
 
@@ -624,5 +685,69 @@ mod tests {
         let rest = l.expired(true);
         assert_eq!(rest.len(), 1);
         assert!(rest[0].span.parent_span_id.is_empty());
+    }
+
+    #[test]
+    fn a_thread_reading_two_requests_is_multiplexed_before_either_completes() {
+        let mut l = Linker::default();
+        let (a, b) = (conn(Role::Server, 8080), conn(Role::Server, 8081));
+        let client = conn(Role::Client, 40000);
+        // An event loop reads request A, then request B, then calls out for B.
+        l.inbound_read(&a, 5);
+        l.inbound_read(&b, 5);
+        let call = ex(30, 40);
+        assert!(
+            l.exchange(&client, 5, &call, span_for(&client, 0, &call, 0))
+                .is_empty()
+        );
+        // A completes first: the call falls in its window, but the link
+        // cannot be exact.
+        let out = l.exchange(&a, 5, &ex(10, 100), span_for(&a, 0, &ex(10, 100), 0));
+        assert_eq!(out.len(), 2);
+        assert!(inferred(&out[1].span));
+        // A thread serving one connection after another stays exact.
+        l.inbound_read(&a, 6);
+        let _ = l.exchange(&a, 6, &ex(200, 300), span_for(&a, 1, &ex(200, 300), 0));
+        l.answered(a.conn_id);
+        l.inbound_read(&b, 6);
+        let call = ex(420, 430);
+        let _ = l.exchange(&client, 6, &call, span_for(&client, 1, &call, 0));
+        let out = l.exchange(&b, 6, &ex(400, 500), span_for(&b, 1, &ex(400, 500), 0));
+        assert_eq!(out.len(), 2);
+        assert!(!inferred(&out[1].span));
+    }
+
+    #[test]
+    fn b3_single_and_multi_header_context() {
+        let mut e = ex(0, 1);
+        let Fields::Http(h) = &mut e.fields else {
+            unreachable!()
+        };
+        for (name, value) in [
+            ("x-b3-spanid", "00f067aa0ba902b7"),
+            ("x-b3-traceid", "a3ce929d0e0e4736"),
+        ] {
+            assert!(h.trace.add_b3_header(name, value));
+        }
+        let (t, p) = propagated(&e).expect("multi-header B3");
+        assert_eq!(&t[..8], &[0; 8], "64-bit trace id widened");
+        assert_eq!(t[8], 0xa3);
+        assert_eq!(p[0], 0x00);
+        assert_eq!(p[7], 0xb7);
+        let Fields::Http(h) = &mut e.fields else {
+            unreachable!()
+        };
+        h.trace.b3 = None;
+        assert!(h.trace.add_b3_header(
+            "b3",
+            "80f198ee56343ba864fe8b2a57d3eff7-e457b5a2e4d86bd1-1-05e3ac9a4f6e3b90"
+        ));
+        let (t, p) = propagated(&e).expect("single-header B3");
+        assert_eq!((t[0], t[15], p[0]), (0x80, 0xf7, 0xe4));
+        let Fields::Http(h) = &mut e.fields else {
+            unreachable!()
+        };
+        h.trace.b3 = Some("1".into());
+        assert_eq!(propagated(&e), None, "sampling-only B3 has no context");
     }
 }

@@ -195,6 +195,12 @@ impl tangle_agent::pipeline::ExchangeSink for Exporting {
     ) {
         self.queue.exchange(conn, seq, tid, e);
     }
+    fn inbound_read(&mut self, conn: &tangle_agent::conntrack::Connection, tid: u32) {
+        self.queue.inbound_read(conn, tid);
+    }
+    fn closed(&mut self, conn: &tangle_agent::conntrack::Connection) {
+        self.queue.closed(conn);
+    }
     fn tick(&mut self) {
         self.queue.flush_held(false);
         tangle_agent::pipeline::ExchangeSink::tick(&mut self.out);

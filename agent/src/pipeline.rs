@@ -15,6 +15,10 @@ pub trait ExchangeSink {
     /// `tid` is the thread that last moved a request on the connection: the
     /// one that wrote it (client) or read it (server).
     fn exchange(&mut self, conn: &Connection, seq: u64, tid: u32, exchange: &Exchange);
+    /// Thread `tid` read request bytes on server connection `conn`.
+    fn inbound_read(&mut self, _conn: &Connection, _tid: u32) {}
+    /// `conn` closed; its last exchanges were handed on.
+    fn closed(&mut self, _conn: &Connection) {}
     /// Called after each batch of events: time-based work.
     fn tick(&mut self) {}
 }
@@ -120,6 +124,7 @@ impl<S: ExchangeSink> Sink for Pipeline<S> {
         t.parsers.finish(ev.ts_ns, &mut self.out);
         self.retire(&t);
         deliver(&mut t, &mut self.out, &mut self.stats, &mut self.sink);
+        self.sink.closed(&t.conn);
     }
 
     fn flush(&mut self) {
@@ -147,6 +152,9 @@ impl<S: ExchangeSink> Sink for Pipeline<S> {
         };
         if side == Side::Request {
             t.request_tid = h.tid;
+            if t.conn.role == Role::Server {
+                sink.inbound_read(&t.conn, h.tid);
+            }
         }
         t.parsers.feed(
             Chunk {

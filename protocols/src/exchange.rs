@@ -48,6 +48,27 @@ pub struct TraceContext {
 }
 
 impl TraceContext {
+    /// Takes a B3 header (`b3`, `x-b3-traceid` or `x-b3-spanid`, lower case):
+    /// `b3` holds the single-header form, `TRACEID-SPANID[-...]`; the
+    /// multi-header form is folded into it. Returns false for other names.
+    pub fn add_b3_header(&mut self, name: &str, value: &str) -> bool {
+        let b3 = self.b3.take();
+        self.b3 = Some(match (name, b3) {
+            ("b3", _) => value.to_owned(),
+            // A single header, or the same header twice: first one wins.
+            ("x-b3-traceid", Some(s)) if !s.starts_with('-') => s,
+            ("x-b3-traceid", rest) => format!("{value}{}", rest.unwrap_or_default()),
+            ("x-b3-spanid", Some(t)) if !t.contains('-') => format!("{t}-{value}"),
+            ("x-b3-spanid", None) => format!("-{value}"),
+            ("x-b3-spanid", Some(s)) => s,
+            (_, b3) => {
+                self.b3 = b3;
+                return false;
+            }
+        });
+        true
+    }
+
     pub fn is_empty(&self) -> bool {
         self.traceparent.is_none() && self.b3.is_none() && self.request_id.is_none()
     }

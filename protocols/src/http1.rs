@@ -126,13 +126,15 @@ fn parse_request(b: &[u8]) -> Frame<RequestHead> {
     };
     let mut chunked = false;
     for (name, value) in headers(head) {
-        match name.to_ascii_lowercase().as_str() {
+        let name = name.to_ascii_lowercase();
+        if fields.trace.add_b3_header(&name, value) {
+            continue;
+        }
+        match name.as_str() {
             "host" => fields.host = Some(value.to_owned()),
             "content-length" => fields.request_content_length = value.parse().ok(),
             "transfer-encoding" => chunked = is_chunked(value),
             "traceparent" => fields.trace.traceparent = Some(value.to_owned()),
-            "b3" => fields.trace.b3 = Some(value.to_owned()),
-            "x-b3-traceid" if fields.trace.b3.is_none() => fields.trace.b3 = Some(value.to_owned()),
             "x-request-id" => fields.trace.request_id = Some(value.to_owned()),
             // Authorization, Cookie and the rest are not kept.
             _ => {}

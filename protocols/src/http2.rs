@@ -223,6 +223,8 @@ impl Http2Parser {
                             | "grpc-status"
                             | "traceparent"
                             | "b3"
+                            | "x-b3-traceid"
+                            | "x-b3-spanid"
                             | "x-request-id"
                     ) {
                         pairs.push((name, String::from_utf8_lossy(&value).into_owned()));
@@ -304,7 +306,7 @@ impl Http2Parser {
                 (Side::Request, ":authority") => s.fields.host = Some(value),
                 (Side::Request, "content-type") => s.grpc = value.starts_with("application/grpc"),
                 (Side::Request, "traceparent") => s.fields.trace.traceparent = Some(value),
-                (Side::Request, "b3") => s.fields.trace.b3 = Some(value),
+                (Side::Request, b3) if s.fields.trace.add_b3_header(b3, &value) => {}
                 (Side::Request, "x-request-id") => s.fields.trace.request_id = Some(value),
                 (Side::Response, ":status") => s.fields.status = value.parse().ok(),
                 (Side::Response, "grpc-status") => s.grpc_status = Some(value),
