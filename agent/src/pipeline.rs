@@ -33,6 +33,10 @@ pub struct PipelineStats {
     pub orphan_transfers: u64,
     /// Connections dropped because the parser table was full.
     pub parser_table_full: u64,
+    /// Bytes all connections' parsers hold now for partial messages.
+    pub parser_buffered_bytes: u64,
+    /// Connections whose parsing was abandoned to keep within the memory budget.
+    pub parser_budget_drops: u64,
     /// Per protocol: parse errors, desyncs, unmatched responses, dropped requests.
     pub protocols: HashMap<&'static str, ParserStats>,
 }
@@ -68,6 +72,8 @@ struct Tracked {
     exchanges: u64,
     /// The thread of the last request-side transfer.
     request_tid: u32,
+    /// `parsers.buffered()` after the last transfer.
+    buffered: usize,
 }
 
 /// A [`Sink`] that parses each connection's transfers and hands the
@@ -75,23 +81,38 @@ struct Tracked {
 pub struct Pipeline<S> {
     conns: HashMap<u64, Tracked>,
     max_connections: usize,
+    /// Most bytes all parsers may hold together.
+    memory_budget: usize,
     out: Vec<Exchange>,
     pub stats: PipelineStats,
     pub sink: S,
 }
+
+/// Default for [`Pipeline::with_memory_budget`].
+pub const DEFAULT_PARSER_MEMORY: usize = 256 << 20;
 
 impl<S: ExchangeSink> Pipeline<S> {
     pub fn new(sink: S, max_connections: usize) -> Self {
         Self {
             conns: HashMap::new(),
             max_connections,
+            memory_budget: DEFAULT_PARSER_MEMORY,
             out: Vec::new(),
             stats: PipelineStats::default(),
             sink,
         }
     }
 
+    /// Most bytes all connections' parsers may hold for partial messages
+    /// together; past it, the connection that grows is no longer parsed
+    /// (counted in `parser_budget_drops`).
+    pub fn with_memory_budget(mut self, bytes: usize) -> Self {
+        self.memory_budget = bytes;
+        self
+    }
+
     fn retire(&mut self, t: &Tracked) {
+        self.stats.parser_buffered_bytes -= t.buffered as u64;
         self.stats.undetected_transfers += t.parsers.undetected_chunks;
         if let Some(p) = t.parsers.protocol() {
             let s = self.stats.protocols.entry(protocol_name(p)).or_default();
@@ -113,6 +134,7 @@ impl<S: ExchangeSink> Sink for Pipeline<S> {
                 parsers: Parsers::default(),
                 exchanges: 0,
                 request_tid: 0,
+                buffered: 0,
             },
         );
     }
@@ -137,6 +159,7 @@ impl<S: ExchangeSink> Sink for Pipeline<S> {
             out,
             stats,
             sink,
+            memory_budget,
             ..
         } = self;
         let Some(t) = conns.get_mut(&h.conn_id) else {
@@ -165,6 +188,87 @@ impl<S: ExchangeSink> Sink for Pipeline<S> {
             },
             out,
         );
+        let buffered = t.parsers.buffered();
+        stats.parser_buffered_bytes =
+            stats.parser_buffered_bytes - t.buffered as u64 + buffered as u64;
+        t.buffered = buffered;
+        if stats.parser_buffered_bytes > *memory_budget as u64 {
+            t.parsers.abandon();
+            stats.parser_budget_drops += 1;
+            stats.parser_buffered_bytes -= buffered as u64;
+            t.buffered = 0;
+        }
         deliver(t, out, stats, sink);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Default)]
+    struct Collect(Vec<Exchange>);
+    impl ExchangeSink for Collect {
+        fn exchange(&mut self, _: &Connection, _: u64, _: u32, e: &Exchange) {
+            self.0.push(e.clone());
+        }
+    }
+
+    fn conn(id: u64) -> Connection {
+        Connection {
+            conn_id: id,
+            pid: 1,
+            fd: 3,
+            process: "svc".into(),
+            role: Role::Server,
+            local: "127.0.0.1:80".parse().unwrap(),
+            remote: format!("127.0.0.1:{}", 40000 + id).parse().unwrap(),
+            cgroup_id: 0,
+            opened_ns: 0,
+        }
+    }
+
+    fn data(p: &mut Pipeline<Collect>, id: u64, direction: Direction, ts: u64, bytes: &[u8]) {
+        let h = DataHeader {
+            conn_id: id,
+            direction: direction as u8,
+            ts_ns: ts,
+            total_len: bytes.len() as u64,
+            captured_len: bytes.len() as u32,
+            ..DataHeader::default()
+        };
+        p.data(None, &h, bytes);
+    }
+
+    #[test]
+    fn parsers_stay_within_the_memory_budget() {
+        let mut p = Pipeline::new(Collect::default(), 16).with_memory_budget(48 * 1024);
+        let ev = ConnEvent::default();
+        // Each connection holds an unfinished request head of 20 KiB.
+        let mut head = b"GET /a HTTP/1.1\r\nX-Pad: ".to_vec();
+        head.resize(20 * 1024, b'x');
+        for id in 1..=3 {
+            p.open(&conn(id), &ev);
+            data(&mut p, id, Direction::Ingress, id, &head);
+        }
+        assert_eq!(p.stats.parser_budget_drops, 1, "the third went over");
+        assert!(p.stats.parser_buffered_bytes <= 48 * 1024);
+        // The connections within the budget still parse.
+        for id in 1..=2 {
+            data(&mut p, id, Direction::Ingress, 10, b"\r\n\r\n");
+            data(
+                &mut p,
+                id,
+                Direction::Egress,
+                11,
+                b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n",
+            );
+        }
+        assert_eq!(p.sink.0.len(), 2);
+        // An idle connection holds no head buffer; closes give the rest back.
+        for id in 1..=3 {
+            p.close(None, &ConnEvent { conn_id: id, ..ev });
+        }
+        assert_eq!(p.stats.parser_buffered_bytes, 0);
     }
 }

@@ -140,7 +140,7 @@ pub enum CloseReason {
 
 /// A connection opened or closed.
 #[repr(C)]
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy, Debug, Default)]
 pub struct ConnEvent {
     /// `EventKind::ConnOpen` or `EventKind::ConnClose`.
     pub kind: u8,

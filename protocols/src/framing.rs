@@ -6,6 +6,8 @@ use crate::{Chunk, ParserStats};
 
 /// The most bytes of one message head kept while waiting for the rest.
 pub(crate) const MAX_HEAD: usize = 64 * 1024;
+/// Head buffer capacity kept once the buffer is empty.
+const IDLE_BUF: usize = 4096;
 
 /// What a protocol's head parser says about the bytes at the front.
 pub(crate) enum Frame<M> {
@@ -59,6 +61,11 @@ impl<M> Default for SideStream<M> {
 }
 
 impl<M> SideStream<M> {
+    /// Bytes of memory held for partial heads.
+    pub(crate) fn buffered(&self) -> usize {
+        self.buf.capacity()
+    }
+
     /// Feeds one transfer. `parse` reads a head at the front of the bytes it
     /// is given; `starts_message` says whether a transfer may begin a message
     /// (to regain sync); `done` gets each message once its body is over.
@@ -128,6 +135,10 @@ impl<M> SideStream<M> {
             }
         }
         self.buf.drain(..at);
+        if self.buf.is_empty() && self.buf.capacity() > IDLE_BUF {
+            // An idle connection keeps no large head buffer.
+            self.buf = Vec::new();
+        }
         if missing > 0 {
             if self.buf.is_empty() && self.skip > 0 {
                 self.gap(missing, ts, &mut done);

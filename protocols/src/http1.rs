@@ -446,6 +446,10 @@ impl Parser for Http1Parser {
     fn stats(&self) -> ParserStats {
         self.requests.stats + self.responses.stats + self.stats
     }
+
+    fn buffered(&self) -> usize {
+        self.requests.buffered() + self.responses.buffered()
+    }
 }
 
 #[cfg(test)]

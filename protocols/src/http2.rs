@@ -438,4 +438,8 @@ impl Parser for Http2Parser {
     fn stats(&self) -> ParserStats {
         self.requests.stats + self.responses.stats + self.stats
     }
+
+    fn buffered(&self) -> usize {
+        self.requests.buffered() + self.responses.buffered()
+    }
 }

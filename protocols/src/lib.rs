@@ -95,6 +95,8 @@ pub trait Parser: Send {
     /// The connection ended: requests still waiting are pushed without a response.
     fn finish(&mut self, ts_ns: u64, out: &mut Vec<Exchange>);
     fn stats(&self) -> ParserStats;
+    /// Bytes held for messages not complete yet (what a memory budget counts).
+    fn buffered(&self) -> usize;
 }
 
 /// Picks the protocol from the first bytes seen on a connection, or None.
@@ -216,6 +218,20 @@ impl Connection {
 
     pub fn stats(&self) -> ParserStats {
         self.parser.as_ref().map(|p| p.stats()).unwrap_or_default()
+    }
+
+    /// Bytes held: transfers awaiting detection and the parser's partial messages.
+    pub fn buffered(&self) -> usize {
+        self.held.iter().map(|h| h.2.capacity()).sum::<usize>()
+            + self.parser.as_ref().map_or(0, |p| p.buffered())
+    }
+
+    /// Stops parsing this connection and frees what it held (a memory
+    /// budget was exceeded); later transfers are counted as undetected.
+    pub fn abandon(&mut self) {
+        self.parser = None;
+        self.held = Vec::new();
+        self.gave_up = true;
     }
 }
 

@@ -502,4 +502,8 @@ impl Parser for MysqlParser {
     fn stats(&self) -> ParserStats {
         self.requests.stats + self.responses.stats + self.stats
     }
+
+    fn buffered(&self) -> usize {
+        self.requests.buffered() + self.responses.buffered()
+    }
 }

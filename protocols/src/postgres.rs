@@ -414,4 +414,8 @@ impl Parser for PostgresParser {
     fn stats(&self) -> ParserStats {
         self.requests.stats + self.responses.stats + self.stats
     }
+
+    fn buffered(&self) -> usize {
+        self.requests.buffered() + self.responses.buffered()
+    }
 }

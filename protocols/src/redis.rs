@@ -363,6 +363,10 @@ impl Parser for RedisParser {
     fn stats(&self) -> ParserStats {
         self.requests.stats + self.responses.stats + self.stats
     }
+
+    fn buffered(&self) -> usize {
+        self.requests.buffered() + self.responses.buffered()
+    }
 }
 
 #[cfg(test)]
