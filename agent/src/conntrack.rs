@@ -8,14 +8,22 @@ use std::{
 
 use tangle_common::{AF_INET, ConnEvent, Role, SockAddrs};
 
+use crate::identity::{Identities, Identity};
+
 /// A TCP connection seen from one process.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Connection {
     pub conn_id: u64,
     pub pid: u32,
     pub fd: u32,
+    /// The executable name (`comm`).
     pub process: String,
+    /// Who the process is: its service name and where that came from.
+    pub identity: std::sync::Arc<Identity>,
     pub role: Role,
+    /// For a client: the service at the remote address, when the cluster
+    /// says (its end may be on a node this agent does not see).
+    pub peer_service: Option<String>,
     pub local: SocketAddr,
     pub remote: SocketAddr,
     pub cgroup_id: u64,
@@ -43,52 +51,11 @@ pub fn comm_str(comm: &[u8]) -> String {
     String::from_utf8_lossy(&comm[..end]).into_owned()
 }
 
-/// Process names by pid, read from /proc once and kept while the process has
-/// open connections (counted, so a close costs no scan of the table).
-#[derive(Default)]
-pub struct ProcessNames {
-    /// pid -> (name, open connections).
-    names: HashMap<u32, (String, usize)>,
-}
-
-impl ProcessNames {
-    /// Most names kept; past it the cache starts over.
-    const MAX: usize = 8192;
-
-    /// The process's name (`/proc/PID/comm`), or `fallback` (the thread's
-    /// name from the kernel) when the process is already gone; counts one
-    /// more open connection of it.
-    pub fn acquire(&mut self, pid: u32, fallback: &str) -> String {
-        if let Some((name, open)) = self.names.get_mut(&pid) {
-            *open += 1;
-            return name.clone();
-        }
-        let name = std::fs::read_to_string(format!("/proc/{pid}/comm"))
-            .map(|s| s.trim_end().to_owned())
-            .unwrap_or_else(|_| fallback.to_owned());
-        if self.names.len() >= Self::MAX {
-            self.names.clear();
-        }
-        self.names.insert(pid, (name.clone(), 1));
-        name
-    }
-
-    /// One connection of `pid` closed; its name is dropped with the last.
-    pub fn release(&mut self, pid: u32) {
-        if let Some((_, open)) = self.names.get_mut(&pid) {
-            *open -= 1;
-            if *open == 0 {
-                self.names.remove(&pid);
-            }
-        }
-    }
-}
-
 /// Live connections by id. Bounded: when full, new connections are counted
 /// as untracked rather than growing memory.
 pub struct ConnTable {
     conns: HashMap<u64, Connection>,
-    names: ProcessNames,
+    identities: Identities,
     max: usize,
     /// Opens dropped because the table was full.
     pub overflow: u64,
@@ -96,9 +63,13 @@ pub struct ConnTable {
 
 impl ConnTable {
     pub fn new(max: usize) -> Self {
+        Self::with_identities(max, Identities::default())
+    }
+
+    pub fn with_identities(max: usize, identities: Identities) -> Self {
         Self {
             conns: HashMap::new(),
-            names: ProcessNames::default(),
+            identities,
             max,
             overflow: 0,
         }
@@ -111,19 +82,28 @@ impl ConnTable {
             return None;
         }
         let (local, remote) = socket_addrs(&ev.addrs);
+        let identity = self.identities.acquire(ev.tgid, &comm_str(&ev.comm));
         let conn = Connection {
             conn_id: ev.conn_id,
             pid: ev.tgid,
             fd: ev.fd,
-            process: self.names.acquire(ev.tgid, &comm_str(&ev.comm)),
+            process: identity.exe.clone(),
+            identity,
+            peer_service: None,
             role: Role::from_u8(ev.role).unwrap_or(Role::Client),
             local,
             remote,
             cgroup_id: ev.cgroup_id,
             opened_ns: ev.ts_ns,
         };
+        let conn = Connection {
+            peer_service: (conn.role == Role::Client)
+                .then(|| self.identities.peer(remote.ip()))
+                .flatten(),
+            ..conn
+        };
         if let Some(old) = self.conns.insert(ev.conn_id, conn) {
-            self.names.release(old.pid);
+            self.identities.release(old.pid);
         }
         self.conns.get(&ev.conn_id)
     }
@@ -135,7 +115,7 @@ impl ConnTable {
     /// Records a close; returns the connection it ends, if it was known.
     pub fn close(&mut self, conn_id: u64) -> Option<Connection> {
         let conn = self.conns.remove(&conn_id)?;
-        self.names.release(conn.pid);
+        self.identities.release(conn.pid);
         Some(conn)
     }
 

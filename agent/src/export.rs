@@ -31,7 +31,7 @@ use tangle_common::Role;
 use tangle_protocols::{Exchange, Fields, Status as ExStatus};
 use tokio::sync::mpsc;
 
-use crate::{conntrack::Connection, pipeline::ExchangeSink};
+use crate::{conntrack::Connection, identity::Identity, pipeline::ExchangeSink};
 
 /// Counters of the export, shared with the exporting task.
 #[derive(Debug, Default)]
@@ -54,9 +54,9 @@ impl ExportStats {
     }
 }
 
-/// A span and the service it belongs to.
+/// A span and the process it belongs to.
 pub struct Outgoing {
-    service: String,
+    identity: Arc<Identity>,
     span: Span,
 }
 
@@ -151,6 +151,9 @@ pub fn span_for(conn: &Connection, seq: u64, e: &Exchange, clock_offset_ns: i128
         text("network.transport", "tcp"),
         int("process.pid", i64::from(conn.pid)),
     ];
+    if let Some(peer) = &conn.peer_service {
+        attrs.push(text("peer.service", peer.clone()));
+    }
     match &e.fields {
         Fields::Http(h) => {
             attrs.push(text("http.request.method", h.method.clone()));
@@ -294,7 +297,7 @@ impl Linker {
         mut span: Span,
     ) -> Vec<Outgoing> {
         let out = |span| Outgoing {
-            service: conn.process.clone(),
+            identity: conn.identity.clone(),
             span,
         };
         if conn.role == Role::Client {
@@ -348,13 +351,10 @@ impl Linker {
                         .attributes
                         .push(kv(tangle_wire::LINK_INFERRED, Value::BoolValue(true)));
                 }
-                children.push(std::mem::replace(
-                    &mut h.out,
-                    Outgoing {
-                        service: String::new(),
-                        span: Span::default(),
-                    },
-                ));
+                children.push(Outgoing {
+                    identity: h.out.identity.clone(),
+                    span: std::mem::take(&mut h.out.span),
+                });
             }
             !mine
         });
@@ -427,10 +427,84 @@ impl ExchangeSink for SpanQueue {
     }
 }
 
-/// Exports spans to `endpoint` (OTLP/gRPC) in batches; retries with backoff
+/// The export cannot be set up.
+#[derive(Debug, thiserror::Error)]
+pub enum ExportError {
+    /// The endpoint is not a usable URI.
+    #[error("export endpoint `{endpoint}`: {message}")]
+    Endpoint { endpoint: String, message: String },
+    /// The token cannot be sent in a header.
+    #[error("export token: not valid in a header (visible ASCII only)")]
+    Token,
+    /// A file the configuration names could not be read.
+    #[error(transparent)]
+    Config(#[from] crate::config::ConfigError),
+    /// The TLS settings were refused.
+    #[error("export TLS: {0}")]
+    Tls(String),
+}
+
+/// Where spans go, and the credentials they go with.
+#[derive(Clone)]
+pub struct Target {
+    endpoint: tonic::transport::Endpoint,
+    shown: String,
+    authorization: Option<tonic::metadata::MetadataValue<tonic::metadata::Ascii>>,
+}
+
+impl Target {
+    pub fn from_config(c: &crate::config::Config) -> Result<Self, ExportError> {
+        use tonic::transport::{Certificate, ClientTlsConfig, Identity as TlsIdentity};
+        let e = &c.export;
+        let bad = |message: String| ExportError::Endpoint {
+            endpoint: e.endpoint.clone(),
+            message,
+        };
+        let mut endpoint = tonic::transport::Endpoint::from_shared(e.endpoint.clone())
+            .map_err(|err| bad(err.to_string()))?
+            .connect_timeout(Duration::from_secs(5))
+            .timeout(Duration::from_secs(10));
+        if let Some(tls) = &e.tls {
+            let read = |what, path: &std::path::Path| crate::config::read(what, path);
+            let mut config = ClientTlsConfig::new()
+                .ca_certificate(Certificate::from_pem(read("TLS CA", &tls.ca)?));
+            if let (Some(cert), Some(key)) = (&tls.cert, &tls.key) {
+                config = config.identity(TlsIdentity::from_pem(
+                    read("TLS certificate", cert)?,
+                    read("TLS key", key)?,
+                ));
+            }
+            if let Some(name) = &tls.server_name {
+                config = config.domain_name(name.clone());
+            }
+            endpoint = endpoint
+                .tls_config(config)
+                .map_err(|err| ExportError::Tls(err.to_string()))?;
+        }
+        let authorization = c
+            .token()?
+            .map(|t| {
+                format!("Bearer {t}")
+                    .parse()
+                    .map_err(|_| ExportError::Token)
+            })
+            .transpose()?;
+        Ok(Self {
+            endpoint,
+            shown: e.endpoint.clone(),
+            authorization,
+        })
+    }
+
+    pub fn shown(&self) -> &str {
+        &self.shown
+    }
+}
+
+/// Exports spans to `target` (OTLP/gRPC) in batches; retries with backoff
 /// while the queue (`capacity` spans) absorbs what comes meanwhile.
 pub fn start(
-    endpoint: String,
+    target: Target,
     capacity: usize,
     clock_offset_ns: i128,
 ) -> (SpanQueue, Arc<ExportStats>) {
@@ -456,11 +530,12 @@ pub fn start(
                     }
                 }
             }
+            let endpoint = target.shown();
             if client.is_none() {
-                match TraceServiceClient::connect(endpoint.clone()).await {
-                    Ok(c) => client = Some(c),
+                match target.endpoint.connect().await {
+                    Ok(channel) => client = Some(TraceServiceClient::new(channel)),
                     Err(e) => {
-                        log::debug!("collector {endpoint} unreachable: {e}");
+                        log::debug!("collector {endpoint} unreachable: {e:?}");
                         task_stats.failed_attempts.fetch_add(1, Ordering::Relaxed);
                         tokio::time::sleep(backoff).await;
                         backoff = (backoff * 2).min(Duration::from_secs(10));
@@ -469,7 +544,10 @@ pub fn start(
                 }
             }
             let Some(c) = client.as_mut() else { continue };
-            let request = to_request(&batch);
+            let mut request = tonic::Request::new(to_request(&batch));
+            if let Some(a) = &target.authorization {
+                request.metadata_mut().insert("authorization", a.clone());
+            }
             match c.export(request).await {
                 Ok(_) => {
                     task_stats
@@ -477,6 +555,13 @@ pub fn start(
                         .fetch_add(batch.len() as u64, Ordering::Relaxed);
                     batch.clear();
                     backoff = Duration::from_millis(200);
+                }
+                Err(e) if e.code() == tonic::Code::Unauthenticated => {
+                    // Worth saying at once: it will not get better by itself.
+                    log::warn!("collector {endpoint} refused the export: {}", e.message());
+                    task_stats.failed_attempts.fetch_add(1, Ordering::Relaxed);
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(10));
                 }
                 Err(e) => {
                     log::debug!("export to {endpoint} failed: {e}");
@@ -499,22 +584,31 @@ pub fn start(
     )
 }
 
-/// One request: spans grouped by service (a resource each).
+/// One request: spans grouped by process identity (a resource each).
 fn to_request(batch: &[Outgoing]) -> ExportTraceServiceRequest {
-    let mut by_service: std::collections::BTreeMap<&str, Vec<Span>> =
+    let mut by_identity: std::collections::BTreeMap<(&str, usize), (&Identity, Vec<Span>)> =
         std::collections::BTreeMap::new();
     for o in batch {
-        by_service
-            .entry(o.service.as_str())
-            .or_default()
+        let key = (
+            o.identity.service.as_str(),
+            Arc::as_ptr(&o.identity) as usize,
+        );
+        by_identity
+            .entry(key)
+            .or_insert_with(|| (&o.identity, Vec::new()))
+            .1
             .push(o.span.clone());
     }
     ExportTraceServiceRequest {
-        resource_spans: by_service
-            .into_iter()
-            .map(|(service, spans)| ResourceSpans {
+        resource_spans: by_identity
+            .into_values()
+            .map(|(identity, spans)| ResourceSpans {
                 resource: Some(Resource {
-                    attributes: vec![text("service.name", service)],
+                    attributes: identity
+                        .resource_attributes()
+                        .into_iter()
+                        .map(|(k, v)| text(k, v))
+                        .collect(),
                     ..Resource::default()
                 }),
                 scope_spans: vec![ScopeSpans {
@@ -538,6 +632,15 @@ mod tests {
             pid: 7,
             fd: 3,
             process: "svc".into(),
+            identity: std::sync::Arc::new(crate::identity::name(
+                &[],
+                &crate::identity::ProcessFacts {
+                    exe: "svc".into(),
+                    ..Default::default()
+                },
+                None,
+            )),
+            peer_service: None,
             role,
             local: format!("127.0.0.1:{port}").parse().unwrap(),
             remote: "127.0.0.1:80".parse().unwrap(),

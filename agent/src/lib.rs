@@ -4,14 +4,22 @@
 //! - [`probe`] loads and attaches the kernel side and reads its counters;
 //! - [`reader`] turns ring buffer records into events with their connection;
 //! - [`conntrack`] keeps who owns each connection;
+//! - [`identity`] names the service a process is (with [`kubernetes`]);
 //! - [`pipeline`] parses each connection's transfers into exchanges;
+//! - [`export`] turns exchanges into linked OTLP spans and sends them;
+//! - [`metrics`] serves the agent's own counters to Prometheus;
+//! - [`config`] reads `run`'s configuration file;
 //! - [`output`] prints events and exchanges for the CLI;
 //! - [`replay`] runs the protocol parsers over a pcap file.
 
 pub mod btf;
+pub mod config;
 pub mod conntrack;
 pub mod events;
 pub mod export;
+pub mod identity;
+pub mod kubernetes;
+pub mod metrics;
 pub mod output;
 pub mod pipeline;
 pub mod probe;

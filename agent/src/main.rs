@@ -5,6 +5,7 @@ use std::{path::PathBuf, process::ExitCode, time::Duration};
 use anyhow::Context as _;
 use clap::{Args, Parser, Subcommand};
 use tangle_agent::{
+    identity::Identities,
     output::{Format, LineWriter},
     pipeline::Pipeline,
     probe::{self, Probe, ProbeOptions},
@@ -36,6 +37,11 @@ enum Command {
     /// to a collector (`tangle-collector`, or any OTLP/gRPC endpoint), with
     /// the join keys that put both ends of a call together.
     Run(RunArgs),
+    /// Check a configuration file for `run` and print it as understood.
+    CheckConfig {
+        /// The file (TOML).
+        file: PathBuf,
+    },
     /// Read a pcap or pcapng file of TCP traffic, reassemble each stream, and
     /// print the exchanges found as JSON lines (counters go to stderr).
     ///
@@ -48,16 +54,20 @@ enum Command {
 
 #[derive(Args)]
 struct RunArgs {
-    /// Where to export (OTLP/gRPC).
-    #[arg(
-        long,
-        env = "TANGLE_COLLECTOR",
-        default_value = "http://127.0.0.1:4317"
-    )]
-    collector: String,
-    /// Spans held while the collector is slow or away; past it they are dropped (counted).
-    #[arg(long, env = "TANGLE_QUEUE_SPANS", default_value_t = 10_000)]
-    queue_spans: usize,
+    /// The configuration file (TOML; see the README). Without one the agent
+    /// exports to a collector on this machine (http://localhost:4317).
+    #[arg(long, env = "TANGLE_CONFIG")]
+    config: Option<PathBuf>,
+    /// Where to export (OTLP/gRPC); overrides export.endpoint.
+    #[arg(long, env = "TANGLE_COLLECTOR")]
+    collector: Option<String>,
+    /// Spans held while the collector is slow or away; past it they are
+    /// dropped (counted). Overrides export.queue_spans.
+    #[arg(long, env = "TANGLE_QUEUE_SPANS")]
+    queue_spans: Option<usize>,
+    /// Serve the agent's own metrics at http://ADDR/metrics; overrides metrics.listen.
+    #[arg(long, env = "TANGLE_METRICS_LISTEN")]
+    metrics_listen: Option<std::net::SocketAddr>,
     #[command(flatten)]
     capture: CaptureArgs,
 }
@@ -66,10 +76,7 @@ struct RunArgs {
 enum Mode {
     Events,
     Exchanges,
-    Export {
-        collector: String,
-        queue_spans: usize,
-    },
+    Export(Box<tangle_agent::config::Config>),
 }
 
 #[derive(Args)]
@@ -127,13 +134,10 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Capture(args) => capture(args, Mode::Events),
         Command::Exchanges(args) => capture(args, Mode::Exchanges),
-        Command::Run(run) => capture(
-            run.capture,
-            Mode::Export {
-                collector: run.collector,
-                queue_spans: run.queue_spans,
-            },
-        ),
+        Command::Run(run) => {
+            run_config(&run).and_then(|config| capture(run.capture, Mode::Export(Box::new(config))))
+        }
+        Command::CheckConfig { file } => check_config(&file),
         Command::Replay { file } => replay(&file),
     };
     match result {
@@ -143,6 +147,64 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// Process naming: the rules, and the Kubernetes API if there is one.
+fn identities(c: &tangle_agent::config::IdentityConfig) -> anyhow::Result<Identities> {
+    use tangle_agent::{config::Toggle, kubernetes};
+    let client = match (c.kubernetes, &c.kubernetes_api) {
+        (Toggle::Off, _) => None,
+        (_, Some(api)) => Some(kubernetes::KubeClient::new(api, None, None)?),
+        (Toggle::On, None) => Some(kubernetes::KubeClient::in_cluster()?),
+        (Toggle::Auto, None) => match kubernetes::KubeClient::in_cluster() {
+            Ok(k) => Some(k),
+            Err(kubernetes::KubeError::NotInCluster) => None,
+            Err(e) => {
+                log::warn!("kubernetes: {e}; pods will not be named");
+                None
+            }
+        },
+    };
+    let cluster = client.map(kubernetes::watch);
+    Ok(Identities::new(c.rules.clone(), cluster))
+}
+
+/// The configuration of `run`: the file (if any), then the flags over it.
+fn run_config(run: &RunArgs) -> anyhow::Result<tangle_agent::config::Config> {
+    use tangle_agent::config::Config;
+    let mut config = match &run.config {
+        Some(path) => Config::load(path)?,
+        None => Config::default(),
+    };
+    if let Some(c) = &run.collector {
+        config.export.endpoint = c.clone();
+    }
+    if let Some(q) = run.queue_spans {
+        config.export.queue_spans = q;
+    }
+    if run.metrics_listen.is_some() {
+        config.metrics.listen = run.metrics_listen;
+    }
+    // The flags pass the same checks as the file.
+    let shown = run
+        .config
+        .as_ref()
+        .map_or("(flags)".to_owned(), |p| p.display().to_string());
+    config.check(&shown)?;
+    Ok(config)
+}
+
+fn check_config(file: &std::path::Path) -> anyhow::Result<()> {
+    let mut config = tangle_agent::config::Config::load(file)?;
+    if config.token()?.is_some() && config.export.token.is_some() {
+        config.export.token = Some("(set)".into());
+    }
+    print!(
+        "{}",
+        toml::to_string(&config).context("printing the configuration")?
+    );
+    eprintln!("{}: ok", file.display());
+    Ok(())
 }
 
 /// What the capture loop writes to: events (`capture`) or exchanges (`exchanges`).
@@ -155,6 +217,8 @@ trait CliSink: Sink {
     }
     /// The capture stopped: finish what is pending before the last counters.
     async fn finish(&mut self) {}
+    /// Adds its own counters to the metrics page.
+    fn metrics(&self, _page: &mut tangle_agent::metrics::Page) {}
 }
 
 impl<W: std::io::Write> CliSink for LineWriter<W> {
@@ -174,7 +238,10 @@ impl<W: std::io::Write> CliSink for Pipeline<LineWriter<W>> {
         self.sink.note(human, json);
     }
     fn stats(&self) -> serde_json::Value {
-        serde_json::to_value(&self.stats).unwrap_or_default()
+        serde_json::to_value(self.stats_now()).unwrap_or_default()
+    }
+    fn metrics(&self, page: &mut tangle_agent::metrics::Page) {
+        page.parsing(&self.stats_now());
     }
 }
 
@@ -215,9 +282,13 @@ impl CliSink for Pipeline<Exporting> {
         self.sink.out.note(human, json);
     }
     fn stats(&self) -> serde_json::Value {
-        let mut v = serde_json::to_value(&self.stats).unwrap_or_default();
+        let mut v = serde_json::to_value(self.stats_now()).unwrap_or_default();
         v["export"] = self.sink.stats.snapshot();
         v
+    }
+    fn metrics(&self, page: &mut tangle_agent::metrics::Page) {
+        page.parsing(&self.stats_now());
+        page.export(&self.sink.stats);
     }
     async fn finish(&mut self) {
         self.sink.queue.flush_held(true);
@@ -250,10 +321,26 @@ fn capture(args: CaptureArgs, mode: Mode) -> anyhow::Result<()> {
         .build()
         .context("starting the runtime")?;
     rt.block_on(async move {
+        // What `run` needs is checked before the programs load.
+        let (identities, metrics, target) = match &mode {
+            Mode::Export(config) => {
+                let target = tangle_agent::export::Target::from_config(config)?;
+                let metrics = match config.metrics.listen {
+                    Some(addr) => {
+                        let page = tangle_agent::metrics::Shared::default();
+                        tangle_agent::metrics::serve(addr, page.clone()).await?;
+                        Some(page)
+                    }
+                    None => None,
+                };
+                (identities(&config.identity)?, metrics, Some(target))
+            }
+            _ => (Identities::default(), None, None),
+        };
         let mut probe = Probe::load(options)?;
         let ring = probe.take_events()?;
-        let mut reader =
-            Reader::new(ring, args.max_connections as usize).context("watching the ring buffer")?;
+        let mut reader = Reader::new(ring, args.max_connections as usize, identities)
+            .context("watching the ring buffer")?;
         if let Some(path) = &args.ready_file {
             std::fs::write(path, "ready\n")
                 .with_context(|| format!("writing {}", path.display()))?;
@@ -269,27 +356,34 @@ fn capture(args: CaptureArgs, mode: Mode) -> anyhow::Result<()> {
         match mode {
             Mode::Exchanges => {
                 let mut out = Pipeline::new(lines, args.max_connections as usize);
-                capture_loop(&args, &mut probe, &mut reader, &mut out).await
+                capture_loop(&args, &mut probe, &mut reader, &mut out, metrics).await
             }
             Mode::Events => {
                 let mut out = lines;
-                capture_loop(&args, &mut probe, &mut reader, &mut out).await
+                capture_loop(&args, &mut probe, &mut reader, &mut out, metrics).await
             }
-            Mode::Export {
-                collector,
-                queue_spans,
-            } => {
+            Mode::Export(config) => {
                 let offset = tangle_agent::output::Clock::now().offset_ns();
-                let (queue, stats) =
-                    tangle_agent::export::start(collector.clone(), queue_spans, offset);
-                log::info!("exporting spans to {collector} (queue of {queue_spans})");
+                let target = target.context("export target")?;
+                let queue_spans = config.export.queue_spans;
+                log::info!(
+                    "exporting spans to {} (queue of {queue_spans}{})",
+                    target.shown(),
+                    if config.token()?.is_some() {
+                        ", with a token"
+                    } else {
+                        ""
+                    }
+                );
+                let (queue, stats) = tangle_agent::export::start(target, queue_spans, offset);
                 let sink = Exporting {
                     queue,
                     stats,
                     out: lines,
                 };
-                let mut out = Pipeline::new(sink, args.max_connections as usize);
-                capture_loop(&args, &mut probe, &mut reader, &mut out).await
+                let mut out = Pipeline::new(sink, args.max_connections as usize)
+                    .with_memory_budget(config.parsing.memory_mib.saturating_mul(1 << 20));
+                capture_loop(&args, &mut probe, &mut reader, &mut out, metrics).await
             }
         }
     })
@@ -300,8 +394,10 @@ async fn capture_loop(
     probe: &mut Probe,
     reader: &mut Reader,
     out: &mut impl CliSink,
+    metrics: Option<tangle_agent::metrics::Shared>,
 ) -> anyhow::Result<()> {
     let started = std::time::Instant::now();
+    let mut metrics_tick = tokio::time::interval(Duration::from_secs(1));
     let deadline = tokio::time::sleep(args.duration.unwrap_or(Duration::MAX / 4));
     tokio::pin!(deadline);
     let mut stats_tick =
@@ -319,6 +415,16 @@ async fn capture_loop(
             _ = &mut ctrl_c => break,
             _ = term.recv() => break,
             _ = stats_tick.tick() => print_stats(probe, reader, out, started)?,
+            _ = metrics_tick.tick(), if metrics.is_some() => {
+                let mut page = tangle_agent::metrics::Page::default();
+                page.capture(&probe.stats()?, &reader.stats());
+                out.metrics(&mut page);
+                if let Some(shared) = &metrics
+                    && let Ok(mut p) = shared.lock()
+                {
+                    *p = page.0;
+                }
+            }
             _ = sweep_tick.tick() => {
                 let gone = reader.sweep().len() + probe.sweep_dead_processes()?;
                 if gone > 0 {

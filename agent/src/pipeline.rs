@@ -111,6 +111,18 @@ impl<S: ExchangeSink> Pipeline<S> {
         self
     }
 
+    /// The counters, with the parser counters of open connections added in.
+    pub fn stats_now(&self) -> PipelineStats {
+        let mut stats = self.stats.clone();
+        for t in self.conns.values() {
+            if let Some(p) = t.parsers.protocol() {
+                let s = stats.protocols.entry(protocol_name(p)).or_default();
+                *s = *s + t.parsers.stats();
+            }
+        }
+        stats
+    }
+
     fn retire(&mut self, t: &Tracked) {
         self.stats.parser_buffered_bytes -= t.buffered as u64;
         self.stats.undetected_transfers += t.parsers.undetected_chunks;
@@ -220,6 +232,15 @@ mod tests {
             pid: 1,
             fd: 3,
             process: "svc".into(),
+            identity: std::sync::Arc::new(crate::identity::name(
+                &[],
+                &crate::identity::ProcessFacts {
+                    exe: "svc".into(),
+                    ..Default::default()
+                },
+                None,
+            )),
+            peer_service: None,
             role: Role::Server,
             local: "127.0.0.1:80".parse().unwrap(),
             remote: format!("127.0.0.1:{}", 40000 + id).parse().unwrap(),

@@ -58,14 +58,18 @@ pub fn close_reason(r: u8) -> &'static str {
 }
 
 impl Reader {
-    pub fn new(ring: RingBuf<MapData>, max_connections: usize) -> io::Result<Self> {
+    pub fn new(
+        ring: RingBuf<MapData>,
+        max_connections: usize,
+        identities: crate::identity::Identities,
+    ) -> io::Result<Self> {
         // SAFETY: the ring buffer owns its fd and the AsyncFd owns the ring
         // buffer, so the fd stays open for as long as it is registered.
         let ring = unsafe { AsyncFd::register_with_interest(ring, tokio::io::Interest::READABLE) }
             .map_err(|e| e.into_parts().1)?;
         Ok(Self {
             ring,
-            table: ConnTable::new(max_connections),
+            table: ConnTable::with_identities(max_connections, identities),
             stats: ReaderStats::default(),
         })
     }

@@ -14,8 +14,8 @@ use crate::model::Thresholds;
 /// A configuration that cannot be used.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    /// The file could not be read.
-    #[error("cannot read config {path}: {source}")]
+    /// The file, or one it names, could not be read.
+    #[error("cannot read {path}: {source}")]
     Read {
         path: String,
         #[source]
@@ -46,6 +46,33 @@ pub struct Config {
     pub thresholds: Thresholds,
     /// Database owners: database (`server/namespace`, or the namespace alone) to service.
     pub owners: BTreeMap<String, String>,
+    /// Who may send spans.
+    pub auth: AuthConfig,
+    /// TLS on the OTLP/gRPC receiver.
+    pub tls: Option<TlsConfig>,
+}
+
+/// Exports must carry `authorization: Bearer TOKEN` (gRPC metadata or HTTP
+/// header) when a token is set; others are refused and counted.
+#[derive(Clone, Debug, Default, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuthConfig {
+    /// The token.
+    pub token: Option<String>,
+    /// A file holding the token; surrounding white space is ignored.
+    pub token_file: Option<PathBuf>,
+}
+
+/// TLS for the OTLP/gRPC receiver, PEM files.
+#[derive(Clone, Debug, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    /// The collector's certificate.
+    pub cert: PathBuf,
+    /// Its private key.
+    pub key: PathBuf,
+    /// Require client certificates signed by this CA (mutual TLS).
+    pub client_ca: Option<PathBuf>,
 }
 
 impl Default for Config {
@@ -59,26 +86,47 @@ impl Default for Config {
             max_spans_in_flight: 1_000_000,
             thresholds: Thresholds::default(),
             owners: BTreeMap::new(),
+            auth: AuthConfig::default(),
+            tls: None,
         }
     }
 }
 
 impl Config {
     pub fn parse(text: &str, path: &str) -> Result<Self, ConfigError> {
-        toml::from_str(text).map_err(|e| ConfigError::Parse {
+        let config: Self = toml::from_str(text).map_err(|e| ConfigError::Parse {
             path: path.to_owned(),
             message: e.to_string(),
-        })
+        })?;
+        if config.auth.token.is_some() && config.auth.token_file.is_some() {
+            return Err(ConfigError::Parse {
+                path: path.to_owned(),
+                message: "auth.token and auth.token_file: give one, not both".into(),
+            });
+        }
+        Ok(config)
+    }
+
+    /// The token exports must carry, read from its file if need be.
+    pub fn token(&self) -> Result<Option<String>, ConfigError> {
+        match (&self.auth.token, &self.auth.token_file) {
+            (Some(t), _) => Ok(Some(t.trim().to_owned())),
+            (None, Some(path)) => read(path).map(|t| Some(t.trim().to_owned())),
+            (None, None) => Ok(None),
+        }
     }
 
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
-        let shown = path.display().to_string();
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-            path: shown.clone(),
-            source,
-        })?;
-        Self::parse(&text, &shown)
+        Self::parse(&read(path)?, &path.display().to_string())
     }
+}
+
+/// Reads a file the configuration is or names.
+pub fn read(path: &Path) -> Result<String, ConfigError> {
+    std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        path: path.display().to_string(),
+        source,
+    })
 }
 
 #[cfg(test)]

@@ -41,6 +41,12 @@ pub enum ServerError {
     /// The baseline in the data folder cannot be used.
     #[error(transparent)]
     Baseline(#[from] BaselineError),
+    /// The token or TLS files named by the configuration cannot be used.
+    #[error(transparent)]
+    Config(#[from] crate::config::ConfigError),
+    /// The TLS certificate or key was refused.
+    #[error("TLS: {0}")]
+    Tls(String),
     /// A listening address is taken or not allowed.
     #[error("cannot listen on {addr} ({what}): {source}")]
     Bind {
@@ -63,6 +69,10 @@ struct Inner {
 #[derive(Clone)]
 pub struct Collector {
     inner: Arc<Mutex<Inner>>,
+    /// `Bearer TOKEN`, when exports must carry it.
+    authorization: Option<Arc<str>>,
+    /// Exports refused for a missing or wrong token.
+    refused: Arc<std::sync::atomic::AtomicU64>,
 }
 
 fn now_ns() -> u64 {
@@ -91,7 +101,30 @@ impl Collector {
                 mapping: MappingStats::default(),
                 baseline_errors: 0,
             })),
+            authorization: config.token()?.map(|t| format!("Bearer {t}").into()),
+            refused: Arc::default(),
         })
+    }
+
+    /// Whether an export with this `authorization` value may come in
+    /// (counted when not).
+    fn authorized(&self, given: Option<&[u8]>) -> bool {
+        let Some(want) = &self.authorization else {
+            return true;
+        };
+        let ok = given.is_some_and(|g| {
+            // Same time whatever the first differing byte.
+            g.len() == want.len()
+                && g.iter()
+                    .zip(want.as_bytes())
+                    .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+                    == 0
+        });
+        if !ok {
+            self.refused
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+        ok
     }
 
     fn lock(&self) -> MutexGuard<'_, Inner> {
@@ -138,6 +171,14 @@ impl Collector {
         text.push_str(&format!(
             "tangle_baseline_write_errors_total {}\n",
             inner.baseline_errors
+        ));
+        text.push_str(
+            "# HELP tangle_exports_refused_total Exports refused for a missing or wrong token.\n",
+        );
+        text.push_str("# TYPE tangle_exports_refused_total counter\n");
+        text.push_str(&format!(
+            "tangle_exports_refused_total {}\n",
+            self.refused.load(std::sync::atomic::Ordering::Relaxed)
         ));
         text
     }
@@ -228,6 +269,13 @@ impl TraceService for Grpc {
         &self,
         request: tonic::Request<ExportTraceServiceRequest>,
     ) -> Result<tonic::Response<ExportTraceServiceResponse>, tonic::Status> {
+        let given = request
+            .metadata()
+            .get("authorization")
+            .map(|v| v.as_bytes());
+        if !self.0.authorized(given) {
+            return Err(tonic::Status::unauthenticated("missing or wrong token"));
+        }
         self.0.export(request.get_ref());
         Ok(tonic::Response::new(ExportTraceServiceResponse::default()))
     }
@@ -235,6 +283,9 @@ impl TraceService for Grpc {
 
 /// `POST /v1/traces`: OTLP/HTTP, protobuf or JSON, answered in kind.
 async fn otlp_http(State(c): State<Collector>, headers: HeaderMap, body: Bytes) -> Response {
+    if !c.authorized(headers.get(header::AUTHORIZATION).map(|v| v.as_bytes())) {
+        return (StatusCode::UNAUTHORIZED, "missing or wrong token\n").into_response();
+    }
     let json = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
@@ -323,7 +374,28 @@ pub async fn run(
         .route("/api/{what}", get(api))
         .route("/healthz", get(|| async { "ok\n" }))
         .with_state(collector.clone());
-    let grpc = tonic::transport::Server::builder()
+    let mut grpc = tonic::transport::Server::builder();
+    if let Some(tls) = &config.tls {
+        use tonic::transport::{Certificate, Identity, ServerTlsConfig};
+        let read = crate::config::read;
+        let mut t =
+            ServerTlsConfig::new().identity(Identity::from_pem(read(&tls.cert)?, read(&tls.key)?));
+        if let Some(ca) = &tls.client_ca {
+            t = t.client_ca_root(Certificate::from_pem(read(ca)?));
+        }
+        grpc = grpc
+            .tls_config(t)
+            .map_err(|e| ServerError::Tls(e.to_string()))?;
+        log::info!(
+            "OTLP/gRPC over TLS{}",
+            if tls.client_ca.is_some() {
+                ", client certificates required"
+            } else {
+                ""
+            }
+        );
+    }
+    let grpc = grpc
         .add_service(TraceServiceServer::new(Grpc(collector.clone())))
         .serve_with_incoming_shutdown(
             tokio_stream::wrappers::TcpListenerStream::new(grpc_listener),

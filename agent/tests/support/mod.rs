@@ -128,7 +128,7 @@ impl Capture {
         let (probe, reader) = rt.block_on(async {
             let mut probe = Probe::load(options).expect("load and attach the eBPF programs");
             let ring = probe.take_events().unwrap();
-            let reader = Reader::new(ring, 100_000).unwrap();
+            let reader = Reader::new(ring, 100_000, Default::default()).unwrap();
             (probe, reader)
         });
         Self {

@@ -1,0 +1,500 @@
+//! Who a process is: the service name its spans carry, and what it was
+//! found from. Sources, first match wins:
+//!
+//! 1. a naming rule of the configuration;
+//! 2. `OTEL_SERVICE_NAME` (or `service.name` in `OTEL_RESOURCE_ATTRIBUTES`)
+//!    in the process's environment: what the service says it is;
+//! 3. Kubernetes: the pod's `app.kubernetes.io/name` label, else its
+//!    workload (Deployment, StatefulSet, DaemonSet, Job), else the pod name;
+//!    the pod is found from the container's cgroup (`kubernetes` module);
+//! 4. the systemd unit the process runs in (`nginx.service` -> `nginx`);
+//! 5. the executable name (`comm`).
+//!
+//! Container runtimes (Docker, containerd, CRI-O, Podman) are recognised
+//! from the cgroup path: their container id is a resource attribute.
+//! Only the two OpenTelemetry variables are read from the environment, and
+//! the command line is used for rules only: neither is exported.
+
+use std::{
+    collections::HashMap,
+    sync::{Arc, RwLock},
+};
+
+use crate::{
+    config::NamingRule,
+    kubernetes::{Cluster, PodMeta},
+};
+
+/// Where a service name came from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum NameSource {
+    Rule,
+    OtelEnv,
+    Kubernetes,
+    Systemd,
+    Executable,
+}
+
+impl NameSource {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Rule => "rule",
+            Self::OtelEnv => "otel_env",
+            Self::Kubernetes => "kubernetes",
+            Self::Systemd => "systemd",
+            Self::Executable => "executable",
+        }
+    }
+}
+
+/// A container, from the cgroup path.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Container {
+    /// `docker`, `containerd`, `cri-o` or `podman`; `unknown` for a bare id.
+    pub runtime: &'static str,
+    pub id: String,
+}
+
+/// What the cgroup path says about a process.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct CgroupFacts {
+    pub systemd_unit: Option<String>,
+    pub container: Option<Container>,
+    /// The Kubernetes pod's uid.
+    pub pod_uid: Option<String>,
+}
+
+/// What /proc says about a process.
+#[derive(Clone, Debug, Default)]
+pub struct ProcessFacts {
+    pub exe: String,
+    /// Arguments joined by spaces: for rules only, never exported.
+    pub cmdline: String,
+    /// From `OTEL_SERVICE_NAME` or `OTEL_RESOURCE_ATTRIBUTES`.
+    pub otel_service_name: Option<String>,
+    pub cgroup: CgroupFacts,
+}
+
+/// A process's identity, shared by its connections.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Identity {
+    pub service: String,
+    pub source: NameSource,
+    pub exe: String,
+    pub cgroup: CgroupFacts,
+    pub pod: Option<Arc<PodMeta>>,
+}
+
+impl Identity {
+    /// OpenTelemetry resource attributes (semantic conventions).
+    pub fn resource_attributes(&self) -> Vec<(&'static str, String)> {
+        let mut a = vec![
+            ("service.name", self.service.clone()),
+            ("process.executable.name", self.exe.clone()),
+            (
+                "tangle.service.name.source",
+                self.source.as_str().to_owned(),
+            ),
+        ];
+        if let Some(u) = &self.cgroup.systemd_unit {
+            a.push(("tangle.systemd.unit", u.clone()));
+        }
+        if let Some(c) = &self.cgroup.container {
+            a.push(("container.id", c.id.clone()));
+            a.push(("container.runtime", c.runtime.to_owned()));
+        }
+        if let Some(uid) = &self.cgroup.pod_uid {
+            a.push(("k8s.pod.uid", uid.clone()));
+        }
+        if let Some(p) = &self.pod {
+            a.push(("k8s.pod.name", p.name.clone()));
+            a.push(("k8s.namespace.name", p.namespace.clone()));
+            if let Some(node) = &p.node {
+                a.push(("k8s.node.name", node.clone()));
+            }
+            if let Some((kind, name)) = &p.workload {
+                a.push((kind.attribute(), name.clone()));
+            }
+        }
+        a
+    }
+}
+
+/// `*` matches any run of characters; everything else itself.
+pub fn glob(pattern: &str, text: &str) -> bool {
+    let mut parts = pattern.split('*');
+    let first = parts.next().unwrap_or("");
+    let Some(mut rest) = text.strip_prefix(first) else {
+        return false;
+    };
+    let parts: Vec<&str> = parts.collect();
+    let Some((last, middle)) = parts.split_last() else {
+        return rest.is_empty();
+    };
+    for p in middle {
+        match rest.find(p) {
+            Some(i) => rest = &rest[i + p.len()..],
+            None => return false,
+        }
+    }
+    rest.len() >= last.len() && rest.ends_with(last)
+}
+
+fn rule_matches(r: &NamingRule, p: &ProcessFacts, pod: Option<&PodMeta>) -> bool {
+    let check = |pattern: &Option<String>, value: Option<&str>| match pattern {
+        None => true,
+        Some(pat) => value.is_some_and(|v| glob(pat, v)),
+    };
+    check(&r.exe, Some(&p.exe))
+        && check(&r.cmdline, Some(&p.cmdline))
+        && check(&r.systemd_unit, p.cgroup.systemd_unit.as_deref())
+        && check(
+            &r.container_id,
+            p.cgroup.container.as_ref().map(|c| c.id.as_str()),
+        )
+        && check(&r.k8s_namespace, pod.map(|p| p.namespace.as_str()))
+        && check(&r.k8s_pod, pod.map(|p| p.name.as_str()))
+        && check(
+            &r.k8s_workload,
+            pod.and_then(|p| p.workload.as_ref()).map(|w| w.1.as_str()),
+        )
+}
+
+/// The service name for `p`, and where it came from.
+pub fn name(rules: &[NamingRule], p: &ProcessFacts, pod: Option<&Arc<PodMeta>>) -> Identity {
+    let (service, source) =
+        if let Some(r) = rules.iter().find(|r| rule_matches(r, p, pod.map(|p| &**p))) {
+            (r.name.clone(), NameSource::Rule)
+        } else if let Some(s) = &p.otel_service_name {
+            (s.clone(), NameSource::OtelEnv)
+        } else if let Some(pod) = pod {
+            (pod.service_name().to_owned(), NameSource::Kubernetes)
+        } else if let Some(unit) = p
+            .cgroup
+            .systemd_unit
+            .as_deref()
+            .and_then(|u| u.strip_suffix(".service"))
+        {
+            // Template instances (`getty@tty1`) keep their template's name.
+            let unit = unit.split('@').next().unwrap_or(unit);
+            (unit.to_owned(), NameSource::Systemd)
+        } else {
+            (p.exe.clone(), NameSource::Executable)
+        };
+    Identity {
+        service,
+        source,
+        exe: p.exe.clone(),
+        cgroup: p.cgroup.clone(),
+        pod: pod.cloned(),
+    }
+}
+
+/// Reads the facts of process `pid` from /proc; `fallback` names it when it
+/// is already gone.
+pub fn inspect(pid: u32, fallback: &str) -> ProcessFacts {
+    let proc = format!("/proc/{pid}");
+    let exe = std::fs::read_to_string(format!("{proc}/comm"))
+        .map(|s| s.trim_end().to_owned())
+        .unwrap_or_else(|_| fallback.to_owned());
+    let cmdline = std::fs::read(format!("{proc}/cmdline"))
+        .map(|b| {
+            String::from_utf8_lossy(&b)
+                .trim_end_matches('\0')
+                .replace('\0', " ")
+        })
+        .unwrap_or_default();
+    let otel_service_name = std::fs::read(format!("{proc}/environ"))
+        .ok()
+        .and_then(|env| otel_service_name(&env));
+    let cgroup = std::fs::read_to_string(format!("{proc}/cgroup"))
+        .map(|text| cgroup_facts(&text))
+        .unwrap_or_default();
+    ProcessFacts {
+        exe,
+        cmdline,
+        otel_service_name,
+        cgroup,
+    }
+}
+
+/// The service name a process's environment (NUL-separated) gives, if any.
+pub fn otel_service_name(environ: &[u8]) -> Option<String> {
+    let mut from_attributes = None;
+    for var in environ.split(|&b| b == 0) {
+        if let Some(v) = var.strip_prefix(b"OTEL_SERVICE_NAME=") {
+            let v = String::from_utf8_lossy(v).trim().to_owned();
+            if !v.is_empty() {
+                return Some(v);
+            }
+        } else if let Some(v) = var.strip_prefix(b"OTEL_RESOURCE_ATTRIBUTES=") {
+            from_attributes = String::from_utf8_lossy(v).split(',').find_map(|kv| {
+                let (k, v) = kv.split_once('=')?;
+                (k.trim() == "service.name" && !v.trim().is_empty()).then(|| v.trim().to_owned())
+            });
+        }
+    }
+    from_attributes
+}
+
+fn is_container_id(s: &str) -> bool {
+    s.len() == 64 && s.bytes().all(|b| b.is_ascii_hexdigit())
+}
+
+/// The unit, container and pod in a `/proc/PID/cgroup` text (v1, v2 or
+/// hybrid: every line's path is read).
+pub fn cgroup_facts(text: &str) -> CgroupFacts {
+    let mut f = CgroupFacts::default();
+    for line in text.lines() {
+        let Some(path) = line.splitn(3, ':').nth(2) else {
+            continue;
+        };
+        let parts: Vec<&str> = path.split('/').filter(|p| !p.is_empty()).collect();
+        for (i, part) in parts.iter().enumerate() {
+            // The innermost service in the path wins.
+            if part.ends_with(".service") && !part.starts_with("user@") {
+                f.systemd_unit = Some((*part).to_owned());
+            }
+            if f.container.is_none() {
+                f.container = container_in(part, i.checked_sub(1).map(|j| parts[j]));
+            }
+            if f.pod_uid.is_none() {
+                f.pod_uid = pod_uid_in(part);
+            }
+        }
+    }
+    if f.container.is_some() {
+        // A container's processes are not the runtime's service.
+        f.systemd_unit = None;
+    }
+    f
+}
+
+fn container_in(part: &str, parent: Option<&str>) -> Option<Container> {
+    let scoped = part.strip_suffix(".scope").unwrap_or(part);
+    for (prefix, runtime) in [
+        ("docker-", "docker"),
+        ("cri-containerd-", "containerd"),
+        ("crio-", "cri-o"),
+        ("libpod-", "podman"),
+    ] {
+        if let Some(id) = scoped.strip_prefix(prefix)
+            && is_container_id(id)
+        {
+            return Some(Container {
+                runtime,
+                id: id.to_owned(),
+            });
+        }
+    }
+    // cgroupfs layouts: /docker/ID, /kubepods/burstable/podUID/ID.
+    if is_container_id(part) {
+        let runtime = match parent {
+            Some("docker") => "docker",
+            _ => "unknown",
+        };
+        return Some(Container {
+            runtime,
+            id: part.to_owned(),
+        });
+    }
+    None
+}
+
+fn pod_uid_in(part: &str) -> Option<String> {
+    // systemd: kubepods-burstable-pod1234_5678.slice; cgroupfs: pod1234-5678.
+    let slice = part.strip_suffix(".slice").unwrap_or(part);
+    let at = slice.rfind("pod")?;
+    if !(at == 0 || slice.starts_with("kubepods")) {
+        return None;
+    }
+    let uid = slice[at + 3..].replace('_', "-");
+    (uid.len() == 36 && uid.bytes().all(|b| b.is_ascii_hexdigit() || b == b'-')).then_some(uid)
+}
+
+/// Identities by pid, kept while the process has open connections
+/// (counted, so a close costs no scan).
+pub struct Identities {
+    rules: Vec<NamingRule>,
+    cluster: Option<Arc<RwLock<Cluster>>>,
+    /// pid -> (identity, open connections).
+    known: HashMap<u32, (Arc<Identity>, usize)>,
+}
+
+impl Default for Identities {
+    fn default() -> Self {
+        Self::new(Vec::new(), None)
+    }
+}
+
+impl Identities {
+    /// Most identities kept; past it the cache starts over.
+    const MAX: usize = 8192;
+
+    pub fn new(rules: Vec<NamingRule>, cluster: Option<Arc<RwLock<Cluster>>>) -> Self {
+        Self {
+            rules,
+            cluster,
+            known: HashMap::new(),
+        }
+    }
+
+    fn pod(&self, uid: Option<&str>) -> Option<Arc<PodMeta>> {
+        let cluster = self.cluster.as_ref()?.read().ok()?;
+        cluster.pod(uid?)
+    }
+
+    /// The identity of `pid` (`fallback`: the kernel's name, if it is gone);
+    /// counts one more open connection of it.
+    pub fn acquire(&mut self, pid: u32, fallback: &str) -> Arc<Identity> {
+        if let Some((id, open)) = self.known.get_mut(&pid) {
+            *open += 1;
+            let id = id.clone();
+            // A pod the cluster did not list yet when the process was first seen.
+            if id.pod.is_none()
+                && id.cgroup.pod_uid.is_some()
+                && let Some(pod) = self.pod(id.cgroup.pod_uid.as_deref())
+            {
+                let facts = inspect(pid, fallback);
+                let fresh = Arc::new(name(&self.rules, &facts, Some(&pod)));
+                if let Some(entry) = self.known.get_mut(&pid) {
+                    entry.0 = fresh.clone();
+                }
+                return fresh;
+            }
+            return id;
+        }
+        let facts = inspect(pid, fallback);
+        let pod = self.pod(facts.cgroup.pod_uid.as_deref());
+        let id = Arc::new(name(&self.rules, &facts, pod.as_ref()));
+        if self.known.len() >= Self::MAX {
+            self.known.clear();
+        }
+        self.known.insert(pid, (id.clone(), 1));
+        id
+    }
+
+    /// One connection of `pid` closed; its identity is dropped with the last.
+    pub fn release(&mut self, pid: u32) {
+        if let Some((_, open)) = self.known.get_mut(&pid) {
+            *open -= 1;
+            if *open == 0 {
+                self.known.remove(&pid);
+            }
+        }
+    }
+
+    /// The name of the service at `ip`, from the cluster (pods and
+    /// ClusterIP services on any node).
+    pub fn peer(&self, ip: std::net::IpAddr) -> Option<String> {
+        self.cluster.as_ref()?.read().ok()?.peer(ip)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn globs() {
+        assert!(glob("*shop.py gateway*", "python3 -u shop.py gateway"));
+        assert!(glob("nginx", "nginx"));
+        assert!(!glob("nginx", "nginx2"));
+        assert!(glob("a*b*c", "aXXbYYc"));
+        assert!(!glob("a*b*c", "aXXbYY"));
+        assert!(glob("*", ""));
+        assert!(!glob("ab*ba", "aba"));
+    }
+
+    #[test]
+    fn cgroup_paths_of_units_runtimes_and_pods() {
+        let id = "4f1d0c7d6f2a9e7b3c5d8e1f0a2b4c6d8e0f1a3b5c7d9e1f2a4b6c8d0e2f4a6b";
+        let f = cgroup_facts("0::/system.slice/nginx.service\n");
+        assert_eq!(f.systemd_unit.as_deref(), Some("nginx.service"));
+        let f = cgroup_facts(
+            "0::/user.slice/user-1000.slice/user@1000.service/app.slice/api.service\n",
+        );
+        assert_eq!(f.systemd_unit.as_deref(), Some("api.service"));
+        let f = cgroup_facts(&format!("0::/system.slice/docker-{id}.scope\n"));
+        assert_eq!(f.container.as_ref().map(|c| c.runtime), Some("docker"));
+        assert_eq!(f.systemd_unit, None);
+        let f = cgroup_facts(&format!("12:memory:/docker/{id}\n0::/\n"));
+        assert_eq!(f.container.as_ref().map(|c| c.runtime), Some("docker"));
+        let f = cgroup_facts(&format!(
+            "0::/kubepods.slice/kubepods-burstable.slice/\
+             kubepods-burstable-pod0a1b2c3d_4e5f_6789_abcd_ef0123456789.slice/cri-containerd-{id}.scope\n"
+        ));
+        assert_eq!(
+            f.pod_uid.as_deref(),
+            Some("0a1b2c3d-4e5f-6789-abcd-ef0123456789")
+        );
+        assert_eq!(
+            f.container,
+            Some(Container {
+                runtime: "containerd",
+                id: id.into()
+            })
+        );
+        let f = cgroup_facts(&format!(
+            "0::/kubepods/besteffort/pod0a1b2c3d-4e5f-6789-abcd-ef0123456789/{id}\n"
+        ));
+        assert!(f.pod_uid.is_some() && f.container.is_some());
+        let f = cgroup_facts(&format!("0::/machine.slice/libpod-{id}.scope/container\n"));
+        assert_eq!(f.container.map(|c| c.runtime), Some("podman"));
+        assert_eq!(
+            cgroup_facts("0::/system.slice/podcast.service\n").pod_uid,
+            None
+        );
+        assert_eq!(cgroup_facts("garbage\n\n::\n"), CgroupFacts::default());
+    }
+
+    #[test]
+    fn otel_environment() {
+        assert_eq!(
+            otel_service_name(b"PATH=/bin\0OTEL_SERVICE_NAME=checkout\0"),
+            Some("checkout".into())
+        );
+        assert_eq!(
+            otel_service_name(b"OTEL_RESOURCE_ATTRIBUTES=team=a,service.name=cart\0"),
+            Some("cart".into())
+        );
+        assert_eq!(otel_service_name(b"OTEL_SERVICE_NAME=\0SECRET=x\0"), None);
+    }
+
+    #[test]
+    fn precedence() {
+        let mut p = ProcessFacts {
+            exe: "python3".into(),
+            cmdline: "python3 shop.py gateway".into(),
+            ..ProcessFacts::default()
+        };
+        assert_eq!(name(&[], &p, None).service, "python3");
+        p.cgroup.systemd_unit = Some("getty@tty1.service".into());
+        assert_eq!(name(&[], &p, None).service, "getty");
+        p.otel_service_name = Some("gw".into());
+        assert_eq!(name(&[], &p, None).source, NameSource::OtelEnv);
+        let rule = NamingRule {
+            name: "gateway".into(),
+            exe: Some("python*".into()),
+            cmdline: Some("*gateway".into()),
+            systemd_unit: None,
+            container_id: None,
+            k8s_namespace: None,
+            k8s_pod: None,
+            k8s_workload: None,
+        };
+        let id = name(std::slice::from_ref(&rule), &p, None);
+        assert_eq!(
+            (id.service.as_str(), id.source),
+            ("gateway", NameSource::Rule)
+        );
+        let attrs = id.resource_attributes();
+        assert!(!format!("{attrs:?}").contains("shop.py"), "no command line");
+        // A rule on a Kubernetes field never matches a process outside one.
+        let k8s_rule = NamingRule {
+            k8s_namespace: Some("*".into()),
+            ..rule
+        };
+        assert_eq!(name(&[k8s_rule], &p, None).source, NameSource::OtelEnv);
+    }
+}

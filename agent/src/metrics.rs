@@ -1,0 +1,210 @@
+//! The agent's own metrics in the Prometheus text format: events, lost
+//! events, connections, parse errors per protocol, spans exported and
+//! dropped. The capture loop renders the page once a second; the HTTP
+//! server only hands out the last one, so a scrape never touches the hot
+//! path.
+
+use std::{
+    fmt::Write as _,
+    net::SocketAddr,
+    sync::{Arc, Mutex, atomic::Ordering},
+};
+
+use crate::{
+    export::ExportStats, pipeline::PipelineStats, probe::KernelStats, reader::ReaderStats,
+};
+
+/// The metrics endpoint could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum MetricsError {
+    /// The address could not be bound (in use, or not this host's).
+    #[error("cannot serve metrics on {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// A Prometheus text page being written.
+#[derive(Default)]
+pub struct Page(pub String);
+
+impl Page {
+    fn family(&mut self, name: &str, kind: &str, help: &str) {
+        let _ = writeln!(self.0, "# HELP {name} {help}\n# TYPE {name} {kind}");
+    }
+
+    pub fn counter(&mut self, name: &str, help: &str, value: u64) {
+        self.family(name, "counter", help);
+        let _ = writeln!(self.0, "{name} {value}");
+    }
+
+    pub fn gauge(&mut self, name: &str, help: &str, value: u64) {
+        self.family(name, "gauge", help);
+        let _ = writeln!(self.0, "{name} {value}");
+    }
+
+    /// A counter family with one `label` (values sorted, so pages compare).
+    pub fn counters<'a>(
+        &mut self,
+        name: &str,
+        help: &str,
+        label: &str,
+        values: impl IntoIterator<Item = (&'a str, u64)>,
+    ) {
+        let mut values: Vec<_> = values.into_iter().collect();
+        values.sort_unstable();
+        self.family(name, "counter", help);
+        for (l, v) in values {
+            let _ = writeln!(self.0, "{name}{{{label}=\"{l}\"}} {v}");
+        }
+    }
+
+    /// The capture's own counters.
+    pub fn capture(&mut self, kernel: &KernelStats, reader: &ReaderStats) {
+        self.counter(
+            "tangle_agent_events_total",
+            "Events read from the kernel.",
+            reader.events,
+        );
+        self.counter(
+            "tangle_agent_events_lost_total",
+            "Events dropped in the kernel because the ring buffer was full.",
+            kernel.events_lost,
+        );
+        self.counter(
+            "tangle_agent_decode_errors_total",
+            "Ring buffer records that did not decode.",
+            reader.decode_errors,
+        );
+        self.gauge(
+            "tangle_agent_connections",
+            "Connections tracked now (userspace table).",
+            reader.connections,
+        );
+        self.gauge(
+            "tangle_agent_kernel_connections",
+            "Connections tracked now (kernel table).",
+            kernel.conns_tracked,
+        );
+        self.counter(
+            "tangle_agent_conn_table_full_total",
+            "Connections not tracked because the kernel table was full.",
+            kernel.conn_table_full,
+        );
+        self.counter(
+            "tangle_agent_read_faults_total",
+            "Transfers whose bytes could not be read from the process.",
+            kernel.read_faults,
+        );
+    }
+
+    /// The parsing stage's counters.
+    pub fn parsing(&mut self, p: &PipelineStats) {
+        self.counter(
+            "tangle_agent_exchanges_total",
+            "Exchanges (request and response) parsed.",
+            p.exchanges,
+        );
+        self.counter(
+            "tangle_agent_undetected_transfers_total",
+            "Transfers on connections whose protocol is not one Tangle parses.",
+            p.undetected_transfers,
+        );
+        self.gauge(
+            "tangle_agent_parser_buffered_bytes",
+            "Bytes the parsers hold for partial messages.",
+            p.parser_buffered_bytes,
+        );
+        self.counter(
+            "tangle_agent_parser_budget_drops_total",
+            "Connections no longer parsed to stay within the parsing memory budget.",
+            p.parser_budget_drops,
+        );
+        let per = |f: fn(&tangle_protocols::ParserStats) -> u64| {
+            p.protocols.iter().map(move |(k, s)| (*k, f(s)))
+        };
+        self.counters(
+            "tangle_agent_parse_errors_total",
+            "Messages that did not parse, per protocol.",
+            "protocol",
+            per(|s| s.parse_errors),
+        );
+        self.counters(
+            "tangle_agent_desyncs_total",
+            "Times a capture gap cut into a message head, per protocol.",
+            "protocol",
+            per(|s| s.desyncs),
+        );
+        self.counters(
+            "tangle_agent_unmatched_responses_total",
+            "Responses with no request to pair with, per protocol.",
+            "protocol",
+            per(|s| s.unmatched_responses),
+        );
+    }
+
+    /// The export's counters.
+    pub fn export(&mut self, e: &ExportStats) {
+        self.counter(
+            "tangle_agent_spans_queued_total",
+            "Spans queued for export.",
+            e.queued.load(Ordering::Relaxed),
+        );
+        self.counter(
+            "tangle_agent_spans_exported_total",
+            "Spans the collector accepted.",
+            e.exported.load(Ordering::Relaxed),
+        );
+        self.counter(
+            "tangle_agent_spans_dropped_total",
+            "Spans dropped because the export queue was full.",
+            e.dropped.load(Ordering::Relaxed),
+        );
+        self.counter(
+            "tangle_agent_export_failures_total",
+            "Export attempts that failed (collector away, refused, or not authorised).",
+            e.failed_attempts.load(Ordering::Relaxed),
+        );
+    }
+}
+
+/// The last rendered page, shared with the server.
+pub type Shared = Arc<Mutex<String>>;
+
+/// Serves `GET /metrics` (and `/healthz`) on `addr` from `page`.
+pub async fn serve(addr: SocketAddr, page: Shared) -> Result<(), MetricsError> {
+    use axum::{Router, routing::get};
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|source| MetricsError::Bind { addr, source })?;
+    log::info!(
+        "metrics on http://{}/metrics",
+        listener.local_addr().map_or(addr, |a| a)
+    );
+    let app = Router::new()
+        .route(
+            "/metrics",
+            get(move || {
+                let page = page.clone();
+                async move {
+                    let text = page.lock().map(|p| p.clone()).unwrap_or_default();
+                    (
+                        [(
+                            axum::http::header::CONTENT_TYPE,
+                            "text/plain; version=0.0.4",
+                        )],
+                        text,
+                    )
+                }
+            }),
+        )
+        .route("/healthz", get(|| async { "ok\n" }));
+    tokio::spawn(async move {
+        if let Err(e) = axum::serve(listener, app).await {
+            log::error!("metrics server: {e}");
+        }
+    });
+    Ok(())
+}
