@@ -4,114 +4,10 @@
 
 mod support;
 
-use std::{
-    process::{Command, Stdio},
-    sync::{Arc, Mutex},
-    time::Duration,
-};
+use std::{process::Command, time::Duration};
 
-use opentelemetry_proto::tonic::{
-    collector::trace::v1::{
-        ExportTraceServiceRequest, ExportTraceServiceResponse,
-        trace_service_server::{TraceService, TraceServiceServer},
-    },
-    common::v1::any_value::Value,
-    trace::v1::Span,
-};
-use support::*;
-
-#[derive(Clone, Default)]
-struct Receiver(Arc<Mutex<Vec<(String, Span)>>>);
-
-#[tonic::async_trait]
-impl TraceService for Receiver {
-    async fn export(
-        &self,
-        request: tonic::Request<ExportTraceServiceRequest>,
-    ) -> Result<tonic::Response<ExportTraceServiceResponse>, tonic::Status> {
-        let mut got = self.0.lock().unwrap();
-        for rs in &request.get_ref().resource_spans {
-            let service = rs
-                .resource
-                .as_ref()
-                .and_then(|r| r.attributes.iter().find(|kv| kv.key == "service.name"))
-                .and_then(|kv| kv.value.as_ref())
-                .and_then(|v| {
-                    if let Some(Value::StringValue(s)) = &v.value {
-                        Some(s.clone())
-                    } else {
-                        None
-                    }
-                })
-                .unwrap_or_default();
-            for ss in &rs.scope_spans {
-                for s in &ss.spans {
-                    got.push((service.clone(), s.clone()));
-                }
-            }
-        }
-        Ok(tonic::Response::new(ExportTraceServiceResponse::default()))
-    }
-}
-
-/// Starts a receiver on `port` in a thread of its own; returns what it collects.
-fn receiver(port: u16) -> Receiver {
-    let r = Receiver::default();
-    let served = r.clone();
-    std::thread::spawn(move || {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        rt.block_on(async move {
-            let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
-                .await
-                .unwrap();
-            tonic::transport::Server::builder()
-                .add_service(TraceServiceServer::new(served))
-                .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener))
-                .await
-                .unwrap();
-        });
-    });
-    r
-}
-
-/// Starts `tangle-agent run --json` exporting to `otlp_port`, with `args`;
-/// returns once its programs are attached, with its ready file.
-fn run_agent(otlp_port: u16, args: &[&str]) -> (std::process::Child, std::path::PathBuf) {
-    let ready = std::env::temp_dir().join(format!("tangle-ready-run-{otlp_port}"));
-    let _ = std::fs::remove_file(&ready);
-    let agent = Command::new(env!("CARGO_BIN_EXE_tangle-agent"))
-        .args([
-            "run",
-            "--json",
-            "--collector",
-            &format!("http://127.0.0.1:{otlp_port}"),
-            "--ready-file",
-        ])
-        .arg(&ready)
-        .args(args)
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    wait_for("the agent to attach", Duration::from_secs(20), || {
-        ready.exists()
-    });
-    (agent, ready)
-}
-
-fn attr(s: &Span, key: &str) -> Option<String> {
-    s.attributes
-        .iter()
-        .find(|kv| kv.key == key)
-        .and_then(|kv| kv.value.as_ref())
-        .and_then(|v| match &v.value {
-            Some(Value::StringValue(s)) => Some(s.clone()),
-            Some(Value::IntValue(i)) => Some(i.to_string()),
-            _ => None,
-        })
-}
+use opentelemetry_proto::tonic::trace::v1::Span;
+use support::{otlp::*, *};
 
 #[test]
 fn exchanges_exported_with_join_keys_after_the_collector_comes_back() {
@@ -154,15 +50,11 @@ fn exchanges_exported_with_join_keys_after_the_collector_comes_back() {
     // Now the collector comes up: the queued spans go out.
     let received = receiver(otlp_port);
     wait_for("four spans", Duration::from_secs(20), || {
-        received.0.lock().unwrap().len() >= 4
+        received.spans.lock().unwrap().len() >= 4
     });
     let out = agent.wait_with_output().unwrap();
     assert!(out.status.success());
-    let stats: serde_json::Value = String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .rev()
-        .find_map(|l| serde_json::from_str(l).ok())
-        .unwrap();
+    let stats = final_stats(&out);
     let export = &stats["parsers"]["export"];
     assert!(
         export["failed_attempts"].as_u64().unwrap() > 0,
@@ -170,7 +62,7 @@ fn exchanges_exported_with_join_keys_after_the_collector_comes_back() {
     );
     assert_eq!(export["dropped"], 0, "the queue held them: {export}");
 
-    let spans = received.0.lock().unwrap().clone();
+    let spans = received.spans.lock().unwrap().clone();
     let text = format!("{spans:?}");
     assert!(!text.contains("export-secret"), "a secret was exported");
     let clients: Vec<&(String, Span)> = spans.iter().filter(|(_, s)| s.kind == 3).collect();
@@ -246,7 +138,7 @@ fn thread_rule_links_calls_to_their_request_under_concurrency() {
     let out = agent.wait_with_output().unwrap();
     assert!(out.status.success());
     drop(services);
-    let spans: Vec<(String, Span)> = received.0.lock().unwrap().clone();
+    let spans: Vec<(String, Span)> = received.spans.lock().unwrap().clone();
     let path = |s: &Span| attr(s, "url.path").unwrap_or_default();
     let item = |s: &Span| path(s).rsplit('/').next().unwrap_or_default().to_owned();
     let servers: Vec<&(String, Span)> = spans

@@ -1,6 +1,9 @@
 //! Shared helpers for tests that load the real eBPF programs.
 #![allow(dead_code)]
 
+pub mod otlp;
+pub mod postgres;
+
 use std::{
     io::{BufRead as _, BufReader},
     net::TcpListener,
