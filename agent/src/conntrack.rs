@@ -82,7 +82,9 @@ impl ConnTable {
             return None;
         }
         let (local, remote) = socket_addrs(&ev.addrs);
-        let identity = self.identities.acquire(ev.tgid, &comm_str(&ev.comm));
+        let identity = self
+            .identities
+            .acquire(ev.tgid, &comm_str(&ev.comm), ev.cgroup_id);
         let conn = Connection {
             conn_id: ev.conn_id,
             pid: ev.tgid,

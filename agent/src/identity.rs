@@ -191,7 +191,8 @@ pub fn name(rules: &[NamingRule], p: &ProcessFacts, pod: Option<&Arc<PodMeta>>) 
 }
 
 /// Reads the facts of process `pid` from /proc; `fallback` names it when it
-/// is already gone.
+/// is already gone (its cgroup facts are then empty: see
+/// [`Identities::acquire`]).
 pub fn inspect(pid: u32, fallback: &str) -> ProcessFacts {
     let proc = format!("/proc/{pid}");
     let exe = std::fs::read_to_string(format!("{proc}/comm"))
@@ -312,6 +313,30 @@ fn pod_uid_in(part: &str) -> Option<String> {
     (uid.len() == 36 && uid.bytes().all(|b| b.is_ascii_hexdigit() || b == b'-')).then_some(uid)
 }
 
+/// The cgroup v2 directory under `root` whose inode is `id`, if any.
+fn cgroup_dir_of(root: &std::path::Path, id: u64) -> Option<std::path::PathBuf> {
+    use std::os::unix::fs::MetadataExt as _;
+    let mut todo = vec![(root.to_path_buf(), 0)];
+    let mut seen = 0usize;
+    while let Some((dir, depth)) = todo.pop() {
+        for entry in std::fs::read_dir(&dir).ok()?.flatten() {
+            let Ok(meta) = entry.metadata() else { continue };
+            if !meta.is_dir() {
+                continue;
+            }
+            if meta.ino() == id {
+                return Some(entry.path());
+            }
+            seen += 1;
+            // Bounded: a pathological tree costs a bounded walk, not a stall.
+            if depth < 16 && seen < 100_000 {
+                todo.push((entry.path(), depth + 1));
+            }
+        }
+    }
+    None
+}
+
 /// Identities by pid, kept while the process has open connections
 /// (counted, so a close costs no scan).
 pub struct Identities {
@@ -319,6 +344,11 @@ pub struct Identities {
     cluster: Option<Arc<RwLock<Cluster>>>,
     /// pid -> (identity, open connections).
     known: HashMap<u32, (Arc<Identity>, usize)>,
+    /// The cgroup v2 mount, to find a cgroup by id.
+    cgroup_root: Option<std::path::PathBuf>,
+    /// Cgroup id -> what its path says, for processes gone before they
+    /// were looked at (short-lived clients).
+    by_cgroup: HashMap<u64, CgroupFacts>,
 }
 
 impl Default for Identities {
@@ -336,7 +366,42 @@ impl Identities {
             rules,
             cluster,
             known: HashMap::new(),
+            cgroup_root: crate::probe::cgroup2_root(),
+            by_cgroup: HashMap::new(),
         }
+    }
+
+    /// What the path of cgroup `id` says (cached).
+    fn cgroup_facts_by_id(&mut self, id: u64) -> CgroupFacts {
+        if let Some(f) = self.by_cgroup.get(&id) {
+            return f.clone();
+        }
+        let facts = self
+            .cgroup_root
+            .as_deref()
+            .and_then(|root| {
+                let dir = cgroup_dir_of(root, id)?;
+                let rel = dir.strip_prefix(root).ok()?;
+                Some(cgroup_facts(&format!("0::/{}\n", rel.display())))
+            })
+            .unwrap_or_default();
+        if self.by_cgroup.len() >= Self::MAX {
+            self.by_cgroup.clear();
+        }
+        self.by_cgroup.insert(id, facts.clone());
+        facts
+    }
+
+    /// The facts of `pid`; when it is gone, its cgroup's by id.
+    fn facts(&mut self, pid: u32, fallback: &str, cgroup_id: u64) -> ProcessFacts {
+        let mut facts = inspect(pid, fallback);
+        if cgroup_id != 0
+            && facts.cgroup == CgroupFacts::default()
+            && !std::path::Path::new(&format!("/proc/{pid}")).exists()
+        {
+            facts.cgroup = self.cgroup_facts_by_id(cgroup_id);
+        }
+        facts
     }
 
     fn pod(&self, uid: Option<&str>) -> Option<Arc<PodMeta>> {
@@ -344,9 +409,10 @@ impl Identities {
         cluster.pod(uid?)
     }
 
-    /// The identity of `pid` (`fallback`: the kernel's name, if it is gone);
-    /// counts one more open connection of it.
-    pub fn acquire(&mut self, pid: u32, fallback: &str) -> Arc<Identity> {
+    /// The identity of `pid`, whose thread was in cgroup `cgroup_id`
+    /// (`fallback`: the kernel's name, if it is gone); counts one more open
+    /// connection of it.
+    pub fn acquire(&mut self, pid: u32, fallback: &str, cgroup_id: u64) -> Arc<Identity> {
         if let Some((id, open)) = self.known.get_mut(&pid) {
             *open += 1;
             let id = id.clone();
@@ -355,7 +421,7 @@ impl Identities {
                 && id.cgroup.pod_uid.is_some()
                 && let Some(pod) = self.pod(id.cgroup.pod_uid.as_deref())
             {
-                let facts = inspect(pid, fallback);
+                let facts = self.facts(pid, fallback, cgroup_id);
                 let fresh = Arc::new(name(&self.rules, &facts, Some(&pod)));
                 if let Some(entry) = self.known.get_mut(&pid) {
                     entry.0 = fresh.clone();
@@ -364,7 +430,7 @@ impl Identities {
             }
             return id;
         }
-        let facts = inspect(pid, fallback);
+        let facts = self.facts(pid, fallback, cgroup_id);
         let pod = self.pod(facts.cgroup.pod_uid.as_deref());
         let id = Arc::new(name(&self.rules, &facts, pod.as_ref()));
         if self.known.len() >= Self::MAX {
