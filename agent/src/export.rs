@@ -41,6 +41,8 @@ pub struct ExportStats {
     pub dropped: AtomicU64,
     pub exported: AtomicU64,
     pub failed_attempts: AtomicU64,
+    /// Outbound calls held now, waiting for the request they may belong to.
+    pub held: AtomicU64,
 }
 
 impl ExportStats {
@@ -50,6 +52,7 @@ impl ExportStats {
             "dropped": self.dropped.load(Ordering::Relaxed),
             "exported": self.exported.load(Ordering::Relaxed),
             "failed_attempts": self.failed_attempts.load(Ordering::Relaxed),
+            "held": self.held.load(Ordering::Relaxed),
         })
     }
 }
@@ -409,6 +412,13 @@ impl SpanQueue {
         for o in self.linker.expired(all) {
             self.send(o);
         }
+        self.count_held();
+    }
+
+    fn count_held(&self) {
+        self.stats
+            .held
+            .store(self.linker.held.len() as u64, Ordering::Relaxed);
     }
 }
 
@@ -418,6 +428,7 @@ impl ExchangeSink for SpanQueue {
         for o in self.linker.exchange(conn, tid, e, span) {
             self.send(o);
         }
+        self.count_held();
     }
     fn inbound_read(&mut self, conn: &Connection, tid: u32) {
         self.linker.inbound_read(conn, tid);

@@ -162,6 +162,11 @@ impl Page {
             "Spans dropped because the export queue was full.",
             e.dropped.load(Ordering::Relaxed),
         );
+        self.gauge(
+            "tangle_agent_spans_held",
+            "Outbound calls held now, waiting for the inbound request they may belong to.",
+            e.held.load(Ordering::Relaxed),
+        );
         self.counter(
             "tangle_agent_export_failures_total",
             "Export attempts that failed (collector away, refused, or not authorised).",

@@ -179,3 +179,199 @@ fn thread_rule_links_calls_to_their_request_under_concurrency() {
     assert_eq!(linked, 180);
     let _ = std::fs::remove_file(&ready);
 }
+
+/// The agent's resident memory, in KiB.
+fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap()
+}
+
+/// One sample of `name` on a Prometheus text page.
+fn sample(page: &str, name: &str) -> Option<u64> {
+    page.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+}
+
+fn scrape(port: u16) -> String {
+    let out = Command::new("curl")
+        .args([
+            "-sS",
+            "--max-time",
+            "5",
+            &format!("http://127.0.0.1:{port}/metrics"),
+        ])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "metrics endpoint answers");
+    String::from_utf8(out.stdout).unwrap()
+}
+
+/// The collector away while far more spans come than the queue holds: the
+/// agent keeps capturing, its memory stays flat, the drops are counted on
+/// its metrics endpoint; once the collector is back, exports resume.
+#[test]
+fn collector_away_under_load_memory_bounded_drops_counted_then_resumes() {
+    let name = "collector_away_under_load_memory_bounded_drops_counted_then_resumes";
+    if require(
+        name,
+        &["redis-server", "redis-benchmark", "curl", "promtool"],
+    )
+    .is_none()
+    {
+        return;
+    }
+    let (redis_port, otlp_port, metrics_port) = (free_port(), free_port(), free_port());
+    let _redis = Proc::spawn_ready(
+        Command::new("redis-server").args([
+            "--port",
+            &redis_port.to_string(),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+        ]),
+        "Ready to accept connections",
+    );
+    let (mut agent, ready) = run_agent(
+        otlp_port,
+        &[
+            "--duration",
+            "60s",
+            "--port",
+            &redis_port.to_string(),
+            "--queue-spans",
+            "2000",
+            "--metrics-listen",
+            &format!("127.0.0.1:{metrics_port}"),
+        ],
+    );
+    let pid = agent.id();
+    // Each round: 20,000 PINGs on 4 connections = 40,000 spans (both ends).
+    let round = || {
+        let ok = Command::new("redis-benchmark")
+            .args([
+                "-p",
+                &redis_port.to_string(),
+                "-n",
+                "20000",
+                "-c",
+                "4",
+                "-t",
+                "ping",
+                "-q",
+            ])
+            .stdout(std::process::Stdio::null())
+            .status()
+            .unwrap();
+        assert!(ok.success());
+        std::thread::sleep(Duration::from_millis(1500));
+    };
+    round();
+    let rss_1 = rss_kib(pid);
+    for _ in 0..3 {
+        round();
+    }
+    let rss_4 = rss_kib(pid);
+    let page = scrape(metrics_port);
+    let dropped = sample(&page, "tangle_agent_spans_dropped_total").unwrap();
+    let exchanges = sample(&page, "tangle_agent_exchanges_total").unwrap();
+    eprintln!(
+        "collector away: {exchanges} exchanges, {dropped} spans dropped, RSS {rss_1} KiB after \
+         one round, {rss_4} KiB after four"
+    );
+    assert!(
+        exchanges >= 4 * 2 * 20_000,
+        "every PING parsed on both ends"
+    );
+    let queued = sample(&page, "tangle_agent_spans_queued_total").unwrap();
+    let held = sample(&page, "tangle_agent_spans_held").unwrap();
+    assert_eq!(
+        queued + dropped + held,
+        exchanges,
+        "every span is queued, held or counted as dropped"
+    );
+    // The queue, and the one batch the exporter holds while it retries.
+    assert!(queued <= 2000 + 512, "queued {queued}");
+    assert_eq!(sample(&page, "tangle_agent_spans_exported_total"), Some(0));
+    assert!(sample(&page, "tangle_agent_export_failures_total").unwrap() > 0);
+    assert_eq!(sample(&page, "tangle_agent_events_lost_total"), Some(0));
+    assert!(
+        rss_4 < rss_1 + 16 * 1024,
+        "memory stays within the queue's bound: {rss_1} KiB -> {rss_4} KiB for three times the spans"
+    );
+    // The page is valid Prometheus text.
+    let mut check = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::io::Write::write_all(&mut check.stdin.take().unwrap(), page.as_bytes()).unwrap();
+    let checked = check.wait_with_output().unwrap();
+    assert!(
+        checked.status.success(),
+        "promtool: {}{}",
+        String::from_utf8_lossy(&checked.stdout),
+        String::from_utf8_lossy(&checked.stderr)
+    );
+
+    // The collector comes back: what the queue held goes out, then new spans.
+    let received = receiver(otlp_port);
+    let drained = || {
+        let page = scrape(metrics_port);
+        let n = |name| sample(&page, name).unwrap_or(0);
+        n("tangle_agent_spans_held") == 0
+            && n("tangle_agent_spans_exported_total") == n("tangle_agent_spans_queued_total")
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(45);
+    while !drained() && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert!(
+        drained(),
+        "the queue drains once the collector is back ({} received):\n{}",
+        received.len(),
+        scrape(metrics_port)
+    );
+    assert!(received.len() >= 2000, "what the queue held went out");
+    let ok = Command::new("redis-cli")
+        .args(["-p", &redis_port.to_string(), "ECHO", "after"])
+        .stdout(std::process::Stdio::null())
+        .status()
+        .unwrap();
+    assert!(ok.success());
+    let echoed = || {
+        received
+            .spans()
+            .iter()
+            .any(|(_, s)| s.name == "redis ECHO")
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while !echoed() && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let spans = received.spans();
+    let last: Vec<&str> = spans
+        .iter()
+        .rev()
+        .take(6)
+        .map(|(_, s)| s.name.as_str())
+        .collect();
+    assert!(
+        echoed(),
+        "a span made after the return; the last: {last:?}\n{}",
+        scrape(metrics_port)
+    );
+    assert!(sample(&scrape(metrics_port), "tangle_agent_spans_exported_total").unwrap() >= 2000);
+    // SAFETY: signals our own child, not yet reaped.
+    unsafe { libc::kill(pid as i32, libc::SIGTERM) };
+    assert!(agent.wait().unwrap().success());
+    let _ = std::fs::remove_file(&ready);
+}
