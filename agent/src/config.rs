@@ -162,13 +162,19 @@ impl Default for ParsingConfig {
 }
 
 impl Config {
+    /// Parses and checks a configuration.
     pub fn parse(text: &str, path: &str) -> Result<Self, ConfigError> {
-        let config: Self = toml::from_str(text).map_err(|e| ConfigError::Parse {
-            path: path.to_owned(),
-            message: e.to_string(),
-        })?;
+        let config = Self::from_toml(text, path)?;
         config.check(path)?;
         Ok(config)
+    }
+
+    /// Parses a configuration, to be changed (by flags) before [`Config::check`].
+    pub fn from_toml(text: &str, path: &str) -> Result<Self, ConfigError> {
+        toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: path.to_owned(),
+            message: e.to_string(),
+        })
     }
 
     /// Checks that the values make sense together (`path` names the source).

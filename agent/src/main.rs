@@ -173,7 +173,10 @@ fn identities(c: &tangle_agent::config::IdentityConfig) -> anyhow::Result<Identi
 fn run_config(run: &RunArgs) -> anyhow::Result<tangle_agent::config::Config> {
     use tangle_agent::config::Config;
     let mut config = match &run.config {
-        Some(path) => Config::load(path)?,
+        Some(path) => Config::from_toml(
+            &tangle_agent::config::read("config", path)?,
+            &path.display().to_string(),
+        )?,
         None => Config::default(),
     };
     if let Some(c) = &run.collector {

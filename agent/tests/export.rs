@@ -347,12 +347,7 @@ fn collector_away_under_load_memory_bounded_drops_counted_then_resumes() {
         .status()
         .unwrap();
     assert!(ok.success());
-    let echoed = || {
-        received
-            .spans()
-            .iter()
-            .any(|(_, s)| s.name == "redis ECHO")
-    };
+    let echoed = || received.spans().iter().any(|(_, s)| s.name == "redis ECHO");
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
     while !echoed() && std::time::Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(100));
@@ -374,4 +369,110 @@ fn collector_away_under_load_memory_bounded_drops_counted_then_resumes() {
     unsafe { libc::kill(pid as i32, libc::SIGTERM) };
     assert!(agent.wait().unwrap().success());
     let _ = std::fs::remove_file(&ready);
+}
+
+/// A throwaway CA and certificates (the collector tests' script).
+fn make_certs(dir: &std::path::Path) {
+    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../collector/tests/fixtures/make-certs.sh");
+    let ok = Command::new("sh").arg(script).arg(dir).status().unwrap();
+    assert!(ok.success(), "making certificates");
+}
+
+/// Export over mutual TLS with a token: accepted with the right token and
+/// certificate; a wrong token is refused (and counted on both sides), a
+/// missing client certificate never gets through the handshake.
+#[test]
+fn export_over_mutual_tls_with_a_token() {
+    let name = "export_over_mutual_tls_with_a_token";
+    if require(name, &["curl", "python3", "openssl"]).is_none() {
+        return;
+    }
+    let dir = std::env::temp_dir().join(format!("tangle-tls-{}", std::process::id()));
+    make_certs(&dir);
+    let read = |f: &str| std::fs::read(dir.join(f)).unwrap();
+    let otlp_port = free_port();
+    let received = receiver_with(
+        otlp_port,
+        Some("agent-Token-1"),
+        Some(ServerTls {
+            cert: read("server.pem"),
+            key: read("server.key"),
+            client_ca: read("ca.pem"),
+        }),
+    );
+    std::fs::write(dir.join("token"), "agent-Token-1\n").unwrap();
+    let config = |file: &str, auth: &str, client_cert: bool| {
+        let d = dir.display();
+        let mut text = format!("[export]\n{auth}\n[export.tls]\nca = \"{d}/ca.pem\"\n");
+        if client_cert {
+            text += &format!("cert = \"{d}/client.pem\"\nkey = \"{d}/client.key\"\n");
+        }
+        let path = dir.join(file);
+        std::fs::write(&path, text).unwrap();
+        path
+    };
+    let good = config(
+        "good.toml",
+        &format!("token_file = \"{}/token\"", dir.display()),
+        true,
+    );
+    let wrong_token = config("wrong.toml", "token = \"not-the-token\"", true);
+    let no_cert = config("nocert.toml", "token = \"agent-Token-1\"", false);
+
+    let http_port = free_port();
+    let _server = Proc::spawn_ready(
+        Command::new("python3").args([
+            "-u",
+            "-m",
+            "http.server",
+            &http_port.to_string(),
+            "--bind",
+            "127.0.0.1",
+        ]),
+        "Serving HTTP",
+    );
+    let endpoint = format!("https://localhost:{otlp_port}");
+    let agents: Vec<_> = [&good, &wrong_token, &no_cert]
+        .iter()
+        .map(|cfg| {
+            run_agent_to(
+                &endpoint,
+                &[
+                    "--duration",
+                    "8s",
+                    "--port",
+                    &http_port.to_string(),
+                    "--config",
+                    cfg.to_str().unwrap(),
+                ],
+            )
+        })
+        .collect();
+    let ok = Command::new("curl")
+        .args(["-sS", "-o", "/dev/null"])
+        .arg(format!("http://127.0.0.1:{http_port}/tls"))
+        .status()
+        .unwrap();
+    assert!(ok.success());
+    let mut stats = Vec::new();
+    for (agent, ready) in agents {
+        let out = agent.wait_with_output().unwrap();
+        assert!(out.status.success());
+        stats.push(final_stats(&out)["parsers"]["export"].clone());
+        let _ = std::fs::remove_file(ready);
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+    // Each agent saw the call's two ends; only the good one's arrived.
+    assert_eq!(stats[0]["exported"], 2, "{stats:?}");
+    assert_eq!(stats[0]["failed_attempts"], 0, "{stats:?}");
+    for s in &stats[1..] {
+        assert_eq!(s["exported"], 0, "{stats:?}");
+        assert!(s["failed_attempts"].as_u64().unwrap() > 0, "{stats:?}");
+    }
+    assert_eq!(received.len(), 2);
+    assert!(
+        *received.refused.lock().unwrap() > 0,
+        "the wrong token was refused"
+    );
 }
