@@ -35,8 +35,13 @@ struct Collector {
 
 impl Collector {
     fn start(data_dir: &Path) -> Self {
+        Self::start_with(data_dir, &[])
+    }
+
+    fn start_with(data_dir: &Path, args: &[&str]) -> Self {
         let (otlp_grpc, otlp_http, http) = (free_port(), free_port(), free_port());
         let child = Command::new(env!("CARGO_BIN_EXE_tangle-collector"))
+            .args(args)
             .arg("--data-dir")
             .arg(data_dir)
             .args(["--otlp-grpc", &format!("127.0.0.1:{otlp_grpc}")])
@@ -86,10 +91,22 @@ fn request(
     content_type: &str,
     body: &[u8],
 ) -> Option<(u16, Vec<u8>)> {
+    request_with(port, method, path, content_type, body, "")
+}
+
+/// [`request`] with more header lines (each ending in CRLF).
+fn request_with(
+    port: u16,
+    method: &str,
+    path: &str,
+    content_type: &str,
+    body: &[u8],
+    headers: &str,
+) -> Option<(u16, Vec<u8>)> {
     let mut s = TcpStream::connect(("127.0.0.1", port)).ok()?;
     s.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
     let head = format!(
-        "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\n\r\n",
+        "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\n{headers}\r\n",
         body.len()
     );
     s.write_all(head.as_bytes()).ok()?;
@@ -401,4 +418,111 @@ fn bad_input_gets_clear_errors() {
             .contains("cannot get findings from http://127.0.0.1:1")
     );
     let _ = std::fs::remove_dir_all(dir);
+}
+
+/// Exports must carry the token (OTLP/HTTP and gRPC), and gRPC is mutual
+/// TLS: refusals are counted; a client without a certificate cannot connect.
+#[test]
+fn token_and_mutual_tls_guard_the_receivers() {
+    let has_openssl = Command::new("openssl")
+        .arg("version")
+        .stdout(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if !has_openssl {
+        // Under CI a missing tool fails the run rather than skipping.
+        assert!(std::env::var_os("CI").is_none(), "openssl is not installed");
+        eprintln!("SKIPPED token_and_mutual_tls_guard_the_receivers: openssl is not installed");
+        return;
+    }
+    let dir = data_dir("tls");
+    let certs = dir.join("certs");
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/make-certs.sh");
+    assert!(
+        Command::new("sh")
+            .arg(script)
+            .arg(&certs)
+            .status()
+            .unwrap()
+            .success()
+    );
+    let config = dir.join("collector.toml");
+    let d = certs.display();
+    std::fs::write(
+        &config,
+        format!(
+            "[auth]\ntoken = \"collector-Token\"\n\
+             [tls]\ncert = \"{d}/server.pem\"\nkey = \"{d}/server.key\"\nclient_ca = \"{d}/ca.pem\"\n"
+        ),
+    )
+    .unwrap();
+    let c = Collector::start_with(&dir, &["--config", config.to_str().unwrap()]);
+    let body = checkout_trace(1).encode_to_vec();
+    let post = |headers: &str| {
+        request_with(
+            c.otlp_http,
+            "POST",
+            "/v1/traces",
+            "application/x-protobuf",
+            &body,
+            headers,
+        )
+        .unwrap()
+        .0
+    };
+    assert_eq!(post(""), 401, "no token");
+    assert_eq!(post("Authorization: Bearer wrong\r\n"), 401, "wrong token");
+    assert_eq!(post("Authorization: Bearer collector-Token\r\n"), 200);
+
+    let read = |f: &str| std::fs::read(certs.join(f)).unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        use tonic::transport::{Certificate, ClientTlsConfig, Endpoint, Identity};
+        let endpoint = |with_cert: bool| {
+            let mut tls =
+                ClientTlsConfig::new().ca_certificate(Certificate::from_pem(read("ca.pem")));
+            if with_cert {
+                tls = tls.identity(Identity::from_pem(read("client.pem"), read("client.key")));
+            }
+            Endpoint::from_shared(format!("https://localhost:{}", c.otlp_grpc))
+                .unwrap()
+                .tls_config(tls)
+                .unwrap()
+        };
+        // No client certificate: the handshake fails.
+        let refused = match endpoint(false).connect().await {
+            Err(_) => true,
+            Ok(ch) => TraceServiceClient::new(ch)
+                .export(checkout_trace(2))
+                .await
+                .is_err(),
+        };
+        assert!(refused, "a client without a certificate got through");
+        let mut client = TraceServiceClient::new(endpoint(true).connect().await.unwrap());
+        let e = client.export(checkout_trace(2)).await.unwrap_err();
+        assert_eq!(
+            e.code(),
+            tonic::Code::Unauthenticated,
+            "certificate but no token"
+        );
+        let mut req = tonic::Request::new(checkout_trace(3));
+        req.metadata_mut()
+            .insert("authorization", "Bearer collector-Token".parse().unwrap());
+        client.export(req).await.unwrap();
+    });
+    drop(rt);
+    let (status, metrics) = request(c.http, "GET", "/metrics", "text/plain", b"").unwrap();
+    assert_eq!(status, 200);
+    let metrics = String::from_utf8(metrics).unwrap();
+    assert!(
+        metrics.contains("tangle_exports_refused_total 3\n"),
+        "two HTTP and one gRPC refusal counted: {metrics}"
+    );
+    wait_for("two traces", || {
+        chains(c.http).first().is_some_and(|ch| ch["traces"] == 2)
+    });
+    c.stop();
 }
