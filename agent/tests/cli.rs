@@ -48,6 +48,59 @@ fn bad_options_are_clear_errors() {
     assert!(err.contains("capture size 0 is not in 1..=8192"), "{err}");
 }
 
+/// `run`'s configuration: checked before anything loads, errors that name
+/// the file and the field; `check-config` prints it (a token masked).
+#[test]
+fn config_errors_name_the_file_and_field() {
+    let dir = std::env::temp_dir().join(format!("tangle-cli-config-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let write = |name: &str, text: &str| {
+        let p = dir.join(name);
+        std::fs::write(&p, text).unwrap();
+        p
+    };
+    let typo = write("typo.toml", "[export]\nendpont = \"http://c:4317\"\n");
+    let good = write(
+        "good.toml",
+        "[export]\nendpoint = \"http://c:4317\"\ntoken = \"s3cret-value\"\n[metrics]\nlisten = \"127.0.0.1:9465\"\n",
+    );
+    let no_token = write(
+        "nofile.toml",
+        &format!("[export]\ntoken_file = \"{}/absent\"\n", dir.display()),
+    );
+    for (args, wanted) in [
+        (vec!["check-config", typo.to_str().unwrap()], "endpont"),
+        (vec!["run", "--config", typo.to_str().unwrap()], "endpont"),
+        (
+            vec!["run", "--config", "/nonexistent/agent.toml"],
+            "/nonexistent/agent.toml",
+        ),
+        (vec!["run", "--collector", "c:4317"], "http://"),
+        (vec!["check-config", no_token.to_str().unwrap()], "absent"),
+    ] {
+        let out = agent().args(&args).output().unwrap();
+        assert!(!out.status.success(), "{args:?}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(wanted), "{args:?}: {err}");
+        assert!(!err.contains("panicked"), "{err}");
+    }
+    let out = agent()
+        .args(["check-config", good.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let printed = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        printed.contains("endpoint = \"http://c:4317\""),
+        "{printed}"
+    );
+    assert!(
+        !printed.contains("s3cret-value"),
+        "the token is not printed"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 /// Without privileges the agent says why it cannot run, and fails.
 #[test]
 fn unprivileged_run_says_why() {

@@ -12,6 +12,7 @@ use support::{otlp::*, *};
 #[test]
 fn exchanges_exported_with_join_keys_after_the_collector_comes_back() {
     let name = "exchanges_exported_with_join_keys_after_the_collector_comes_back";
+    let _serial = serial();
     if require(name, &["curl", "python3"]).is_none() {
         return;
     }
@@ -103,6 +104,7 @@ fn exchanges_exported_with_join_keys_after_the_collector_comes_back() {
 #[test]
 fn thread_rule_links_calls_to_their_request_under_concurrency() {
     let name = "thread_rule_links_calls_to_their_request_under_concurrency";
+    let _serial = serial();
     if require(name, &["curl", "python3"]).is_none() {
         return;
     }
@@ -216,6 +218,7 @@ fn scrape(port: u16) -> String {
 #[test]
 fn collector_away_under_load_memory_bounded_drops_counted_then_resumes() {
     let name = "collector_away_under_load_memory_bounded_drops_counted_then_resumes";
+    let _serial = serial();
     if require(
         name,
         &["redis-server", "redis-benchmark", "curl", "promtool"],
@@ -385,6 +388,7 @@ fn make_certs(dir: &std::path::Path) {
 #[test]
 fn export_over_mutual_tls_with_a_token() {
     let name = "export_over_mutual_tls_with_a_token";
+    let _serial = serial();
     if require(name, &["curl", "python3", "openssl"]).is_none() {
         return;
     }

@@ -62,6 +62,7 @@ fn concurrent_requests(
 #[test]
 fn thread_per_request_calls_and_queries_link_to_their_request() {
     let name = "thread_per_request_calls_and_queries_link_to_their_request";
+    let _serial = serial();
     if require(name, &["curl", "python3", "setpriv"]).is_none() {
         return;
     }
@@ -227,6 +228,7 @@ fn hex(b: &[u8]) -> String {
 #[test]
 fn async_service_links_exactly_with_propagation_and_marks_inferred_without() {
     let name = "async_service_links_exactly_with_propagation_and_marks_inferred_without";
+    let _serial = serial();
     if require(name, &["curl", "python3", "node"]).is_none() {
         return;
     }

@@ -10,7 +10,7 @@ use crate::util::{self, is_root, output, which};
 /// bpf-linker's version known to work with the nightly's LLVM (EBPF-NOTES.md).
 const BPF_LINKER_VERSION: &str = "0.13.0";
 
-/// Debian packages the tests and benchmarks use, with a binary that shows each is there.
+/// Debian packages the tests and benchmarks use, with a program (or file) that shows each is there.
 const TEST_PACKAGES: &[(&str, &str)] = &[
     ("curl", "curl"),
     ("nginx-light", "nginx"),
@@ -22,6 +22,14 @@ const TEST_PACKAGES: &[(&str, &str)] = &[
     ("redis-server", "redis-server"),
     ("redis-tools", "redis-cli"),
     ("prometheus", "promtool"),
+    ("postgresql", "pg_ctlcluster"),
+    (
+        "python3-psycopg2",
+        "/usr/lib/python3/dist-packages/psycopg2/__init__.py",
+    ),
+    ("nodejs", "node"),
+    ("nftables", "nft"),
+    ("openssl", "openssl"),
 ];
 
 fn run_step(name: &str, f: impl FnOnce() -> anyhow::Result<()>) -> anyhow::Result<()> {

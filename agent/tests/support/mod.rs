@@ -313,3 +313,11 @@ pub fn python() -> Command {
 pub fn pattern(size: usize) -> Vec<u8> {
     (0..size).map(|i| (i % 251) as u8).collect()
 }
+
+/// Held by tests that run an agent without a filter or flood the machine:
+/// within one test binary they take turns, so one test's load is not in
+/// another's capture.
+pub fn serial() -> std::sync::MutexGuard<'static, ()> {
+    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    LOCK.lock().unwrap_or_else(|e| e.into_inner())
+}
