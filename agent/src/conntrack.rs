@@ -30,6 +30,26 @@ pub struct Connection {
     pub opened_ns: u64,
 }
 
+impl Connection {
+    /// A connection of process 7 (`svc`) for unit tests.
+    #[cfg(test)]
+    pub(crate) fn sample(conn_id: u64, role: Role, local: &str, remote: &str) -> Self {
+        Self {
+            conn_id,
+            pid: 7,
+            fd: 3,
+            process: "svc".into(),
+            identity: std::sync::Arc::new(Identity::executable("svc")),
+            peer_service: None,
+            role,
+            local: local.parse().expect("test address"),
+            remote: remote.parse().expect("test address"),
+            cgroup_id: 0,
+            opened_ns: 0,
+        }
+    }
+}
+
 /// Socket addresses from the kernel's representation.
 pub fn socket_addrs(a: &SockAddrs) -> (SocketAddr, SocketAddr) {
     let ip = |b: &[u8; 16]| -> IpAddr {

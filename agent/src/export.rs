@@ -266,6 +266,10 @@ impl Linker {
         self.answered(conn.conn_id);
         let open = self.reading.entry(thread).or_default();
         if !open.is_empty() {
+            if self.multiplexed.len() >= 65_536 {
+                // Bounded; a thread still multiplexing is found again at once.
+                self.multiplexed.clear();
+            }
             self.multiplexed.insert(thread);
         }
         if open.len() < 64 {
@@ -638,26 +642,12 @@ mod tests {
     use tangle_protocols::{Fields, HttpFields, Protocol, Status as ExStatus};
 
     fn conn(role: Role, port: u16) -> Connection {
-        Connection {
-            conn_id: u64::from(port),
-            pid: 7,
-            fd: 3,
-            process: "svc".into(),
-            identity: std::sync::Arc::new(crate::identity::name(
-                &[],
-                &crate::identity::ProcessFacts {
-                    exe: "svc".into(),
-                    ..Default::default()
-                },
-                None,
-            )),
-            peer_service: None,
+        Connection::sample(
+            u64::from(port),
             role,
-            local: format!("127.0.0.1:{port}").parse().unwrap(),
-            remote: "127.0.0.1:80".parse().unwrap(),
-            cgroup_id: 0,
-            opened_ns: 0,
-        }
+            &format!("127.0.0.1:{port}"),
+            "127.0.0.1:80",
+        )
     }
 
     fn ex(start: u64, end: u64) -> Exchange {

@@ -86,6 +86,18 @@ pub struct Identity {
 }
 
 impl Identity {
+    /// A process known by its executable name alone.
+    pub fn executable(exe: &str) -> Self {
+        name(
+            &[],
+            &ProcessFacts {
+                exe: exe.to_owned(),
+                ..ProcessFacts::default()
+            },
+            None,
+        )
+    }
+
     /// OpenTelemetry resource attributes (semantic conventions).
     pub fn resource_attributes(&self) -> Vec<(&'static str, String)> {
         let mut a = vec![

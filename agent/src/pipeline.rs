@@ -227,26 +227,12 @@ mod tests {
     }
 
     fn conn(id: u64) -> Connection {
-        Connection {
-            conn_id: id,
-            pid: 1,
-            fd: 3,
-            process: "svc".into(),
-            identity: std::sync::Arc::new(crate::identity::name(
-                &[],
-                &crate::identity::ProcessFacts {
-                    exe: "svc".into(),
-                    ..Default::default()
-                },
-                None,
-            )),
-            peer_service: None,
-            role: Role::Server,
-            local: "127.0.0.1:80".parse().unwrap(),
-            remote: format!("127.0.0.1:{}", 40000 + id).parse().unwrap(),
-            cgroup_id: 0,
-            opened_ns: 0,
-        }
+        Connection::sample(
+            id,
+            Role::Server,
+            "127.0.0.1:80",
+            &format!("127.0.0.1:{}", 40000 + id),
+        )
     }
 
     fn data(p: &mut Pipeline<Collect>, id: u64, direction: Direction, ts: u64, bytes: &[u8]) {

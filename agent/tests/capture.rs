@@ -469,17 +469,7 @@ fn cgroup_filter_keeps_only_that_cgroup() {
         cgroup_id: Some(id),
         ..options(port)
     });
-    let _server = Proc::spawn_ready(
-        Command::new("python3").args([
-            "-u",
-            "-m",
-            "http.server",
-            &port.to_string(),
-            "--bind",
-            "127.0.0.1",
-        ]),
-        "Serving HTTP",
-    );
+    let _server = http_server(port);
     // curl moves itself into the cgroup before it connects.
     let script = format!(
         "echo $$ > {}/cgroup.procs && exec curl -sS -o /dev/null http://127.0.0.1:{port}/",

@@ -144,17 +144,7 @@ fn json_lines_with_pid_filter() {
         return;
     }
     let port = free_port();
-    let server = Proc::spawn_ready(
-        Command::new("python3").args([
-            "-u",
-            "-m",
-            "http.server",
-            &port.to_string(),
-            "--bind",
-            "127.0.0.1",
-        ]),
-        "Serving HTTP",
-    );
+    let server = http_server(port);
     let ready = std::env::temp_dir().join(format!("tangle-ready-{port}"));
     let _ = std::fs::remove_file(&ready);
     let agent = agent()
@@ -233,17 +223,7 @@ fn live_exchanges_from_http_and_redis() {
         return;
     }
     let (http_port, redis_port) = (free_port(), free_port());
-    let _http = Proc::spawn_ready(
-        Command::new("python3").args([
-            "-u",
-            "-m",
-            "http.server",
-            &http_port.to_string(),
-            "--bind",
-            "127.0.0.1",
-        ]),
-        "Serving HTTP",
-    );
+    let _http = http_server(http_port);
     let _redis = Proc::spawn_ready(
         Command::new("redis-server").args([
             "--port",

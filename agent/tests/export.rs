@@ -17,17 +17,7 @@ fn exchanges_exported_with_join_keys_after_the_collector_comes_back() {
         return;
     }
     let (http_port, otlp_port) = (free_port(), free_port());
-    let _server = Proc::spawn_ready(
-        Command::new("python3").args([
-            "-u",
-            "-m",
-            "http.server",
-            &http_port.to_string(),
-            "--bind",
-            "127.0.0.1",
-        ]),
-        "Serving HTTP",
-    );
+    let _server = http_server(http_port);
     // The collector is not there yet.
     let (agent, ready) = run_agent(
         otlp_port,
@@ -425,17 +415,7 @@ fn export_over_mutual_tls_with_a_token() {
     let no_cert = config("nocert.toml", "token = \"agent-Token-1\"", false);
 
     let http_port = free_port();
-    let _server = Proc::spawn_ready(
-        Command::new("python3").args([
-            "-u",
-            "-m",
-            "http.server",
-            &http_port.to_string(),
-            "--bind",
-            "127.0.0.1",
-        ]),
-        "Serving HTTP",
-    );
+    let _server = http_server(http_port);
     let endpoint = format!("https://localhost:{otlp_port}");
     let agents: Vec<_> = [&good, &wrong_token, &no_cert]
         .iter()

@@ -303,6 +303,21 @@ pub fn wait_for(what: &str, timeout: Duration, f: impl Fn() -> bool) {
     }
 }
 
+/// Python's `http.server` on 127.0.0.1:`port`, once it serves.
+pub fn http_server(port: u16) -> Proc {
+    Proc::spawn_ready(
+        Command::new("python3").args([
+            "-u",
+            "-m",
+            "http.server",
+            &port.to_string(),
+            "--bind",
+            "127.0.0.1",
+        ]),
+        "Serving HTTP",
+    )
+}
+
 pub fn python() -> Command {
     let mut c = Command::new("python3");
     c.arg("-u").arg(fixture("peer.py"));
