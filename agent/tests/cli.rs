@@ -224,17 +224,7 @@ fn live_exchanges_from_http_and_redis() {
     }
     let (http_port, redis_port) = (free_port(), free_port());
     let _http = http_server(http_port);
-    let _redis = Proc::spawn_ready(
-        Command::new("redis-server").args([
-            "--port",
-            &redis_port.to_string(),
-            "--bind",
-            "127.0.0.1",
-            "--save",
-            "",
-        ]),
-        "Ready to accept connections",
-    );
+    let _redis = redis_server(redis_port);
     let ready = std::env::temp_dir().join(format!("tangle-ready-ex-{http_port}"));
     let _ = std::fs::remove_file(&ready);
     // No port filter: two servers; the agent's own traffic is never tracked.

@@ -218,19 +218,7 @@ fn collector_away_under_load_memory_bounded_drops_counted_then_resumes() {
         return;
     }
     let (redis_port, otlp_port, metrics_port) = (free_port(), free_port(), free_port());
-    let _redis = Proc::spawn_ready(
-        Command::new("redis-server").args([
-            "--port",
-            &redis_port.to_string(),
-            "--bind",
-            "127.0.0.1",
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-        ]),
-        "Ready to accept connections",
-    );
+    let _redis = redis_server(redis_port);
     let (mut agent, ready) = run_agent(
         otlp_port,
         &[

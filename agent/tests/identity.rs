@@ -38,8 +38,7 @@ fn services_named_from_systemd_containers_environment_and_rules() {
     if require(name, &["curl", "python3"]).is_none() {
         return;
     }
-    let Some(root) = tangle_agent::probe::cgroup2_root() else {
-        skip(name, "no cgroup v2 hierarchy is mounted");
+    let Some(root) = cgroup2_root_or_skip(name) else {
         return;
     };
     let port = free_port();

@@ -318,6 +318,32 @@ pub fn http_server(port: u16) -> Proc {
     )
 }
 
+/// A throwaway redis-server on 127.0.0.1:`port` (no persistence).
+pub fn redis_server(port: u16) -> Proc {
+    Proc::spawn_ready(
+        Command::new("redis-server").args([
+            "--port",
+            &port.to_string(),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+        ]),
+        "Ready to accept connections",
+    )
+}
+
+/// The cgroup v2 mount, or None after saying why `test` skips.
+pub fn cgroup2_root_or_skip(test: &str) -> Option<PathBuf> {
+    let root = tangle_agent::probe::cgroup2_root();
+    if root.is_none() {
+        skip(test, "no cgroup v2 hierarchy is mounted");
+    }
+    root
+}
+
 pub fn python() -> Command {
     let mut c = Command::new("python3");
     c.arg("-u").arg(fixture("peer.py"));
