@@ -453,4 +453,23 @@ mod tests {
         );
         assert!(Cluster::from_lists(b"{}", &services).is_err());
     }
+
+    #[test]
+    fn unusable_credentials_are_clear_errors() {
+        let dir = std::env::temp_dir().join(format!("tangle-k8s-ca-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let ca = dir.join("ca.crt");
+        std::fs::write(&ca, "not a certificate\n").unwrap();
+        let e = KubeClient::new("https://10.96.0.1", None, Some(&ca))
+            .err()
+            .expect("no certificate in the file")
+            .to_string();
+        assert!(e.contains("ca.crt"), "{e}");
+        let e = KubeClient::new("https://10.96.0.1", None, Some(&dir.join("absent")))
+            .err()
+            .expect("no file")
+            .to_string();
+        assert!(e.contains("absent"), "{e}");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 }

@@ -144,3 +144,111 @@ fn services_named_from_systemd_containers_environment_and_rules() {
         3
     );
 }
+
+/// A process in a Kubernetes pod's cgroup (containerd under the systemd
+/// driver) is named from the pod the API lists: here the API is a local
+/// HTTP server answering `GET /api/v1/pods` and `/api/v1/services` with
+/// lists in the API's format (no API server can run on this machine).
+#[test]
+fn pods_named_from_the_kubernetes_api() {
+    let name = "pods_named_from_the_kubernetes_api";
+    if require(name, &["curl", "python3"]).is_none() {
+        return;
+    }
+    let Some(root) = cgroup2_root_or_skip(name) else {
+        return;
+    };
+    let port = free_port();
+    // The API's answers, laid out as paths.
+    let api_dir = std::env::temp_dir().join(format!("tangle-k8s-api-{port}"));
+    let v1 = api_dir.join("api/v1");
+    std::fs::create_dir_all(&v1).unwrap();
+    let fixtures =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/kubernetes");
+    std::fs::copy(fixtures.join("pods.json"), v1.join("pods")).unwrap();
+    std::fs::copy(fixtures.join("services.json"), v1.join("services")).unwrap();
+    let api_port = free_port();
+    let _api = Proc::spawn_ready(
+        Command::new("python3")
+            .args([
+                "-u",
+                "-m",
+                "http.server",
+                &api_port.to_string(),
+                "--bind",
+                "127.0.0.1",
+            ])
+            .current_dir(&api_dir),
+        "Serving HTTP",
+    );
+    let slice = root.join(format!("tangle-test-{port}.slice"));
+    let pod = slice
+        .join("kubepods.slice")
+        .join("kubepods-burstable.slice")
+        .join("kubepods-burstable-pod5c1e4b7a_2f3d_4e8a_9b6c_1d2e3f4a5b6c.slice");
+    let container = pod.join(format!("cri-containerd-{CONTAINER_ID}.scope"));
+    let mut made = vec![slice.clone()];
+    let mut at = slice.clone();
+    for part in container.strip_prefix(&slice).unwrap() {
+        at = at.join(part);
+        made.push(at.clone());
+    }
+    let _groups = Groups(made);
+    std::fs::create_dir_all(&container).unwrap();
+    let config = api_dir.join("agent.toml");
+    std::fs::write(
+        &config,
+        format!("[identity]\nkubernetes_api = \"http://127.0.0.1:{api_port}\"\n"),
+    )
+    .unwrap();
+    let otlp_port = free_port();
+    let received = receiver(otlp_port);
+    let _server = Proc::spawn_ready(
+        &mut in_cgroup(
+            &container,
+            &format!("python3 -u -m http.server {port} --bind 127.0.0.1"),
+        ),
+        "Serving HTTP",
+    );
+    let (agent, ready) = run_agent(
+        otlp_port,
+        &[
+            "--duration",
+            "6s",
+            "--port",
+            &port.to_string(),
+            "--config",
+            config.to_str().unwrap(),
+        ],
+    );
+    let ok = Command::new("curl")
+        .args([
+            "-sS",
+            "-o",
+            "/dev/null",
+            &format!("http://127.0.0.1:{port}/cart"),
+        ])
+        .status()
+        .unwrap();
+    assert!(ok.success());
+    wait_for("two spans", Duration::from_secs(20), || received.len() >= 2);
+    assert!(agent.wait_with_output().unwrap().status.success());
+    let _ = std::fs::remove_file(&ready);
+    let _ = std::fs::remove_dir_all(&api_dir);
+    let resources = received.resources.lock().unwrap().clone();
+    let checkout = resources
+        .get("checkout")
+        .unwrap_or_else(|| panic!("the pod's process is `checkout`: {resources:#?}"));
+    for (key, value) in [
+        ("tangle.service.name.source", "kubernetes"),
+        ("k8s.pod.name", "checkout-7d9f8b6c5d-x2x4k"),
+        ("k8s.pod.uid", "5c1e4b7a-2f3d-4e8a-9b6c-1d2e3f4a5b6c"),
+        ("k8s.namespace.name", "shop"),
+        ("k8s.node.name", "node-a"),
+        ("k8s.deployment.name", "checkout"),
+        ("container.id", CONTAINER_ID),
+        ("container.runtime", "containerd"),
+    ] {
+        assert_eq!(checkout.get(key).map(String::as_str), Some(value), "{key}");
+    }
+}
