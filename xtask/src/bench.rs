@@ -1,6 +1,8 @@
 //! `cargo xtask bench`: the agent's cost to the traffic it watches. wrk
 //! drives nginx on loopback, alternating runs without and with the agent
-//! attached, and reports ratios measured in the same session.
+//! attached, and reports ratios measured in the same session. With
+//! `--export` the agent runs the whole pipeline (parse, link, export to a
+//! local collector) rather than the capture alone.
 
 use std::{
     path::Path,
@@ -10,9 +12,13 @@ use std::{
 
 use anyhow::{Context as _, bail};
 
-use crate::util::{Child, build_agent, is_root, output, root, wait_file, wait_port, which};
+use crate::util::{
+    Child, build_agent, build_collector, is_root, output, root, wait_file, wait_port, which,
+};
 
 const PORT: u16 = 18090;
+/// The collector's ports with `--export` (OTLP/gRPC, OTLP/HTTP, API).
+const COLLECTOR_PORTS: [u16; 3] = [19317, 19318, 19465];
 
 #[derive(Clone, Copy, Debug, Default)]
 struct WrkResult {
@@ -26,6 +32,9 @@ struct AgentResult {
     events: f64,
     lost: f64,
     cpu_s: f64,
+    exchanges: f64,
+    exported: f64,
+    dropped: f64,
 }
 
 fn micros(v: &str) -> Option<f64> {
@@ -110,18 +119,22 @@ fn with_agent(
     dir: &Path,
     duration: Duration,
     connections: u32,
+    export: bool,
 ) -> anyhow::Result<(WrkResult, AgentResult)> {
     let ready = dir.join("ready");
     let _ = std::fs::remove_file(&ready);
+    let mut cmd = Command::new(agent);
+    if export {
+        cmd.args([
+            "run",
+            "--collector",
+            &format!("http://127.0.0.1:{}", COLLECTOR_PORTS[0]),
+        ]);
+    } else {
+        cmd.arg("capture");
+    }
     let mut proc = Child::spawn(
-        Command::new(agent)
-            .args([
-                "capture",
-                "--quiet",
-                "--port",
-                &PORT.to_string(),
-                "--ready-file",
-            ])
+        cmd.args(["--quiet", "--port", &PORT.to_string(), "--ready-file"])
             .arg(&ready)
             .stdout(Stdio::piped())
             .stderr(Stdio::null()),
@@ -148,6 +161,9 @@ fn with_agent(
             events: n(&stats["agent"]["events"]),
             lost: n(&stats["kernel"]["events_lost"]),
             cpu_s,
+            exchanges: n(&stats["parsers"]["exchanges"]),
+            exported: n(&stats["parsers"]["export"]["exported"]),
+            dropped: n(&stats["parsers"]["export"]["dropped"]),
         },
     ))
 }
@@ -157,7 +173,24 @@ fn median(mut v: Vec<f64>) -> f64 {
     v[v.len() / 2]
 }
 
-pub fn run(duration: Duration, connections: u32, rounds: u32) -> anyhow::Result<()> {
+/// Starts `tangle-collector` on [`COLLECTOR_PORTS`].
+fn start_collector(dir: &Path) -> anyhow::Result<Child> {
+    let collector = build_collector()?;
+    let [grpc, http, api] = COLLECTOR_PORTS;
+    let child = Child::spawn(
+        Command::new(collector)
+            .arg("--data-dir")
+            .arg(dir.join("collector"))
+            .args(["--otlp-grpc", &format!("127.0.0.1:{grpc}")])
+            .args(["--otlp-http", &format!("127.0.0.1:{http}")])
+            .args(["--http", &format!("127.0.0.1:{api}")])
+            .stderr(Stdio::null()),
+    )?;
+    wait_port(api, "the collector")?;
+    Ok(child)
+}
+
+pub fn run(duration: Duration, connections: u32, rounds: u32, export: bool) -> anyhow::Result<()> {
     if !is_root() {
         bail!("the benchmark loads eBPF programs: run it as root");
     }
@@ -167,18 +200,32 @@ pub fn run(duration: Duration, connections: u32, rounds: u32) -> anyhow::Result<
     let agent = build_agent()?;
     let dir = root().join("target/bench");
     let _nginx = start_nginx(&dir)?;
+    let collector = if export {
+        Some(start_collector(&dir)?)
+    } else {
+        None
+    };
     eprintln!(
-        "bench: wrk -t1 -c{connections} -d{}s against nginx on loopback, {rounds} rounds",
-        duration.as_secs()
+        "bench: wrk -t1 -c{connections} -d{}s against nginx on loopback, {rounds} rounds, agent {}",
+        duration.as_secs(),
+        if export {
+            "`run` (parse, link, export to a local collector)"
+        } else {
+            "`capture`"
+        }
     );
     println!(
         "| round | baseline req/s | with agent req/s | ratio | baseline p99 | with agent p99 | p99 ratio | events/s | lost | agent CPU |"
     );
     println!("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |");
     let (mut tput, mut p99, mut added, mut eps, mut cpu) = (vec![], vec![], vec![], vec![], vec![]);
+    let (mut xps, mut exported, mut dropped, mut collector_cpu) = (vec![], vec![], vec![], vec![]);
     for round in 1..=rounds {
         let base = wrk(duration, connections)?;
-        let (with, a) = with_agent(&agent, &dir, duration, connections)?;
+        let collector_before = collector.as_ref().map_or(0.0, |c| cpu_seconds(c.0.id()));
+        let (with, a) = with_agent(&agent, &dir, duration, connections, export)?;
+        let collector_s =
+            collector.as_ref().map_or(0.0, |c| cpu_seconds(c.0.id())) - collector_before;
         let secs = duration.as_secs_f64();
         tput.push(with.requests_per_s / base.requests_per_s);
         p99.push(with.p99_latency_us / base.p99_latency_us);
@@ -186,6 +233,10 @@ pub fn run(duration: Duration, connections: u32, rounds: u32) -> anyhow::Result<
         added.push(1e6 / with.requests_per_s - 1e6 / base.requests_per_s);
         eps.push(a.events / secs);
         cpu.push(a.cpu_s / secs * 100.0);
+        xps.push(a.exchanges / secs);
+        exported.push(a.exported);
+        dropped.push(a.dropped);
+        collector_cpu.push(collector_s / secs * 100.0);
         println!(
             "| {round} | {:.0} | {:.0} | {:.3} | {:.0} us | {:.0} us | {:.3} | {:.0} | {} | {:.1}% |",
             base.requests_per_s,
@@ -208,6 +259,16 @@ pub fn run(duration: Duration, connections: u32, rounds: u32) -> anyhow::Result<
         median(eps),
         median(cpu)
     );
+    if export {
+        println!(
+            "pipeline: {:.0} exchanges/s parsed, {:.0} spans exported and {:.0} dropped per round \
+             (median), collector CPU {:.1}% of a core",
+            median(xps),
+            median(exported),
+            median(dropped),
+            median(collector_cpu)
+        );
+    }
     Ok(())
 }
 

@@ -49,6 +49,10 @@ enum Command {
         /// Rounds of (baseline, with agent) pairs.
         #[arg(long, default_value_t = 3)]
         rounds: u32,
+        /// Run the whole pipeline (`tangle-agent run`: parse, link, export
+        /// to a local `tangle-collector`) instead of the capture alone.
+        #[arg(long)]
+        export: bool,
     },
 }
 
@@ -69,7 +73,8 @@ fn main() -> anyhow::Result<()> {
             duration,
             connections,
             rounds,
-        } => bench::run(duration, connections, rounds),
+            export,
+        } => bench::run(duration, connections, rounds, export),
     }
 }
 
