@@ -254,6 +254,8 @@ pub struct Linker {
     reading: std::collections::HashMap<(u32, u32), Vec<u64>>,
     /// Connection id to the thread in `reading`.
     reader_of: std::collections::HashMap<u64, (u32, u32)>,
+    /// Per pid: entries in `reading`, i.e. requests it is serving now.
+    serving: std::collections::HashMap<u32, usize>,
 }
 
 impl Linker {
@@ -275,10 +277,12 @@ impl Linker {
         if open.len() < 64 {
             open.push(conn.conn_id);
             self.reader_of.insert(conn.conn_id, thread);
+            *self.serving.entry(conn.pid).or_default() += 1;
         }
         if self.reader_of.len() > 65_536 {
             self.reading.clear();
             self.reader_of.clear();
+            self.serving.clear();
         }
     }
 
@@ -291,6 +295,12 @@ impl Linker {
             open.retain(|&c| c != conn_id);
             if open.is_empty() {
                 self.reading.remove(&thread);
+            }
+        }
+        if let Some(n) = self.serving.get_mut(&thread.0) {
+            *n -= 1;
+            if *n == 0 {
+                self.serving.remove(&thread.0);
             }
         }
     }
@@ -308,11 +318,21 @@ impl Linker {
             span,
         };
         if conn.role == Role::Client {
-            // May belong to a request this thread is serving: hold it.
+            let context = propagated(e).map(|(t, _)| t);
+            // Only a call made while its thread (or, with a propagated
+            // context, its process) serves a request can belong to one:
+            // pure clients' calls go out at once, not held for nothing.
+            let may_belong = self.reading.contains_key(&(conn.pid, tid))
+                || (context.is_some() && self.serving.contains_key(&conn.pid));
+            if !may_belong {
+                let mut ready = vec![out(span)];
+                ready.extend(self.expired(false));
+                return ready;
+            }
             self.held.push_back(Held {
                 pid: conn.pid,
                 tid,
-                context: propagated(e).map(|(t, _)| t),
+                context,
                 start_ns: e.start_ns,
                 end_ns: e.end_ns,
                 held_at: std::time::Instant::now(),
@@ -516,79 +536,29 @@ impl Target {
     }
 }
 
-/// Exports spans to `target` (OTLP/gRPC) in batches; retries with backoff
-/// while the queue (`capacity` spans) absorbs what comes meanwhile.
+/// Most spans in one export request.
+const MAX_BATCH: usize = 2048;
+/// How long a batch waits to fill before it goes.
+const BATCH_WAIT: Duration = Duration::from_millis(200);
+
+/// Exports spans to `target` (OTLP/gRPC) in batches, from a thread of its
+/// own (the capture loop never waits for it); retries with backoff while
+/// the queue (`capacity` spans) absorbs what comes meanwhile.
 pub fn start(
     target: Target,
     capacity: usize,
     clock_offset_ns: i128,
-) -> (SpanQueue, Arc<ExportStats>) {
-    let (tx, mut rx) = mpsc::channel::<Outgoing>(capacity.max(1));
+) -> std::io::Result<(SpanQueue, Arc<ExportStats>)> {
+    let (tx, rx) = mpsc::channel::<Outgoing>(capacity.max(1));
     let stats = Arc::new(ExportStats::default());
     let task_stats = stats.clone();
-    tokio::spawn(async move {
-        let mut client: Option<TraceServiceClient<tonic::transport::Channel>> = None;
-        let mut batch: Vec<Outgoing> = Vec::new();
-        let mut backoff = Duration::from_millis(200);
-        loop {
-            if batch.is_empty() {
-                match rx.recv().await {
-                    Some(o) => batch.push(o),
-                    None => return,
-                }
-                // Gather what else is ready, up to a batch.
-                tokio::time::sleep(Duration::from_millis(200)).await;
-                while batch.len() < 512 {
-                    match rx.try_recv() {
-                        Ok(o) => batch.push(o),
-                        Err(_) => break,
-                    }
-                }
-            }
-            let endpoint = target.shown();
-            if client.is_none() {
-                match target.endpoint.connect().await {
-                    Ok(channel) => client = Some(TraceServiceClient::new(channel)),
-                    Err(e) => {
-                        log::debug!("collector {endpoint} unreachable: {e:?}");
-                        task_stats.failed_attempts.fetch_add(1, Ordering::Relaxed);
-                        tokio::time::sleep(backoff).await;
-                        backoff = (backoff * 2).min(Duration::from_secs(10));
-                        continue;
-                    }
-                }
-            }
-            let Some(c) = client.as_mut() else { continue };
-            let mut request = tonic::Request::new(to_request(&batch));
-            if let Some(a) = &target.authorization {
-                request.metadata_mut().insert("authorization", a.clone());
-            }
-            match c.export(request).await {
-                Ok(_) => {
-                    task_stats
-                        .exported
-                        .fetch_add(batch.len() as u64, Ordering::Relaxed);
-                    batch.clear();
-                    backoff = Duration::from_millis(200);
-                }
-                Err(e) if e.code() == tonic::Code::Unauthenticated => {
-                    // Worth saying at once: it will not get better by itself.
-                    log::warn!("collector {endpoint} refused the export: {}", e.message());
-                    task_stats.failed_attempts.fetch_add(1, Ordering::Relaxed);
-                    tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(Duration::from_secs(10));
-                }
-                Err(e) => {
-                    log::debug!("export to {endpoint} failed: {e}");
-                    task_stats.failed_attempts.fetch_add(1, Ordering::Relaxed);
-                    client = None;
-                    tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(Duration::from_secs(10));
-                }
-            }
-        }
-    });
-    (
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    std::thread::Builder::new()
+        .name("tangle-export".into())
+        .spawn(move || rt.block_on(export_loop(target, rx, task_stats)))?;
+    Ok((
         SpanQueue {
             tx,
             stats: stats.clone(),
@@ -596,23 +566,101 @@ pub fn start(
             linker: Linker::default(),
         },
         stats,
-    )
+    ))
+}
+
+/// Up to [`MAX_BATCH`] spans: what is queued now, then what comes within
+/// [`BATCH_WAIT`] of the first. None once the queue is closed and empty.
+async fn next_batch(rx: &mut mpsc::Receiver<Outgoing>) -> Option<Vec<Outgoing>> {
+    let mut batch = vec![rx.recv().await?];
+    let deadline = tokio::time::Instant::now() + BATCH_WAIT;
+    while batch.len() < MAX_BATCH {
+        match rx.try_recv() {
+            Ok(o) => batch.push(o),
+            Err(mpsc::error::TryRecvError::Disconnected) => break,
+            Err(mpsc::error::TryRecvError::Empty) => {
+                match tokio::time::timeout_at(deadline, rx.recv()).await {
+                    Ok(Some(o)) => batch.push(o),
+                    _ => break,
+                }
+            }
+        }
+    }
+    Some(batch)
+}
+
+async fn export_loop(target: Target, mut rx: mpsc::Receiver<Outgoing>, stats: Arc<ExportStats>) {
+    let endpoint = target.shown().to_owned();
+    let mut client: Option<TraceServiceClient<tonic::transport::Channel>> = None;
+    // The request being sent, and its span count: kept until it gets through.
+    let mut pending: Option<(ExportTraceServiceRequest, u64)> = None;
+    let mut backoff = Duration::from_millis(200);
+    let fail = |backoff: &mut Duration| {
+        stats.failed_attempts.fetch_add(1, Ordering::Relaxed);
+        let wait = *backoff;
+        *backoff = (*backoff * 2).min(Duration::from_secs(10));
+        tokio::time::sleep(wait)
+    };
+    loop {
+        if pending.is_none() {
+            let Some(batch) = next_batch(&mut rx).await else {
+                return;
+            };
+            let n = batch.len() as u64;
+            pending = Some((to_request(batch), n));
+        }
+        let Some((request, n)) = &pending else {
+            continue;
+        };
+        if client.is_none() {
+            match target.endpoint.connect().await {
+                Ok(channel) => client = Some(TraceServiceClient::new(channel)),
+                Err(e) => {
+                    log::debug!("collector {endpoint} unreachable: {e:?}");
+                    fail(&mut backoff).await;
+                    continue;
+                }
+            }
+        }
+        let Some(c) = client.as_mut() else { continue };
+        let mut request = tonic::Request::new(request.clone());
+        if let Some(a) = &target.authorization {
+            request.metadata_mut().insert("authorization", a.clone());
+        }
+        match c.export(request).await {
+            Ok(_) => {
+                stats.exported.fetch_add(*n, Ordering::Relaxed);
+                pending = None;
+                backoff = Duration::from_millis(200);
+            }
+            Err(e) if e.code() == tonic::Code::Unauthenticated => {
+                // Worth saying at once: it will not get better by itself.
+                log::warn!("collector {endpoint} refused the export: {}", e.message());
+                fail(&mut backoff).await;
+            }
+            Err(e) => {
+                log::debug!("export to {endpoint} failed: {e}");
+                client = None;
+                fail(&mut backoff).await;
+            }
+        }
+    }
 }
 
 /// One request: spans grouped by process identity (a resource each).
-fn to_request(batch: &[Outgoing]) -> ExportTraceServiceRequest {
-    let mut by_identity: std::collections::BTreeMap<(&str, usize), (&Identity, Vec<Span>)> =
+fn to_request(batch: Vec<Outgoing>) -> ExportTraceServiceRequest {
+    let mut by_identity: std::collections::BTreeMap<(String, usize), (Arc<Identity>, Vec<Span>)> =
         std::collections::BTreeMap::new();
     for o in batch {
         let key = (
-            o.identity.service.as_str(),
+            o.identity.service.clone(),
             Arc::as_ptr(&o.identity) as usize,
         );
         by_identity
             .entry(key)
-            .or_insert_with(|| (&o.identity, Vec::new()))
+            .or_insert_with(|| (o.identity.clone(), Vec::new()))
             .1
-            .push(o.span.clone());
+            .push(o.span);
     }
     ExportTraceServiceRequest {
         resource_spans: by_identity
@@ -689,6 +737,7 @@ mod tests {
         let b = with_context(ex(20, 110), t2);
         let call_b = with_context(ex(30, 40), t2);
         let call_a = with_context(ex(50, 60), t1);
+        l.inbound_read(&server, 1);
         assert!(
             l.exchange(&client, 1, &call_b, span_for(&client, 0, &call_b, 0))
                 .is_empty()
@@ -727,65 +776,46 @@ mod tests {
     #[test]
     fn thread_rule_exact_then_inferred_once_a_thread_multiplexes() {
         let mut l = Linker::default();
-        let (server, client) = (conn(Role::Server, 8080), conn(Role::Client, 40000));
-        // Thread 1 serves [10, 100] and calls out in [20, 30]: an exact child.
-        assert!(
+        let (a, b) = (conn(Role::Server, 8080), conn(Role::Server, 8081));
+        let client = conn(Role::Client, 40000);
+        let call = |l: &mut Linker, tid, seq, w: (u64, u64)| {
             l.exchange(
                 &client,
-                1,
-                &ex(20, 30),
-                span_for(&client, 0, &ex(20, 30), 0)
+                tid,
+                &ex(w.0, w.1),
+                span_for(&client, seq, &ex(w.0, w.1), 0),
             )
-            .is_empty()
-        );
-        let out = l.exchange(
-            &server,
-            1,
-            &ex(10, 100),
-            span_for(&server, 0, &ex(10, 100), 0),
-        );
+        };
+        let serve = |l: &mut Linker, c: &Connection, tid, seq, w: (u64, u64)| {
+            l.exchange(c, tid, &ex(w.0, w.1), span_for(c, seq, &ex(w.0, w.1), 0))
+        };
+        // Thread 1 serves [10, 100] and calls out in [20, 30]: an exact child.
+        l.inbound_read(&a, 1);
+        assert!(call(&mut l, 1, 0, (20, 30)).is_empty(), "held");
+        let out = serve(&mut l, &a, 1, 0, (10, 100));
         assert_eq!(out.len(), 2);
         assert_eq!(out[1].span.parent_span_id, out[0].span.span_id);
         assert_eq!(out[1].span.trace_id, out[0].span.trace_id);
         assert!(!inferred(&out[1].span));
-        // A call outside any request's window is not claimed.
-        assert!(
-            l.exchange(
-                &client,
-                1,
-                &ex(150, 160),
-                span_for(&client, 1, &ex(150, 160), 0)
-            )
-            .is_empty()
-        );
-        // Thread 2 serves two overlapping requests (an event loop): its links are inferred.
-        let _ = l.exchange(
-            &server,
-            2,
-            &ex(200, 300),
-            span_for(&server, 1, &ex(200, 300), 0),
-        );
-        assert!(
-            l.exchange(
-                &client,
-                2,
-                &ex(260, 270),
-                span_for(&client, 2, &ex(260, 270), 0)
-            )
-            .is_empty()
-        );
-        let out = l.exchange(
-            &server,
-            2,
-            &ex(250, 400),
-            span_for(&server, 2, &ex(250, 400), 0),
-        );
+        // A call made while the thread serves nothing goes out at once, unlinked.
+        let out = call(&mut l, 1, 1, (150, 160));
+        assert_eq!(out.len(), 1);
+        assert!(out[0].span.parent_span_id.is_empty());
+        // Thread 2 serves two overlapping requests (an event loop) although it
+        // read the second after answering the first: its links are inferred.
+        l.inbound_read(&a, 2);
+        let _ = serve(&mut l, &a, 2, 1, (200, 300));
+        l.inbound_read(&b, 2);
+        assert!(call(&mut l, 2, 2, (260, 270)).is_empty(), "held");
+        let out = serve(&mut l, &b, 2, 0, (250, 400));
         assert_eq!(out.len(), 2);
         assert!(
             inferred(&out[1].span),
             "a multiplexing thread's link is marked inferred"
         );
-        // What nobody claimed goes out when its time is up.
+        // A held call nobody claims goes out when its time is up.
+        l.inbound_read(&a, 3);
+        assert!(call(&mut l, 3, 3, (500, 510)).is_empty(), "held");
         let rest = l.expired(true);
         assert_eq!(rest.len(), 1);
         assert!(rest[0].span.parent_span_id.is_empty());

@@ -13,6 +13,11 @@ use tangle_agent::{
     reader::Sink,
 };
 
+// Spans are built on the capture thread and freed on the export thread:
+// glibc's malloc spends more on that than the parsing does.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// Tangle's per-node agent: sees every TCP conversation on this node with eBPF,
 /// with no change to the services.
 #[derive(Parser)]
@@ -378,7 +383,8 @@ fn capture(args: CaptureArgs, mode: Mode) -> anyhow::Result<()> {
                         ""
                     }
                 );
-                let (queue, stats) = tangle_agent::export::start(target, queue_spans, offset);
+                let (queue, stats) = tangle_agent::export::start(target, queue_spans, offset)
+                    .context("starting the exporter")?;
                 let sink = Exporting {
                     queue,
                     stats,
