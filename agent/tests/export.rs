@@ -262,9 +262,12 @@ fn collector_away_under_load_memory_bounded_drops_counted_then_resumes() {
     let page = scrape(metrics_port);
     let dropped = sample(&page, "tangle_agent_spans_dropped_total").unwrap();
     let exchanges = sample(&page, "tangle_agent_exchanges_total").unwrap();
-    eprintln!(
-        "collector away: {exchanges} exchanges, {dropped} spans dropped, RSS {rss_1} KiB after \
+    report(
+        name,
+        &format!(
+            "collector away: {exchanges} exchanges, {dropped} spans dropped, RSS {rss_1} KiB after \
          one round, {rss_4} KiB after four"
+        ),
     );
     assert!(
         exchanges >= 4 * 2 * 20_000,

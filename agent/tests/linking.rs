@@ -168,6 +168,11 @@ fn thread_per_request_calls_and_queries_link_to_their_request() {
     }
     assert_eq!(http_children, 60, "one call to back per request");
     assert_eq!(db_children, 60, "one query per request");
+    report(
+        name,
+        "60 concurrent requests: 60 HTTP calls and 60 PostgreSQL queries under \
+         the right request, none inferred, no secret exported",
+    );
     // The database spans say what they are, with the literal masked.
     let query = spans
         .iter()
@@ -261,6 +266,14 @@ fn async_service_links_exactly_with_propagation_and_marks_inferred_without() {
         assert!(!inferred(c), "propagated context links are exact");
     }
 
+    report(
+        name,
+        &format!(
+            "async service with traceparent propagation, {n} calls: {} exact and right",
+            calls.len()
+        ),
+    );
+
     // Without it: one thread serves every request; links are right or inferred.
     let (spans, _) = async_service_run("none", n).unwrap();
     let requests: BTreeMap<Vec<u8>, &Span> = spans
@@ -291,12 +304,15 @@ fn async_service_links_exactly_with_propagation_and_marks_inferred_without() {
     }
     let total = exact + inferred_right + inferred_wrong + unlinked;
     assert_eq!(total, n, "every call exported");
-    eprintln!(
-        "async service without propagation, {n} calls: exact {exact} ({:.0}%), inferred and right \
+    report(
+        name,
+        &format!(
+            "async service without propagation, {n} calls: exact {exact} ({:.0}%), inferred and right \
          {inferred_right} ({:.0}%), inferred and wrong {inferred_wrong} ({:.0}%), unlinked {unlinked} ({:.0}%)",
-        100.0 * f64::from(exact) / f64::from(n),
-        100.0 * f64::from(inferred_right) / f64::from(n),
-        100.0 * f64::from(inferred_wrong) / f64::from(n),
-        100.0 * f64::from(unlinked) / f64::from(n),
+            100.0 * f64::from(exact) / f64::from(n),
+            100.0 * f64::from(inferred_right) / f64::from(n),
+            100.0 * f64::from(inferred_wrong) / f64::from(n),
+            100.0 * f64::from(unlinked) / f64::from(n),
+        ),
     );
 }

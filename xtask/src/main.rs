@@ -34,8 +34,8 @@ enum Command {
     },
     /// Run the test suite (eBPF tests need root; they say so when skipped).
     Test {
-        /// Extra arguments for `cargo test`.
-        #[arg(trailing_var_arg = true)]
+        /// Extra arguments for `cargo test` (e.g. `-p tangle-agent --test linking`).
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
     /// Measure the agent's overhead: wrk against nginx, without and with the agent.
@@ -86,11 +86,15 @@ fn test(args: &[String]) -> anyhow::Result<()> {
     // Tests that skip write why here; libtest hides the output of passing tests.
     let skip_log = util::root().join("target/test-skips.log");
     let _ = std::fs::remove_file(&skip_log);
+    // Measurements tests report (shares of link kinds, memory), shown at the end.
+    let report_log = util::root().join("target/test-reports.log");
+    let _ = std::fs::remove_file(&report_log);
     // Default members only: the eBPF crate builds for the BPF target alone.
     let mut cmd = util::cargo();
     cmd.arg("test")
         .args(args)
         .env("TANGLE_SKIP_LOG", &skip_log)
+        .env("TANGLE_REPORT_LOG", &report_log)
         .stdout(std::process::Stdio::piped());
     let mut child = cmd.spawn()?;
     let (mut passed, mut failed) = (0u64, 0u64);
@@ -117,6 +121,12 @@ fn test(args: &[String]) -> anyhow::Result<()> {
         }
     }
     let status = child.wait()?;
+    for line in std::fs::read_to_string(&report_log)
+        .unwrap_or_default()
+        .lines()
+    {
+        println!("REPORT {line}");
+    }
     let skips = std::fs::read_to_string(&skip_log).unwrap_or_default();
     for line in skips.lines() {
         println!("SKIPPED {line}");

@@ -38,16 +38,27 @@ pub fn skip(test: &str, reason: &str) {
         panic!("{test} cannot run in CI: {reason}");
     }
     eprintln!("SKIPPED {test}: {reason}");
-    if let Some(log) = std::env::var_os("TANGLE_SKIP_LOG") {
-        use std::io::Write as _;
-        if let Ok(mut f) = std::fs::OpenOptions::new()
+    append_line("TANGLE_SKIP_LOG", &format!("{test}: {reason}"));
+}
+
+/// Appends `line` to the file the environment variable `var` names, if set.
+fn append_line(var: &str, line: &str) {
+    use std::io::Write as _;
+    if let Some(log) = std::env::var_os(var)
+        && let Ok(mut f) = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(log)
-        {
-            let _ = writeln!(f, "{test}: {reason}");
-        }
+    {
+        let _ = writeln!(f, "{line}");
     }
+}
+
+/// A measurement a test reports (libtest hides a passing test's output;
+/// `cargo xtask test` prints these at the end).
+pub fn report(test: &str, what: &str) {
+    eprintln!("REPORT {test}: {what}");
+    append_line("TANGLE_REPORT_LOG", &format!("{test}: {what}"));
 }
 
 /// `Some(())` if the machine can load eBPF and has `tools`; else prints why.
