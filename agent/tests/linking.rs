@@ -187,7 +187,10 @@ fn thread_per_request_calls_and_queries_link_to_their_request() {
 /// Runs the Node service in `mode` against a thread-per-request
 /// downstream, sends `n` concurrent requests with a traceparent each, and
 /// returns the spans and the trace id each request carried.
-fn async_service_run(mode: &str, n: u32) -> Option<(Vec<(String, Span)>, BTreeMap<u32, String>)> {
+/// Exported spans with their service's name.
+type Spans = Vec<(String, Span)>;
+
+fn async_service_run(mode: &str, n: u32) -> (Spans, BTreeMap<u32, String>) {
     let otlp_port = free_port();
     let received = receiver(otlp_port);
     let (down_port, svc_port) = (free_port(), free_port());
@@ -223,7 +226,7 @@ fn async_service_run(mode: &str, n: u32) -> Option<(Vec<(String, Span)>, BTreeMa
     let out = agent.wait_with_output().unwrap();
     assert!(out.status.success());
     let _ = std::fs::remove_file(&ready);
-    Some((received.spans(), traces))
+    (received.spans(), traces)
 }
 
 fn hex(b: &[u8]) -> String {
@@ -239,7 +242,7 @@ fn async_service_links_exactly_with_propagation_and_marks_inferred_without() {
     }
     let n = 50;
     // With traceparent forwarded: every call under its request, exactly.
-    let (spans, traces) = async_service_run("propagate", n).unwrap();
+    let (spans, traces) = async_service_run("propagate", n);
     let requests: BTreeMap<Vec<u8>, &Span> = spans
         .iter()
         .filter(|(svc, s)| svc == "orders-async" && s.kind == SERVER)
@@ -275,7 +278,7 @@ fn async_service_links_exactly_with_propagation_and_marks_inferred_without() {
     );
 
     // Without it: one thread serves every request; links are right or inferred.
-    let (spans, _) = async_service_run("none", n).unwrap();
+    let (spans, _) = async_service_run("none", n);
     let requests: BTreeMap<Vec<u8>, &Span> = spans
         .iter()
         .filter(|(svc, s)| svc == "orders-async" && s.kind == SERVER)
