@@ -233,7 +233,8 @@ fn collector_away_under_load_memory_bounded_drops_counted_then_resumes() {
         ],
     );
     let pid = agent.id();
-    // Each round: 20,000 PINGs on 4 connections = 40,000 spans (both ends).
+    // Each round: 20,000 inline and 20,000 RESP PINGs on 4 connections =
+    // 80,000 spans (both ends).
     let round = || {
         let ok = Command::new("redis-benchmark")
             .args([
@@ -270,7 +271,7 @@ fn collector_away_under_load_memory_bounded_drops_counted_then_resumes() {
         ),
     );
     assert!(
-        exchanges >= 4 * 2 * 20_000,
+        exchanges >= 4 * 2 * 40_000,
         "every PING parsed on both ends"
     );
     let queued = sample(&page, "tangle_agent_spans_queued_total").unwrap();

@@ -31,10 +31,13 @@ const MAX_ELEMENTS: u64 = 1 << 20;
 /// Whether `first` can begin a Redis request: a RESP array of bulk strings.
 pub fn looks_like(side: Side, first: &[u8]) -> bool {
     side == Side::Request
-        && first.len() >= 4
-        && first[0] == b'*'
-        && first[1].is_ascii_digit()
-        && first.windows(3).take(12).any(|w| w == b"\r\n$")
+        && (first.len() >= 4
+            && first[0] == b'*'
+            && first[1].is_ascii_digit()
+            && first.windows(3).take(12).any(|w| w == b"\r\n$")
+            // An inline PING (telnet, redis-benchmark's PING_INLINE): other
+            // inline commands are too like other text protocols to detect.
+            || first.len() >= 6 && first[..6].eq_ignore_ascii_case(b"PING\r\n"))
 }
 
 /// What the scanner keeps of one RESP value.
@@ -388,6 +391,24 @@ mod tests {
         assert_eq!(ops, ["redis AUTH", "redis SET", "redis INCR"]);
         assert_eq!(ex[2].status, Status::Error { code: "ERR".into() });
         assert!(!format!("{ex:?}").contains("s3cret"));
+    }
+
+    #[test]
+    fn inline_commands() {
+        assert_eq!(
+            crate::detect(Side::Request, b"PING\r\n"),
+            Some(Protocol::Redis)
+        );
+        assert_eq!(crate::detect(Side::Request, b"PINGX\r\n"), None);
+        let (ex, stats) = run(&[
+            (Side::Request, b"PING\r\n"),
+            (Side::Response, b"+PONG\r\n"),
+            (Side::Request, b"ping\r\nGET k\r\n"),
+            (Side::Response, b"+PONG\r\n$-1\r\n"),
+        ]);
+        assert_eq!(stats, ParserStats::default());
+        let ops: Vec<_> = ex.iter().map(|e| e.operation.as_str()).collect();
+        assert_eq!(ops, ["redis PING", "redis PING", "redis GET"]);
     }
 
     #[test]
