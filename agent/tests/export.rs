@@ -281,8 +281,8 @@ fn collector_away_under_load_memory_bounded_drops_counted_then_resumes() {
         exchanges,
         "every span is queued, held or counted as dropped"
     );
-    // The queue, and the one batch the exporter holds while it retries.
-    assert!(queued <= 2000 + 512, "queued {queued}");
+    // The queue, and the one batch (up to 2,048) the exporter holds while it retries.
+    assert!(queued <= 2000 + 2048, "queued {queued}");
     assert_eq!(sample(&page, "tangle_agent_spans_exported_total"), Some(0));
     assert!(sample(&page, "tangle_agent_export_failures_total").unwrap() > 0);
     assert_eq!(sample(&page, "tangle_agent_events_lost_total"), Some(0));
