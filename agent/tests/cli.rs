@@ -99,6 +99,14 @@ fn config_errors_name_the_file_and_field() {
         "the token is not printed"
     );
     let _ = std::fs::remove_dir_all(&dir);
+    // The example shipped beside the agent stays valid.
+    let example = concat!(env!("CARGO_MANIFEST_DIR"), "/agent.example.toml");
+    let out = agent().args(["check-config", example]).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 /// Without privileges the agent says why it cannot run, and fails.
