@@ -416,9 +416,15 @@ impl Identities {
         facts
     }
 
-    fn pod(&self, uid: Option<&str>) -> Option<Arc<PodMeta>> {
+    /// The pod of a process: by the pod uid in its cgroup path, else by
+    /// its container's id (layouts without the uid).
+    fn pod(&self, cgroup: &CgroupFacts) -> Option<Arc<PodMeta>> {
         let cluster = self.cluster.as_ref()?.read().ok()?;
-        cluster.pod(uid?)
+        cgroup
+            .pod_uid
+            .as_deref()
+            .and_then(|uid| cluster.pod(uid))
+            .or_else(|| cluster.pod_of_container(&cgroup.container.as_ref()?.id))
     }
 
     /// The identity of `pid`, whose thread was in cgroup `cgroup_id`
@@ -430,8 +436,8 @@ impl Identities {
             let id = id.clone();
             // A pod the cluster did not list yet when the process was first seen.
             if id.pod.is_none()
-                && id.cgroup.pod_uid.is_some()
-                && let Some(pod) = self.pod(id.cgroup.pod_uid.as_deref())
+                && (id.cgroup.pod_uid.is_some() || id.cgroup.container.is_some())
+                && let Some(pod) = self.pod(&id.cgroup)
             {
                 let facts = self.facts(pid, fallback, cgroup_id);
                 let fresh = Arc::new(name(&self.rules, &facts, Some(&pod)));
@@ -443,7 +449,7 @@ impl Identities {
             return id;
         }
         let facts = self.facts(pid, fallback, cgroup_id);
-        let pod = self.pod(facts.cgroup.pod_uid.as_deref());
+        let pod = self.pod(&facts.cgroup);
         let id = Arc::new(name(&self.rules, &facts, pod.as_ref()));
         if self.known.len() >= Self::MAX {
             self.known.clear();

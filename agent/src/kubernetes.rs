@@ -145,6 +145,18 @@ struct PodStatus {
     pod_ips: Vec<PodIp>,
     #[serde(rename = "podIP")]
     pod_ip: Option<String>,
+    #[serde(default)]
+    container_statuses: Vec<ContainerStatus>,
+    #[serde(default)]
+    init_container_statuses: Vec<ContainerStatus>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct ContainerStatus {
+    /// `RUNTIME://ID`, once the container was created.
+    #[serde(rename = "containerID")]
+    container_id: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -203,6 +215,8 @@ fn workload(meta: &ObjectMeta) -> Option<(WorkloadKind, String)> {
 #[derive(Debug, Default)]
 pub struct Cluster {
     pods: HashMap<String, Arc<PodMeta>>,
+    /// Container id (without the runtime's prefix) to its pod.
+    containers: HashMap<String, Arc<PodMeta>>,
     /// Pod IPs and ClusterIPs to a service name.
     by_ip: HashMap<IpAddr, String>,
 }
@@ -230,6 +244,16 @@ impl Cluster {
                     if let Ok(ip) = ip.parse() {
                         c.by_ip.insert(ip, meta.service_name().to_owned());
                     }
+                }
+            }
+            let statuses = p.status.container_statuses.iter();
+            for status in statuses.chain(&p.status.init_container_statuses) {
+                if let Some((_, id)) = status
+                    .container_id
+                    .as_deref()
+                    .and_then(|i| i.split_once("://"))
+                {
+                    c.containers.insert(id.to_owned(), meta.clone());
                 }
             }
             labelled.push((p.metadata.labels, meta.clone()));
@@ -263,6 +287,11 @@ impl Cluster {
 
     pub fn pod(&self, uid: &str) -> Option<Arc<PodMeta>> {
         self.pods.get(uid).cloned()
+    }
+
+    /// The pod a container (by its runtime id) belongs to.
+    pub fn pod_of_container(&self, id: &str) -> Option<Arc<PodMeta>> {
+        self.containers.get(id).cloned()
     }
 
     pub fn peer(&self, ip: IpAddr) -> Option<String> {
@@ -423,6 +452,10 @@ mod tests {
         );
         assert_eq!(checkout.service_name(), "checkout");
         assert_eq!(checkout.node.as_deref(), Some("node-a"));
+        let by_container = c
+            .pod_of_container("4f1d0c7d6f2a9e7b3c5d8e1f0a2b4c6d8e0f1a3b5c7d9e1f2a4b6c8d0e2f4a6b")
+            .expect("the pod from its container's id");
+        assert_eq!(by_container.uid, checkout.uid);
         let db = c.pod("9a8b7c6d-5e4f-4a3b-2c1d-0e9f8a7b6c5d").unwrap();
         assert_eq!(
             db.workload.as_ref().map(|w| w.0),
