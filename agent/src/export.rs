@@ -22,7 +22,7 @@ use std::{
 };
 
 use opentelemetry_proto::tonic::{
-    collector::trace::v1::{ExportTraceServiceRequest, trace_service_client::TraceServiceClient},
+    collector::trace::v1::ExportTraceServiceRequest,
     common::v1::{AnyValue, KeyValue, any_value::Value},
     resource::v1::Resource,
     trace::v1::{ResourceSpans, ScopeSpans, Span, Status, status::StatusCode},
@@ -79,20 +79,33 @@ fn int(key: &str, v: i64) -> KeyValue {
     kv(key, Value::IntValue(v))
 }
 
-/// Random ids: not cryptographic, unique enough for traces.
+/// Random ids: not cryptographic, unique enough for traces (splitmix64,
+/// seeded once per thread from the hasher's random keys and the clock).
 fn random_bytes<const N: usize>() -> [u8; N] {
     use std::hash::{BuildHasher as _, Hasher as _};
-    let mut out = [0u8; N];
-    for chunk in out.chunks_mut(8) {
-        let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-        h.write_u64(
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(0, |d| d.as_nanos() as u64),
-        );
-        let v = h.finish().to_le_bytes();
-        chunk.copy_from_slice(&v[..chunk.len()]);
+    thread_local! {
+        static STATE: std::cell::Cell<u64> = std::cell::Cell::new({
+            let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+            h.write_u64(
+                std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_nanos() as u64),
+            );
+            h.write_u32(std::process::id());
+            h.finish()
+        });
     }
+    let mut out = [0u8; N];
+    STATE.with(|state| {
+        for chunk in out.chunks_mut(8) {
+            let x = state.get().wrapping_add(0x9E37_79B9_7F4A_7C15);
+            state.set(x);
+            let mut z = (x ^ (x >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+            z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+            z ^= z >> 31;
+            chunk.copy_from_slice(&z.to_le_bytes()[..chunk.len()]);
+        }
+    });
     out
 }
 
@@ -589,11 +602,78 @@ async fn next_batch(rx: &mut mpsc::Receiver<Outgoing>) -> Option<Vec<Outgoing>> 
     Some(batch)
 }
 
+/// A gRPC codec for a request encoded once, so that a retry sends the
+/// same bytes without copying the batch's spans; the response (an
+/// `ExportTraceServiceResponse`) is read past.
+#[derive(Clone, Copy, Default)]
+struct EncodedCodec;
+
+struct EncodedEncoder;
+
+struct SkipDecoder;
+
+impl tonic::codec::Encoder for EncodedEncoder {
+    type Item = bytes::Bytes;
+    type Error = tonic::Status;
+
+    fn encode(
+        &mut self,
+        item: bytes::Bytes,
+        dst: &mut tonic::codec::EncodeBuf<'_>,
+    ) -> Result<(), tonic::Status> {
+        bytes::BufMut::put_slice(dst, &item);
+        Ok(())
+    }
+}
+
+impl tonic::codec::Decoder for SkipDecoder {
+    type Item = ();
+    type Error = tonic::Status;
+
+    fn decode(
+        &mut self,
+        src: &mut tonic::codec::DecodeBuf<'_>,
+    ) -> Result<Option<()>, tonic::Status> {
+        let n = bytes::Buf::remaining(src);
+        bytes::Buf::advance(src, n);
+        Ok(Some(()))
+    }
+}
+
+impl tonic::codec::Codec for EncodedCodec {
+    type Encode = bytes::Bytes;
+    type Decode = ();
+    type Encoder = EncodedEncoder;
+    type Decoder = SkipDecoder;
+
+    fn encoder(&mut self) -> EncodedEncoder {
+        EncodedEncoder
+    }
+
+    fn decoder(&mut self) -> SkipDecoder {
+        SkipDecoder
+    }
+}
+
+/// Sends one encoded `ExportTraceServiceRequest`.
+async fn export_encoded(
+    grpc: &mut tonic::client::Grpc<tonic::transport::Channel>,
+    request: tonic::Request<bytes::Bytes>,
+) -> Result<(), tonic::Status> {
+    grpc.ready()
+        .await
+        .map_err(|e| tonic::Status::unavailable(e.to_string()))?;
+    let path = http::uri::PathAndQuery::from_static(
+        "/opentelemetry.proto.collector.trace.v1.TraceService/Export",
+    );
+    grpc.unary(request, path, EncodedCodec).await.map(|_| ())
+}
+
 async fn export_loop(target: Target, mut rx: mpsc::Receiver<Outgoing>, stats: Arc<ExportStats>) {
     let endpoint = target.shown().to_owned();
-    let mut client: Option<TraceServiceClient<tonic::transport::Channel>> = None;
-    // The request being sent, and its span count: kept until it gets through.
-    let mut pending: Option<(ExportTraceServiceRequest, u64)> = None;
+    let mut client: Option<tonic::client::Grpc<tonic::transport::Channel>> = None;
+    // The encoded request being sent, and its span count: kept until it gets through.
+    let mut pending: Option<(bytes::Bytes, u64)> = None;
     let mut backoff = Duration::from_millis(200);
     let fail = |backoff: &mut Duration| {
         stats.failed_attempts.fetch_add(1, Ordering::Relaxed);
@@ -607,14 +687,15 @@ async fn export_loop(target: Target, mut rx: mpsc::Receiver<Outgoing>, stats: Ar
                 return;
             };
             let n = batch.len() as u64;
-            pending = Some((to_request(batch), n));
+            let encoded = prost::Message::encode_to_vec(&to_request(batch));
+            pending = Some((encoded.into(), n));
         }
         let Some((request, n)) = &pending else {
             continue;
         };
         if client.is_none() {
             match target.endpoint.connect().await {
-                Ok(channel) => client = Some(TraceServiceClient::new(channel)),
+                Ok(channel) => client = Some(tonic::client::Grpc::new(channel)),
                 Err(e) => {
                     log::debug!("collector {endpoint} unreachable: {e:?}");
                     fail(&mut backoff).await;
@@ -627,7 +708,7 @@ async fn export_loop(target: Target, mut rx: mpsc::Receiver<Outgoing>, stats: Ar
         if let Some(a) = &target.authorization {
             request.metadata_mut().insert("authorization", a.clone());
         }
-        match c.export(request).await {
+        match export_encoded(c, request).await {
             Ok(_) => {
                 stats.exported.fetch_add(*n, Ordering::Relaxed);
                 pending = None;
@@ -849,6 +930,14 @@ mod tests {
         let out = l.exchange(&b, 6, &ex(400, 500), span_for(&b, 1, &ex(400, 500), 0));
         assert_eq!(out.len(), 2);
         assert!(!inferred(&out[1].span));
+    }
+
+    #[test]
+    fn ids_differ() {
+        let ids: std::collections::HashSet<[u8; 16]> =
+            (0..10_000).map(|_| random_bytes::<16>()).collect();
+        assert_eq!(ids.len(), 10_000);
+        assert!(!ids.contains(&[0; 16]));
     }
 
     #[test]
