@@ -13,7 +13,7 @@ pub const VMLINUX_BTF: &str = "/sys/kernel/btf/vmlinux";
 #[derive(Debug, thiserror::Error)]
 pub enum BtfError {
     /// The BTF file could not be read (no `CONFIG_DEBUG_INFO_BTF`, or no permission).
-    #[error("cannot read kernel BTF at {path}: {source}")]
+    #[error("cannot read kernel BTF at {path}")]
     Read {
         path: String,
         #[source]

@@ -26,7 +26,7 @@ pub enum KubeError {
     )]
     NotInCluster,
     /// The service account's token or CA could not be read.
-    #[error("cannot read {path}: {source}")]
+    #[error("cannot read {path}")]
     Read {
         path: String,
         #[source]
@@ -39,7 +39,7 @@ pub enum KubeError {
     #[error("GET {url}: {message}")]
     Request { url: String, message: String },
     /// The answer is not the list expected.
-    #[error("GET {url}: not a list of {what}: {source}")]
+    #[error("GET {url}: not a list of {what}")]
     Decode {
         url: String,
         what: &'static str,

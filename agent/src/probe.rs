@@ -76,7 +76,7 @@ pub enum ProbeError {
     #[error("loading the eBPF object failed: {0}")]
     Load(#[from] aya::EbpfError),
     /// The kernel refused a program (the verifier's log follows).
-    #[error("loading or attaching program `{name}` to {tracepoint} failed: {source}")]
+    #[error("loading or attaching program `{name}` to {tracepoint} failed")]
     Program {
         name: String,
         tracepoint: String,
@@ -84,7 +84,7 @@ pub enum ProbeError {
         source: aya::programs::ProgramError,
     },
     /// A map operation failed.
-    #[error("eBPF map `{name}`: {source}")]
+    #[error("eBPF map `{name}`")]
     Map {
         name: &'static str,
         #[source]

@@ -17,7 +17,7 @@ use tangle_protocols::{Chunk, Connection, Exchange, ParserStats, Side};
 #[derive(Debug, thiserror::Error)]
 pub enum ReplayError {
     /// The file could not be opened.
-    #[error("cannot open {path}: {source}")]
+    #[error("cannot open {path}")]
     Open {
         path: String,
         #[source]

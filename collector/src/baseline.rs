@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 #[derive(Debug, thiserror::Error)]
 pub enum BaselineError {
     /// The data folder or the file could not be created, read or written.
-    #[error("baseline {path}: {source}")]
+    #[error("baseline {path}")]
     Io {
         path: String,
         #[source]

@@ -15,7 +15,7 @@ use crate::model::Thresholds;
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     /// The file, or one it names, could not be read.
-    #[error("cannot read {path}: {source}")]
+    #[error("cannot read {path}")]
     Read {
         path: String,
         #[source]
@@ -48,7 +48,7 @@ pub struct Config {
     pub owners: BTreeMap<String, String>,
     /// Who may send spans.
     pub auth: AuthConfig,
-    /// TLS on the OTLP/gRPC receiver.
+    /// TLS on the OTLP receivers (gRPC and HTTP).
     pub tls: Option<TlsConfig>,
 }
 
@@ -63,7 +63,7 @@ pub struct AuthConfig {
     pub token_file: Option<PathBuf>,
 }
 
-/// TLS for the OTLP/gRPC receiver, PEM files.
+/// TLS for the OTLP receivers, PEM files.
 #[derive(Clone, Debug, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TlsConfig {

@@ -19,3 +19,4 @@ pub mod otlp;
 pub mod report;
 pub mod server;
 pub mod span;
+pub mod tls;

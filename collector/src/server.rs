@@ -48,7 +48,7 @@ pub enum ServerError {
     #[error("TLS: {0}")]
     Tls(String),
     /// A listening address is taken or not allowed.
-    #[error("cannot listen on {addr} ({what}): {source}")]
+    #[error("cannot listen on {addr} ({what})")]
     Bind {
         addr: std::net::SocketAddr,
         what: &'static str,
@@ -374,6 +374,12 @@ pub async fn run(
         .route("/api/{what}", get(api))
         .route("/healthz", get(|| async { "ok\n" }))
         .with_state(collector.clone());
+    // Checked here first: its errors name the file and what is wrong with it.
+    let http_tls = config
+        .tls
+        .as_ref()
+        .map(crate::tls::server_config)
+        .transpose()?;
     let mut grpc = tonic::transport::Server::builder();
     if let Some(tls) = &config.tls {
         use tonic::transport::{Certificate, Identity, ServerTlsConfig};
@@ -387,7 +393,7 @@ pub async fn run(
             .tls_config(t)
             .map_err(|e| ServerError::Tls(e.to_string()))?;
         log::info!(
-            "OTLP/gRPC over TLS{}",
+            "OTLP/gRPC and OTLP/HTTP over TLS{}",
             if tls.client_ca.is_some() {
                 ", client certificates required"
             } else {
@@ -401,7 +407,24 @@ pub async fn run(
             tokio_stream::wrappers::TcpListenerStream::new(grpc_listener),
             stopped(stop_rx.clone()),
         );
-    let http = axum::serve(http_listener, otlp).with_graceful_shutdown(stopped(stop_rx.clone()));
+    // OTLP/HTTP: TLS too when `[tls]` is set (a handshake per connection).
+    let http: std::pin::Pin<Box<dyn std::future::Future<Output = std::io::Result<()>> + Send>> =
+        match &config.tls {
+            Some(tls) => {
+                let listener =
+                    crate::tls::TlsListener::new(http_listener, crate::tls::server_config(tls)?);
+                Box::pin(
+                    axum::serve(listener, otlp)
+                        .with_graceful_shutdown(stopped(stop_rx.clone()))
+                        .into_future(),
+                )
+            }
+            None => Box::pin(
+                axum::serve(http_listener, otlp)
+                    .with_graceful_shutdown(stopped(stop_rx.clone()))
+                    .into_future(),
+            ),
+        };
     let pages = axum::serve(api_listener, pages).with_graceful_shutdown(stopped(stop_rx.clone()));
     let ticker = {
         let c = collector.clone();

@@ -465,19 +465,54 @@ fn token_and_mutual_tls_guard_the_receivers() {
     )
     .unwrap();
     let c = Collector::start_with(&dir, &["--config", config.to_str().unwrap()]);
-    let body = checkout_trace(1).encode_to_vec();
-    let post = |headers: &str| {
-        request_with(
+    let body = dir.join("body.bin");
+    std::fs::write(&body, checkout_trace(1).encode_to_vec()).unwrap();
+    // OTLP/HTTP is TLS too: curl with the CA, and (mutual TLS) a client certificate.
+    let curl = |headers: &[&str], client_cert: bool| {
+        let mut cmd = Command::new("curl");
+        cmd.args(["-sS", "-o", "/dev/null", "-w", "%{http_code}", "--cacert"])
+            .arg(certs.join("ca.pem"))
+            .args([
+                "-H",
+                "Content-Type: application/x-protobuf",
+                "--data-binary",
+            ])
+            .arg(format!("@{}", body.display()));
+        if client_cert {
+            cmd.arg("--cert")
+                .arg(certs.join("client.pem"))
+                .arg("--key")
+                .arg(certs.join("client.key"));
+        }
+        for h in headers {
+            cmd.args(["-H", h]);
+        }
+        let out = cmd
+            .arg(format!("https://localhost:{}/v1/traces", c.otlp_http))
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let post = |header: &str| {
+        let headers: Vec<&str> = header.split("\r\n").filter(|h| !h.is_empty()).collect();
+        curl(&headers, true).parse::<u16>().unwrap_or(0)
+    };
+    assert_eq!(
+        curl(&[], false),
+        "000",
+        "no client certificate: no handshake"
+    );
+    assert!(
+        request(
             c.otlp_http,
             "POST",
             "/v1/traces",
             "application/x-protobuf",
-            &body,
-            headers,
+            b""
         )
-        .unwrap()
-        .0
-    };
+        .is_none(),
+        "plain HTTP on the TLS port gets no HTTP answer"
+    );
     assert_eq!(post(""), 401, "no token");
     assert_eq!(post("Authorization: Bearer wrong\r\n"), 401, "wrong token");
     assert_eq!(post("Authorization: Bearer collector-Token\r\n"), 200);
