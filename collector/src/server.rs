@@ -407,12 +407,18 @@ pub async fn run(
             tokio_stream::wrappers::TcpListenerStream::new(grpc_listener),
             stopped(stop_rx.clone()),
         );
-    // OTLP/HTTP: TLS too when `[tls]` is set (a handshake per connection).
+    // OTLP/HTTP: TLS too when `[tls]` is set.
     let http: std::pin::Pin<Box<dyn std::future::Future<Output = std::io::Result<()>> + Send>> =
-        match &config.tls {
+        match http_tls {
             Some(tls) => {
                 let listener =
-                    crate::tls::TlsListener::new(http_listener, crate::tls::server_config(tls)?);
+                    crate::tls::TlsListener::new(http_listener, tls).map_err(|source| {
+                        ServerError::Bind {
+                            addr: config.otlp_http,
+                            what: "OTLP/HTTP",
+                            source,
+                        }
+                    })?;
                 Box::pin(
                     axum::serve(listener, otlp)
                         .with_graceful_shutdown(stopped(stop_rx.clone()))

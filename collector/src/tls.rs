@@ -51,19 +51,46 @@ pub fn server_config(tls: &TlsConfig) -> Result<rustls::ServerConfig, ServerErro
     Ok(config)
 }
 
-/// A TCP listener whose connections are TLS; a failed or slow handshake is
-/// logged and dropped, never served.
+/// A TCP listener whose connections are TLS. Handshakes run concurrently,
+/// each limited to [`HANDSHAKE`]; a failed or slow one is logged and
+/// dropped, never served, and never holds up the others.
 pub struct TlsListener {
-    tcp: TcpListener,
-    acceptor: tokio_rustls::TlsAcceptor,
+    ready: tokio::sync::mpsc::Receiver<(tokio_rustls::server::TlsStream<TcpStream>, SocketAddr)>,
+    local: SocketAddr,
 }
 
 impl TlsListener {
-    pub fn new(tcp: TcpListener, config: rustls::ServerConfig) -> Self {
-        Self {
-            tcp,
-            acceptor: tokio_rustls::TlsAcceptor::from(Arc::new(config)),
-        }
+    pub fn new(tcp: TcpListener, config: rustls::ServerConfig) -> std::io::Result<Self> {
+        let local = tcp.local_addr()?;
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+        let (tx, ready) = tokio::sync::mpsc::channel(64);
+        tokio::spawn(async move {
+            loop {
+                let (stream, addr) = match tcp.accept().await {
+                    Ok(accepted) => accepted,
+                    Err(e) => {
+                        // Out of descriptors, say: wait rather than spin.
+                        log::warn!("OTLP/HTTP accept: {e}");
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                        continue;
+                    }
+                };
+                if tx.is_closed() {
+                    return;
+                }
+                let (acceptor, handed) = (acceptor.clone(), tx.clone());
+                tokio::spawn(async move {
+                    match tokio::time::timeout(HANDSHAKE, acceptor.accept(stream)).await {
+                        Ok(Ok(tls)) => {
+                            let _ = handed.send((tls, addr)).await;
+                        }
+                        Ok(Err(e)) => log::debug!("OTLP/HTTP TLS handshake from {addr}: {e}"),
+                        Err(_) => log::debug!("OTLP/HTTP TLS handshake from {addr}: timed out"),
+                    }
+                });
+            }
+        });
+        Ok(Self { ready, local })
     }
 }
 
@@ -72,25 +99,14 @@ impl axum::serve::Listener for TlsListener {
     type Addr = SocketAddr;
 
     async fn accept(&mut self) -> (Self::Io, SocketAddr) {
-        loop {
-            let (stream, addr) = match self.tcp.accept().await {
-                Ok(accepted) => accepted,
-                Err(e) => {
-                    // Out of descriptors, say: wait rather than spin.
-                    log::warn!("OTLP/HTTP accept: {e}");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                    continue;
-                }
-            };
-            match tokio::time::timeout(HANDSHAKE, self.acceptor.accept(stream)).await {
-                Ok(Ok(tls)) => return (tls, addr),
-                Ok(Err(e)) => log::debug!("OTLP/HTTP TLS handshake from {addr}: {e}"),
-                Err(_) => log::debug!("OTLP/HTTP TLS handshake from {addr}: timed out"),
-            }
+        match self.ready.recv().await {
+            Some(accepted) => accepted,
+            // The accepting task only ends once this listener is gone.
+            None => std::future::pending().await,
         }
     }
 
     fn local_addr(&self) -> std::io::Result<SocketAddr> {
-        self.tcp.local_addr()
+        Ok(self.local)
     }
 }
