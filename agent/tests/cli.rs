@@ -2,7 +2,7 @@
 
 mod support;
 
-use std::{process::Command, time::Duration};
+use std::process::Command;
 
 use support::*;
 
@@ -153,36 +153,19 @@ fn json_lines_with_pid_filter() {
     }
     let port = free_port();
     let server = http_server(port);
-    let ready = std::env::temp_dir().join(format!("tangle-ready-{port}"));
-    let _ = std::fs::remove_file(&ready);
-    let agent = agent()
-        .args([
-            "capture",
-            "--json",
-            "--duration",
-            "8s",
-            "--port",
-            &port.to_string(),
-        ])
-        .args(["--pid", &server.pid().to_string(), "--ready-file"])
-        .arg(&ready)
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    wait_for("the agent to attach", Duration::from_secs(20), || {
-        ready.exists()
-    });
+    let pid = server.pid().to_string();
+    let (agent, ready) = start_agent(&[
+        "capture",
+        "--json",
+        "--duration",
+        "8s",
+        "--port",
+        &port.to_string(),
+        "--pid",
+        &pid,
+    ]);
     for _ in 0..2 {
-        let ok = Command::new("curl")
-            .args([
-                "-sS",
-                "-o",
-                "/dev/null",
-                &format!("http://127.0.0.1:{port}/"),
-            ])
-            .status()
-            .unwrap();
-        assert!(ok.success());
+        curl(&format!("http://127.0.0.1:{port}/"), &[]);
     }
     let out = agent.wait_with_output().unwrap();
     assert!(out.status.success());
@@ -233,30 +216,12 @@ fn live_exchanges_from_http_and_redis() {
     let (http_port, redis_port) = (free_port(), free_port());
     let _http = http_server(http_port);
     let _redis = redis_server(redis_port);
-    let ready = std::env::temp_dir().join(format!("tangle-ready-ex-{http_port}"));
-    let _ = std::fs::remove_file(&ready);
     // No port filter: two servers; the agent's own traffic is never tracked.
-    let agent = agent()
-        .args(["exchanges", "--json", "--duration", "6s", "--ready-file"])
-        .arg(&ready)
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    wait_for("the agent to attach", Duration::from_secs(20), || {
-        ready.exists()
-    });
-    let ok = Command::new("curl")
-        .args([
-            "-sS",
-            "-o",
-            "/dev/null",
-            "-H",
-            "Authorization: Bearer live-secret",
-        ])
-        .arg(format!("http://127.0.0.1:{http_port}/missing/42"))
-        .status()
-        .unwrap();
-    assert!(ok.success());
+    let (agent, ready) = start_agent(&["exchanges", "--json", "--duration", "6s"]);
+    curl(
+        &format!("http://127.0.0.1:{http_port}/missing/42"),
+        &["Authorization: Bearer live-secret"],
+    );
     for cmd in [vec!["set", "greeting", "hello"], vec!["get", "greeting"]] {
         let ok = Command::new("redis-cli")
             .args(["-p", &redis_port.to_string()])

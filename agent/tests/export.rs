@@ -24,18 +24,10 @@ fn exchanges_exported_with_join_keys_after_the_collector_comes_back() {
         &["--duration", "10s", "--port", &http_port.to_string()],
     );
     for path in ["/", "/missing/7"] {
-        let ok = Command::new("curl")
-            .args([
-                "-sS",
-                "-o",
-                "/dev/null",
-                "-H",
-                "Authorization: Bearer export-secret",
-            ])
-            .arg(format!("http://127.0.0.1:{http_port}{path}"))
-            .status()
-            .unwrap();
-        assert!(ok.success());
+        curl(
+            &format!("http://127.0.0.1:{http_port}{path}"),
+            &["Authorization: Bearer export-secret"],
+        );
     }
     std::thread::sleep(Duration::from_secs(2));
     // Now the collector comes up: the queued spans go out.
@@ -425,12 +417,7 @@ fn export_over_mutual_tls_with_a_token() {
             )
         })
         .collect();
-    let ok = Command::new("curl")
-        .args(["-sS", "-o", "/dev/null"])
-        .arg(format!("http://127.0.0.1:{http_port}/tls"))
-        .status()
-        .unwrap();
-    assert!(ok.success());
+    curl(&format!("http://127.0.0.1:{http_port}/tls"), &[]);
     let mut stats = Vec::new();
     for (agent, ready) in agents {
         let out = agent.wait_with_output().unwrap();

@@ -221,16 +221,7 @@ fn pods_named_from_the_kubernetes_api() {
             config.to_str().unwrap(),
         ],
     );
-    let ok = Command::new("curl")
-        .args([
-            "-sS",
-            "-o",
-            "/dev/null",
-            &format!("http://127.0.0.1:{port}/cart"),
-        ])
-        .status()
-        .unwrap();
-    assert!(ok.success());
+    curl(&format!("http://127.0.0.1:{port}/cart"), &[]);
     wait_for("two spans", Duration::from_secs(20), || received.len() >= 2);
     assert!(agent.wait_with_output().unwrap().status.success());
     let _ = std::fs::remove_file(&ready);

@@ -314,6 +314,37 @@ pub fn wait_for(what: &str, timeout: Duration, f: impl Fn() -> bool) {
     }
 }
 
+/// Starts `tangle-agent ARGS --ready-file FILE`, stdout piped; returns once
+/// its programs are attached, with the ready file (the caller removes it).
+pub fn start_agent(args: &[&str]) -> (Child, PathBuf) {
+    static STARTED: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let n = STARTED.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let ready = std::env::temp_dir().join(format!("tangle-ready-{}-{n}", std::process::id()));
+    let _ = std::fs::remove_file(&ready);
+    let agent = Command::new(env!("CARGO_BIN_EXE_tangle-agent"))
+        .args(args)
+        .arg("--ready-file")
+        .arg(&ready)
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_for("the agent to attach", Duration::from_secs(30), || {
+        ready.exists()
+    });
+    (agent, ready)
+}
+
+/// `curl` GET of `url` with extra `headers`; asserts it succeeded.
+pub fn curl(url: &str, headers: &[&str]) {
+    let mut c = Command::new("curl");
+    c.args(["-sS", "-o", "/dev/null"]);
+    for h in headers {
+        c.args(["-H", h]);
+    }
+    let ok = c.arg(url).status().unwrap();
+    assert!(ok.success(), "curl {url}");
+}
+
 /// Python's `http.server` on 127.0.0.1:`port`, once it serves.
 pub fn http_server(port: u16) -> Proc {
     Proc::spawn_ready(

@@ -4,9 +4,8 @@
 use std::{
     collections::BTreeMap,
     path::PathBuf,
-    process::{Child, Command, Stdio},
+    process::Child,
     sync::{Arc, Mutex},
-    time::Duration,
 };
 
 use opentelemetry_proto::tonic::{
@@ -17,8 +16,6 @@ use opentelemetry_proto::tonic::{
     common::v1::{KeyValue, any_value::Value},
     trace::v1::Span,
 };
-
-use super::wait_for;
 
 /// What a receiver got: (service.name, span), and each service's resource.
 #[derive(Clone, Default)]
@@ -152,21 +149,9 @@ pub fn run_agent(otlp_port: u16, args: &[&str]) -> (Child, PathBuf) {
 
 /// Starts `tangle-agent run --json` exporting to `endpoint`, with `args`.
 pub fn run_agent_to(endpoint: &str, args: &[&str]) -> (Child, PathBuf) {
-    static STARTED: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
-    let n = STARTED.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    let ready = std::env::temp_dir().join(format!("tangle-ready-run-{}-{n}", std::process::id()));
-    let _ = std::fs::remove_file(&ready);
-    let agent = Command::new(env!("CARGO_BIN_EXE_tangle-agent"))
-        .args(["run", "--json", "--collector", endpoint, "--ready-file"])
-        .arg(&ready)
-        .args(args)
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    wait_for("the agent to attach", Duration::from_secs(30), || {
-        ready.exists()
-    });
-    (agent, ready)
+    let mut all = vec!["run", "--json", "--collector", endpoint];
+    all.extend_from_slice(args);
+    super::start_agent(&all)
 }
 
 /// The last stats line of a finished agent's output.
