@@ -105,24 +105,21 @@ impl ConnTable {
         let identity = self
             .identities
             .acquire(ev.tgid, &comm_str(&ev.comm), ev.cgroup_id);
+        let role = Role::from_u8(ev.role).unwrap_or(Role::Client);
         let conn = Connection {
             conn_id: ev.conn_id,
             pid: ev.tgid,
             fd: ev.fd,
             process: identity.exe.clone(),
             identity,
-            peer_service: None,
-            role: Role::from_u8(ev.role).unwrap_or(Role::Client),
+            peer_service: (role == Role::Client)
+                .then(|| self.identities.peer(remote.ip()))
+                .flatten(),
+            role,
             local,
             remote,
             cgroup_id: ev.cgroup_id,
             opened_ns: ev.ts_ns,
-        };
-        let conn = Connection {
-            peer_service: (conn.role == Role::Client)
-                .then(|| self.identities.peer(remote.ip()))
-                .flatten(),
-            ..conn
         };
         if let Some(old) = self.conns.insert(ev.conn_id, conn) {
             self.identities.release(old.pid);

@@ -547,6 +547,11 @@ impl Target {
     pub fn shown(&self) -> &str {
         &self.shown
     }
+
+    /// Whether exports carry a token.
+    pub fn has_token(&self) -> bool {
+        self.authorization.is_some()
+    }
 }
 
 /// Most spans in one export request.

@@ -204,7 +204,9 @@ fn run_config(run: &RunArgs) -> anyhow::Result<tangle_agent::config::Config> {
 
 fn check_config(file: &std::path::Path) -> anyhow::Result<()> {
     let mut config = tangle_agent::config::Config::load(file)?;
-    if config.token()?.is_some() && config.export.token.is_some() {
+    // A token file must be readable; a token given inline is not printed.
+    config.token()?;
+    if config.export.token.is_some() {
         config.export.token = Some("(set)".into());
     }
     print!(
@@ -377,7 +379,7 @@ fn capture(args: CaptureArgs, mode: Mode) -> anyhow::Result<()> {
                 log::info!(
                     "exporting spans to {} (queue of {queue_spans}{})",
                     target.shown(),
-                    if config.token()?.is_some() {
+                    if target.has_token() {
                         ", with a token"
                     } else {
                         ""

@@ -41,6 +41,16 @@ pub struct PipelineStats {
     pub protocols: HashMap<&'static str, ParserStats>,
 }
 
+impl PipelineStats {
+    /// Adds a connection's parser counters to its protocol's.
+    fn add_parser(&mut self, parsers: &Parsers) {
+        if let Some(p) = parsers.protocol() {
+            let s = self.protocols.entry(protocol_name(p)).or_default();
+            *s = *s + parsers.stats();
+        }
+    }
+}
+
 fn protocol_name(p: Protocol) -> &'static str {
     match p {
         Protocol::Http1 => "http1",
@@ -115,10 +125,7 @@ impl<S: ExchangeSink> Pipeline<S> {
     pub fn stats_now(&self) -> PipelineStats {
         let mut stats = self.stats.clone();
         for t in self.conns.values() {
-            if let Some(p) = t.parsers.protocol() {
-                let s = stats.protocols.entry(protocol_name(p)).or_default();
-                *s = *s + t.parsers.stats();
-            }
+            stats.add_parser(&t.parsers);
         }
         stats
     }
@@ -126,10 +133,7 @@ impl<S: ExchangeSink> Pipeline<S> {
     fn retire(&mut self, t: &Tracked) {
         self.stats.parser_buffered_bytes -= t.buffered as u64;
         self.stats.undetected_transfers += t.parsers.undetected_chunks;
-        if let Some(p) = t.parsers.protocol() {
-            let s = self.stats.protocols.entry(protocol_name(p)).or_default();
-            *s = *s + t.parsers.stats();
-        }
+        self.stats.add_parser(&t.parsers);
     }
 }
 

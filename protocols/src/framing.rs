@@ -199,18 +199,12 @@ impl<M> SideStream<M> {
 
     /// The connection ended: a body that ran to the end is over; one cut short is truncated.
     pub(crate) fn finish(&mut self, ts_ns: u64, mut done: impl FnMut(Completed<M>)) {
-        if let Some(mut b) = self.in_body.take() {
-            if self.skip != u64::MAX {
-                b.truncated = true;
-            }
-            done(Completed {
-                msg: b.msg,
-                start_ns: b.start_ns,
-                end_ns: ts_ns,
-                size: b.size,
-                truncated: b.truncated,
-            });
+        if self.skip != u64::MAX
+            && let Some(b) = self.in_body.as_mut()
+        {
+            b.truncated = true;
         }
+        self.finish_body(ts_ns, &mut done);
         self.skip = 0;
     }
 }
