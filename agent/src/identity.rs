@@ -202,10 +202,13 @@ pub fn name(rules: &[NamingRule], p: &ProcessFacts, pod: Option<&Arc<PodMeta>>) 
     }
 }
 
-/// Reads the facts of process `pid` from /proc; `fallback` names it when it
-/// is already gone (its cgroup facts are then empty: see
-/// [`Identities::acquire`]).
-pub fn inspect(pid: u32, fallback: &str) -> ProcessFacts {
+/// Reads the facts of process `pid` from /proc; when it is already gone,
+/// `fallback` names it and `gone_cgroup` gives its cgroup facts.
+pub fn inspect(
+    pid: u32,
+    fallback: &str,
+    gone_cgroup: impl FnOnce() -> CgroupFacts,
+) -> ProcessFacts {
     let proc = format!("/proc/{pid}");
     let exe = std::fs::read_to_string(format!("{proc}/comm"))
         .map(|s| s.trim_end().to_owned())
@@ -222,7 +225,7 @@ pub fn inspect(pid: u32, fallback: &str) -> ProcessFacts {
         .and_then(|env| otel_service_name(&env));
     let cgroup = std::fs::read_to_string(format!("{proc}/cgroup"))
         .map(|text| cgroup_facts(&text))
-        .unwrap_or_default();
+        .unwrap_or_else(|_| gone_cgroup());
     ProcessFacts {
         exe,
         cmdline,
@@ -406,14 +409,13 @@ impl Identities {
 
     /// The facts of `pid`; when it is gone, its cgroup's by id.
     fn facts(&mut self, pid: u32, fallback: &str, cgroup_id: u64) -> ProcessFacts {
-        let mut facts = inspect(pid, fallback);
-        if cgroup_id != 0
-            && facts.cgroup == CgroupFacts::default()
-            && !std::path::Path::new(&format!("/proc/{pid}")).exists()
-        {
-            facts.cgroup = self.cgroup_facts_by_id(cgroup_id);
-        }
-        facts
+        inspect(pid, fallback, || {
+            if cgroup_id == 0 {
+                CgroupFacts::default()
+            } else {
+                self.cgroup_facts_by_id(cgroup_id)
+            }
+        })
     }
 
     /// The pod of a process: by the pod uid in its cgroup path, else by
