@@ -374,27 +374,18 @@ pub async fn run(
         .route("/api/{what}", get(api))
         .route("/healthz", get(|| async { "ok\n" }))
         .with_state(collector.clone());
-    // Checked here first: its errors name the file and what is wrong with it.
-    let http_tls = config
-        .tls
-        .as_ref()
-        .map(crate::tls::server_config)
-        .transpose()?;
+    // Read and checked once: the errors name the file and what is wrong with it.
+    let tls = config.tls.as_ref().map(crate::tls::configs).transpose()?;
     let mut grpc = tonic::transport::Server::builder();
-    if let Some(tls) = &config.tls {
-        use tonic::transport::{Certificate, Identity, ServerTlsConfig};
-        let read = crate::config::read;
-        let mut t =
-            ServerTlsConfig::new().identity(Identity::from_pem(read(&tls.cert)?, read(&tls.key)?));
-        if let Some(ca) = &tls.client_ca {
-            t = t.client_ca_root(Certificate::from_pem(read(ca)?));
-        }
+    let mut http_tls = None;
+    if let Some((http, grpc_tls)) = tls {
         grpc = grpc
-            .tls_config(t)
+            .tls_config(grpc_tls)
             .map_err(|e| ServerError::Tls(e.to_string()))?;
+        http_tls = Some(http);
         log::info!(
             "OTLP/gRPC and OTLP/HTTP over TLS{}",
-            if tls.client_ca.is_some() {
+            if config.tls.as_ref().is_some_and(|t| t.client_ca.is_some()) {
                 ", client certificates required"
             } else {
                 ""

@@ -1,5 +1,6 @@
-//! TLS for the OTLP/HTTP receiver (the gRPC receiver uses tonic's): the
-//! same certificate, key and optional client CA as `[tls]`.
+//! TLS for the OTLP receivers from `[tls]`: one reading of the certificate,
+//! key and optional client CA gives tonic's configuration (gRPC) and a
+//! rustls listener's (HTTP).
 
 use std::{net::SocketAddr, sync::Arc, time::Duration};
 
@@ -15,21 +16,27 @@ fn bad(what: &str, path: &std::path::Path, e: impl std::fmt::Display) -> ServerE
     ServerError::Tls(format!("{what} {}: {e}", path.display()))
 }
 
-/// A rustls server configuration from the `[tls]` files.
-pub fn server_config(tls: &TlsConfig) -> Result<rustls::ServerConfig, ServerError> {
-    let certs = CertificateDer::pem_file_iter(&tls.cert)
-        .map_err(|e| bad("certificate", &tls.cert, e))?
+/// The `[tls]` files, read once, as the two receivers want them: a rustls
+/// configuration for OTLP/HTTP and tonic's for OTLP/gRPC.
+pub fn configs(
+    tls: &TlsConfig,
+) -> Result<(rustls::ServerConfig, tonic::transport::ServerTlsConfig), ServerError> {
+    let read = crate::config::read;
+    let (cert_pem, key_pem) = (read(&tls.cert)?, read(&tls.key)?);
+    let ca_pem = tls.client_ca.as_deref().map(read).transpose()?;
+    let certs = CertificateDer::pem_slice_iter(cert_pem.as_bytes())
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| bad("certificate", &tls.cert, e))?;
-    let key = PrivateKeyDer::from_pem_file(&tls.key).map_err(|e| bad("key", &tls.key, e))?;
+    let key =
+        PrivateKeyDer::from_pem_slice(key_pem.as_bytes()).map_err(|e| bad("key", &tls.key, e))?;
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()
         .map_err(|e| ServerError::Tls(e.to_string()))?;
-    let builder = match &tls.client_ca {
-        Some(ca) => {
+    let builder = match (&tls.client_ca, &ca_pem) {
+        (Some(ca), Some(pem)) => {
             let mut roots = rustls::RootCertStore::empty();
-            for cert in CertificateDer::pem_file_iter(ca).map_err(|e| bad("client CA", ca, e))? {
+            for cert in CertificateDer::pem_slice_iter(pem.as_bytes()) {
                 roots
                     .add(cert.map_err(|e| bad("client CA", ca, e))?)
                     .map_err(|e| bad("client CA", ca, e))?;
@@ -42,13 +49,18 @@ pub fn server_config(tls: &TlsConfig) -> Result<rustls::ServerConfig, ServerErro
             .map_err(|e| bad("client CA", ca, e))?;
             builder.with_client_cert_verifier(verifier)
         }
-        None => builder.with_no_client_auth(),
+        _ => builder.with_no_client_auth(),
     };
-    let mut config = builder
+    let mut http = builder
         .with_single_cert(certs, key)
         .map_err(|e| bad("certificate", &tls.cert, e))?;
-    config.alpn_protocols = vec![b"http/1.1".to_vec()];
-    Ok(config)
+    http.alpn_protocols = vec![b"http/1.1".to_vec()];
+    let mut grpc = tonic::transport::ServerTlsConfig::new()
+        .identity(tonic::transport::Identity::from_pem(cert_pem, key_pem));
+    if let Some(pem) = ca_pem {
+        grpc = grpc.client_ca_root(tonic::transport::Certificate::from_pem(pem));
+    }
+    Ok((http, grpc))
 }
 
 /// A TCP listener whose connections are TLS. Handshakes run concurrently,
