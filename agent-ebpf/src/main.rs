@@ -22,21 +22,32 @@ use aya_ebpf::{
 };
 use tangle_common::{
     AF_INET, AF_INET6, CloseReason, Config, ConnEvent, ConnInfo, ConnKey, DataEvent, DataHeader,
-    Direction, EventKind, KernelOffsets, MAX_CAPTURE, MAX_IOV, PendingIo, Role, STAT_COUNT,
-    SockAddrs, SockOwner, Stat, Syscall,
+    Direction, Endpoint, EventKind, KernelOffsets, MAX_CAPTURE, MAX_IOV, PendingIo, Role,
+    STAT_COUNT, SockAddrs, SockOwner, Stat, Syscall,
 };
 
 /// Events to userspace. The agent sets the real size at load time.
 #[map]
 static EVENTS: RingBuf = RingBuf::with_byte_size(16 * 1024 * 1024, 0);
 
-/// The tracked connections.
+/// The tracked connections. LRU: when full, a new connection evicts the
+/// least recently used one rather than going untracked, so a flood of idle
+/// connections from one process cannot blind the agent to the others.
 #[map]
-static CONNS: HashMap<ConnKey, ConnInfo> = HashMap::with_max_entries(65536, 0);
+static CONNS: LruHashMap<ConnKey, ConnInfo> = LruHashMap::with_max_entries(65536, 0);
 
 /// `struct sock *` of each tracked connection, to notice `TCP_CLOSE`.
 #[map]
-static SOCKS: HashMap<u64, SockOwner> = HashMap::with_max_entries(65536, 0);
+static SOCKS: LruHashMap<u64, SockOwner> = LruHashMap::with_max_entries(65536, 0);
+
+/// Processes whose connections are never tracked: Tangle's own (a
+/// collector on this node), so Tangle does not trace its own traffic.
+#[map]
+static IGNORED_TGIDS: HashMap<u32, u8> = HashMap::with_max_entries(1024, 0);
+
+/// Endpoints whose connections are never tracked: the collector's.
+#[map]
+static IGNORED_ENDPOINTS: HashMap<Endpoint, u8> = HashMap::with_max_entries(256, 0);
 
 /// Processes forked while the agent runs: child tgid -> parent tgid. A
 /// child's first transfer on an fd its parent tracked adopts the connection
@@ -108,6 +119,38 @@ fn count(stat: Stat) {
 #[inline(always)]
 fn config() -> Option<&'static Config> {
     CONFIG.get(0)
+}
+
+/// Inserts a new connection, counted (the agent counts the connections the
+/// full LRU table evicts as those inserted, less those removed and those
+/// there now). False when the insert failed.
+#[inline(always)]
+fn insert_conn(key: &ConnKey, info: &ConnInfo) -> bool {
+    if CONNS.insert(key, info, 0).is_err() {
+        count(Stat::ConnTableFull);
+        return false;
+    }
+    count(Stat::ConnInserted);
+    true
+}
+
+/// Removes a connection from `CONNS`, counted.
+#[inline(always)]
+fn remove_conn(key: &ConnKey) {
+    if CONNS.remove(key).is_ok() {
+        count(Stat::ConnRemoved);
+    }
+}
+
+/// Whether an endpoint is one whose connections are never tracked.
+#[inline(always)]
+fn ignored_endpoint(addr: [u8; 16], port: u16) -> bool {
+    let e = Endpoint {
+        addr,
+        port,
+        _pad: [0; 6],
+    };
+    IGNORED_ENDPOINTS.get_ptr(&e).is_some()
 }
 
 #[inline(always)]
@@ -216,6 +259,10 @@ fn track(fd: u32, role: Role) {
     if tgid == cfg.self_tgid || (cfg.filter_tgid != 0 && tgid != cfg.filter_tgid) {
         return;
     }
+    if IGNORED_TGIDS.get_ptr(&tgid).is_some() {
+        count(Stat::Ignored);
+        return;
+    }
     // SAFETY: no arguments.
     let cgroup_id = unsafe { bpf_get_current_cgroup_id() };
     if cfg.filter_cgroup != 0 && cgroup_id != cfg.filter_cgroup {
@@ -232,6 +279,12 @@ fn track(fd: u32, role: Role) {
         && addrs.local_port != cfg.filter_port
         && addrs.remote_port != cfg.filter_port
     {
+        return;
+    }
+    if ignored_endpoint(addrs.remote_addr, addrs.remote_port)
+        || ignored_endpoint(addrs.local_addr, addrs.local_port)
+    {
+        count(Stat::Ignored);
         return;
     }
     if cfg.filter_netns != 0 {
@@ -260,8 +313,7 @@ fn track(fd: u32, role: Role) {
         role: role as u8,
         ..ConnInfo::default()
     };
-    if CONNS.insert(&key, &info, 0).is_err() {
-        count(Stat::ConnTableFull);
+    if !insert_conn(&key, &info) {
         return;
     }
     // The fd number is reused: what its last connection left is stale.
@@ -352,7 +404,7 @@ fn close_conn(key: &ConnKey, info: *const ConnInfo, reason: CloseReason) {
     {
         let _ = SOCKS.remove(&info.sock);
     }
-    let _ = CONNS.remove(key);
+    remove_conn(key);
 }
 
 /// The child side of `sched_process_fork`: remember who the parent is.
@@ -403,8 +455,7 @@ fn adopt(key: &ConnKey) -> bool {
         bytes_recv: 0,
         ..pinfo
     };
-    if CONNS.insert(key, &info, 0).is_err() {
-        count(Stat::ConnTableFull);
+    if !insert_conn(key, &info) {
         return false;
     }
     let owner = SockOwner {

@@ -150,14 +150,21 @@ pub struct NamingRule {
 #[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ParsingConfig {
-    /// Most memory all connections' parsers may hold for partial messages,
-    /// in MiB; past it, the connection that grows stops being parsed (counted).
+    /// Most memory all connections' parsers may hold together (partial
+    /// messages, requests awaiting their response, prepared statements), in
+    /// MiB; past it, the connections holding most stop being parsed (counted).
     pub memory_mib: usize,
+    /// Most memory one connection's parsers may hold, in MiB; past it that
+    /// connection stops being parsed (counted).
+    pub connection_mib: usize,
 }
 
 impl Default for ParsingConfig {
     fn default() -> Self {
-        Self { memory_mib: 256 }
+        Self {
+            memory_mib: 256,
+            connection_mib: 4,
+        }
     }
 }
 
@@ -213,6 +220,9 @@ impl Config {
         }
         if config.parsing.memory_mib == 0 {
             return Err(invalid("parsing.memory_mib must be at least 1".into()));
+        }
+        if config.parsing.connection_mib == 0 {
+            return Err(invalid("parsing.connection_mib must be at least 1".into()));
         }
         for (i, r) in config.identity.rules.iter().enumerate() {
             if r.name.trim().is_empty() {

@@ -71,14 +71,35 @@ pub fn comm_str(comm: &[u8]) -> String {
     String::from_utf8_lossy(&comm[..end]).into_owned()
 }
 
-/// Live connections by id. Bounded: when full, new connections are counted
-/// as untracked rather than growing memory.
+/// Whether a process is Tangle's own (by its `comm`, which the kernel cuts
+/// to 15 bytes): its traffic is Tangle's, never the services'.
+pub fn is_tangle(comm: &str) -> bool {
+    matches!(
+        comm,
+        "tangle-agent" | "tangle-collecto" | "tangle-collector"
+    )
+}
+
+struct Entry {
+    conn: Connection,
+    /// When the connection last moved bytes (or opened), kernel clock.
+    last_active: u64,
+}
+
+/// Live connections by id. Bounded: when full, the least recently active
+/// connections make room for new ones (counted), so idle connections
+/// piling up (a flood, or leaks) never blind the agent to new traffic.
 pub struct ConnTable {
-    conns: HashMap<u64, Connection>,
+    conns: HashMap<u64, Entry>,
     identities: Identities,
     max: usize,
-    /// Opens dropped because the table was full.
-    pub overflow: u64,
+    /// Connections forgotten to make room for new ones.
+    pub evicted: u64,
+    /// Connections of Tangle's own processes, not tracked.
+    pub ignored: u64,
+    /// (pid, fd) of Tangle's own connections seen since the last look, for
+    /// the kernel side to stop following.
+    ignored_new: Vec<(u32, u32)>,
 }
 
 impl ConnTable {
@@ -90,21 +111,31 @@ impl ConnTable {
         Self {
             conns: HashMap::new(),
             identities,
-            max,
-            overflow: 0,
+            max: max.max(1),
+            evicted: 0,
+            ignored: 0,
+            ignored_new: Vec::new(),
         }
     }
 
-    /// Records an open; returns the connection as now known.
-    pub fn open(&mut self, ev: &ConnEvent) -> Option<&Connection> {
+    /// Records an open; connections evicted to make room go to `evicted`.
+    /// Returns whether the connection is tracked.
+    pub fn open(&mut self, ev: &ConnEvent, evicted: &mut Vec<Connection>) -> bool {
         if self.conns.len() >= self.max && !self.conns.contains_key(&ev.conn_id) {
-            self.overflow += 1;
-            return None;
+            self.evict(evicted);
         }
         let (local, remote) = socket_addrs(&ev.addrs);
         let identity = self
             .identities
             .acquire(ev.tgid, &comm_str(&ev.comm), ev.cgroup_id);
+        if is_tangle(&identity.exe) {
+            self.identities.release(ev.tgid);
+            self.ignored += 1;
+            if self.ignored_new.len() < 1024 {
+                self.ignored_new.push((ev.tgid, ev.fd));
+            }
+            return false;
+        }
         let role = Role::from_u8(ev.role).unwrap_or(Role::Client);
         let conn = Connection {
             conn_id: ev.conn_id,
@@ -121,21 +152,53 @@ impl ConnTable {
             cgroup_id: ev.cgroup_id,
             opened_ns: ev.ts_ns,
         };
-        if let Some(old) = self.conns.insert(ev.conn_id, conn) {
-            self.identities.release(old.pid);
+        let entry = Entry {
+            conn,
+            last_active: ev.ts_ns,
+        };
+        if let Some(old) = self.conns.insert(ev.conn_id, entry) {
+            self.identities.release(old.conn.pid);
         }
-        self.conns.get(&ev.conn_id)
+        true
+    }
+
+    /// Forgets the least recently active sixteenth of the table (at least
+    /// one): one scan per many opens, not one per open.
+    fn evict(&mut self, out: &mut Vec<Connection>) {
+        let n = (self.max / 16).max(1).min(self.conns.len());
+        if n == 0 {
+            return;
+        }
+        let mut ages: Vec<(u64, u64)> = self
+            .conns
+            .iter()
+            .map(|(id, e)| (e.last_active, *id))
+            .collect();
+        ages.select_nth_unstable(n - 1);
+        for (_, id) in ages.into_iter().take(n) {
+            if let Some(c) = self.close(id) {
+                self.evicted += 1;
+                out.push(c);
+            }
+        }
     }
 
     pub fn get(&self, conn_id: u64) -> Option<&Connection> {
-        self.conns.get(&conn_id)
+        self.conns.get(&conn_id).map(|e| &e.conn)
+    }
+
+    /// The connection a transfer at `ts_ns` moved bytes on, marked active.
+    pub fn touch(&mut self, conn_id: u64, ts_ns: u64) -> Option<&Connection> {
+        let e = self.conns.get_mut(&conn_id)?;
+        e.last_active = e.last_active.max(ts_ns);
+        Some(&e.conn)
     }
 
     /// Records a close; returns the connection it ends, if it was known.
     pub fn close(&mut self, conn_id: u64) -> Option<Connection> {
-        let conn = self.conns.remove(&conn_id)?;
-        self.identities.release(conn.pid);
-        Some(conn)
+        let e = self.conns.remove(&conn_id)?;
+        self.identities.release(e.conn.pid);
+        Some(e.conn)
     }
 
     /// Drops connections of processes that no longer exist; returns them.
@@ -143,10 +206,15 @@ impl ConnTable {
         let dead: Vec<u64> = self
             .conns
             .values()
-            .filter(|c| !std::path::Path::new(&format!("/proc/{}", c.pid)).exists())
-            .map(|c| c.conn_id)
+            .filter(|e| !std::path::Path::new(&format!("/proc/{}", e.conn.pid)).exists())
+            .map(|e| e.conn.conn_id)
             .collect();
         dead.into_iter().filter_map(|id| self.close(id)).collect()
+    }
+
+    /// Tangle's own connections seen since the last call: (pid, fd).
+    pub fn take_ignored(&mut self) -> Vec<(u32, u32)> {
+        std::mem::take(&mut self.ignored_new)
     }
 
     pub fn len(&self) -> usize {
@@ -193,15 +261,31 @@ mod tests {
     #[test]
     fn addresses_and_bound() {
         let mut t = ConnTable::new(2);
+        let mut evicted = Vec::new();
         // A pid that cannot exist: the name falls back to the kernel's comm.
-        let c = t.open(&open_event(1, u32::MAX)).unwrap().clone();
+        assert!(t.open(&open_event(1, u32::MAX), &mut evicted));
+        let c = t.get(1).unwrap().clone();
         assert_eq!(c.local.to_string(), "127.0.0.1:40000");
         assert_eq!(c.remote.to_string(), "127.0.0.2:80");
         assert_eq!(c.process, "worker");
-        assert!(t.open(&open_event(2, u32::MAX)).is_some());
-        assert!(t.open(&open_event(3, u32::MAX)).is_none());
-        assert_eq!(t.overflow, 1);
+        assert!(t.open(&open_event(2, u32::MAX), &mut evicted));
+        // 1 moved bytes since: 2 is the least recently active, and goes.
+        assert!(t.touch(1, 10).is_some());
+        assert!(t.open(&open_event(3, u32::MAX), &mut evicted));
+        assert_eq!(t.evicted, 1);
+        assert_eq!(evicted.iter().map(|c| c.conn_id).collect::<Vec<_>>(), [2]);
+        assert!(t.get(1).is_some() && t.get(3).is_some() && t.get(2).is_none());
         assert_eq!(t.sweep_dead().len(), 2);
+        assert!(t.is_empty());
+    }
+
+    #[test]
+    fn tangle_is_not_traced() {
+        let mut t = ConnTable::new(8);
+        let mut ev = open_event(1, u32::MAX);
+        ev.comm = *b"tangle-collecto\0";
+        assert!(!t.open(&ev, &mut Vec::new()));
+        assert_eq!(t.take_ignored(), [(u32::MAX, 3)]);
         assert!(t.is_empty());
     }
 

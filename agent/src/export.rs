@@ -41,6 +41,13 @@ pub struct ExportStats {
     pub dropped: AtomicU64,
     pub exported: AtomicU64,
     pub failed_attempts: AtomicU64,
+    /// Spans the collector refused (not authorised, malformed, too large
+    /// even alone): dropped, never retried.
+    pub refused: AtomicU64,
+    /// Spans dropped after their batch was retried for a minute.
+    pub given_up: AtomicU64,
+    /// Batches the collector found too large, sent again in halves.
+    pub split: AtomicU64,
     /// Outbound calls held now, waiting for the request they may belong to.
     pub held: AtomicU64,
 }
@@ -52,6 +59,9 @@ impl ExportStats {
             "dropped": self.dropped.load(Ordering::Relaxed),
             "exported": self.exported.load(Ordering::Relaxed),
             "failed_attempts": self.failed_attempts.load(Ordering::Relaxed),
+            "refused": self.refused.load(Ordering::Relaxed),
+            "given_up": self.given_up.load(Ordering::Relaxed),
+            "split": self.split.load(Ordering::Relaxed),
             "held": self.held.load(Ordering::Relaxed),
         })
     }
@@ -556,8 +566,16 @@ impl Target {
 
 /// Most spans in one export request.
 const MAX_BATCH: usize = 2048;
+/// Most encoded bytes in one export request: well under the 4 MiB gRPC
+/// servers (OTLP receivers among them) take by default.
+const MAX_BATCH_BYTES: usize = 1 << 20;
 /// How long a batch waits to fill before it goes.
 const BATCH_WAIT: Duration = Duration::from_millis(200);
+/// How long one batch is retried (collector away, or busy) before it is
+/// dropped for the next: no batch can hold the export up for ever.
+const RETRY_FOR: Duration = Duration::from_secs(60);
+/// How often the same kind of export failure is logged, at most.
+const WARN_EVERY: Duration = Duration::from_secs(30);
 
 /// Exports spans to `target` (OTLP/gRPC) in batches, from a thread of its
 /// own (the capture loop never waits for it); retries with backoff while
@@ -587,24 +605,168 @@ pub fn start(
     ))
 }
 
-/// Up to [`MAX_BATCH`] spans: what is queued now, then what comes within
-/// [`BATCH_WAIT`] of the first. None once the queue is closed and empty.
+/// Up to [`MAX_BATCH`] spans or [`MAX_BATCH_BYTES`] encoded: what is
+/// queued now, then what comes within [`BATCH_WAIT`] of the first. None
+/// once the queue is closed and empty.
 async fn next_batch(rx: &mut mpsc::Receiver<Outgoing>) -> Option<Vec<Outgoing>> {
-    let mut batch = vec![rx.recv().await?];
+    let first = rx.recv().await?;
+    let mut bytes = encoded_size(&first);
+    let mut batch = vec![first];
     let deadline = tokio::time::Instant::now() + BATCH_WAIT;
-    while batch.len() < MAX_BATCH {
-        match rx.try_recv() {
-            Ok(o) => batch.push(o),
+    while batch.len() < MAX_BATCH && bytes < MAX_BATCH_BYTES {
+        let next = match rx.try_recv() {
+            Ok(o) => o,
             Err(mpsc::error::TryRecvError::Disconnected) => break,
             Err(mpsc::error::TryRecvError::Empty) => {
                 match tokio::time::timeout_at(deadline, rx.recv()).await {
-                    Ok(Some(o)) => batch.push(o),
+                    Ok(Some(o)) => o,
                     _ => break,
                 }
             }
-        }
+        };
+        bytes += encoded_size(&next);
+        batch.push(next);
     }
     Some(batch)
+}
+
+/// A span's share of an encoded request (its bytes and its field's tag and
+/// length).
+fn encoded_size(o: &Outgoing) -> usize {
+    prost::Message::encoded_len(&o.span) + 6
+}
+
+/// What an export's failure calls for.
+#[derive(Debug, PartialEq, Eq)]
+enum Failure {
+    /// The request is too large for the collector: send it in halves.
+    TooLarge,
+    /// The collector will not take it whatever happens (not authorised,
+    /// malformed, not an OTLP receiver): dropped, counted.
+    Refused,
+    /// Away, or busy: the same request again, later.
+    Retry,
+}
+
+/// Reads a gRPC status as OTLP says exporters must (retryable codes), and
+/// tells a size refusal from other exhaustion by its message.
+fn failure(status: &tonic::Status) -> Failure {
+    use tonic::Code;
+    let message = status.message().to_ascii_lowercase();
+    let about_size = ["too large", "larger than", "message length", "exceeds"]
+        .iter()
+        .any(|w| message.contains(w));
+    match status.code() {
+        Code::ResourceExhausted | Code::OutOfRange | Code::InvalidArgument if about_size => {
+            Failure::TooLarge
+        }
+        Code::Unavailable
+        | Code::Cancelled
+        | Code::DeadlineExceeded
+        | Code::Aborted
+        | Code::DataLoss
+        | Code::ResourceExhausted
+        | Code::OutOfRange
+        | Code::Unknown => Failure::Retry,
+        _ => Failure::Refused,
+    }
+}
+
+/// A warning said at most once per [`WARN_EVERY`], with how many were held back.
+#[derive(Default)]
+struct Throttled {
+    last: Option<std::time::Instant>,
+    held_back: u64,
+}
+
+impl Throttled {
+    fn warn(&mut self, message: std::fmt::Arguments<'_>) {
+        if self.last.is_some_and(|t| t.elapsed() < WARN_EVERY) {
+            self.held_back += 1;
+            return;
+        }
+        if self.held_back > 0 {
+            log::warn!("{message} ({} more like it since the last)", self.held_back);
+        } else {
+            log::warn!("{message}");
+        }
+        self.last = Some(std::time::Instant::now());
+        self.held_back = 0;
+    }
+}
+
+/// A batch on its way: the request (to split it), its encoding (sent again
+/// as is when retried), its spans, and since when it is being tried.
+struct InFlight {
+    request: ExportTraceServiceRequest,
+    encoded: bytes::Bytes,
+    spans: u64,
+    since: std::time::Instant,
+}
+
+impl InFlight {
+    fn new(request: ExportTraceServiceRequest) -> Self {
+        let encoded = prost::Message::encode_to_vec(&request).into();
+        let spans = request
+            .resource_spans
+            .iter()
+            .flat_map(|r| &r.scope_spans)
+            .map(|s| s.spans.len() as u64)
+            .sum();
+        Self {
+            request,
+            encoded,
+            spans,
+            since: std::time::Instant::now(),
+        }
+    }
+}
+
+/// A request in two with about half its spans each; each span keeps its
+/// resource.
+fn halves(request: ExportTraceServiceRequest, spans: u64) -> [ExportTraceServiceRequest; 2] {
+    let mut out = [
+        ExportTraceServiceRequest::default(),
+        ExportTraceServiceRequest::default(),
+    ];
+    let mut seen = 0u64;
+    for rs in request.resource_spans {
+        for (which, half) in out.iter_mut().enumerate() {
+            let mut part = ResourceSpans {
+                resource: rs.resource.clone(),
+                scope_spans: Vec::new(),
+                ..ResourceSpans::default()
+            };
+            for ss in &rs.scope_spans {
+                let in_half: Vec<Span> = ss
+                    .spans
+                    .iter()
+                    .enumerate()
+                    .filter(|(i, _)| {
+                        let at = seen + *i as u64;
+                        (at < spans / 2) == (which == 0)
+                    })
+                    .map(|(_, span)| span.clone())
+                    .collect();
+                if !in_half.is_empty() {
+                    part.scope_spans.push(ScopeSpans {
+                        scope: ss.scope.clone(),
+                        spans: in_half,
+                        ..ScopeSpans::default()
+                    });
+                }
+            }
+            if !part.scope_spans.is_empty() {
+                half.resource_spans.push(part);
+            }
+        }
+        seen += rs
+            .scope_spans
+            .iter()
+            .map(|s| s.spans.len() as u64)
+            .sum::<u64>();
+    }
+    out
 }
 
 /// A gRPC codec for a request encoded once, so that a retry sends the
@@ -677,9 +839,11 @@ async fn export_encoded(
 async fn export_loop(target: Target, mut rx: mpsc::Receiver<Outgoing>, stats: Arc<ExportStats>) {
     let endpoint = target.shown().to_owned();
     let mut client: Option<tonic::client::Grpc<tonic::transport::Channel>> = None;
-    // The encoded request being sent, and its span count: kept until it gets through.
-    let mut pending: Option<(bytes::Bytes, u64)> = None;
+    // Batches to send before taking new ones: the halves of a split one.
+    let mut ready: std::collections::VecDeque<ExportTraceServiceRequest> = Default::default();
+    let mut pending: Option<InFlight> = None;
     let mut backoff = Duration::from_millis(200);
+    let (mut away, mut refused) = (Throttled::default(), Throttled::default());
     let fail = |backoff: &mut Duration| {
         stats.failed_attempts.fetch_add(1, Ordering::Relaxed);
         let wait = *backoff;
@@ -688,45 +852,81 @@ async fn export_loop(target: Target, mut rx: mpsc::Receiver<Outgoing>, stats: Ar
     };
     loop {
         if pending.is_none() {
-            let Some(batch) = next_batch(&mut rx).await else {
-                return;
+            let request = match ready.pop_front() {
+                Some(r) => r,
+                None => match next_batch(&mut rx).await {
+                    Some(b) => to_request(b),
+                    None => return,
+                },
             };
-            let n = batch.len() as u64;
-            let encoded = prost::Message::encode_to_vec(&to_request(batch));
-            pending = Some((encoded.into(), n));
+            pending = Some(InFlight::new(request));
         }
-        let Some((request, n)) = &pending else {
+        let Some(batch) = pending.as_ref() else {
             continue;
         };
+        let n = batch.spans;
+        if batch.since.elapsed() > RETRY_FOR {
+            stats.given_up.fetch_add(n, Ordering::Relaxed);
+            away.warn(format_args!(
+                "collector {endpoint}: dropped {n} spans after trying for {RETRY_FOR:?}"
+            ));
+            pending = None;
+            continue;
+        }
         if client.is_none() {
             match target.endpoint.connect().await {
                 Ok(channel) => client = Some(tonic::client::Grpc::new(channel)),
                 Err(e) => {
-                    log::debug!("collector {endpoint} unreachable: {e:?}");
+                    away.warn(format_args!("collector {endpoint} unreachable: {e}"));
                     fail(&mut backoff).await;
                     continue;
                 }
             }
         }
         let Some(c) = client.as_mut() else { continue };
-        let mut request = tonic::Request::new(request.clone());
+        let mut request = tonic::Request::new(batch.encoded.clone());
         if let Some(a) = &target.authorization {
             request.metadata_mut().insert("authorization", a.clone());
         }
-        match export_encoded(c, request).await {
-            Ok(_) => {
-                stats.exported.fetch_add(*n, Ordering::Relaxed);
+        let Err(status) = export_encoded(c, request).await else {
+            stats.exported.fetch_add(n, Ordering::Relaxed);
+            pending = None;
+            backoff = Duration::from_millis(200);
+            continue;
+        };
+        let kind = failure(&status);
+        if kind != Failure::Retry {
+            // Retries count theirs as they wait.
+            stats.failed_attempts.fetch_add(1, Ordering::Relaxed);
+        }
+        match kind {
+            Failure::TooLarge if n > 1 => {
+                // Halves, each sent (and split again) on its own.
+                if let Some(b) = pending.take() {
+                    let [first, second] = halves(b.request, n);
+                    stats.split.fetch_add(1, Ordering::Relaxed);
+                    ready.push_front(second);
+                    ready.push_front(first);
+                }
+            }
+            Failure::TooLarge | Failure::Refused => {
+                stats.refused.fetch_add(n, Ordering::Relaxed);
+                refused.warn(format_args!(
+                    "collector {endpoint} refused {n} spans ({:?}: {}); dropped",
+                    status.code(),
+                    status.message()
+                ));
                 pending = None;
-                backoff = Duration::from_millis(200);
             }
-            Err(e) if e.code() == tonic::Code::Unauthenticated => {
-                // Worth saying at once: it will not get better by itself.
-                log::warn!("collector {endpoint} refused the export: {}", e.message());
-                fail(&mut backoff).await;
-            }
-            Err(e) => {
-                log::debug!("export to {endpoint} failed: {e}");
-                client = None;
+            Failure::Retry => {
+                away.warn(format_args!(
+                    "export to {endpoint} failed ({:?}: {}); retrying",
+                    status.code(),
+                    status.message()
+                ));
+                if status.code() == tonic::Code::Unavailable {
+                    client = None;
+                }
                 fail(&mut backoff).await;
             }
         }
@@ -977,5 +1177,88 @@ mod tests {
         };
         h.trace.b3 = Some("1".into());
         assert_eq!(propagated(&e), None, "sampling-only B3 has no context");
+    }
+
+    #[test]
+    fn refusals_are_read_as_otlp_says() {
+        use tonic::{Code, Status as GrpcStatus};
+        let too_large = GrpcStatus::new(
+            Code::OutOfRange,
+            "Error, decoded message length too large: found 9 bytes, the limit is: 4 bytes",
+        );
+        assert_eq!(failure(&too_large), Failure::TooLarge);
+        assert_eq!(
+            failure(&GrpcStatus::resource_exhausted(
+                "grpc: received message larger than max (5000000 vs. 4194304)"
+            )),
+            Failure::TooLarge
+        );
+        assert_eq!(
+            failure(&GrpcStatus::resource_exhausted("intake queue full")),
+            Failure::Retry
+        );
+        assert_eq!(failure(&GrpcStatus::unavailable("down")), Failure::Retry);
+        for refused in [
+            GrpcStatus::unauthenticated("missing or wrong token"),
+            GrpcStatus::invalid_argument("bad"),
+            GrpcStatus::unimplemented("no such service"),
+            GrpcStatus::permission_denied("no"),
+        ] {
+            assert_eq!(failure(&refused), Failure::Refused, "{refused:?}");
+        }
+    }
+
+    #[test]
+    fn a_request_splits_into_halves_that_keep_their_resources() {
+        let span = |i: u8| Span {
+            span_id: vec![i; 8],
+            ..Span::default()
+        };
+        let resource = |name: &str| Resource {
+            attributes: vec![text("service.name", name)],
+            ..Resource::default()
+        };
+        let request = ExportTraceServiceRequest {
+            resource_spans: ["a", "b"]
+                .iter()
+                .enumerate()
+                .map(|(r, name)| ResourceSpans {
+                    resource: Some(resource(name)),
+                    scope_spans: vec![ScopeSpans {
+                        spans: (0..3).map(|i| span(r as u8 * 3 + i)).collect(),
+                        ..ScopeSpans::default()
+                    }],
+                    ..ResourceSpans::default()
+                })
+                .collect(),
+        };
+        let [first, second] = halves(request, 6);
+        let ids = |r: &ExportTraceServiceRequest| -> Vec<(String, u8)> {
+            r.resource_spans
+                .iter()
+                .flat_map(|rs| {
+                    let name = match &rs.resource.as_ref().unwrap().attributes[0].value {
+                        Some(AnyValue {
+                            value: Some(Value::StringValue(s)),
+                        }) => s.clone(),
+                        _ => String::new(),
+                    };
+                    rs.scope_spans
+                        .iter()
+                        .flat_map(|ss| &ss.spans)
+                        .map(move |s| (name.clone(), s.span_id[0]))
+                })
+                .collect()
+        };
+        assert_eq!(
+            ids(&first),
+            [("a".into(), 0), ("a".into(), 1), ("a".into(), 2)]
+        );
+        assert_eq!(
+            ids(&second),
+            [("b".into(), 3), ("b".into(), 4), ("b".into(), 5)]
+        );
+        let [first, second] = halves(first, 3);
+        assert_eq!((ids(&first).len(), ids(&second).len()), (1, 2));
     }
 }

@@ -8,6 +8,8 @@
 //! - [`pipeline`] parses each connection's transfers into exchanges;
 //! - [`export`] turns exchanges into linked OTLP spans and sends them;
 //! - [`metrics`] serves the agent's own counters to Prometheus;
+//! - [`own_traffic`] says what is Tangle's own, never traced;
+//! - [`privileges`] drops what the agent no longer needs once attached;
 //! - [`config`] reads `run`'s configuration file;
 //! - [`output`] prints events and exchanges for the CLI;
 //! - [`replay`] runs the protocol parsers over a pcap file.
@@ -21,7 +23,9 @@ pub mod identity;
 pub mod kubernetes;
 pub mod metrics;
 pub mod output;
+pub mod own_traffic;
 pub mod pipeline;
+pub mod privileges;
 pub mod probe;
 pub mod reader;
 pub mod replay;

@@ -7,7 +7,9 @@ use clap::{Args, Parser, Subcommand};
 use tangle_agent::{
     identity::Identities,
     output::{Format, LineWriter},
+    own_traffic,
     pipeline::Pipeline,
+    privileges,
     probe::{self, Probe, ProbeOptions},
     reader::Reader,
     reader::Sink,
@@ -154,10 +156,13 @@ fn main() -> ExitCode {
     }
 }
 
-/// Process naming: the rules, and the Kubernetes API if there is one.
-fn identities(c: &tangle_agent::config::IdentityConfig) -> anyhow::Result<Identities> {
+/// The Kubernetes API client, if there is a cluster to ask (checked before
+/// anything loads; watched once the agent runs).
+fn kube_client(
+    c: &tangle_agent::config::IdentityConfig,
+) -> anyhow::Result<Option<tangle_agent::kubernetes::KubeClient>> {
     use tangle_agent::{config::Toggle, kubernetes};
-    let client = match (c.kubernetes, &c.kubernetes_api) {
+    Ok(match (c.kubernetes, &c.kubernetes_api) {
         (Toggle::Off, _) => None,
         (_, Some(api)) => Some(kubernetes::KubeClient::new(api, None, None)?),
         (Toggle::On, None) => Some(kubernetes::KubeClient::in_cluster()?),
@@ -169,9 +174,7 @@ fn identities(c: &tangle_agent::config::IdentityConfig) -> anyhow::Result<Identi
                 None
             }
         },
-    };
-    let cluster = client.map(kubernetes::watch);
-    Ok(Identities::new(c.rules.clone(), cluster))
+    })
 }
 
 /// The configuration of `run`: the file (if any), then the flags over it.
@@ -332,7 +335,7 @@ fn capture(args: CaptureArgs, mode: Mode) -> anyhow::Result<()> {
         .context("starting the runtime")?;
     rt.block_on(async move {
         // What `run` needs is checked before the programs load.
-        let (identities, metrics, target) = match &mode {
+        let (kube, metrics, target) = match &mode {
             Mode::Export(config) => {
                 let target = tangle_agent::export::Target::from_config(config)?;
                 let metrics = match config.metrics.listen {
@@ -343,12 +346,37 @@ fn capture(args: CaptureArgs, mode: Mode) -> anyhow::Result<()> {
                     }
                     None => None,
                 };
-                (identities(&config.identity)?, metrics, Some(target))
+                (kube_client(&config.identity)?, metrics, Some(target))
             }
-            _ => (Identities::default(), None, None),
+            _ => (None, None, None),
         };
         let mut probe = Probe::load(options)?;
         let ring = probe.take_events()?;
+        // Tangle's own traffic is never traced: the export, the metrics, and
+        // Tangle's processes on this node.
+        if let Mode::Export(config) = &mode {
+            let mut own = own_traffic::collector_endpoints(&config.export.endpoint);
+            if let Some(addr) = config.metrics.listen {
+                own.extend(own_traffic::listening_addresses(addr));
+            }
+            for addr in own {
+                probe.ignore_endpoint(addr)?;
+            }
+        }
+        for pid in own_traffic::tangle_processes() {
+            probe.ignore_process(pid, None)?;
+        }
+        // From here on the agent only reads what it attached: it keeps the
+        // capabilities naming processes needs, and no others. Threads
+        // start after this, with the reduced set.
+        privileges::drop_after_attach()?;
+        let identities = match &mode {
+            Mode::Export(config) => Identities::new(
+                config.identity.rules.clone(),
+                kube.map(tangle_agent::kubernetes::watch),
+            ),
+            _ => Identities::default(),
+        };
         let mut reader = Reader::new(ring, args.max_connections as usize, identities)
             .context("watching the ring buffer")?;
         if let Some(path) = &args.ready_file {
@@ -393,7 +421,8 @@ fn capture(args: CaptureArgs, mode: Mode) -> anyhow::Result<()> {
                     out: lines,
                 };
                 let mut out = Pipeline::new(sink, args.max_connections as usize)
-                    .with_memory_budget(config.parsing.memory_mib.saturating_mul(1 << 20));
+                    .with_memory_budget(config.parsing.memory_mib.saturating_mul(1 << 20))
+                    .with_connection_budget(config.parsing.connection_mib.saturating_mul(1 << 20));
                 capture_loop(&args, &mut probe, &mut reader, &mut out, metrics).await
             }
         }
@@ -421,7 +450,12 @@ async fn capture_loop(
         .context("installing the SIGTERM handler")?;
     loop {
         tokio::select! {
-            res = reader.next_batch(out) => { res.context("reading the ring buffer")?; }
+            res = reader.next_batch(out) => {
+                res.context("reading the ring buffer")?;
+                for (pid, fd) in reader.take_ignored() {
+                    probe.ignore_process(pid, Some(fd))?;
+                }
+            }
             _ = &mut deadline => break,
             _ = &mut ctrl_c => break,
             _ = term.recv() => break,
@@ -437,7 +471,7 @@ async fn capture_loop(
                 }
             }
             _ = sweep_tick.tick() => {
-                let gone = reader.sweep().len() + probe.sweep_dead_processes()?;
+                let gone = reader.sweep(out) + probe.sweep_dead_processes()?;
                 if gone > 0 {
                     log::debug!("forgot {gone} connections of exited processes");
                 }

@@ -94,6 +94,21 @@ impl Page {
             kernel.conn_table_full,
         );
         self.counter(
+            "tangle_agent_kernel_conns_evicted_total",
+            "Connections the full kernel table forgot (least recently used) for new ones.",
+            kernel.conns_evicted,
+        );
+        self.counter(
+            "tangle_agent_conns_evicted_total",
+            "Connections the full userspace table forgot (least recently active) for new ones.",
+            reader.evicted,
+        );
+        self.counter(
+            "tangle_agent_own_conns_ignored_total",
+            "Connections of Tangle's own processes and endpoints, not traced.",
+            kernel.ignored + reader.ignored,
+        );
+        self.counter(
             "tangle_agent_read_faults_total",
             "Transfers whose bytes could not be read from the process.",
             kernel.read_faults,
@@ -143,6 +158,18 @@ impl Page {
             "protocol",
             per(|s| s.unmatched_responses),
         );
+        self.counters(
+            "tangle_agent_dropped_requests_total",
+            "Requests dropped because too many awaited a response on one connection, per protocol.",
+            "protocol",
+            per(|s| s.dropped_requests),
+        );
+        self.counters(
+            "tangle_agent_parser_panics_total",
+            "Connections whose parser failed (a bug): no longer parsed, the others unaffected.",
+            "protocol",
+            per(|s| s.panics),
+        );
     }
 
     /// The export's counters.
@@ -171,6 +198,21 @@ impl Page {
             "tangle_agent_export_failures_total",
             "Export attempts that failed (collector away, refused, or not authorised).",
             e.failed_attempts.load(Ordering::Relaxed),
+        );
+        self.counter(
+            "tangle_agent_spans_refused_total",
+            "Spans the collector refused (not authorised, malformed, too large alone): dropped.",
+            e.refused.load(Ordering::Relaxed),
+        );
+        self.counter(
+            "tangle_agent_spans_given_up_total",
+            "Spans dropped after their batch was retried for a minute.",
+            e.given_up.load(Ordering::Relaxed),
+        );
+        self.counter(
+            "tangle_agent_export_batches_split_total",
+            "Batches the collector found too large, sent again in halves.",
+            e.split.load(Ordering::Relaxed),
         );
     }
 }

@@ -32,6 +32,11 @@ fn clock_ns(id: libc::clockid_t) -> i128 {
     ts.tv_sec as i128 * 1_000_000_000 + ts.tv_nsec as i128
 }
 
+/// Now on the kernel's event clock (CLOCK_MONOTONIC, as `bpf_ktime_get_ns`).
+pub fn monotonic_ns() -> u64 {
+    u64::try_from(clock_ns(libc::CLOCK_MONOTONIC)).unwrap_or(0)
+}
+
 impl Clock {
     pub fn now() -> Self {
         Self {

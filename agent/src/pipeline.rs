@@ -35,7 +35,8 @@ pub struct PipelineStats {
     pub parser_table_full: u64,
     /// Bytes all connections' parsers hold now for partial messages.
     pub parser_buffered_bytes: u64,
-    /// Connections whose parsing was abandoned to keep within the memory budget.
+    /// Connections whose parsing was abandoned to keep within the memory
+    /// budget (the largest first) or the one connection's share of it.
     pub parser_budget_drops: u64,
     /// Per protocol: parse errors, desyncs, unmatched responses, dropped requests.
     pub protocols: HashMap<&'static str, ParserStats>,
@@ -44,10 +45,15 @@ pub struct PipelineStats {
 impl PipelineStats {
     /// Adds a connection's parser counters to its protocol's.
     fn add_parser(&mut self, parsers: &Parsers) {
-        if let Some(p) = parsers.protocol() {
-            let s = self.protocols.entry(protocol_name(p)).or_default();
-            *s = *s + parsers.stats();
-        }
+        let stats = parsers.stats();
+        let name = match parsers.protocol() {
+            Some(p) => protocol_name(p),
+            // A connection that failed before its protocol was known.
+            None if stats != ParserStats::default() => "unknown",
+            None => return,
+        };
+        let s = self.protocols.entry(name).or_default();
+        *s = *s + stats;
     }
 }
 
@@ -93,6 +99,8 @@ pub struct Pipeline<S> {
     max_connections: usize,
     /// Most bytes all parsers may hold together.
     memory_budget: usize,
+    /// Most bytes one connection's parsers may hold.
+    connection_budget: usize,
     out: Vec<Exchange>,
     pub stats: PipelineStats,
     pub sink: S,
@@ -100,6 +108,8 @@ pub struct Pipeline<S> {
 
 /// Default for [`Pipeline::with_memory_budget`].
 pub const DEFAULT_PARSER_MEMORY: usize = 256 << 20;
+/// Default for [`Pipeline::with_connection_budget`].
+pub const DEFAULT_CONNECTION_MEMORY: usize = 4 << 20;
 
 impl<S: ExchangeSink> Pipeline<S> {
     pub fn new(sink: S, max_connections: usize) -> Self {
@@ -107,18 +117,53 @@ impl<S: ExchangeSink> Pipeline<S> {
             conns: HashMap::new(),
             max_connections,
             memory_budget: DEFAULT_PARSER_MEMORY,
+            connection_budget: DEFAULT_CONNECTION_MEMORY,
             out: Vec::new(),
             stats: PipelineStats::default(),
             sink,
         }
     }
 
-    /// Most bytes all connections' parsers may hold for partial messages
-    /// together; past it, the connection that grows is no longer parsed
-    /// (counted in `parser_budget_drops`).
+    /// Most bytes all connections' parsers may hold together (partial
+    /// messages, requests awaiting responses, prepared statements); past
+    /// it, the connections holding most are no longer parsed until the
+    /// total is back under seven eighths of it (counted in
+    /// `parser_budget_drops`).
     pub fn with_memory_budget(mut self, bytes: usize) -> Self {
         self.memory_budget = bytes;
         self
+    }
+
+    /// Most bytes one connection's parsers may hold; past it that
+    /// connection is no longer parsed (counted in `parser_budget_drops`).
+    pub fn with_connection_budget(mut self, bytes: usize) -> Self {
+        self.connection_budget = bytes;
+        self
+    }
+
+    /// Stops parsing the connections that hold most until all hold at most
+    /// seven eighths of the budget: the cost falls on whoever holds the
+    /// memory, not on whichever connection happens to grow next.
+    fn shed(&mut self) {
+        let target = self.memory_budget as u64 / 8 * 7;
+        let mut holders: Vec<(usize, u64)> = self
+            .conns
+            .iter()
+            .filter(|(_, t)| t.buffered > 0)
+            .map(|(id, t)| (t.buffered, *id))
+            .collect();
+        holders.sort_unstable_by(|a, b| b.cmp(a));
+        for (bytes, id) in holders {
+            if self.stats.parser_buffered_bytes <= target {
+                break;
+            }
+            if let Some(t) = self.conns.get_mut(&id) {
+                t.parsers.abandon();
+                t.buffered = 0;
+                self.stats.parser_buffered_bytes -= bytes as u64;
+                self.stats.parser_budget_drops += 1;
+            }
+        }
     }
 
     /// The counters, with the parser counters of open connections added in.
@@ -175,7 +220,7 @@ impl<S: ExchangeSink> Sink for Pipeline<S> {
             out,
             stats,
             sink,
-            memory_budget,
+            connection_budget,
             ..
         } = self;
         let Some(t) = conns.get_mut(&h.conn_id) else {
@@ -208,13 +253,16 @@ impl<S: ExchangeSink> Sink for Pipeline<S> {
         stats.parser_buffered_bytes =
             stats.parser_buffered_bytes - t.buffered as u64 + buffered as u64;
         t.buffered = buffered;
-        if stats.parser_buffered_bytes > *memory_budget as u64 {
+        if buffered > *connection_budget {
             t.parsers.abandon();
             stats.parser_budget_drops += 1;
             stats.parser_buffered_bytes -= buffered as u64;
             t.buffered = 0;
         }
         deliver(t, out, stats, sink);
+        if self.stats.parser_buffered_bytes > self.memory_budget as u64 {
+            self.shed();
+        }
     }
 }
 
@@ -281,5 +329,39 @@ mod tests {
             p.close(None, &ConnEvent { conn_id: id, ..ev });
         }
         assert_eq!(p.stats.parser_buffered_bytes, 0);
+    }
+
+    #[test]
+    fn the_largest_holder_pays_not_the_one_that_grows() {
+        let mut p = Pipeline::new(Collect::default(), 16)
+            .with_memory_budget(64 * 1024)
+            .with_connection_budget(48 * 1024);
+        let ev = ConnEvent::default();
+        let head = |n: usize| {
+            let mut h = b"GET /a HTTP/1.1\r\nX-Pad: ".to_vec();
+            h.resize(n, b'x');
+            h
+        };
+        for id in 1..=3 {
+            p.open(&conn(id), &ev);
+        }
+        // One connection alone past its share: dropped at once.
+        data(&mut p, 1, Direction::Ingress, 1, &head(50 * 1024));
+        assert_eq!(p.stats.parser_budget_drops, 1);
+        assert_eq!(p.stats.parser_buffered_bytes, 0);
+        // 2 holds 40 KiB, then 3 grows past the total: 2 goes, 3 stays.
+        data(&mut p, 2, Direction::Ingress, 2, &head(40 * 1024));
+        data(&mut p, 3, Direction::Ingress, 3, &head(30 * 1024));
+        assert_eq!(p.stats.parser_budget_drops, 2);
+        assert!(p.stats.parser_buffered_bytes <= 56 * 1024);
+        data(&mut p, 3, Direction::Ingress, 4, b"\r\n\r\n");
+        data(
+            &mut p,
+            3,
+            Direction::Egress,
+            5,
+            b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n",
+        );
+        assert_eq!(p.sink.0.len(), 1, "the one that grew still parses");
     }
 }

@@ -12,8 +12,8 @@ use aya::{
     programs::TracePoint,
 };
 use tangle_common::{
-    Config, ConnInfo, ConnKey, DEFAULT_CAPTURE, DEFAULT_WAKEUP_BYTES, KernelOffsets, MAX_CAPTURE,
-    PendingIo, STAT_COUNT, SockOwner, Stat,
+    Config, ConnInfo, ConnKey, DEFAULT_CAPTURE, DEFAULT_WAKEUP_BYTES, Endpoint, KernelOffsets,
+    MAX_CAPTURE, PendingIo, STAT_COUNT, SockOwner, Stat,
 };
 
 use crate::btf::{Btf, BtfError, VMLINUX_BTF};
@@ -144,6 +144,10 @@ pub struct KernelStats {
     pub conn_events: u64,
     pub read_faults: u64,
     pub in_flight_full: u64,
+    /// Connections the full table forgot (least recently used) for new ones.
+    pub conns_evicted: u64,
+    /// Connections not tracked: Tangle's own processes and endpoints.
+    pub ignored: u64,
     /// Entries in the kernel's connection table now.
     pub conns_tracked: u64,
     /// Entries in the kernel's socket-to-connection map now.
@@ -156,6 +160,8 @@ pub struct KernelStats {
 pub struct Probe {
     ebpf: Ebpf,
     stats: PerCpuArray<MapData, u64>,
+    /// Connections removed from the kernel's table from here (not evicted).
+    swept: u64,
 }
 
 /// Checks the things whose absence gives an obscure error later.
@@ -216,7 +222,12 @@ fn ensure_tracefs() -> Result<(), ProbeError> {
         )
     };
     if rc != 0 {
-        return Err(ProbeError::NoTracefs(io::Error::last_os_error()));
+        let err = io::Error::last_os_error();
+        // Another process (or thread) may have mounted it meanwhile (EBUSY).
+        if Path::new(TRACEFS).join("events/syscalls").exists() {
+            return Ok(());
+        }
+        return Err(ProbeError::NoTracefs(err));
     }
     log::info!("mounted tracefs at {TRACEFS}");
     Ok(())
@@ -275,7 +286,11 @@ impl Probe {
             options.capture_size,
             ring_size / 1024
         );
-        Ok(Self { ebpf, stats })
+        Ok(Self {
+            ebpf,
+            stats,
+            swept: 0,
+        })
     }
 
     /// The event ring buffer, for one reader. Call once.
@@ -288,6 +303,7 @@ impl Probe {
 
     /// The kernel's counters and map sizes now.
     pub fn stats(&self) -> Result<KernelStats, ProbeError> {
+        let conns_tracked = self.map_len::<ConnKey, ConnInfo>("CONNS")?;
         let sum = |stat: Stat| -> Result<u64, ProbeError> {
             let values = self
                 .stats
@@ -298,7 +314,7 @@ impl Probe {
                 })?;
             Ok(values.iter().sum())
         };
-        debug_assert_eq!(STAT_COUNT, 6);
+        debug_assert_eq!(STAT_COUNT, 9);
         Ok(KernelStats {
             events_lost: sum(Stat::EventsLost)?,
             conn_table_full: sum(Stat::ConnTableFull)?,
@@ -306,7 +322,10 @@ impl Probe {
             conn_events: sum(Stat::ConnEvents)?,
             read_faults: sum(Stat::ReadFaults)?,
             in_flight_full: sum(Stat::InFlightFull)?,
-            conns_tracked: self.map_len::<ConnKey, ConnInfo>("CONNS")?,
+            ignored: sum(Stat::Ignored)?,
+            conns_tracked,
+            conns_evicted: sum(Stat::ConnInserted)?
+                .saturating_sub(sum(Stat::ConnRemoved)? + self.swept + conns_tracked),
             socks_tracked: self.map_len::<u64, SockOwner>("SOCKS")?,
             in_flight: self.map_len::<u64, PendingIo>("IN_FLIGHT")?,
         })
@@ -342,7 +361,74 @@ impl Probe {
         for key in &dead {
             let _ = conns.remove(key);
         }
+        self.swept += dead.len() as u64;
         Ok(dead.len())
+    }
+
+    /// Never tracks `tgid`'s connections from now on, and forgets the one
+    /// it has on `fd` (Tangle's own processes).
+    pub fn ignore_process(&mut self, tgid: u32, fd: Option<u32>) -> Result<(), ProbeError> {
+        let err = |name| move |source| ProbeError::Map { name, source };
+        let map = self
+            .ebpf
+            .map_mut("IGNORED_TGIDS")
+            .ok_or_else(|| ProbeError::Missing("map IGNORED_TGIDS".into()))?;
+        let mut ignored = HashMap::<_, u32, u8>::try_from(map).map_err(err("IGNORED_TGIDS"))?;
+        ignored.insert(tgid, 1, 0).map_err(err("IGNORED_TGIDS"))?;
+        if let Some(fd) = fd {
+            let map = self
+                .ebpf
+                .map_mut("CONNS")
+                .ok_or_else(|| ProbeError::Missing("map CONNS".into()))?;
+            let mut conns = HashMap::<_, ConnKey, ConnInfo>::try_from(map).map_err(err("CONNS"))?;
+            if conns.remove(&ConnKey { tgid, fd }).is_ok() {
+                self.swept += 1;
+            }
+        }
+        Ok(())
+    }
+
+    /// Never tracks connections to or from `addr` (the collector's): an
+    /// IPv4 address in both the forms a socket may show it in.
+    pub fn ignore_endpoint(&mut self, addr: std::net::SocketAddr) -> Result<(), ProbeError> {
+        let map = self
+            .ebpf
+            .map_mut("IGNORED_ENDPOINTS")
+            .ok_or_else(|| ProbeError::Missing("map IGNORED_ENDPOINTS".into()))?;
+        let mut ignored =
+            HashMap::<_, Endpoint, u8>::try_from(map).map_err(|source| ProbeError::Map {
+                name: "IGNORED_ENDPOINTS",
+                source,
+            })?;
+        let mut forms = Vec::new();
+        match addr.ip() {
+            std::net::IpAddr::V4(v4) => {
+                let mut a = [0u8; 16];
+                a[..4].copy_from_slice(&v4.octets());
+                forms.push(a);
+                forms.push(v4.to_ipv6_mapped().octets());
+            }
+            std::net::IpAddr::V6(v6) => {
+                forms.push(v6.octets());
+                if let Some(v4) = v6.to_ipv4_mapped() {
+                    let mut a = [0u8; 16];
+                    a[..4].copy_from_slice(&v4.octets());
+                    forms.push(a);
+                }
+            }
+        }
+        for a in forms {
+            let e = Endpoint {
+                addr: a,
+                port: addr.port(),
+                _pad: [0; 6],
+            };
+            ignored.insert(e, 1, 0).map_err(|source| ProbeError::Map {
+                name: "IGNORED_ENDPOINTS",
+                source,
+            })?;
+        }
+        Ok(())
     }
 }
 

@@ -35,8 +35,10 @@ pub struct ReaderStats {
     pub orphan_data: u64,
     /// Connections in the userspace table now.
     pub connections: u64,
-    /// Opens not kept because the userspace table was full.
-    pub table_overflow: u64,
+    /// Connections forgotten (least recently active) to make room for new ones.
+    pub evicted: u64,
+    /// Connections of Tangle's own processes, not followed.
+    pub ignored: u64,
 }
 
 /// The longest a ready event waits for the reader.
@@ -46,6 +48,8 @@ pub struct Reader {
     ring: AsyncFd<RingBuf<MapData>>,
     table: ConnTable,
     stats: ReaderStats,
+    /// Connections evicted by the last open (reused, not allocated per open).
+    evicted: Vec<Connection>,
 }
 
 /// Human name of a close reason byte.
@@ -71,13 +75,15 @@ impl Reader {
             ring,
             table: ConnTable::with_identities(max_connections, identities),
             stats: ReaderStats::default(),
+            evicted: Vec::new(),
         })
     }
 
     pub fn stats(&self) -> ReaderStats {
         ReaderStats {
             connections: self.table.len() as u64,
-            table_overflow: self.table.overflow,
+            evicted: self.table.evicted,
+            ignored: self.table.ignored,
             ..self.stats
         }
     }
@@ -100,28 +106,68 @@ impl Reader {
 
     /// Hands over whatever is ready now, without waiting.
     pub fn drain(&mut self, sink: &mut impl Sink) -> usize {
-        let Self { ring, table, stats } = self;
+        let Self {
+            ring,
+            table,
+            stats,
+            evicted,
+        } = self;
         let mut n = 0;
         while let Some(item) = ring.get_mut().next() {
             n += 1;
-            dispatch(&item, table, stats, sink);
+            dispatch(&item, table, stats, evicted, sink);
         }
         sink.flush();
         n
     }
 
-    /// Drops connections of processes that have exited.
-    pub fn sweep(&mut self) -> Vec<Connection> {
-        self.table.sweep_dead()
+    /// Ends the connections of processes that have exited, as closes to
+    /// `sink` (their close was never seen); returns how many.
+    pub fn sweep(&mut self, sink: &mut impl Sink) -> usize {
+        let gone = self.table.sweep_dead();
+        let now = crate::output::monotonic_ns();
+        for c in &gone {
+            sink.close(Some(c), &ended(c, now));
+        }
+        gone.len()
+    }
+
+    /// Tangle's own connections seen since the last call: (pid, fd), for
+    /// the kernel side to stop following.
+    pub fn take_ignored(&mut self) -> Vec<(u32, u32)> {
+        self.table.take_ignored()
     }
 }
 
-fn dispatch(record: &[u8], table: &mut ConnTable, stats: &mut ReaderStats, sink: &mut impl Sink) {
+/// A close event for a connection the agent ends itself (evicted, or its
+/// process gone) at `ts_ns`.
+fn ended(c: &Connection, ts_ns: u64) -> ConnEvent {
+    ConnEvent {
+        kind: tangle_common::EventKind::ConnClose as u8,
+        conn_id: c.conn_id,
+        tgid: c.pid,
+        fd: c.fd,
+        ts_ns,
+        ..ConnEvent::default()
+    }
+}
+
+fn dispatch(
+    record: &[u8],
+    table: &mut ConnTable,
+    stats: &mut ReaderStats,
+    evicted: &mut Vec<Connection>,
+    sink: &mut impl Sink,
+) {
     stats.events += 1;
     match decode(record) {
         Ok(Event::Open(ev)) => {
             stats.opens += 1;
-            if let Some(conn) = table.open(&ev) {
+            let tracked = table.open(&ev, evicted);
+            for c in evicted.drain(..) {
+                sink.close(Some(&c), &ended(&c, ev.ts_ns));
+            }
+            if tracked && let Some(conn) = table.get(ev.conn_id) {
                 sink.open(conn, &ev);
             }
         }
@@ -132,7 +178,7 @@ fn dispatch(record: &[u8], table: &mut ConnTable, stats: &mut ReaderStats, sink:
         }
         Ok(Event::Data(header, bytes)) => {
             stats.data += 1;
-            let conn = table.get(header.conn_id);
+            let conn = table.touch(header.conn_id, header.ts_ns);
             if conn.is_none() {
                 stats.orphan_data += 1;
             }

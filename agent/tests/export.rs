@@ -110,7 +110,7 @@ fn thread_rule_links_calls_to_their_request_under_concurrency() {
                     "-sS",
                     "-o",
                     "/dev/null",
-                    &format!("http://127.0.0.1:18080/checkout/{i}"),
+                    &format!("http://127.0.0.1:18080/checkout/{}", item_word(i)),
                 ])
                 .spawn()
                 .unwrap()

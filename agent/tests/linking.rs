@@ -20,18 +20,14 @@ const CLIENT: i32 = 3;
 const SERVER: i32 = 2;
 
 /// The request number a span is about: the last path segment, or the
-/// `item_N` alias of a statement.
+/// `item_<word>` alias of a statement (see `item_word`).
 fn item(s: &Span) -> Option<u32> {
     if let Some(path) = attr(s, "url.path") {
-        return path.rsplit('/').next()?.parse().ok();
+        return item_number(path.rsplit('/').next()?);
     }
     let q = attr(s, "db.query.text")?;
     let at = q.find("item_")? + 5;
-    q[at..]
-        .split(|c: char| !c.is_ascii_digit())
-        .next()?
-        .parse()
-        .ok()
+    item_number(q[at..].split(|c: char| !c.is_ascii_lowercase()).next()?)
 }
 
 fn inferred(s: &Span) -> bool {
@@ -118,7 +114,7 @@ fn thread_per_request_calls_and_queries_link_to_their_request() {
     let (agent, ready) = run_agent(otlp_port, &["--duration", "20s"]);
     concurrent_requests(
         60,
-        |i| format!("http://127.0.0.1:{front_port}/order/{i}"),
+        |i| format!("http://127.0.0.1:{front_port}/order/{}", item_word(i)),
         |_| vec!["Authorization: Bearer client-Secret-token".into()],
     );
     let out = agent.wait_with_output().unwrap();
@@ -215,7 +211,7 @@ fn async_service_run(mode: &str, n: u32) -> (Spans, BTreeMap<u32, String>) {
         .collect();
     concurrent_requests(
         n,
-        |i| format!("http://127.0.0.1:{svc_port}/order/{i}"),
+        |i| format!("http://127.0.0.1:{svc_port}/order/{}", item_word(i)),
         |i| {
             vec![format!(
                 "traceparent: 00-{}-00f067aa0ba902b7-01",

@@ -147,8 +147,8 @@ fn tshark(pcap: &Path, decode_as: &str, fields: &[&str]) -> Vec<Vec<Vec<String>>
 }
 
 /// (verb, tables without their database) of a statement, as our SQL reader sees it.
-fn sql_key(text: &str) -> (String, Vec<String>) {
-    let s = sql::parse(text);
+fn sql_key(text: &str, dialect: sql::Dialect) -> (String, Vec<String>) {
+    let s = sql::parse(text, dialect);
     let mut t = s.tables;
     t.sort();
     (s.verb, t)
@@ -156,11 +156,14 @@ fn sql_key(text: &str) -> (String, Vec<String>) {
 
 /// The statements replay found, keyed as tshark's are (prepared statements'
 /// executions and closes name the same statement).
-fn replay_sql_keys(replayed: &[serde_json::Value]) -> BTreeSet<(String, Vec<String>)> {
+fn replay_sql_keys(
+    replayed: &[serde_json::Value],
+    dialect: sql::Dialect,
+) -> BTreeSet<(String, Vec<String>)> {
     replayed
         .iter()
         .filter_map(|e| e["fields"]["statement"].as_str())
-        .map(sql_key)
+        .map(|q| sql_key(q, dialect))
         .collect()
 }
 
@@ -298,14 +301,23 @@ fn tshark_decodes_the_same_calls() {
         ),
     ] {
         let pcap = dir.join(format!("{name}.pcapng"));
+        let dialect = if name.starts_with("mysql") {
+            sql::Dialect::Mysql
+        } else {
+            sql::Dialect::Postgres
+        };
         let replayed = replay(&pcap);
         let rows = tshark(&pcap, decode, &[query, code]);
         let theirs: BTreeSet<_> = rows
             .iter()
-            .flat_map(|r| r[0].iter().map(|q| sql_key(q)))
+            .flat_map(|r| r[0].iter().map(|q| sql_key(q, dialect)))
             .collect();
         assert!(!theirs.is_empty(), "{name}: tshark found no statement");
-        assert_eq!(replay_sql_keys(&replayed), theirs, "{name}: statements");
+        assert_eq!(
+            replay_sql_keys(&replayed, dialect),
+            theirs,
+            "{name}: statements"
+        );
         let theirs: BTreeSet<String> = rows.iter().flat_map(|r| r[1].iter().cloned()).collect();
         assert_eq!(error_codes(&replayed), theirs, "{name}: error codes");
         checked += 1;

@@ -1,11 +1,13 @@
 //! Spans into traces. Spans of one trace arrive from many agents, late, out
 //! of order and sometimes twice; a trace is complete once no span of it has
 //! come for a while. Memory is bounded: past the limit the oldest trace is
-//! closed early, and counted.
+//! closed early, and counted; a trace holds so many spans at most, and the
+//! rest of it is dropped, counted.
 //!
 //! The two ends of one call seen by two agents without propagated context
 //! are in two traces: their join keys (`tangle_wire`) match, and the
-//! server's trace moves under the client span.
+//! server's trace moves under the client span. Every step costs time in
+//! the spans it touches, never in the size of the traces they are in.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 
@@ -14,6 +16,9 @@ use serde::Serialize;
 use tangle_wire::JoinKey;
 
 use crate::span::{Span, SpanId, SpanKind, TraceId};
+
+/// Spans one trace may hold, by default.
+pub const DEFAULT_MAX_TRACE_SPANS: usize = 10_000;
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
 pub struct AssemblyStats {
@@ -27,21 +32,37 @@ pub struct AssemblyStats {
     pub joined: u64,
     /// Spans whose join key found no other end within the window.
     pub unjoined: u64,
+    /// Spans dropped because their trace already held the most a trace may.
+    pub over_trace_limit: u64,
 }
 
 struct Pending {
     spans: Vec<Span>,
-    seen: HashSet<SpanId>,
+    /// Where each span is in `spans`.
+    index: HashMap<SpanId, usize>,
     last_ns: u64,
     /// Join keys first seen in this trace, and traces merged into it.
     keys: Vec<JoinKey>,
     aliases: Vec<TraceId>,
 }
 
+impl Pending {
+    fn new(now_ns: u64) -> Self {
+        Self {
+            spans: Vec::new(),
+            index: HashMap::new(),
+            last_ns: now_ns,
+            keys: Vec::new(),
+            aliases: Vec::new(),
+        }
+    }
+}
+
 pub struct Assembler {
     /// How long a trace waits for more spans after its last one.
     idle_ns: u64,
     max_spans: usize,
+    max_trace_spans: usize,
     pending: HashMap<TraceId, Pending>,
     /// (last update, trace) for finding the idle and the oldest.
     by_age: BTreeMap<(u64, TraceId), ()>,
@@ -55,9 +76,15 @@ pub struct Assembler {
 
 impl Assembler {
     pub fn new(idle_ns: u64, max_spans: usize) -> Self {
+        Self::with_trace_limit(idle_ns, max_spans, DEFAULT_MAX_TRACE_SPANS)
+    }
+
+    /// An assembler whose traces hold `max_trace_spans` spans at most.
+    pub fn with_trace_limit(idle_ns: u64, max_spans: usize, max_trace_spans: usize) -> Self {
         Self {
             idle_ns,
             max_spans: max_spans.max(1),
+            max_trace_spans: max_trace_spans.max(1),
             pending: HashMap::new(),
             by_age: BTreeMap::new(),
             in_flight: 0,
@@ -74,21 +101,23 @@ impl Assembler {
             span.trace_id = to;
         }
         let id = span.trace_id;
-        let p = self.pending.entry(id).or_insert_with(|| Pending {
-            spans: Vec::new(),
-            seen: HashSet::new(),
-            last_ns: now_ns,
-            keys: Vec::new(),
-            aliases: Vec::new(),
-        });
-        if !p.seen.insert(span.span_id) {
+        let p = self
+            .pending
+            .entry(id)
+            .or_insert_with(|| Pending::new(now_ns));
+        if p.index.contains_key(&span.span_id) {
             self.stats.duplicates += 1;
+            return Vec::new();
+        }
+        if p.spans.len() >= self.max_trace_spans {
+            self.stats.over_trace_limit += 1;
             return Vec::new();
         }
         self.by_age.remove(&(p.last_ns, id));
         p.last_ns = now_ns;
         let join = span.join.clone();
         let (span_id, kind) = (span.span_id, span.kind);
+        p.index.insert(span_id, p.spans.len());
         p.spans.push(span);
         self.by_age.insert((now_ns, id), ());
         self.in_flight += 1;
@@ -127,7 +156,8 @@ impl Assembler {
         let client_trace = *self.alias.get(&client_trace).unwrap_or(&client_trace);
         let server_trace = *self.alias.get(&server_trace).unwrap_or(&server_trace);
         if let Some(p) = self.pending.get_mut(&server_trace)
-            && let Some(s) = p.spans.iter_mut().find(|s| s.span_id == server_span)
+            && let Some(&at) = p.index.get(&server_span)
+            && let Some(s) = p.spans.get_mut(at)
             && s.parent.is_none()
         {
             s.parent = Some(client_span);
@@ -148,31 +178,54 @@ impl Assembler {
             return;
         };
         self.by_age.remove(&(to.last_ns, client_trace));
-        for s in &mut from.spans {
-            s.trace_id = client_trace;
+        // The smaller moves into the larger: a span moves O(log n) times at
+        // most, however traces are joined. Trace ids are set at close.
+        if from.spans.len() > to.spans.len() {
+            std::mem::swap(&mut from.spans, &mut to.spans);
+            std::mem::swap(&mut from.index, &mut to.index);
         }
-        to.spans.append(&mut from.spans);
-        to.seen.extend(from.seen);
+        for s in from.spans {
+            if to.spans.len() >= self.max_trace_spans {
+                self.stats.over_trace_limit += 1;
+                self.in_flight -= 1;
+                continue;
+            }
+            if to.index.contains_key(&s.span_id) {
+                self.stats.duplicates += 1;
+                self.in_flight -= 1;
+                continue;
+            }
+            to.index.insert(s.span_id, to.spans.len());
+            to.spans.push(s);
+        }
         to.keys.append(&mut from.keys);
         to.aliases.push(server_trace);
         to.aliases.append(&mut from.aliases);
         to.last_ns = to.last_ns.max(from.last_ns).max(now_ns);
         self.by_age.insert((to.last_ns, client_trace), ());
-        for a in to.aliases.iter() {
+        self.alias.insert(server_trace, client_trace);
+        for a in &to.aliases {
             self.alias.insert(*a, client_trace);
         }
+        self.stats.spans_in_flight = self.in_flight as u64;
     }
 
     fn close(&mut self, id: TraceId) -> Option<Vec<Span>> {
-        let p = self.pending.remove(&id)?;
+        let mut p = self.pending.remove(&id)?;
         self.by_age.remove(&(p.last_ns, id));
+        let members: HashSet<TraceId> = p.aliases.iter().copied().chain([id]).collect();
+        // Keys whose server span found its client.
+        let met: HashSet<&JoinKey> = p
+            .spans
+            .iter()
+            .filter(|s| s.parent.is_some() && s.kind == SpanKind::Server)
+            .filter_map(|s| s.join.as_ref())
+            .collect();
         for key in &p.keys {
             // A key still pointing at this trace (or one merged into it) never met its other end.
             if let Some((t, _, _)) = self.joins.remove(key)
-                && (t == id || p.aliases.contains(&t))
-                && !p.spans.iter().any(|s| {
-                    s.parent.is_some() && s.join.as_ref() == Some(key) && s.kind == SpanKind::Server
-                })
+                && members.contains(&t)
+                && !met.contains(key)
             {
                 self.stats.unjoined += 1;
             }
@@ -183,6 +236,9 @@ impl Assembler {
         self.in_flight -= p.spans.len();
         self.stats.traces += 1;
         self.stats.spans_in_flight = self.in_flight as u64;
+        for s in &mut p.spans {
+            s.trace_id = id;
+        }
         Some(p.spans)
     }
 
@@ -201,5 +257,78 @@ impl Assembler {
     /// Every trace, complete or not (at shutdown).
     pub fn flush_all(&mut self) -> Vec<Vec<Span>> {
         self.flush(u64::MAX)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::span::Peer;
+
+    fn span(trace: u8, id: u64, parent: Option<u64>, kind: SpanKind) -> Span {
+        Span {
+            trace_id: [trace; 16],
+            span_id: id.to_be_bytes(),
+            parent: parent.map(u64::to_be_bytes),
+            service: "s".into(),
+            kind,
+            operation: "op".into(),
+            start_ns: 0,
+            end_ns: 0,
+            error: false,
+            peer: Peer::Unknown,
+            tables: Vec::new(),
+            writes: false,
+            protocol: None,
+            join: None,
+        }
+    }
+
+    #[test]
+    fn a_trace_holds_so_many_spans_and_no_more() {
+        let mut a = Assembler::with_trace_limit(1_000, 1_000_000, 100);
+        for i in 0..150 {
+            a.add(span(1, i + 1, None, SpanKind::Client), 0);
+        }
+        assert_eq!(a.stats.over_trace_limit, 50);
+        assert_eq!(a.stats.spans_in_flight, 100);
+        let traces = a.flush_all();
+        assert_eq!(traces.first().map(Vec::len), Some(100));
+        assert_eq!(a.stats.spans_in_flight, 0);
+    }
+
+    #[test]
+    fn joining_a_large_trace_into_a_small_one_keeps_the_client_trace() {
+        let mut a = Assembler::new(1_000, 1_000_000);
+        let key = JoinKey {
+            client: "10.0.0.1:1".into(),
+            seq: 0,
+        };
+        // The server's trace comes first, and is the larger: it is the one
+        // whose spans stay put, under the client's trace id.
+        for i in 0..50 {
+            a.add(span(2, 200 + i, Some(100), SpanKind::Client), 0);
+        }
+        let mut server = span(2, 100, None, SpanKind::Server);
+        server.join = Some(key.clone());
+        a.add(server, 0);
+        let mut client = span(1, 1, None, SpanKind::Client);
+        client.join = Some(key);
+        a.add(client, 0);
+        a.add(span(2, 300, Some(100), SpanKind::Client), 0);
+        let traces = a.flush_all();
+        assert_eq!(traces.len(), 1);
+        let t = &traces[0];
+        assert_eq!(t.len(), 53);
+        assert!(
+            t.iter().all(|s| s.trace_id == [1; 16]),
+            "the client's trace id"
+        );
+        let server = t
+            .iter()
+            .find(|s| s.span_id == 100u64.to_be_bytes())
+            .unwrap();
+        assert_eq!(server.parent, Some(1u64.to_be_bytes()));
+        assert_eq!((a.stats.joined, a.stats.unjoined), (1, 0));
     }
 }

@@ -80,6 +80,8 @@ pub struct TraceAnalysis {
     pub db_accesses: Vec<DbAccess>,
     /// Links made by re-attaching spans whose parent was missing.
     pub inferred_links: usize,
+    /// Paths cut at the depth limit (their calls counted, not followed).
+    pub cut_chains: usize,
 }
 
 /// FNV-1a, 64 bits: stable, and enough to tell chains apart.
@@ -181,8 +183,73 @@ impl Graph<'_> {
     }
 }
 
-/// Analyses one trace's spans (duplicates already removed).
+/// Service hops a chain is followed to, by default; deeper ones are cut
+/// there (and counted), so one trace costs time linear in its spans.
+pub const DEFAULT_MAX_DEPTH: usize = 64;
+
+/// A hop on the paths being followed, and the hop before it.
+struct PathNode {
+    hop: Hop,
+    up: Option<usize>,
+    depth: usize,
+}
+
+/// The paths followed so far, sharing their common starts.
+struct Paths(Vec<PathNode>);
+
+impl Paths {
+    fn push(&mut self, hop: Hop, up: Option<usize>) -> usize {
+        let depth = up.and_then(|u| self.0.get(u)).map_or(0, |n| n.depth + 1);
+        self.0.push(PathNode { hop, up, depth });
+        self.0.len() - 1
+    }
+
+    fn depth(&self, at: usize) -> usize {
+        self.0.get(at).map_or(0, |n| n.depth)
+    }
+
+    /// The hops from the entry to `at`.
+    fn hops(&self, at: usize) -> Vec<Hop> {
+        let mut out = Vec::with_capacity(self.depth(at) + 1);
+        let mut cur = Some(at);
+        while let Some(n) = cur.and_then(|i| self.0.get(i)) {
+            out.push(n.hop.clone());
+            cur = n.up;
+        }
+        out.reverse();
+        out
+    }
+
+    /// Whether `service` is already on the path to `at`.
+    fn has_service(&self, at: usize, service: &str) -> bool {
+        let mut cur = Some(at);
+        while let Some(n) = cur.and_then(|i| self.0.get(i)) {
+            if n.hop.service == service {
+                return true;
+            }
+            cur = n.up;
+        }
+        false
+    }
+
+    fn chain(&self, at: usize) -> Chain {
+        let hops = self.hops(at);
+        Chain {
+            signature: signature(&hops),
+            hops,
+        }
+    }
+}
+
+/// Analyses one trace's spans (duplicates already removed), following
+/// chains [`DEFAULT_MAX_DEPTH`] hops deep at most.
 pub fn analyze(spans: &[Span]) -> Option<TraceAnalysis> {
+    analyze_to_depth(spans, DEFAULT_MAX_DEPTH)
+}
+
+/// Analyses one trace's spans, following chains `max_depth` hops deep at
+/// most. Time and memory are linear in the spans (times `max_depth`).
+pub fn analyze_to_depth(spans: &[Span], max_depth: usize) -> Option<TraceAnalysis> {
     if spans.is_empty() {
         return None;
     }
@@ -201,22 +268,33 @@ pub fn analyze(spans: &[Span]) -> Option<TraceAnalysis> {
         }
     }
     let g = Graph { spans, children };
-    // Re-attach orphans to calls to their service that reached no callee.
+    // Re-attach orphans to calls to their service that reached no callee:
+    // the first such call, in order. A call passed over once (it reached
+    // its callee, or took an orphan) never qualifies again.
+    let mut calls_to: HashMap<&str, (usize, Vec<usize>)> = HashMap::new();
+    for (c, s) in spans.iter().enumerate() {
+        if let (true, Peer::Service { name }) = (s.is_call(), &s.peer) {
+            calls_to.entry(name.as_str()).or_default().1.push(c);
+        }
+    }
     let mut extra: HashMap<usize, Vec<usize>> = HashMap::new();
     let mut inferred_links = 0;
     for &o in &orphans {
-        let service = &spans[o].service;
-        let host = (0..spans.len()).find(|&c| {
-            spans[c].is_call()
-                && matches!(&spans[c].peer, Peer::Service { name } if name == service)
-                && !g
-                    .kids(c, &extra)
-                    .iter()
-                    .any(|&k| spans[k].service == *service)
-        });
-        if let Some(c) = host {
-            extra.entry(c).or_default().push(o);
-            inferred_links += 1;
+        let service = spans[o].service.as_str();
+        let Some((next, candidates)) = calls_to.get_mut(service) else {
+            continue;
+        };
+        while let Some(&c) = candidates.get(*next) {
+            *next += 1;
+            let reached = g
+                .kids(c, &extra)
+                .iter()
+                .any(|&k| spans[k].service == service);
+            if !reached {
+                extra.entry(c).or_default().push(o);
+                inferred_links += 1;
+                break;
+            }
         }
     }
     let attached: BTreeSet<usize> = extra.values().flatten().copied().collect();
@@ -243,9 +321,12 @@ pub fn analyze(spans: &[Span]) -> Option<TraceAnalysis> {
         db_calls: Vec::new(),
         db_accesses: Vec::new(),
         inferred_links,
+        cut_chains: 0,
     };
-    // Depth-first over service work: (span doing the work, path so far).
-    let mut stack: Vec<(usize, Vec<Hop>)> = vec![(root, vec![entry])];
+    let mut paths = Paths(Vec::new());
+    let start = paths.push(entry, None);
+    // Depth-first over service work: (span doing the work, its path).
+    let mut stack: Vec<(usize, usize)> = vec![(root, start)];
     let mut visited = 0usize;
     while let Some((node, path)) = stack.pop() {
         visited += 1;
@@ -254,10 +335,12 @@ pub fn analyze(spans: &[Span]) -> Option<TraceAnalysis> {
         }
         let here = &spans[node];
         out.closure.insert(here.service.clone());
-        let mut next: Vec<(usize, Vec<Hop>)> = Vec::new();
+        let mut next: Vec<(usize, usize)> = Vec::new();
         let mut callees = BTreeSet::new();
         // Whether the path goes on past this service (else it is a chain).
         let mut extended = false;
+        // Past the depth limit the path ends here, counted.
+        let at_limit = paths.depth(path) >= max_depth;
         // A root that is itself a call (a job calling out): treat it as its own call.
         let calls = if here.is_call() && node == root {
             vec![node]
@@ -313,12 +396,11 @@ pub fn analyze(spans: &[Span]) -> Option<TraceAnalysis> {
                     callees.insert(hop.service.clone());
                     out.closure.insert(hop.service.clone());
                     out.calls.push(plain(hop.service.clone(), call.error, None));
-                    let mut p = path.clone();
-                    p.push(hop);
-                    out.chains.push(Chain {
-                        signature: signature(&p),
-                        hops: p,
-                    });
+                    if at_limit {
+                        continue;
+                    }
+                    let leaf = paths.push(hop, Some(path));
+                    out.chains.push(paths.chain(leaf));
                     extended = true;
                 }
                 Callee::Spans(targets) => {
@@ -332,37 +414,39 @@ pub fn analyze(spans: &[Span]) -> Option<TraceAnalysis> {
                                 .is_entry()
                                 .then(|| callee.end_ns.saturating_sub(callee.start_ns)),
                         ));
-                        if path.iter().any(|h| h.service == callee.service)
-                            && callee.service != here.service
+                        if at_limit {
+                            continue;
+                        }
+                        if callee.service != here.service
+                            && paths.has_service(path, &callee.service)
                         {
                             let mut cycle: Vec<String> =
-                                path.iter().map(|h| h.service.clone()).collect();
+                                paths.hops(path).into_iter().map(|h| h.service).collect();
                             cycle.push(callee.service.clone());
                             out.cycles.push(cycle);
                         }
-                        let mut p = path.clone();
                         // An orphaned client span stands for its (missing) server span.
                         let op = if callee.is_entry() {
                             callee.operation.clone()
                         } else {
                             call.operation.clone()
                         };
-                        p.push(Hop {
+                        let hop = Hop {
                             service: callee.service.clone(),
                             operation: op,
-                        });
-                        next.push((t, p));
+                        };
+                        next.push((t, paths.push(hop, Some(path))));
                         extended = true;
                     }
                 }
             }
         }
+        if at_limit && !callees.is_empty() {
+            out.cut_chains += 1;
+        }
         out.fan_out = out.fan_out.max(callees.len());
         if !extended {
-            out.chains.push(Chain {
-                signature: signature(&path),
-                hops: path,
-            });
+            out.chains.push(paths.chain(path));
         }
         stack.extend(next);
     }

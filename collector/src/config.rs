@@ -9,7 +9,11 @@ use std::{
 
 use serde::Deserialize;
 
-use crate::model::Thresholds;
+use crate::{
+    intake::IntakeLimits,
+    model::{ModelLimits, Thresholds},
+    names::NameLimits,
+};
 
 /// A configuration that cannot be used.
 #[derive(Debug, thiserror::Error)]
@@ -44,6 +48,10 @@ pub struct Config {
     pub max_spans_in_flight: usize,
     /// When measurements become findings.
     pub thresholds: Thresholds,
+    /// What the OTLP receivers take, and how long they wait.
+    pub intake: IntakeLimits,
+    /// How much the collector keeps, whatever the traffic.
+    pub limits: Limits,
     /// Database owners: database (`server/namespace`, or the namespace alone) to service.
     pub owners: BTreeMap<String, String>,
     /// Who may send spans.
@@ -75,6 +83,77 @@ pub struct TlsConfig {
     pub client_ca: Option<PathBuf>,
 }
 
+/// Bounds on what one trace, and the model, may hold: past each, the
+/// excess is folded into `{other}` (or dropped) and counted, so that
+/// made-up names and huge traces cost bounded memory and time.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Limits {
+    /// Spans one trace may hold; more are dropped (counted).
+    pub max_spans_per_trace: usize,
+    /// Service hops a chain is followed to; deeper paths are cut there (counted).
+    pub max_chain_depth: usize,
+    /// Distinct services (and peers known by name or address).
+    pub max_services: usize,
+    /// Distinct operations of one service.
+    pub max_operations_per_service: usize,
+    /// Bytes of one name (service, operation, table).
+    pub max_name_bytes: usize,
+    /// Distinct synchronous chains; more count as the `{other}` chain,
+    /// never as new ones.
+    pub max_chains: usize,
+    /// Distinct entry operations.
+    pub max_entries: usize,
+    /// Distinct edges of each kind (sync, async, database).
+    pub max_edges: usize,
+    /// Distinct databases.
+    pub max_databases: usize,
+    /// Distinct tables per database and service.
+    pub max_tables: usize,
+    /// Distinct cycles kept.
+    pub max_cycles: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        let (n, m) = (NameLimits::default(), ModelLimits::default());
+        Self {
+            max_spans_per_trace: crate::assembly::DEFAULT_MAX_TRACE_SPANS,
+            max_chain_depth: crate::chains::DEFAULT_MAX_DEPTH,
+            max_services: n.max_services,
+            max_operations_per_service: n.max_operations_per_service,
+            max_name_bytes: n.max_name_bytes,
+            max_chains: m.max_chains,
+            max_entries: m.max_entries,
+            max_edges: m.max_edges,
+            max_databases: m.max_databases,
+            max_tables: m.max_tables,
+            max_cycles: m.max_cycles,
+        }
+    }
+}
+
+impl Limits {
+    pub fn names(&self) -> NameLimits {
+        NameLimits {
+            max_services: self.max_services.max(1),
+            max_operations_per_service: self.max_operations_per_service.max(1),
+            max_name_bytes: self.max_name_bytes.max(16),
+        }
+    }
+
+    pub fn model(&self) -> ModelLimits {
+        ModelLimits {
+            max_chains: self.max_chains.max(1),
+            max_entries: self.max_entries.max(1),
+            max_edges: self.max_edges.max(1),
+            max_databases: self.max_databases.max(1),
+            max_tables: self.max_tables.max(1),
+            max_cycles: self.max_cycles,
+        }
+    }
+}
+
 impl Default for Config {
     fn default() -> Self {
         Self {
@@ -85,6 +164,8 @@ impl Default for Config {
             trace_window_ms: 5_000,
             max_spans_in_flight: 1_000_000,
             thresholds: Thresholds::default(),
+            intake: IntakeLimits::default(),
+            limits: Limits::default(),
             owners: BTreeMap::new(),
             auth: AuthConfig::default(),
             tls: None,
@@ -119,6 +200,16 @@ impl Config {
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
         Self::parse(&read(path)?, &path.display().to_string())
     }
+
+    /// The configuration as `check-config` prints it: an inline token is
+    /// not shown.
+    pub fn shown(&self) -> String {
+        let mut shown = self.clone();
+        if shown.auth.token.is_some() {
+            shown.auth.token = Some("(set)".into());
+        }
+        format!("{shown:#?}")
+    }
 }
 
 /// Reads a file the configuration is or names.
@@ -136,7 +227,8 @@ mod tests {
     #[test]
     fn defaults_and_errors_that_name_the_field() {
         assert_eq!(Config::parse("", "c.toml").unwrap(), Config::default());
-        let c = Config::parse("data_dir = \"/var/lib/tangle\"\n[thresholds]\nmax_sync_depth = 5\n[owners]\norders_db = \"orders\"\n", "c.toml").unwrap();
+        let c = Config::parse("data_dir = \"/var/lib/tangle\"\n[thresholds]\nmax_sync_depth = 5\n[owners]\norders_db = \"orders\"\n[intake]\nmax_connections = 10\n[limits]\nmax_chains = 7\n", "c.toml").unwrap();
+        assert_eq!((c.intake.max_connections, c.limits.max_chains), (10, 7));
         assert_eq!(c.thresholds.max_sync_depth, 5);
         assert_eq!(c.owners["orders_db"], "orders");
         let e = Config::parse("trace_windw_ms = 3\n", "c.toml")
@@ -151,5 +243,11 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("http"), "{e}");
+        let e = Config::parse("[limits]\nmax_chainz = 1\n", "c.toml")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("max_chainz"), "{e}");
+        let c = Config::parse("[auth]\ntoken = \"hunter2\"\n", "c.toml").unwrap();
+        assert!(!c.shown().contains("hunter2"));
     }
 }

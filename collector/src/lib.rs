@@ -7,14 +7,20 @@
 //! - [`chains`]: one trace's synchronous chains, depth, closure, fan-out,
 //!   cycles, error propagation and database access;
 //! - [`baseline`]: chain signatures seen before, kept across restarts, so
-//!   that a new synchronous chain is reported once.
+//!   that a new synchronous chain is reported once;
+//! - [`intake`]: the OTLP receivers, and what they refuse;
+//! - [`ingest`]: the thread that puts spans into the model;
+//! - [`names`]: names bounded, the excess folded into `{other}`.
 
 pub mod assembly;
 pub mod baseline;
 pub mod chains;
 pub mod config;
+pub mod ingest;
+pub mod intake;
 pub mod metrics;
 pub mod model;
+pub mod names;
 pub mod otlp;
 pub mod report;
 pub mod server;

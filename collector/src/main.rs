@@ -88,7 +88,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         config.trace_window_ms = w;
     }
     if matches!(cli.command, Some(Command::CheckConfig)) {
-        println!("{config:#?}");
+        // A token file must be readable; an inline token is not printed.
+        config.token()?;
+        println!("{}", config.shown());
         return Ok(());
     }
     let rt = tokio::runtime::Builder::new_multi_thread()

@@ -4,10 +4,12 @@
 
 use std::fmt::Write as _;
 
+use std::sync::atomic::Ordering;
+
 use crate::{
-    assembly::AssemblyStats,
-    model::{LATENCY_BUCKETS, Latency, Model},
-    otlp::MappingStats,
+    ingest::State,
+    intake::IntakeStats,
+    model::{LATENCY_BUCKETS, Latency},
 };
 
 fn escape(v: &str) -> String {
@@ -54,7 +56,93 @@ impl Out {
     }
 }
 
-pub fn render(model: &Model, assembly: &AssemblyStats, mapping: &MappingStats) -> String {
+/// The receivers' counters: connections and refusals by reason.
+pub fn intake(text: &mut String, stats: &IntakeStats, queued_spans: usize) {
+    let mut o = Out(std::mem::take(text));
+    let receivers = [
+        ("otlp_grpc", Some(&stats.grpc), &*stats.grpc.conns),
+        ("otlp_http", Some(&stats.http), &*stats.http.conns),
+        ("pages", None, &*stats.pages),
+    ];
+    o.head(
+        "tangle_intake_connections_total",
+        "counter",
+        "Connections to each receiver, by how they went.",
+    );
+    for (r, _, c) in &receivers {
+        let get = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
+        for (outcome, n) in [
+            ("accepted", get(&c.accepted)),
+            ("over_limit", get(&c.over_limit)),
+            ("tls_failed", get(&c.tls_failed)),
+            ("header_timeout", get(&c.header_timeouts)),
+            ("idle_closed", get(&c.idle_closed)),
+        ] {
+            o.line(
+                "tangle_intake_connections_total",
+                &[("receiver", r), ("outcome", outcome)],
+                n,
+            );
+        }
+    }
+    o.head(
+        "tangle_intake_connections_open",
+        "gauge",
+        "Connections open now, per receiver.",
+    );
+    for (r, _, c) in &receivers {
+        o.line(
+            "tangle_intake_connections_open",
+            &[("receiver", r)],
+            c.open.load(Ordering::Relaxed),
+        );
+    }
+    o.head(
+        "tangle_intake_requests_total",
+        "counter",
+        "OTLP export requests taken, per receiver.",
+    );
+    o.head(
+        "tangle_intake_refused_total",
+        "counter",
+        "OTLP export requests (or connections) refused, per receiver and reason.",
+    );
+    let mut unauthenticated = 0;
+    for (r, stats, _) in &receivers {
+        let Some(stats) = stats else { continue };
+        o.line(
+            "tangle_intake_requests_total",
+            &[("receiver", r)],
+            stats.accepted.load(Ordering::Relaxed),
+        );
+        for (reason, n) in stats.refusals() {
+            if reason == "unauthenticated" {
+                unauthenticated += n;
+            }
+            o.line(
+                "tangle_intake_refused_total",
+                &[("receiver", r), ("reason", reason)],
+                n,
+            );
+        }
+    }
+    o.head(
+        "tangle_exports_refused_total",
+        "counter",
+        "Exports refused for a missing or wrong token.",
+    );
+    o.line("tangle_exports_refused_total", &[], unauthenticated);
+    o.head(
+        "tangle_intake_queued_spans",
+        "gauge",
+        "Spans received and waiting to be assembled.",
+    );
+    o.line("tangle_intake_queued_spans", &[], queued_spans);
+    *text = o.0;
+}
+
+pub fn render(state: &State) -> String {
+    let (model, assembly, mapping) = (&state.model, &state.assembler.stats, &state.mapping);
     let mut o = Out(String::new());
     o.head(
         "tangle_spans_received_total",
@@ -215,9 +303,60 @@ pub fn render(model: &Model, assembly: &AssemblyStats, mapping: &MappingStats) -
             users.len(),
         );
     }
-    let findings = model.findings();
+    o.head(
+        "tangle_spans_over_trace_limit_total",
+        "counter",
+        "Spans dropped because their trace held the most spans a trace may.",
+    );
+    o.line(
+        "tangle_spans_over_trace_limit_total",
+        &[],
+        assembly.over_trace_limit,
+    );
+    o.head(
+        "tangle_names_folded_total",
+        "counter",
+        "Names past the limits, folded into {other} (service, operation) or cut (length).",
+    );
+    let n = &state.names.stats;
+    for (what, v) in [
+        ("service", n.services_folded),
+        ("operation", n.operations_folded),
+        ("cut", n.names_cut),
+    ] {
+        o.line("tangle_names_folded_total", &[("name", what)], v);
+    }
+    o.head(
+        "tangle_model_overflow_total",
+        "counter",
+        "What the model's limits turned away (folded into {other}, or cut), by kind.",
+    );
+    let of = &model.overflow;
+    for (what, v) in [
+        ("chains", of.chains),
+        ("entries", of.entries),
+        ("edges", of.edges),
+        ("databases", of.databases),
+        ("tables", of.tables),
+        ("cycles", of.cycles),
+        ("chain_depth", of.cut_chains),
+    ] {
+        o.line("tangle_model_overflow_total", &[("kind", what)], v);
+    }
+    let b = model.baseline_stats();
+    o.head(
+        "tangle_baseline_write_errors_total",
+        "counter",
+        "Chains that could not be written to the baseline (or were dropped, the writer being behind).",
+    );
+    o.line(
+        "tangle_baseline_write_errors_total",
+        &[],
+        b.write_errors.load(Ordering::Relaxed) + b.dropped.load(Ordering::Relaxed),
+    );
+    let findings = &state.findings;
     let mut by_kind = std::collections::BTreeMap::new();
-    for f in &findings {
+    for f in findings.iter() {
         let v = serde_json::to_value(f).unwrap_or_default();
         *by_kind
             .entry(v["kind"].as_str().unwrap_or("unknown").to_owned())

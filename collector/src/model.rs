@@ -8,8 +8,9 @@ use std::collections::{BTreeMap, BTreeSet};
 use serde::{Deserialize, Serialize};
 
 use crate::{
-    baseline::{Baseline, BaselineError, FirstSeen},
+    baseline::{Baseline, FirstSeen},
     chains::{Hop, TraceAnalysis, calls_per_edge},
+    names::OTHER,
 };
 
 /// When a measurement becomes a finding. Defaults suit a first look.
@@ -38,6 +39,76 @@ impl Default for Thresholds {
             cascade_min_failures: 5,
             max_calls_per_request: 10.0,
         }
+    }
+}
+
+/// How much the model keeps, whatever the traffic. Past each limit the
+/// excess is counted, and chains, entries, edges, databases and tables
+/// beyond it are folded into `{other}`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ModelLimits {
+    /// Distinct synchronous chains; more count as the `{other}` chain,
+    /// never reported as new.
+    pub max_chains: usize,
+    /// Distinct entry operations.
+    pub max_entries: usize,
+    /// Distinct edges of each kind (sync, async, database).
+    pub max_edges: usize,
+    /// Distinct databases (system, server, name).
+    pub max_databases: usize,
+    /// Distinct tables per database and service.
+    pub max_tables: usize,
+    /// Distinct cycles kept; more are counted only.
+    pub max_cycles: usize,
+}
+
+impl Default for ModelLimits {
+    fn default() -> Self {
+        Self {
+            max_chains: 10_000,
+            max_entries: 2_000,
+            max_edges: 10_000,
+            max_databases: 500,
+            max_tables: 1_000,
+            max_cycles: 1_000,
+        }
+    }
+}
+
+/// What the limits turned away, counted.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct Overflow {
+    pub chains: u64,
+    pub entries: u64,
+    pub edges: u64,
+    pub databases: u64,
+    pub tables: u64,
+    pub cycles: u64,
+    /// Paths cut at the chain depth limit.
+    pub cut_chains: u64,
+}
+
+/// The key of something kept: itself, or `{other}` once `len` reached `max`.
+fn bounded<K: Ord + Clone, V>(
+    map: &BTreeMap<K, V>,
+    key: K,
+    other: impl FnOnce() -> K,
+    max: usize,
+    count: &mut u64,
+) -> K {
+    if map.len() >= max && !map.contains_key(&key) {
+        *count += 1;
+        other()
+    } else {
+        key
+    }
+}
+
+fn other_hop() -> Hop {
+    Hop {
+        service: OTHER.into(),
+        operation: OTHER.into(),
     }
 }
 
@@ -243,6 +314,11 @@ pub enum Finding {
 
 pub struct Model {
     pub thresholds: Thresholds,
+    pub limits: ModelLimits,
+    pub overflow: Overflow,
+    /// Changes with every trace counted: what is computed from the model
+    /// (findings) is computed again only when it moved.
+    pub version: u64,
     /// Configured owners: database name (`server/namespace` or namespace) -> service.
     pub owners: BTreeMap<String, String>,
     baseline: Baseline,
@@ -270,8 +346,20 @@ impl Model {
         thresholds: Thresholds,
         owners: BTreeMap<String, String>,
     ) -> Self {
+        Self::with_limits(baseline, thresholds, owners, ModelLimits::default())
+    }
+
+    pub fn with_limits(
+        baseline: Baseline,
+        thresholds: Thresholds,
+        owners: BTreeMap<String, String>,
+        limits: ModelLimits,
+    ) -> Self {
         Self {
             thresholds,
+            limits,
+            overflow: Overflow::default(),
+            version: 0,
             owners,
             baseline,
             entries: BTreeMap::new(),
@@ -286,6 +374,11 @@ impl Model {
         }
     }
 
+    /// The baseline's write counters.
+    pub fn baseline_stats(&self) -> &crate::baseline::BaselineStats {
+        &self.baseline.stats
+    }
+
     /// Counts what one trace shows; `served` is each entry span's (service, failed).
     pub fn ingest(
         &mut self,
@@ -293,20 +386,51 @@ impl Model {
         a: &TraceAnalysis,
         served: &[(String, bool)],
         now_ns: u64,
-    ) -> Result<(), BaselineError> {
-        let e = self.entries.entry(a.entry.clone()).or_default();
+    ) {
+        self.version += 1;
+        let lim = self.limits;
+        let of = &mut self.overflow;
+        of.cut_chains += a.cut_chains as u64;
+        let entry = bounded(
+            &self.entries,
+            a.entry.clone(),
+            other_hop,
+            lim.max_entries,
+            &mut of.entries,
+        );
+        let e = self.entries.entry(entry.clone()).or_default();
         e.traces += 1;
         e.max_depth = e.max_depth.max(a.depth);
         let d = a.depth.min(32);
         if e.depth_histogram.len() <= d {
             e.depth_histogram.resize(d + 1, 0);
         }
-        e.depth_histogram[d] += 1;
+        if let Some(n) = e.depth_histogram.get_mut(d) {
+            *n += 1;
+        }
         e.max_fan_out = e.max_fan_out.max(a.fan_out);
         e.closure.extend(a.closure.iter().cloned());
         for chain in &a.chains {
             if let Some(c) = self.chains.get_mut(&chain.signature) {
                 c.traces += 1;
+                continue;
+            }
+            if self.chains.len() >= lim.max_chains {
+                // Counted, never new: a flood of made-up chains is not news.
+                self.overflow.chains += 1;
+                let other = self
+                    .chains
+                    .entry(OTHER.into())
+                    .or_insert_with(|| ChainStats {
+                        entry: other_hop(),
+                        hops: vec![other_hop()],
+                        depth: 0,
+                        traces: 0,
+                        first_seen_ns: now_ns,
+                        example_trace: hex(trace_id),
+                        new: false,
+                    });
+                other.traces += 1;
                 continue;
             }
             let example_trace = hex(trace_id);
@@ -321,7 +445,7 @@ impl Model {
                 chain: text,
                 first_seen_ns: now_ns,
                 example_trace: example_trace.clone(),
-            })?;
+            });
             if new {
                 self.new_chains += 1;
             }
@@ -329,7 +453,7 @@ impl Model {
             self.chains.insert(
                 chain.signature.clone(),
                 ChainStats {
-                    entry: a.entry.clone(),
+                    entry: entry.clone(),
                     hops: chain.hops.clone(),
                     depth: chain.depth(),
                     traces: 1,
@@ -339,20 +463,32 @@ impl Model {
                 },
             );
         }
+        let of = &mut self.overflow;
         for (calls, edges) in [
             (&a.calls, &mut self.edges),
             (&a.publishes, &mut self.async_edges),
             (&a.db_calls, &mut self.db_edges),
         ] {
             for c in calls {
-                edges
-                    .entry((c.caller.clone(), c.callee.clone()))
-                    .or_default()
-                    .record(c);
+                let key = bounded(
+                    edges,
+                    (c.caller.clone(), c.callee.clone()),
+                    || (OTHER.into(), OTHER.into()),
+                    lim.max_edges,
+                    &mut of.edges,
+                );
+                edges.entry(key).or_default().record(c);
             }
         }
         for ((caller, callee), n) in calls_per_edge(a) {
-            let s = self.edges.entry((caller, callee)).or_default();
+            let key = bounded(
+                &self.edges,
+                (caller, callee),
+                || (OTHER.into(), OTHER.into()),
+                lim.max_edges,
+                &mut of.edges,
+            );
+            let s = self.edges.entry(key).or_default();
             s.traces += 1;
             s.max_calls_per_trace = s.max_calls_per_trace.max(n as u64);
         }
@@ -362,11 +498,21 @@ impl Model {
             s.failed += u64::from(*failed);
         }
         for acc in &a.db_accesses {
-            let key = DbKey {
-                system: acc.system.clone(),
-                server: acc.server.clone(),
-                namespace: acc.namespace.clone(),
-            };
+            let key = bounded(
+                &self.databases,
+                DbKey {
+                    system: acc.system.clone(),
+                    server: acc.server.clone(),
+                    namespace: acc.namespace.clone(),
+                },
+                || DbKey {
+                    system: OTHER.into(),
+                    server: OTHER.into(),
+                    namespace: None,
+                },
+                lim.max_databases,
+                &mut of.databases,
+            );
             let tables = self
                 .databases
                 .entry(key)
@@ -379,6 +525,7 @@ impl Model {
                 acc.tables.clone()
             };
             for t in names {
+                let t = bounded(tables, t, || OTHER.into(), lim.max_tables, &mut of.tables);
                 let u = tables.entry(t).or_default();
                 if acc.writes {
                     u.writes += 1;
@@ -387,8 +534,13 @@ impl Model {
                 }
             }
         }
-        self.cycles.extend(a.cycles.iter().cloned());
-        Ok(())
+        for cycle in &a.cycles {
+            if self.cycles.len() >= lim.max_cycles && !self.cycles.contains(cycle) {
+                of.cycles += 1;
+            } else {
+                self.cycles.insert(cycle.clone());
+            }
+        }
     }
 
     /// The configured owner, or the service that writes most (then reads most).

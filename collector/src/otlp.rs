@@ -6,7 +6,7 @@ use opentelemetry_proto::tonic::{
     common::v1::{AnyValue, KeyValue, any_value::Value},
     trace::v1::{Span as OtlpSpan, status::StatusCode},
 };
-use tangle_protocols::{normalize::normalize_path, sql};
+use tangle_protocols::{normalize::route, sql};
 
 use crate::span::{Peer, Span, SpanKind};
 
@@ -81,13 +81,13 @@ pub fn map_span(service: &str, s: &OtlpSpan) -> Option<Span> {
     let method = attr(a, &["http.request.method", "http.method"]);
     let status_code: Option<u16> =
         attr(a, &["http.response.status_code", "http.status_code"]).and_then(|c| c.parse().ok());
-    let parsed = query.as_deref().map(sql::parse);
+    let dialect = sql::Dialect::of_system(db_system.as_deref().unwrap_or_default());
+    let parsed = query.as_deref().map(|q| sql::parse(q, dialect));
     let operation = if let Some(m) = &method {
+        // A route as the app names it (`/orders/{id}`), else the path
+        // templated here: nothing else of a URL is kept.
         let path = attr(a, &["http.route"])
-            .or_else(|| {
-                attr(a, &["url.path", "http.target"])
-                    .map(|p| normalize_path(p.split('?').next().unwrap_or("")))
-            })
+            .or_else(|| attr(a, &["url.path", "http.target"]).map(|p| route(&p)))
             .unwrap_or_else(|| "/".into());
         format!("{m} {path}")
     } else if let Some(st) = &parsed {

@@ -37,9 +37,7 @@ fn ingest(model: &mut Model, root: &Node, n: u8) {
         .filter(|s| s.is_entry())
         .map(|s| (s.service.clone(), s.error))
         .collect();
-    model
-        .ingest(&[n; 16], &a, &served, 42 + u64::from(n))
-        .unwrap();
+    model.ingest(&[n; 16], &a, &served, 42 + u64::from(n));
 }
 
 fn db(ns: &str, table: &str, writes: bool) -> Call {
@@ -178,7 +176,13 @@ fn shared_database_owner_inferred_or_configured() {
         ("shipping", "configured")
     );
     // Databases are nodes of Grafana's service graph too.
-    let metrics = tangle_collector::metrics::render(&m, &Default::default(), &Default::default());
+    let state = tangle_collector::ingest::State::new(
+        tangle_collector::assembly::Assembler::new(1, 1),
+        m,
+        Default::default(),
+        64,
+    );
+    let metrics = tangle_collector::metrics::render(&state);
     assert!(
         metrics.contains("traces_service_graph_request_total{client=\"shipping\",server=\"db:5432/orders_db\",connection_type=\"database\"} 2"),
         "{metrics}"

@@ -67,6 +67,18 @@ pub struct SockAddrs {
     pub _pad: u16,
 }
 
+/// An address and port whose connections are never tracked (the
+/// collector's), a key of the kernel's `IGNORED_ENDPOINTS` map. Addresses
+/// are stored as in [`SockAddrs`]: IPv4 in the first 4 bytes.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct Endpoint {
+    pub addr: [u8; 16],
+    /// Host byte order.
+    pub port: u16,
+    pub _pad: [u8; 6],
+}
+
 /// A tracked connection, kept in the kernel's `CONNS` map.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default)]
@@ -332,10 +344,19 @@ pub enum Stat {
     ReadFaults = 4,
     /// Syscalls not followed because the in-flight table was full.
     InFlightFull = 5,
+    /// Connections added to the connection table.
+    ConnInserted = 6,
+    /// Connections removed from the connection table by the programs (the
+    /// rest of those added are there now, or were evicted by the LRU table
+    /// to make room: the agent counts those as the difference).
+    ConnRemoved = 7,
+    /// Connections not tracked because their process or endpoint is
+    /// Tangle's own.
+    Ignored = 8,
 }
 
 /// The number of `Stat` counters.
-pub const STAT_COUNT: u32 = 6;
+pub const STAT_COUNT: u32 = 9;
 
 #[cfg(feature = "user")]
 mod pod {
@@ -353,4 +374,6 @@ mod pod {
     unsafe impl aya::Pod for PendingIo {}
     // SAFETY: as above.
     unsafe impl aya::Pod for KernelOffsets {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for Endpoint {}
 }

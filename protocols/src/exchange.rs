@@ -52,6 +52,7 @@ impl TraceContext {
     /// `b3` holds the single-header form, `TRACEID-SPANID[-...]`; the
     /// multi-header form is folded into it. Returns false for other names.
     pub fn add_b3_header(&mut self, name: &str, value: &str) -> bool {
+        let value = &crate::kept(value, crate::MAX_HEADER_VALUE);
         let b3 = self.b3.take();
         self.b3 = Some(match (name, b3) {
             ("b3", _) => value.to_owned(),
@@ -77,7 +78,8 @@ impl TraceContext {
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
 pub struct HttpFields {
     pub method: String,
-    /// The path as sent, without the query string.
+    /// The route: the path alone, data-looking segments templated
+    /// ([`crate::normalize::route`]); nothing else of the URL is kept.
     pub path: String,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub host: Option<String>,
@@ -92,6 +94,24 @@ pub struct HttpFields {
     /// gRPC calls (HTTP/2 with `content-type: application/grpc`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub grpc: Option<GrpcFields>,
+}
+
+impl crate::held::HeapSize for HttpFields {
+    fn heap_size(&self) -> usize {
+        let grpc = self.grpc.as_ref().map_or(0, |g| {
+            std::mem::size_of::<GrpcFields>()
+                + g.service.capacity()
+                + g.method.capacity()
+                + g.status.heap_size()
+        });
+        self.method.capacity()
+            + self.path.capacity()
+            + self.host.heap_size()
+            + self.trace.traceparent.heap_size()
+            + self.trace.b3.heap_size()
+            + self.trace.request_id.heap_size()
+            + grpc
+    }
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]

@@ -1,6 +1,11 @@
 //! One side of a connection as a stream of messages: buffers a message's
 //! head until it is complete, skips its body (captured or not), and loses
 //! and regains sync when a capture gap cuts into a head.
+//!
+//! A head that arrives in many small transfers is not read again from its
+//! start each time: the protocol's head reader keeps a scan state (`S`)
+//! between calls for the same message, so a head costs time linear in its
+//! length however it is cut.
 
 use crate::{Chunk, ParserStats};
 
@@ -36,8 +41,10 @@ struct InBody<M> {
     truncated: bool,
 }
 
-pub(crate) struct SideStream<M> {
+pub(crate) struct SideStream<M, S = ()> {
     buf: Vec<u8>,
+    /// The head reader's progress on the message at the front of `buf`.
+    scan: S,
     /// Body bytes still to pass over.
     skip: u64,
     in_body: Option<InBody<M>>,
@@ -47,10 +54,11 @@ pub(crate) struct SideStream<M> {
     pub stats: ParserStats,
 }
 
-impl<M> Default for SideStream<M> {
+impl<M, S: Default> Default for SideStream<M, S> {
     fn default() -> Self {
         Self {
             buf: Vec::new(),
+            scan: S::default(),
             skip: 0,
             in_body: None,
             buf_start_ns: 0,
@@ -60,19 +68,20 @@ impl<M> Default for SideStream<M> {
     }
 }
 
-impl<M> SideStream<M> {
+impl<M, S: Default> SideStream<M, S> {
     /// Bytes of memory held for partial heads.
     pub(crate) fn buffered(&self) -> usize {
         self.buf.capacity()
     }
 
     /// Feeds one transfer. `parse` reads a head at the front of the bytes it
-    /// is given; `starts_message` says whether a transfer may begin a message
-    /// (to regain sync); `done` gets each message once its body is over.
+    /// is given, resuming from its scan state (fresh for each message);
+    /// `starts_message` says whether a transfer may begin a message (to
+    /// regain sync); `done` gets each message once its body is over.
     pub(crate) fn feed(
         &mut self,
         chunk: Chunk<'_>,
-        mut parse: impl FnMut(&[u8]) -> Frame<M>,
+        mut parse: impl FnMut(&[u8], &mut S) -> Frame<M>,
         starts_message: impl Fn(&[u8]) -> bool,
         mut done: impl FnMut(Completed<M>),
     ) {
@@ -105,8 +114,8 @@ impl<M> SideStream<M> {
         }
         self.buf.extend_from_slice(bytes);
         let mut at = 0;
-        while at < self.buf.len() {
-            match parse(&self.buf[at..]) {
+        while let Some(front) = self.buf.get(at..).filter(|f| !f.is_empty()) {
+            match parse(front, &mut self.scan) {
                 Frame::Incomplete => break,
                 Frame::Invalid => {
                     self.stats.parse_errors += 1;
@@ -114,6 +123,7 @@ impl<M> SideStream<M> {
                     return;
                 }
                 Frame::Message { head, body, msg } => {
+                    self.scan = S::default();
                     let head = head.max(1).min(self.buf.len() - at);
                     at += head;
                     self.in_body = Some(InBody {
@@ -190,6 +200,7 @@ impl<M> SideStream<M> {
     }
 
     fn desync(&mut self) {
+        self.scan = S::default();
         self.stats.desyncs += 1;
         self.lost_sync = true;
         self.buf.clear();

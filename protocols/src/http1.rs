@@ -3,12 +3,13 @@
 //! or the end of the connection. Authorization and Cookie headers are never
 //! read into anything kept.
 
-use std::collections::VecDeque;
-
 use crate::{
-    Chunk, Exchange, Fields, HttpFields, Parser, ParserStats, Protocol, Side, Status,
+    Chunk, Exchange, Fields, HttpFields, MAX_HEADER_VALUE, Parser, ParserStats, Protocol, Side,
+    Status,
     framing::{Completed, Frame, MAX_HEAD, SideStream},
-    normalize::normalize_path,
+    held::{HeapSize, Queue},
+    kept,
+    normalize::route,
 };
 
 const METHODS: &[&str] = &[
@@ -58,6 +59,12 @@ struct Request {
     truncated: bool,
 }
 
+impl HeapSize for Request {
+    fn heap_size(&self) -> usize {
+        self.fields.heap_size()
+    }
+}
+
 /// A message assembled from its head and, when chunked, its chunks.
 struct Assembling<H> {
     head: H,
@@ -68,21 +75,30 @@ struct Assembling<H> {
 
 #[derive(Default)]
 pub struct Http1Parser {
-    requests: SideStream<Part<RequestHead>>,
-    responses: SideStream<Part<ResponseHead>>,
+    requests: SideStream<Part<RequestHead>, usize>,
+    responses: SideStream<Part<ResponseHead>, usize>,
     req_chunked: bool,
     resp_chunked: bool,
     req_assembling: Option<Assembling<RequestHead>>,
     resp_assembling: Option<Assembling<ResponseHead>>,
-    pending: VecDeque<Request>,
+    pending: Queue<Request, MAX_PENDING>,
     /// After `101 Switching Protocols` nothing more is HTTP/1.
     upgraded: bool,
     stats: ParserStats,
 }
 
-/// The end of a head (after the blank line), if it is all there.
-fn head_end(b: &[u8]) -> Option<usize> {
-    b.windows(4).position(|w| w == b"\r\n\r\n").map(|p| p + 4)
+/// The end of a head (after the blank line), if it is all there. `searched`
+/// is how far earlier calls looked for it: the search resumes there, so a
+/// head cut in many transfers is searched once.
+fn head_end(b: &[u8], searched: &mut usize) -> Option<usize> {
+    let from = searched.saturating_sub(3);
+    match b.get(from..)?.windows(4).position(|w| w == b"\r\n\r\n") {
+        Some(p) => Some(from + p + 4),
+        None => {
+            *searched = b.len();
+            None
+        }
+    }
 }
 
 fn headers(head: &str) -> impl Iterator<Item = (&str, &str)> {
@@ -99,8 +115,8 @@ fn is_chunked(value: &str) -> bool {
         .is_some_and(|last| last.trim().eq_ignore_ascii_case("chunked"))
 }
 
-fn parse_request(b: &[u8]) -> Frame<RequestHead> {
-    let Some(end) = head_end(b) else {
+fn parse_request(b: &[u8], searched: &mut usize) -> Frame<RequestHead> {
+    let Some(end) = head_end(b, searched) else {
         return if b.len() >= MAX_HEAD || !looks_like(Side::Request, b) && b.len() >= 8 {
             Frame::Invalid
         } else {
@@ -118,10 +134,9 @@ fn parse_request(b: &[u8]) -> Frame<RequestHead> {
     if !METHODS.contains(&method) || !version.starts_with("HTTP/1.") {
         return Frame::Invalid;
     }
-    let path = target.split(['?', '#']).next().unwrap_or(target);
     let mut fields = HttpFields {
         method: method.to_owned(),
-        path: path.to_owned(),
+        path: route(target),
         ..HttpFields::default()
     };
     let mut chunked = false;
@@ -131,11 +146,11 @@ fn parse_request(b: &[u8]) -> Frame<RequestHead> {
             continue;
         }
         match name.as_str() {
-            "host" => fields.host = Some(value.to_owned()),
+            "host" => fields.host = Some(kept(value, MAX_HEADER_VALUE)),
             "content-length" => fields.request_content_length = value.parse().ok(),
             "transfer-encoding" => chunked = is_chunked(value),
-            "traceparent" => fields.trace.traceparent = Some(value.to_owned()),
-            "x-request-id" => fields.trace.request_id = Some(value.to_owned()),
+            "traceparent" => fields.trace.traceparent = Some(kept(value, MAX_HEADER_VALUE)),
+            "x-request-id" => fields.trace.request_id = Some(kept(value, MAX_HEADER_VALUE)),
             // Authorization, Cookie and the rest are not kept.
             _ => {}
         }
@@ -152,8 +167,12 @@ fn parse_request(b: &[u8]) -> Frame<RequestHead> {
     }
 }
 
-fn parse_response(b: &[u8], pending: &mut VecDeque<Request>) -> Frame<ResponseHead> {
-    let Some(end) = head_end(b) else {
+fn parse_response(
+    b: &[u8],
+    searched: &mut usize,
+    pending: &mut Queue<Request, MAX_PENDING>,
+) -> Frame<ResponseHead> {
+    let Some(end) = head_end(b, searched) else {
         return if b.len() >= MAX_HEAD || !b.starts_with(b"HTTP/1.") && b.len() >= 7 {
             Frame::Invalid
         } else {
@@ -183,7 +202,7 @@ fn parse_response(b: &[u8], pending: &mut VecDeque<Request>) -> Frame<ResponseHe
         }
     }
     let interim = (100..200).contains(&status) && status != 101;
-    let request = if interim { None } else { pending.pop_front() };
+    let request = if interim { None } else { pending.pop() };
     let head_request = request.as_ref().is_some_and(|r| r.fields.method == "HEAD");
     let body = if interim || head_request || status == 204 || status == 304 || status == 101 {
         0
@@ -209,7 +228,7 @@ fn parse_response(b: &[u8], pending: &mut VecDeque<Request>) -> Frame<ResponseHe
 
 /// One chunk of a chunked body: `size[;ext]\r\n data \r\n`, or the last
 /// chunk with its trailers.
-fn parse_chunk<H>(b: &[u8]) -> Frame<Part<H>> {
+fn parse_chunk<H>(b: &[u8], searched: &mut usize) -> Frame<Part<H>> {
     let Some(line_end) = b.windows(2).position(|w| w == b"\r\n") else {
         return if b.len() > 1024 {
             Frame::Invalid
@@ -230,7 +249,8 @@ fn parse_chunk<H>(b: &[u8]) -> Frame<Part<H>> {
         };
     }
     // Last chunk: trailers end with an empty line.
-    let rest = &b[line_end + 2..];
+    let start = line_end + 2;
+    let rest = b.get(start..).unwrap_or_default();
     if rest.starts_with(b"\r\n") {
         return Frame::Message {
             head: line_end + 4,
@@ -238,9 +258,12 @@ fn parse_chunk<H>(b: &[u8]) -> Frame<Part<H>> {
             msg: Part::End,
         };
     }
-    match head_end(rest) {
+    let mut in_rest = searched.saturating_sub(start);
+    let end = head_end(rest, &mut in_rest);
+    *searched = start + in_rest;
+    match end {
         Some(end) => Frame::Message {
-            head: line_end + 2 + end,
+            head: start + end,
             body: 0,
             msg: Part::End,
         },
@@ -252,18 +275,19 @@ fn parse_chunk<H>(b: &[u8]) -> Frame<Part<H>> {
 /// else a message head (which may open one).
 fn next_part<H>(
     b: &[u8],
+    searched: &mut usize,
     chunked: &mut bool,
-    head: impl FnOnce(&[u8]) -> Frame<H>,
+    head: impl FnOnce(&[u8], &mut usize) -> Frame<H>,
     is_chunked: impl Fn(&H) -> bool,
 ) -> Frame<Part<H>> {
     if *chunked {
-        let f = parse_chunk(b);
+        let f = parse_chunk(b, searched);
         if matches!(f, Frame::Message { msg: Part::End, .. }) {
             *chunked = false;
         }
         return f;
     }
-    match head(b) {
+    match head(b, searched) {
         Frame::Message { head, body, msg } => {
             *chunked = is_chunked(&msg);
             Frame::Message {
@@ -337,7 +361,7 @@ impl Http1Parser {
         };
         Exchange {
             protocol: Protocol::Http1,
-            operation: format!("{} {}", fields.method, normalize_path(&fields.path)),
+            operation: format!("{} {}", fields.method, fields.path),
             status,
             sync: true,
             start_ns,
@@ -365,7 +389,7 @@ impl Parser for Http1Parser {
                 let chunked = &mut self.req_chunked;
                 self.requests.feed(
                     chunk,
-                    |b| next_part(b, chunked, parse_request, |h| h.chunked),
+                    |b, searched| next_part(b, searched, chunked, parse_request, |h| h.chunked),
                     |b| looks_like(Side::Request, b),
                     |c| done.push(c),
                 );
@@ -374,17 +398,16 @@ impl Parser for Http1Parser {
                     if let Some((a, end_ns)) =
                         assemble(&mut self.req_assembling, c, is_chunked_head)
                     {
-                        if self.pending.len() >= MAX_PENDING {
-                            self.pending.pop_front();
-                            self.stats.dropped_requests += 1;
-                        }
-                        self.pending.push_back(Request {
+                        let dropped = self.pending.push(Request {
                             fields: a.head.fields,
                             start_ns: a.start_ns,
                             end_ns,
                             size: a.size,
                             truncated: a.truncated,
                         });
+                        if dropped {
+                            self.stats.dropped_requests += 1;
+                        }
                     }
                 }
             }
@@ -394,7 +417,15 @@ impl Parser for Http1Parser {
                 let pending = &mut self.pending;
                 self.responses.feed(
                     chunk,
-                    |b| next_part(b, chunked, |b| parse_response(b, pending), |h| h.chunked),
+                    |b, searched| {
+                        next_part(
+                            b,
+                            searched,
+                            chunked,
+                            |b, searched| parse_response(b, searched, pending),
+                            |h| h.chunked,
+                        )
+                    },
                     |b| looks_like(Side::Response, b),
                     |c| done.push(c),
                 );
@@ -438,7 +469,7 @@ impl Parser for Http1Parser {
                 out.push(Self::exchange(req, Some((a, c.end_ns))));
             }
         }
-        while let Some(req) = self.pending.pop_front() {
+        while let Some(req) = self.pending.pop() {
             out.push(Self::exchange(req, None));
         }
     }
@@ -448,7 +479,11 @@ impl Parser for Http1Parser {
     }
 
     fn buffered(&self) -> usize {
-        self.requests.buffered() + self.responses.buffered()
+        let assembling = self
+            .req_assembling
+            .as_ref()
+            .map_or(0, |a| a.head.fields.heap_size());
+        self.requests.buffered() + self.responses.buffered() + self.pending.bytes() + assembling
     }
 }
 
@@ -523,5 +558,26 @@ mod tests {
         assert_eq!(stats.parse_errors, 1);
         assert_eq!(ex.len(), 1);
         assert_eq!(ex[0].status, Status::NoResponse);
+    }
+
+    #[test]
+    fn a_head_written_a_byte_at_a_time() {
+        let mut head = b"GET /slow/1 HTTP/1.1\r\nHost: x\r\n".to_vec();
+        while head.len() < 60 * 1024 {
+            head.extend_from_slice(b"a:\r\n");
+        }
+        head.extend_from_slice(b"\r\n");
+        let mut p = Http1Parser::default();
+        let mut out = Vec::new();
+        for (i, b) in head.iter().enumerate() {
+            p.feed(Chunk::whole(Side::Request, i as u64, &[*b]), &mut out);
+        }
+        p.feed(
+            Chunk::whole(Side::Response, u64::MAX, b"HTTP/1.1 204 No Content\r\n\r\n"),
+            &mut out,
+        );
+        assert_eq!(out.len(), 1);
+        assert_eq!(out[0].operation, "GET /slow/{id}");
+        assert_eq!(p.stats(), ParserStats::default());
     }
 }

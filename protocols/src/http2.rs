@@ -8,16 +8,31 @@ use std::collections::HashMap;
 use loona_hpack::Decoder;
 
 use crate::{
-    Chunk, Exchange, Fields, GrpcFields, HttpFields, Parser, ParserStats, Protocol, Side, Status,
+    Chunk, Exchange, Fields, GrpcFields, HttpFields, MAX_HEADER_VALUE, Parser, ParserStats,
+    Protocol, Side, Status,
     framing::{Completed, Frame, SideStream},
-    normalize::normalize_path,
+    held::HeapSize,
+    kept,
+    normalize::route,
 };
 
 const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 const DATA: u8 = 0;
 const HEADERS: u8 = 1;
 const RST_STREAM: u8 = 3;
+const SETTINGS: u8 = 4;
 const CONTINUATION: u8 = 9;
+const ACK: u8 = 0x1;
+/// SETTINGS_HEADER_TABLE_SIZE.
+const HEADER_TABLE_SIZE: u16 = 1;
+/// The HPACK dynamic table until a SETTINGS frame says otherwise (RFC 7540).
+const DEFAULT_TABLE: usize = 4096;
+/// The largest dynamic table a peer may make us keep, whatever it announces.
+const MAX_TABLE: usize = 64 * 1024;
+/// A SETTINGS payload read, at most (6 bytes per setting).
+const MAX_SETTINGS: usize = 6 * 32;
+/// Bytes of a gRPC `:path` kept (`/package.Service/Method`).
+const MAX_GRPC_PATH: usize = 512;
 const END_STREAM: u8 = 0x1;
 const END_HEADERS: u8 = 0x4;
 const PADDED: u8 = 0x8;
@@ -45,7 +60,7 @@ struct H2Frame {
     preface: bool,
 }
 
-fn frame(b: &[u8]) -> Frame<H2Frame> {
+fn frame(b: &[u8], _: &mut ()) -> Frame<H2Frame> {
     if b.starts_with(PREFACE) {
         let msg = H2Frame {
             kind: 0xff,
@@ -70,7 +85,8 @@ fn frame(b: &[u8]) -> Frame<H2Frame> {
     if len > 1 << 24 || kind > 0x10 {
         return Frame::Invalid;
     }
-    let needs_payload = matches!(kind, HEADERS | CONTINUATION | RST_STREAM);
+    let needs_payload = matches!(kind, HEADERS | CONTINUATION | RST_STREAM)
+        || kind == SETTINGS && flags & ACK == 0 && len <= MAX_SETTINGS;
     if needs_payload {
         if len > MAX_HEADER_BLOCK {
             return Frame::Invalid;
@@ -82,7 +98,7 @@ fn frame(b: &[u8]) -> Frame<H2Frame> {
             kind,
             flags,
             stream,
-            payload: b[9..9 + len].to_vec(),
+            payload: b.get(9..9 + len).unwrap_or_default().to_vec(),
             preface: false,
         };
         return Frame::Message {
@@ -106,6 +122,11 @@ fn frame(b: &[u8]) -> Frame<H2Frame> {
 
 #[derive(Default)]
 struct Stream {
+    /// Bytes counted for this stream in the parser's `held`.
+    counted: usize,
+    /// The request's `:path` as sent, until the stream ends: a gRPC method's
+    /// name is kept whole, any other path becomes a route.
+    raw_path: String,
     fields: HttpFields,
     grpc: bool,
     grpc_status: Option<String>,
@@ -124,14 +145,21 @@ struct Headers {
     block: Option<(u32, u8, Vec<u8>)>,
     /// A gap lost a header block: the dynamic table may be wrong from here on.
     damaged: bool,
+    /// The dynamic table's most bytes (what the other side announced, capped).
+    table_limit: usize,
 }
 
 impl Default for Headers {
     fn default() -> Self {
+        let mut decoder = Decoder::new();
+        // A table size update past what was announced is an error, not an
+        // allocation: the peer's table never grows past it.
+        decoder.set_max_allowed_table_size(DEFAULT_TABLE);
         Self {
-            decoder: Decoder::new(),
+            decoder,
             block: None,
             damaged: false,
+            table_limit: DEFAULT_TABLE,
         }
     }
 }
@@ -143,7 +171,19 @@ pub struct Http2Parser {
     req_headers: Headers,
     resp_headers: Headers,
     streams: HashMap<u32, Stream>,
+    /// Bytes the streams hold (their `counted`).
+    held: usize,
     stats: ParserStats,
+}
+
+impl Stream {
+    fn cost(&self) -> usize {
+        std::mem::size_of::<Self>()
+            + 16
+            + self.raw_path.capacity()
+            + self.fields.heap_size()
+            + self.grpc_status.heap_size()
+    }
 }
 
 /// The payload of a HEADERS frame without padding and priority fields.
@@ -163,6 +203,10 @@ fn header_fragment(flags: u8, payload: &[u8]) -> Option<&[u8]> {
 impl Http2Parser {
     fn frame(&mut self, side: Side, c: Completed<H2Frame>, out: &mut Vec<Exchange>) {
         let f = c.msg;
+        if f.kind == SETTINGS && f.stream == 0 {
+            self.settings(side, &f.payload);
+            return;
+        }
         if f.preface || f.stream == 0 {
             return;
         }
@@ -260,6 +304,33 @@ impl Http2Parser {
         }
     }
 
+    /// A SETTINGS frame from `side`: its header table size bounds the
+    /// table of the headers the *other* side encodes.
+    fn settings(&mut self, side: Side, payload: &[u8]) {
+        let h = match side {
+            Side::Request => &mut self.resp_headers,
+            Side::Response => &mut self.req_headers,
+        };
+        for setting in payload.chunks_exact(6) {
+            if let [a, b, v0, v1, v2, v3] = *setting
+                && u16::from_be_bytes([a, b]) == HEADER_TABLE_SIZE
+            {
+                let size = u32::from_be_bytes([v0, v1, v2, v3]) as usize;
+                h.table_limit = size.clamp(DEFAULT_TABLE, MAX_TABLE);
+                h.decoder.set_max_allowed_table_size(h.table_limit);
+            }
+        }
+    }
+
+    /// Counts `stream`'s bytes again after a change.
+    fn recount(&mut self, stream: u32) {
+        if let Some(s) = self.streams.get_mut(&stream) {
+            let now = s.cost();
+            self.held = self.held + now - s.counted;
+            s.counted = now;
+        }
+    }
+
     fn count(
         &mut self,
         side: Side,
@@ -283,6 +354,9 @@ impl Http2Parser {
             }
             Side::Response => s.response_size += size,
         }
+        if s.counted == 0 {
+            self.recount(stream);
+        }
     }
 
     fn headers(
@@ -299,23 +373,28 @@ impl Http2Parser {
         };
         for (name, value) in pairs {
             match (side, name.as_str()) {
-                (Side::Request, ":method") => s.fields.method = value,
-                (Side::Request, ":path") => {
-                    s.fields.path = value.split(['?', '#']).next().unwrap_or("").to_owned()
+                (Side::Request, ":method") => s.fields.method = kept(&value, 32),
+                (Side::Request, ":path") => s.raw_path = kept(&value, MAX_GRPC_PATH),
+                (Side::Request, ":authority") => {
+                    s.fields.host = Some(kept(&value, MAX_HEADER_VALUE))
                 }
-                (Side::Request, ":authority") => s.fields.host = Some(value),
                 (Side::Request, "content-type") => s.grpc = value.starts_with("application/grpc"),
-                (Side::Request, "traceparent") => s.fields.trace.traceparent = Some(value),
+                (Side::Request, "traceparent") => {
+                    s.fields.trace.traceparent = Some(kept(&value, MAX_HEADER_VALUE))
+                }
                 (Side::Request, b3) if s.fields.trace.add_b3_header(b3, &value) => {}
-                (Side::Request, "x-request-id") => s.fields.trace.request_id = Some(value),
+                (Side::Request, "x-request-id") => {
+                    s.fields.trace.request_id = Some(kept(&value, MAX_HEADER_VALUE))
+                }
                 (Side::Response, ":status") => s.fields.status = value.parse().ok(),
-                (Side::Response, "grpc-status") => s.grpc_status = Some(value),
+                (Side::Response, "grpc-status") => s.grpc_status = Some(kept(&value, 16)),
                 _ => {}
             }
         }
         if side == Side::Response {
             s.responded = true;
         }
+        self.recount(stream);
         if end_stream {
             self.end(side, stream, ts, out);
         }
@@ -334,14 +413,23 @@ impl Http2Parser {
         responded: bool,
         out: &mut Vec<Exchange>,
     ) {
-        let Some(s) = self.streams.remove(&stream) else {
+        let Some(mut s) = self.streams.remove(&stream) else {
             return;
         };
-        if s.fields.method.is_empty() && s.fields.path.is_empty() {
+        self.held -= s.counted;
+        if s.fields.method.is_empty() && s.raw_path.is_empty() {
             // Headers lost to a gap: nothing to name the exchange by.
             self.stats.unmatched_responses += 1;
             return;
         }
+        // A gRPC path names a method, never data: kept whole. Any other
+        // path is a route.
+        let path = s.raw_path.split(['?', '#']).next().unwrap_or_default();
+        s.fields.path = if s.grpc {
+            path.to_owned()
+        } else {
+            route(&s.raw_path)
+        };
         let grpc = s.grpc.then(|| {
             let mut parts = s.fields.path.trim_start_matches('/').splitn(2, '/');
             GrpcFields {
@@ -372,7 +460,7 @@ impl Http2Parser {
         };
         let operation = match &grpc {
             Some(g) => format!("grpc {}/{}", g.service, g.method),
-            None => format!("{} {}", s.fields.method, normalize_path(&s.fields.path)),
+            None => format!("{} {}", s.fields.method, s.fields.path),
         };
         let mut fields = s.fields;
         fields.grpc = grpc;
@@ -440,6 +528,101 @@ impl Parser for Http2Parser {
     }
 
     fn buffered(&self) -> usize {
-        self.requests.buffered() + self.responses.buffered()
+        let tables = self.req_headers.table_limit + self.resp_headers.table_limit;
+        let blocks = [&self.req_headers, &self.resp_headers]
+            .iter()
+            .filter_map(|h| h.block.as_ref())
+            .map(|(_, _, b)| b.capacity())
+            .sum::<usize>();
+        self.requests.buffered() + self.responses.buffered() + self.held + tables + blocks
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn frame_bytes(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
+        let len = payload.len() as u32;
+        let mut f = len.to_be_bytes()[1..].to_vec();
+        f.extend([kind, flags]);
+        f.extend(stream.to_be_bytes());
+        f.extend_from_slice(payload);
+        f
+    }
+
+    /// An HPACK integer with an `n`-bit prefix under `first`'s flag bits.
+    fn int(first: u8, n: u32, mut v: usize) -> Vec<u8> {
+        let max = (1usize << n) - 1;
+        if v < max {
+            return vec![first | v as u8];
+        }
+        let mut out = vec![first | max as u8];
+        v -= max;
+        while v >= 128 {
+            out.push((v % 128) as u8 | 0x80);
+            v /= 128;
+        }
+        out.push(v as u8);
+        out
+    }
+
+    /// A literal header field with incremental indexing, new name.
+    fn indexed_literal(name: &[u8], value: &[u8]) -> Vec<u8> {
+        let mut b = vec![0x40];
+        b.extend(int(0, 7, name.len()));
+        b.extend_from_slice(name);
+        b.extend(int(0, 7, value.len()));
+        b.extend_from_slice(value);
+        b
+    }
+
+    #[test]
+    fn a_peer_cannot_grow_the_header_table() {
+        let mut p = Http2Parser::default();
+        let mut out = Vec::new();
+        let mut feed = |p: &mut Http2Parser, bytes: &[u8]| {
+            p.feed(Chunk::whole(Side::Request, 1, bytes), &mut out)
+        };
+        feed(&mut p, PREFACE);
+        let before = p.buffered();
+        // A table size update to 1 GiB, then a block of big indexed headers.
+        let mut block = int(0x20, 5, 1 << 30);
+        block.extend(indexed_literal(b"x-a", &[b'a'; 4000]));
+        feed(&mut p, &frame_bytes(HEADERS, END_HEADERS, 1, &block));
+        assert!(p.stats().parse_errors >= 1, "the update is refused");
+        // Many blocks that each index 16 KiB more: the table stays at its limit.
+        for stream in (3..400).step_by(2) {
+            let mut block = Vec::new();
+            for i in 0..4 {
+                block.extend(indexed_literal(format!("x-{i}").as_bytes(), &[b'v'; 4000]));
+            }
+            feed(&mut p, &frame_bytes(HEADERS, END_HEADERS, stream, &block));
+        }
+        let after = p.buffered();
+        assert!(
+            after <= before + 1024 * 1024,
+            "held {after} bytes (was {before})"
+        );
+        // Streams never answered are counted too, and given back at the end.
+        assert!(after > before);
+        p.finish(2, &mut Vec::new());
+        assert_eq!(p.held, 0);
+    }
+
+    #[test]
+    fn announced_table_sizes_are_capped() {
+        let mut p = Http2Parser::default();
+        let mut out = Vec::new();
+        p.feed(Chunk::whole(Side::Request, 1, PREFACE), &mut out);
+        // The client announces a 1 GiB table for the server's headers.
+        let mut setting = HEADER_TABLE_SIZE.to_be_bytes().to_vec();
+        setting.extend((1u32 << 30).to_be_bytes());
+        p.feed(
+            Chunk::whole(Side::Request, 2, &frame_bytes(SETTINGS, 0, 0, &setting)),
+            &mut out,
+        );
+        assert_eq!(p.resp_headers.table_limit, MAX_TABLE);
+        assert_eq!(p.req_headers.table_limit, DEFAULT_TABLE);
     }
 }

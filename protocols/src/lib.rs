@@ -11,6 +11,7 @@
 
 pub mod exchange;
 mod framing;
+mod held;
 pub mod http1;
 pub mod http2;
 pub mod mysql;
@@ -23,6 +24,27 @@ pub use exchange::{
     Exchange, Fields, GrpcFields, HttpFields, Protocol, RedisFields, SqlFields, Status,
     TraceContext,
 };
+
+/// `s` cut to at most `max` bytes, on a character boundary (never inside one).
+pub fn truncate_chars(s: &mut String, max: usize) {
+    if s.len() > max {
+        let at = s.floor_char_boundary(max);
+        s.truncate(at);
+    }
+}
+
+/// A header value as kept: at most `max` bytes, cut on a character.
+pub(crate) fn kept(value: &str, max: usize) -> String {
+    let mut s = value
+        .get(..value.floor_char_boundary(max))
+        .unwrap_or_default()
+        .to_owned();
+    truncate_chars(&mut s, max);
+    s
+}
+
+/// Header values kept (host, trace context, request id), at most.
+pub(crate) const MAX_HEADER_VALUE: usize = 256;
 
 /// Which way bytes flow, relative to the call: client to server carries
 /// requests, server to client carries responses.
@@ -72,6 +94,9 @@ pub struct ParserStats {
     pub unmatched_responses: u64,
     /// Requests dropped because too many were waiting for responses.
     pub dropped_requests: u64,
+    /// Times a parser panicked on a connection's bytes: that connection was
+    /// no longer parsed, the others were not affected.
+    pub panics: u64,
 }
 
 impl std::ops::Add for ParserStats {
@@ -83,6 +108,7 @@ impl std::ops::Add for ParserStats {
             desyncs: self.desyncs + o.desyncs,
             unmatched_responses: self.unmatched_responses + o.unmatched_responses,
             dropped_requests: self.dropped_requests + o.dropped_requests,
+            panics: self.panics + o.panics,
         }
     }
 }
@@ -128,9 +154,16 @@ pub fn parser_for(protocol: Protocol) -> Box<dyn Parser> {
 }
 
 /// The parsing state of one connection: detection, then its protocol's parser.
+///
+/// A parser that panics (a bug, never an expected outcome) is caught here:
+/// the connection is no longer parsed, the panic is counted in its stats,
+/// and whatever feeds many connections goes on with the others.
 #[derive(Default)]
 pub struct Connection {
     parser: Option<Box<dyn Parser>>,
+    /// The protocol, and the counters of a parser since dropped.
+    protocol: Option<Protocol>,
+    retired: ParserStats,
     /// Transfers held while detection is undecided (the first may be a few bytes).
     held: Vec<(Side, u64, Vec<u8>, u64)>,
     /// Detection gave up: not a protocol we parse.
@@ -148,10 +181,23 @@ impl Connection {
     const DETECT_HELD_BYTES: usize = 64 * 1024;
 
     pub fn protocol(&self) -> Option<Protocol> {
-        self.parser.as_ref().map(|p| p.protocol())
+        self.protocol
+    }
+
+    /// Runs `f` on this connection; a panic in it ends the connection's parsing.
+    fn guarded(&mut self, f: impl FnOnce(&mut Self)) {
+        let caught = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(self)));
+        if caught.is_err() {
+            self.abandon();
+            self.retired.panics += 1;
+        }
     }
 
     pub fn feed(&mut self, chunk: Chunk<'_>, out: &mut Vec<Exchange>) {
+        self.guarded(|c| c.feed_unguarded(chunk, out));
+    }
+
+    fn feed_unguarded(&mut self, chunk: Chunk<'_>, out: &mut Vec<Exchange>) {
         if let Some(p) = self.parser.as_mut() {
             p.feed(chunk, out);
             return;
@@ -190,6 +236,7 @@ impl Connection {
                         out,
                     );
                 }
+                self.protocol = Some(p);
                 self.parser = Some(parser);
             }
             // Every protocol here is known from its client's first bytes;
@@ -211,13 +258,15 @@ impl Connection {
     }
 
     pub fn finish(&mut self, ts_ns: u64, out: &mut Vec<Exchange>) {
-        if let Some(p) = self.parser.as_mut() {
-            p.finish(ts_ns, out);
-        }
+        self.guarded(|c| {
+            if let Some(p) = c.parser.as_mut() {
+                p.finish(ts_ns, out);
+            }
+        });
     }
 
     pub fn stats(&self) -> ParserStats {
-        self.parser.as_ref().map(|p| p.stats()).unwrap_or_default()
+        self.retired + self.parser.as_ref().map(|p| p.stats()).unwrap_or_default()
     }
 
     /// Bytes held: transfers awaiting detection and the parser's partial messages.
@@ -229,7 +278,11 @@ impl Connection {
     /// Stops parsing this connection and frees what it held (a memory
     /// budget was exceeded); later transfers are counted as undetected.
     pub fn abandon(&mut self) {
-        self.parser = None;
+        if let Some(p) = self.parser.take() {
+            // Taking its counters could panic too, if the parser is broken.
+            let stats = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| p.stats()));
+            self.retired = self.retired + stats.unwrap_or_default();
+        }
         self.held = Vec::new();
         self.gave_up = true;
     }

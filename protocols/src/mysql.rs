@@ -4,12 +4,12 @@
 //! without EOF packets), OK and ERR with the error code. Auth data is never
 //! read; an SSL request means the rest is encrypted.
 
-use std::collections::{HashMap, VecDeque};
-
 use crate::{
-    Chunk, Exchange, Fields, Parser, ParserStats, Protocol, Side, SqlFields, Status,
+    Chunk, Exchange, Fields, MAX_HEADER_VALUE, Parser, ParserStats, Protocol, Side, SqlFields,
+    Status,
     framing::{Completed, Frame, SideStream},
-    sql,
+    held::{HeapSize, Queue, Table},
+    kept, sql,
 };
 
 const COM_QUIT: u8 = 0x01;
@@ -53,7 +53,7 @@ struct Packet {
     payload: Vec<u8>,
 }
 
-fn frame(b: &[u8]) -> Frame<Packet> {
+fn frame(b: &[u8], _: &mut ()) -> Frame<Packet> {
     if b.len() < 4 {
         return Frame::Incomplete;
     }
@@ -121,6 +121,12 @@ enum Expect {
     PrepareDefs { left: u64 },
 }
 
+impl HeapSize for Command {
+    fn heap_size(&self) -> usize {
+        self.statement.heap_size() + self.prepare.heap_size()
+    }
+}
+
 struct Command {
     code: u8,
     statement: Option<String>,
@@ -149,8 +155,8 @@ pub struct MysqlParser {
     deprecate_eof: bool,
     user: Option<String>,
     database: Option<String>,
-    statements: HashMap<u32, String>,
-    pending: VecDeque<Command>,
+    statements: Table<u32, String, MAX_STATEMENTS>,
+    pending: Queue<Command, MAX_PENDING>,
     expect: Option<Expect>,
     reply: Reply,
     /// Replies to the handshake until the first OK.
@@ -193,15 +199,15 @@ impl MysqlParser {
             COM_QUERY => {
                 let q = text();
                 // `USE db` changes the database as COM_INIT_DB does.
-                let parsed = sql::parse(&q);
+                let parsed = sql::parse(&q, sql::Dialect::Mysql);
                 if parsed.verb == "USE"
                     && let Some(db) = q.split_whitespace().nth(1)
                 {
-                    self.database = Some(db.trim_matches(['`', ';']).to_owned());
+                    self.database = Some(kept(db.trim_matches(['`', ';']), MAX_HEADER_VALUE));
                 }
                 cmd.statement = Some(q);
             }
-            COM_INIT_DB => self.database = Some(text()),
+            COM_INIT_DB => self.database = Some(kept(&text(), MAX_HEADER_VALUE)),
             COM_STMT_PREPARE => cmd.prepare = Some(text()),
             COM_STMT_EXECUTE | COM_STMT_CLOSE | COM_STMT_SEND_LONG_DATA | COM_STMT_RESET => {
                 let id = p
@@ -221,11 +227,9 @@ impl MysqlParser {
             out.push(self.exchange(cmd, None));
             return;
         }
-        if self.pending.len() >= MAX_PENDING {
-            self.pending.pop_front();
+        if self.pending.push(cmd) {
             self.stats.dropped_requests += 1;
         }
-        self.pending.push_back(cmd);
     }
 
     fn handshake_response(&mut self, p: &[u8]) {
@@ -242,7 +246,7 @@ impl MysqlParser {
         }
         self.deprecate_eof = caps & CLIENT_DEPRECATE_EOF != 0;
         let (user, rest) = cstr(&p[32..]);
-        self.user = Some(user.to_owned());
+        self.user = Some(kept(user, MAX_HEADER_VALUE));
         // Auth data: length-prefixed (or NUL-terminated); passed over unread.
         let rest = match lenenc(rest) {
             Some((n, r)) if (n as usize) <= r.len() => &r[n as usize..],
@@ -251,7 +255,7 @@ impl MysqlParser {
         if caps & CLIENT_CONNECT_WITH_DB != 0 {
             let (db, _) = cstr(rest);
             if !db.is_empty() {
-                self.database = Some(db.to_owned());
+                self.database = Some(kept(db, MAX_HEADER_VALUE));
             }
         }
         self.started = true;
@@ -302,10 +306,7 @@ impl MysqlParser {
                     let id = u32::from_le_bytes([p[1], p[2], p[3], p[4]]);
                     let columns = u64::from(u16::from_le_bytes([p[5], p[6]]));
                     let params = u64::from(u16::from_le_bytes([p[7], p[8]]));
-                    if self.statements.len() >= MAX_STATEMENTS {
-                        self.statements.clear();
-                    }
-                    self.statements.insert(id, query);
+                    self.statements.insert(id, query, 4);
                     let eofs = if self.deprecate_eof {
                         0
                     } else {
@@ -373,7 +374,7 @@ impl MysqlParser {
         if done {
             self.expect = None;
             let reply = std::mem::take(&mut self.reply);
-            match self.pending.pop_front() {
+            match self.pending.pop() {
                 Some(cmd) => out.push(self.exchange(cmd, Some((c.end_ns, reply)))),
                 None => self.stats.unmatched_responses += 1,
             }
@@ -382,7 +383,7 @@ impl MysqlParser {
 
     fn exchange(&self, cmd: Command, reply: Option<(u64, Reply)>) -> Exchange {
         let text = cmd.statement.as_deref().or(cmd.prepare.as_deref());
-        let parsed = text.map(sql::parse);
+        let parsed = text.map(|t| sql::parse(t, sql::Dialect::Mysql));
         let verb = match cmd.code {
             COM_QUERY | COM_STMT_PREPARE | COM_STMT_EXECUTE => {
                 parsed.as_ref().map(|s| s.verb.clone())
@@ -494,7 +495,7 @@ impl Parser for MysqlParser {
     }
 
     fn finish(&mut self, _ts_ns: u64, out: &mut Vec<Exchange>) {
-        while let Some(cmd) = self.pending.pop_front() {
+        while let Some(cmd) = self.pending.pop() {
             out.push(self.exchange(cmd, None));
         }
     }
@@ -504,6 +505,9 @@ impl Parser for MysqlParser {
     }
 
     fn buffered(&self) -> usize {
-        self.requests.buffered() + self.responses.buffered()
+        self.requests.buffered()
+            + self.responses.buffered()
+            + self.pending.bytes()
+            + self.statements.bytes()
     }
 }

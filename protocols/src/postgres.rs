@@ -5,12 +5,12 @@
 //! query or per Sync, ending at ReadyForQuery. Password and SASL messages
 //! are passed over unread.
 
-use std::collections::{HashMap, VecDeque};
-
 use crate::{
-    Chunk, Exchange, Fields, Parser, ParserStats, Protocol, Side, SqlFields, Status,
+    Chunk, Exchange, Fields, MAX_HEADER_VALUE, Parser, ParserStats, Protocol, Side, SqlFields,
+    Status,
     framing::{Completed, Frame, SideStream},
-    sql,
+    held::{HeapSize, Queue, Table},
+    kept, sql,
 };
 
 const PROTOCOL_3: u32 = 196_608;
@@ -94,6 +94,12 @@ fn frame(b: &[u8], untyped: bool) -> Frame<Message> {
     }
 }
 
+/// A NUL-terminated statement, whatever its encoding (invalid UTF-8 replaced).
+fn text(b: &[u8]) -> String {
+    let end = b.iter().position(|&c| c == 0).unwrap_or(b.len());
+    String::from_utf8_lossy(b.get(..end).unwrap_or_default()).into_owned()
+}
+
 fn cstr(b: &[u8]) -> (&str, &[u8]) {
     let end = b.iter().position(|&c| c == 0).unwrap_or(b.len());
     (
@@ -109,6 +115,12 @@ struct Gathering {
     start_ns: Option<u64>,
     size: u64,
     truncated: bool,
+}
+
+impl HeapSize for Request {
+    fn heap_size(&self) -> usize {
+        self.statement.heap_size()
+    }
 }
 
 struct Request {
@@ -140,9 +152,9 @@ pub struct PostgresParser {
     user: Option<String>,
     database: Option<String>,
     application: Option<String>,
-    statements: HashMap<String, String>,
+    statements: Table<String, String, MAX_STATEMENTS>,
     gathering: Gathering,
-    pending: VecDeque<Request>,
+    pending: Queue<Request, MAX_PENDING>,
     reply: Reply,
     stats: ParserStats,
 }
@@ -168,9 +180,11 @@ impl PostgresParser {
                         }
                         let (value, r) = cstr(r);
                         match key {
-                            "user" => self.user = Some(value.to_owned()),
-                            "database" => self.database = Some(value.to_owned()),
-                            "application_name" => self.application = Some(value.to_owned()),
+                            "user" => self.user = Some(kept(value, MAX_HEADER_VALUE)),
+                            "database" => self.database = Some(kept(value, MAX_HEADER_VALUE)),
+                            "application_name" => {
+                                self.application = Some(kept(value, MAX_HEADER_VALUE))
+                            }
                             _ => {}
                         }
                         rest = r;
@@ -187,21 +201,17 @@ impl PostgresParser {
         g.truncated |= c.truncated;
         match m.kind {
             b'Q' => {
-                g.statement = Some(cstr(&m.payload).0.to_owned());
+                g.statement = Some(text(&m.payload));
                 self.push_request(c.end_ns);
             }
             b'P' => {
                 let (name, rest) = cstr(&m.payload);
-                let (query, _) = cstr(rest);
+                let query = text(rest);
                 if !name.is_empty() {
-                    if self.statements.len() >= MAX_STATEMENTS {
-                        self.statements.clear();
-                    }
-                    self.statements.insert(name.to_owned(), query.to_owned());
+                    self.statements
+                        .insert(name.to_owned(), query.clone(), name.len());
                 }
-                self.gathering
-                    .statement
-                    .get_or_insert_with(|| query.to_owned());
+                self.gathering.statement.get_or_insert(query);
             }
             b'B' => {
                 let (_portal, rest) = cstr(&m.payload);
@@ -213,7 +223,8 @@ impl PostgresParser {
                 }
             }
             b'C' if m.payload.first() == Some(&b'S') => {
-                self.statements.remove(cstr(&m.payload[1..]).0);
+                self.statements
+                    .remove(cstr(m.payload.get(1..).unwrap_or_default()).0);
             }
             b'S' => self.push_request(c.end_ns),
             // Execute, Describe, Flush, COPY data, password and SASL
@@ -224,17 +235,16 @@ impl PostgresParser {
 
     fn push_request(&mut self, end_ns: u64) {
         let g = std::mem::take(&mut self.gathering);
-        if self.pending.len() >= MAX_PENDING {
-            self.pending.pop_front();
-            self.stats.dropped_requests += 1;
-        }
-        self.pending.push_back(Request {
+        let dropped = self.pending.push(Request {
             statement: g.statement,
             start_ns: g.start_ns.unwrap_or(end_ns),
             end_ns,
             size: g.size,
             truncated: g.truncated,
         });
+        if dropped {
+            self.stats.dropped_requests += 1;
+        }
     }
 
     fn server_message(&mut self, c: Completed<Message>, out: &mut Vec<Exchange>) {
@@ -246,7 +256,7 @@ impl PostgresParser {
         self.reply.size += c.size;
         self.reply.truncated |= c.truncated;
         match m.kind {
-            b'C' => self.reply.tag = Some(cstr(&m.payload).0.to_owned()),
+            b'C' => self.reply.tag = Some(kept(cstr(&m.payload).0, MAX_HEADER_VALUE)),
             b'E' => {
                 // Fields: type byte, text, NUL; 'C' is the SQLSTATE.
                 let mut rest = m.payload.as_slice();
@@ -256,7 +266,7 @@ impl PostgresParser {
                     }
                     let (value, r) = cstr(r);
                     if field == b'C' {
-                        self.reply.error = Some(value.to_owned());
+                        self.reply.error = Some(kept(value, 16));
                     }
                     rest = r;
                 }
@@ -264,7 +274,7 @@ impl PostgresParser {
             }
             b'Z' => {
                 let reply = std::mem::take(&mut self.reply);
-                match self.pending.pop_front() {
+                match self.pending.pop() {
                     Some(req) => out.push(self.exchange(req, Some((c.end_ns, reply)))),
                     // ReadyForQuery after authentication.
                     None => {}
@@ -275,7 +285,10 @@ impl PostgresParser {
     }
 
     fn exchange(&self, req: Request, reply: Option<(u64, Reply)>) -> Exchange {
-        let parsed = req.statement.as_deref().map(sql::parse);
+        let parsed = req
+            .statement
+            .as_deref()
+            .map(|q| sql::parse(q, sql::Dialect::Postgres));
         let verb = parsed
             .as_ref()
             .map(|s| s.verb.clone())
@@ -334,7 +347,7 @@ impl Parser for PostgresParser {
                 let desyncs = self.requests.stats.desyncs;
                 self.requests.feed(
                     chunk,
-                    |b| {
+                    |b, _: &mut ()| {
                         let f = frame(b, untyped_left);
                         // Only the first message(s) are untyped: after a startup message, typed ones follow.
                         if let Frame::Message {
@@ -391,7 +404,7 @@ impl Parser for PostgresParser {
                 let desyncs = self.responses.stats.desyncs;
                 self.responses.feed(
                     chunk,
-                    |b| frame(b, false),
+                    |b, _: &mut ()| frame(b, false),
                     |b| b.first().is_some_and(u8::is_ascii_alphanumeric),
                     |c| done.push(c),
                 );
@@ -406,7 +419,7 @@ impl Parser for PostgresParser {
     }
 
     fn finish(&mut self, _ts_ns: u64, out: &mut Vec<Exchange>) {
-        while let Some(req) = self.pending.pop_front() {
+        while let Some(req) = self.pending.pop() {
             out.push(self.exchange(req, None));
         }
     }
@@ -416,6 +429,10 @@ impl Parser for PostgresParser {
     }
 
     fn buffered(&self) -> usize {
-        self.requests.buffered() + self.responses.buffered()
+        self.requests.buffered()
+            + self.responses.buffered()
+            + self.pending.bytes()
+            + self.statements.bytes()
+            + self.gathering.statement.heap_size()
     }
 }

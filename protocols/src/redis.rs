@@ -3,11 +3,10 @@
 //! pushes, `PUBLISH` marked asynchronous. Only command names are kept: no
 //! keys, no values, so `AUTH` passwords never leave the parser.
 
-use std::collections::VecDeque;
-
 use crate::{
     Chunk, Exchange, Fields, Parser, ParserStats, Protocol, RedisFields, Side, Status,
     framing::{Completed, Frame, MAX_HEAD, SideStream},
+    held::{HeapSize, Queue},
 };
 
 /// Commands whose first argument names what they do.
@@ -51,6 +50,27 @@ struct Value {
     strings: Vec<String>,
 }
 
+/// RESP type bytes; anything else starts an inline command.
+const RESP_TYPES: &[u8] = b"+-:$*_,#!=(%~>|";
+/// An inline command line, at most.
+const MAX_INLINE: usize = 4096;
+
+/// Progress through one RESP value, kept between transfers: a value that
+/// arrives in small pieces is read once, not from its start each time.
+#[derive(Debug, Default)]
+struct Scan {
+    started: bool,
+    /// Where the next element starts.
+    pos: usize,
+    /// Elements still to read.
+    remaining: u64,
+    /// The next element is the top-level value itself.
+    top: bool,
+    value: Value,
+    /// How far past `pos` a line end was looked for in vain.
+    searched: usize,
+}
+
 fn line_end(b: &[u8], from: usize) -> Option<usize> {
     b.get(from..)?
         .windows(2)
@@ -62,88 +82,113 @@ fn number(b: &[u8]) -> Option<i64> {
     std::str::from_utf8(b).ok()?.trim().parse().ok()
 }
 
-/// Finds the end of one complete RESP value at the front of `b`. A large bulk
-/// string that ends the value becomes the frame's body, so its bytes need not
-/// be captured.
-fn scan(b: &[u8]) -> Frame<Value> {
-    let mut v = Value::default();
+/// An inline command: one line of words.
+fn inline(b: &[u8], st: &mut Scan) -> Frame<Value> {
+    let Some(le) = line_end(b, st.searched.saturating_sub(1)) else {
+        st.searched = b.len();
+        return if b.len() > MAX_INLINE {
+            Frame::Invalid
+        } else {
+            Frame::Incomplete
+        };
+    };
+    let Some(text) = b.get(..le).and_then(|l| std::str::from_utf8(l).ok()) else {
+        return Frame::Invalid;
+    };
+    let mut v = Value {
+        kind: b'i',
+        ..Value::default()
+    };
+    let mut words = text.split_whitespace();
+    v.strings = words.by_ref().take(2).map(str::to_owned).collect();
+    v.count = v.strings.len() as u64 + words.count() as u64;
+    if !v
+        .strings
+        .first()
+        .is_some_and(|w| w.bytes().all(|c| c.is_ascii_alphabetic()))
+    {
+        return Frame::Invalid;
+    }
+    Frame::Message {
+        head: le + 2,
+        body: 0,
+        msg: v,
+    }
+}
+
+/// Finds the end of one complete RESP value at the front of `b`, resuming
+/// from `st`. A large bulk string that ends the value becomes the frame's
+/// body, so its bytes need not be captured.
+fn scan(b: &[u8], st: &mut Scan) -> Frame<Value> {
     let Some(&kind) = b.first() else {
         return Frame::Incomplete;
     };
-    v.kind = kind;
-    if !b"+-:$*_,#!=(%~>|".contains(&kind) {
-        // An inline command: one line of words.
-        let Some(le) = line_end(b, 0) else {
-            return if b.len() > 4096 {
-                Frame::Invalid
-            } else {
-                Frame::Incomplete
-            };
-        };
-        let Ok(text) = std::str::from_utf8(&b[..le]) else {
-            return Frame::Invalid;
-        };
-        let mut words = text.split_whitespace();
-        v.strings = words.by_ref().take(2).map(str::to_owned).collect();
-        v.count = v.strings.len() as u64 + words.count() as u64;
-        if v.strings.is_empty() || !v.strings[0].bytes().all(|c| c.is_ascii_alphabetic()) {
-            return Frame::Invalid;
+    if !st.started {
+        if !RESP_TYPES.contains(&kind) {
+            return inline(b, st);
         }
-        v.kind = b'i';
-        return Frame::Message {
-            head: le + 2,
-            body: 0,
-            msg: v,
+        *st = Scan {
+            started: true,
+            remaining: 1,
+            top: true,
+            value: Value {
+                kind,
+                ..Value::default()
+            },
+            ..Scan::default()
         };
     }
-    let mut pos = 0usize;
-    let mut remaining: u64 = 1;
-    let mut top = true;
-    while remaining > 0 {
+    while st.remaining > 0 {
+        let pos = st.pos;
         let Some(&t) = b.get(pos) else {
             return Frame::Incomplete;
         };
-        let Some(le) = line_end(b, pos + 1) else {
+        let Some(le) = line_end(b, (pos + 1).max(st.searched.saturating_sub(1))) else {
+            st.searched = b.len();
             return if b.len() - pos > MAX_HEAD {
                 Frame::Invalid
             } else {
                 Frame::Incomplete
             };
         };
-        let line = &b[pos + 1..le];
-        remaining -= 1;
+        let line = b.get(pos + 1..le).unwrap_or_default();
         let mut next = le + 2;
+        let v = &mut st.value;
+        let wants_string = st.top || v.strings.len() < 2 && v.count > 0;
         match t {
             b'+' | b'-' | b':' | b',' | b'#' | b'_' | b'(' => {
-                if (top || v.strings.len() < 2 && v.count > 0) && t != b'_' {
-                    v.strings.push(String::from_utf8_lossy(line).into_owned());
+                if wants_string && t != b'_' {
+                    let shown = line.get(..line.len().min(64)).unwrap_or_default();
+                    v.strings.push(String::from_utf8_lossy(shown).into_owned());
                 }
             }
             b'$' | b'!' | b'=' => {
                 let Some(len) = number(line) else {
                     return Frame::Invalid;
                 };
-                if len >= 0 {
-                    let len = len as u64;
+                if let Ok(len) = u64::try_from(len) {
                     let end = (next as u64).saturating_add(len).saturating_add(2);
                     if end > b.len() as u64 {
-                        if remaining == 0 {
+                        if st.remaining == 1 {
                             return Frame::Message {
                                 head: next,
                                 body: len + 2,
-                                msg: v,
+                                msg: std::mem::take(&mut st.value),
                             };
                         }
+                        // The line is read; wait for the string's bytes.
+                        st.searched = le;
                         return if b.len() > MAX_HEAD {
                             Frame::Invalid
                         } else {
                             Frame::Incomplete
                         };
                     }
-                    if top || v.strings.len() < 2 {
-                        let s = &b[next..next + len as usize];
-                        v.strings
-                            .push(String::from_utf8_lossy(&s[..s.len().min(64)]).into_owned());
+                    if wants_string {
+                        let s = b
+                            .get(next..next + (len as usize).min(64))
+                            .unwrap_or_default();
+                        v.strings.push(String::from_utf8_lossy(s).into_owned());
                     }
                     next = end as usize;
                 }
@@ -157,21 +202,29 @@ fn scan(b: &[u8]) -> Frame<Value> {
                 if elems > MAX_ELEMENTS {
                     return Frame::Invalid;
                 }
-                if top {
+                if st.top {
                     v.count = n;
                 }
                 // An attribute annotates the value that follows it.
-                remaining += elems + u64::from(t == b'|');
+                st.remaining += elems + u64::from(t == b'|');
             }
             _ => return Frame::Invalid,
         }
-        top = false;
-        pos = next;
+        st.remaining -= 1;
+        st.top = false;
+        st.pos = next;
+        st.searched = 0;
     }
     Frame::Message {
-        head: pos,
+        head: st.pos,
         body: 0,
-        msg: v,
+        msg: std::mem::take(&mut st.value),
+    }
+}
+
+impl HeapSize for Request {
+    fn heap_size(&self) -> usize {
+        self.command.capacity()
     }
 }
 
@@ -188,9 +241,9 @@ struct Request {
 
 #[derive(Default)]
 pub struct RedisParser {
-    requests: SideStream<Value>,
-    responses: SideStream<Value>,
-    pending: VecDeque<Request>,
+    requests: SideStream<Value, Scan>,
+    responses: SideStream<Value, Scan>,
+    pending: Queue<Request, MAX_PENDING>,
     /// A reply being built for a multi-reply request: (size, truncated, error).
     partial: Option<(u64, bool, Option<String>)>,
     stats: ParserStats,
@@ -207,6 +260,8 @@ fn command_of(v: &Value) -> (String, u32) {
     {
         command = format!("{command} {}", sub.to_ascii_uppercase());
     }
+    // Command names are short; anything longer is not one to keep whole.
+    crate::truncate_chars(&mut command, 64);
     (command, v.count.saturating_sub(1) as u32)
 }
 
@@ -219,11 +274,7 @@ impl RedisParser {
         } else {
             1
         };
-        if self.pending.len() >= MAX_PENDING {
-            self.pending.pop_front();
-            self.stats.dropped_requests += 1;
-        }
-        self.pending.push_back(Request {
+        let dropped = self.pending.push(Request {
             command,
             args,
             replies,
@@ -232,6 +283,9 @@ impl RedisParser {
             size: c.size,
             truncated: c.truncated,
         });
+        if dropped {
+            self.stats.dropped_requests += 1;
+        }
     }
 
     fn response(&mut self, c: Completed<Value>, out: &mut Vec<Exchange>) {
@@ -283,7 +337,7 @@ impl RedisParser {
             return;
         }
         let (size, truncated, error) = self.partial.take().unwrap_or_default();
-        let Some(req) = self.pending.pop_front() else {
+        let Some(req) = self.pending.pop() else {
             return;
         };
         out.push(Self::exchange(
@@ -358,7 +412,7 @@ impl Parser for RedisParser {
         for c in done {
             self.response(c, out);
         }
-        while let Some(req) = self.pending.pop_front() {
+        while let Some(req) = self.pending.pop() {
             out.push(Self::exchange(req, None));
         }
     }
@@ -368,7 +422,7 @@ impl Parser for RedisParser {
     }
 
     fn buffered(&self) -> usize {
-        self.requests.buffered() + self.responses.buffered()
+        self.requests.buffered() + self.responses.buffered() + self.pending.bytes()
     }
 }
 
@@ -462,6 +516,24 @@ mod tests {
         assert_eq!(out[0].operation, "redis SET");
         assert_eq!(out[0].request_size, total);
         assert!(out[0].truncated);
+        assert_eq!(p.stats(), ParserStats::default());
+    }
+
+    #[test]
+    fn a_command_written_a_byte_at_a_time() {
+        let n = 5000;
+        let mut cmd = format!("*{}\r\n$4\r\nMSET\r\n", n + 1).into_bytes();
+        for i in 0..n {
+            cmd.extend_from_slice(format!("${}\r\n{i}\r\n", i.to_string().len()).as_bytes());
+        }
+        let mut p = RedisParser::default();
+        let mut out = Vec::new();
+        for (i, b) in cmd.iter().enumerate() {
+            p.feed(Chunk::whole(Side::Request, i as u64, &[*b]), &mut out);
+        }
+        p.feed(Chunk::whole(Side::Response, u64::MAX, b"+OK\r\n"), &mut out);
+        assert_eq!(out.len(), 1);
+        assert_eq!(out[0].operation, "redis MSET");
         assert_eq!(p.stats(), ParserStats::default());
     }
 }

@@ -1,8 +1,60 @@
 //! SQL statements reduced to what the findings need: the statement with its
 //! literals masked, its kind, and the tables it touches. A tokenizer, not a
 //! full parser: it reads any dialect's common shapes and never fails.
+//!
+//! Masking fails closed. Quoting is read as the statement's [`Dialect`]
+//! reads it; where two readings could disagree (a backslash in a `'...'`
+//! string, which one server setting makes an escape and another a plain
+//! character) and the string would end at different places, everything
+//! from the string on is masked. A byte the tokenizer cannot classify, an
+//! unterminated string or comment, and comments themselves never reach the
+//! output.
 
 use serde::Serialize;
+
+use crate::truncate_chars;
+
+/// How a statement's quotes and comments are read.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Dialect {
+    /// PostgreSQL: `'...'` strings (`''` escapes; `E'...'` with backslash
+    /// escapes), `"..."` identifiers, `$$...$$` and `$tag$...$tag$` dollar
+    /// quoting, `--` and nested `/* */` comments.
+    Postgres,
+    /// MySQL and MariaDB: `'...'` and `"..."` strings (backslash escapes),
+    /// `` `...` `` identifiers, `#`, `--` and `/* */` comments.
+    Mysql,
+    /// Unknown: every form above, each read the way that masks more
+    /// (`"..."` is a string, `#` starts a comment).
+    Generic,
+}
+
+impl Dialect {
+    /// The dialect of an OpenTelemetry `db.system.name` (or `db.system`).
+    pub fn of_system(system: &str) -> Self {
+        match system {
+            "postgresql" | "cockroachdb" => Self::Postgres,
+            "mysql" | "mariadb" | "tidb" => Self::Mysql,
+            _ => Self::Generic,
+        }
+    }
+
+    fn double_quote_is_string(self) -> bool {
+        self != Self::Postgres
+    }
+
+    fn hash_comments(self) -> bool {
+        self != Self::Postgres
+    }
+
+    fn dollar_quotes(self) -> bool {
+        self != Self::Mysql
+    }
+
+    fn nested_comments(self) -> bool {
+        self != Self::Mysql
+    }
+}
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -16,7 +68,8 @@ pub enum StatementKind {
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct Statement {
-    /// The statement with literals replaced by `?` and whitespace folded.
+    /// The statement with literals replaced by `?`, lists of them folded to
+    /// one, comments dropped and whitespace folded.
     pub normalized: String,
     /// The first keyword, upper case (`SELECT`, `INSERT`, ...).
     pub verb: String,
@@ -49,98 +102,234 @@ pub fn operation(verb: &str, tables: &[String]) -> String {
     }
 }
 
-/// The most characters of a statement kept (the rest is cut, marked `...`).
+/// The most bytes of a statement read; the rest is not looked at.
+const MAX_INPUT: usize = 64 * 1024;
+/// The most bytes of a normalised statement kept (the rest is cut, marked `...`).
 const MAX_STATEMENT: usize = 2048;
 const MAX_TABLES: usize = 16;
+/// The most bytes of one table name kept.
+const MAX_TABLE_NAME: usize = 128;
+/// Operators and separators kept as they are; any other byte outside a
+/// word, a quoted run or a comment is masked.
+const PUNCT: &[u8] = b"(),.;=<>!+-*/%&|^~:[]@{}";
 
-#[derive(Debug, PartialEq)]
-enum Token {
-    Word(String),
-    /// A quoted identifier ("name" or `name`).
+#[derive(Clone, Debug, PartialEq)]
+enum Token<'a> {
+    Word(&'a str),
+    /// A quoted identifier (`"name"`, `` `name` ``), lower case.
     Ident(String),
+    /// A literal or anything masked: shown as `?`.
     Literal,
-    Punct(char),
+    Punct(u8),
 }
 
-fn tokens(sql: &str) -> Vec<Token> {
+/// Where a run quoted by `q` that opens at `open` ends (the index after its
+/// closing quote); `q` doubled is an escape, and with `backslash` so is a
+/// backslash before any byte. None when it never ends.
+fn quoted_end(b: &[u8], open: usize, q: u8, backslash: bool) -> Option<usize> {
+    let mut i = open + 1;
+    while let Some(&c) = b.get(i) {
+        if backslash && c == b'\\' {
+            i += 2;
+        } else if c == q {
+            if b.get(i + 1) == Some(&q) {
+                i += 2;
+            } else {
+                return Some(i + 1);
+            }
+        } else {
+            i += 1;
+        }
+    }
+    None
+}
+
+/// A string quoted by `q` opening at `open`: where it ends when both readings
+/// of a backslash agree; None (mask the rest) when they do not, or when it
+/// never ends.
+fn string_end(b: &[u8], open: usize, q: u8) -> Option<usize> {
+    let plain = quoted_end(b, open, q, false)?;
+    let escaped = quoted_end(b, open, q, true)?;
+    (plain == escaped).then_some(plain)
+}
+
+/// The end of a `/* */` comment opening at `open` (nested when the dialect
+/// nests them), or the end of the input.
+fn block_comment_end(b: &[u8], open: usize, nested: bool) -> usize {
+    let mut depth = 0usize;
+    let mut i = open;
+    while i < b.len() {
+        if b.get(i..i + 2) == Some(b"/*") && (nested || depth == 0) {
+            depth += 1;
+            i += 2;
+        } else if b.get(i..i + 2) == Some(b"*/") {
+            depth = depth.saturating_sub(1);
+            i += 2;
+            if depth == 0 {
+                return i;
+            }
+        } else {
+            i += 1;
+        }
+    }
+    b.len()
+}
+
+fn is_word_start(c: u8) -> bool {
+    c.is_ascii_alphabetic() || c == b'_' || c >= 0x80
+}
+
+fn is_word_byte(c: u8) -> bool {
+    c.is_ascii_alphanumeric() || c == b'_' || c == b'$' || c >= 0x80
+}
+
+/// The end of a dollar-quote tag (`$$` or `$tag$`) opening at `open`.
+fn dollar_tag_end(b: &[u8], open: usize) -> Option<usize> {
+    let mut i = open + 1;
+    if b.get(i).copied().is_some_and(is_word_start) {
+        while b
+            .get(i)
+            .is_some_and(|&c| c.is_ascii_alphanumeric() || c == b'_' || c >= 0x80)
+        {
+            i += 1;
+        }
+    }
+    (b.get(i) == Some(&b'$')).then_some(i + 1)
+}
+
+/// A literal prefix: `E'..'`, `N'..'`, `B'..'`, `X'..'`, `U&'..'`, `_utf8mb4'..'`.
+fn is_literal_prefix(w: &str) -> bool {
+    matches!(w, "E" | "e" | "N" | "n" | "B" | "b" | "X" | "x") || w.starts_with('_')
+}
+
+fn tokens(sql: &str, dialect: Dialect) -> Vec<Token<'_>> {
     let b = sql.as_bytes();
     let mut out = Vec::new();
     let mut i = 0;
-    while i < b.len() {
-        let c = b[i];
+    // Masks everything from here on: a run the tokenizer cannot read safely.
+    macro_rules! mask_rest {
+        () => {{
+            out.push(Token::Literal);
+            break;
+        }};
+    }
+    while let Some(&c) = b.get(i) {
         match c {
-            b' ' | b'\t' | b'\r' | b'\n' => i += 1,
+            b' ' | b'\t' | b'\r' | b'\n' | b'\x0b' | b'\x0c' => i += 1,
             b'-' if b.get(i + 1) == Some(&b'-') => {
-                while i < b.len() && b[i] != b'\n' {
+                while b.get(i).is_some_and(|&c| c != b'\n') {
+                    i += 1;
+                }
+            }
+            b'#' if dialect.hash_comments() => {
+                while b.get(i).is_some_and(|&c| c != b'\n') {
                     i += 1;
                 }
             }
             b'/' if b.get(i + 1) == Some(&b'*') => {
-                i += 2;
-                while i + 1 < b.len() && !(b[i] == b'*' && b[i + 1] == b'/') {
-                    i += 1;
-                }
-                i += 2;
+                i = block_comment_end(b, i, dialect.nested_comments());
             }
-            b'\'' => {
-                i += 1;
-                while i < b.len() {
-                    if b[i] == b'\'' {
-                        if b.get(i + 1) == Some(&b'\'') {
-                            i += 2;
-                            continue;
-                        }
-                        break;
-                    }
-                    if b[i] == b'\\' {
-                        i += 1;
-                    }
-                    i += 1;
+            b'\'' => match string_end(b, i, c) {
+                Some(end) => {
+                    out.push(Token::Literal);
+                    i = end;
                 }
-                i += 1;
-                out.push(Token::Literal);
-            }
-            b'"' | b'`' => {
-                let start = i + 1;
-                i += 1;
-                while i < b.len() && b[i] != c {
-                    i += 1;
+                None => mask_rest!(),
+            },
+            b'"' if dialect.double_quote_is_string() => match string_end(b, i, c) {
+                Some(end) => {
+                    out.push(Token::Literal);
+                    i = end;
                 }
-                out.push(Token::Ident(
-                    String::from_utf8_lossy(&b[start..i.min(b.len())]).to_lowercase(),
-                ));
-                i += 1;
-            }
+                None => mask_rest!(),
+            },
+            b'"' | b'`' => match quoted_end(b, i, c, false) {
+                Some(end) => {
+                    let inner = sql.get(i + 1..end - 1).unwrap_or_default();
+                    let q = char::from(c);
+                    out.push(Token::Ident(
+                        inner
+                            .replace(&format!("{q}{q}"), &q.to_string())
+                            .to_lowercase(),
+                    ));
+                    i = end;
+                }
+                None => mask_rest!(),
+            },
             b'$' if b.get(i + 1).is_some_and(u8::is_ascii_digit) => {
                 // A bind parameter ($1): already a placeholder.
                 i += 1;
-                while i < b.len() && b[i].is_ascii_digit() {
+                while b.get(i).is_some_and(u8::is_ascii_digit) {
                     i += 1;
                 }
                 out.push(Token::Literal);
+            }
+            b'$' if dialect.dollar_quotes() => {
+                let Some((tag, body)) =
+                    dollar_tag_end(b, i).and_then(|end| Some((b.get(i..end)?, b.get(end..)?)))
+                else {
+                    mask_rest!()
+                };
+                let tag_end = i + tag.len();
+                match body.windows(tag.len()).position(|w| w == tag) {
+                    Some(p) => {
+                        out.push(Token::Literal);
+                        i = tag_end + p + tag.len();
+                    }
+                    None => mask_rest!(),
+                }
+            }
+            b'?' => {
+                out.push(Token::Literal);
+                i += 1;
             }
             b'0'..=b'9' => {
-                while i < b.len() && (b[i].is_ascii_alphanumeric() || b[i] == b'.') {
-                    i += 1;
-                }
-                out.push(Token::Literal);
-            }
-            _ if c.is_ascii_alphabetic() || c == b'_' || c >= 0x80 => {
-                let start = i;
-                while i < b.len()
-                    && (b[i].is_ascii_alphanumeric()
-                        || b[i] == b'_'
-                        || b[i] == b'$'
-                        || b[i] >= 0x80)
+                while b
+                    .get(i)
+                    .is_some_and(|&c| c.is_ascii_alphanumeric() || c == b'.')
                 {
                     i += 1;
                 }
-                out.push(Token::Word(
-                    String::from_utf8_lossy(&b[start..i]).into_owned(),
-                ));
+                out.push(Token::Literal);
             }
+            _ if is_word_start(c) => {
+                let start = i;
+                while b.get(i).copied().is_some_and(is_word_byte) {
+                    i += 1;
+                }
+                let word = sql.get(start..i).unwrap_or_default();
+                let next = b.get(i).copied();
+                if next == Some(b'\'') && matches!(word, "E" | "e") {
+                    // E'...' always takes backslash escapes.
+                    match quoted_end(b, i, b'\'', true) {
+                        Some(end) => {
+                            out.push(Token::Literal);
+                            i = end;
+                        }
+                        None => mask_rest!(),
+                    }
+                    continue;
+                }
+                let quote_next =
+                    next == Some(b'\'') || next == Some(b'"') && dialect.double_quote_is_string();
+                if quote_next && is_literal_prefix(word) {
+                    // The string that follows is read as a literal of its own.
+                    continue;
+                }
+                if matches!(word, "U" | "u") && b.get(i) == Some(&b'&') {
+                    // U&'...' and U&"...": the string or identifier follows.
+                    i += 1;
+                    continue;
+                }
+                out.push(Token::Word(word));
+            }
+            _ if PUNCT.contains(&c) || c == b'#' => {
+                out.push(Token::Punct(c));
+                i += 1;
+            }
+            // A byte with no place in SQL: masked, whatever it is.
             _ => {
-                out.push(Token::Punct(c as char));
+                out.push(Token::Literal);
                 i += 1;
             }
         }
@@ -148,22 +337,86 @@ fn tokens(sql: &str) -> Vec<Token> {
     out
 }
 
-fn normalized(tokens: &[Token]) -> String {
+/// Whether a token may stand in a list of values that folds to one `?`.
+fn is_value(t: &Token) -> bool {
+    match t {
+        Token::Literal | Token::Punct(b',' | b'-' | b'+') => true,
+        Token::Word(w) => ["NULL", "TRUE", "FALSE", "DEFAULT"]
+            .iter()
+            .any(|k| k.eq_ignore_ascii_case(w)),
+        _ => false,
+    }
+}
+
+/// The end (index after `)`) of a parenthesised list of values only, starting at `open`.
+fn value_list_end(t: &[Token], open: usize) -> Option<usize> {
+    if t.get(open) != Some(&Token::Punct(b'(')) {
+        return None;
+    }
+    let mut i = open + 1;
+    while let Some(tok) = t.get(i) {
+        if *tok == Token::Punct(b')') {
+            return (i > open + 1).then_some(i + 1);
+        }
+        if !is_value(tok) {
+            return None;
+        }
+        i += 1;
+    }
+    None
+}
+
+/// Folds `IN (?, ?, ...)` to `IN (?)` and `VALUES (?, ?), (?, ?)` to
+/// `VALUES (?)`: the number of values is not part of what a statement does.
+fn fold_lists(t: Vec<Token<'_>>) -> Vec<Token<'_>> {
+    let mut out = Vec::with_capacity(t.len());
+    let mut i = 0;
+    while let Some(tok) = t.get(i) {
+        let opens_list = matches!(tok, Token::Word(w) if w.eq_ignore_ascii_case("IN") || w.eq_ignore_ascii_case("VALUES"));
+        if let (true, Some(mut end)) = (opens_list, value_list_end(&t, i + 1)) {
+            out.push(tok.clone());
+            out.extend([Token::Punct(b'('), Token::Literal, Token::Punct(b')')]);
+            // Further tuples of a multi-row VALUES.
+            while t.get(end) == Some(&Token::Punct(b',')) {
+                match value_list_end(&t, end + 1) {
+                    Some(next) => end = next,
+                    None => break,
+                }
+            }
+            i = end;
+            continue;
+        }
+        i += 1;
+        out.push(tok.clone());
+    }
+    out
+}
+
+fn normalized(tokens: &[Token], dialect: Dialect) -> String {
     let mut s = String::new();
+    let ident_quote = if dialect == Dialect::Mysql { '`' } else { '"' };
     for t in tokens {
-        let piece = match t {
-            Token::Word(w) => w.clone(),
-            Token::Ident(w) => format!("\"{w}\""),
-            Token::Literal => "?".into(),
-            Token::Punct(c) => c.to_string(),
-        };
-        let glue = matches!(t, Token::Punct(',' | ')' | '.' | ';')) || s.ends_with(['(', '.']);
+        let glue = matches!(t, Token::Punct(b',' | b')' | b'.' | b';')) || s.ends_with(['(', '.']);
         if !s.is_empty() && !glue {
             s.push(' ');
         }
-        s.push_str(&piece);
+        match t {
+            Token::Word(w) => s.push_str(w),
+            Token::Ident(w) => {
+                s.push(ident_quote);
+                for ch in w.chars() {
+                    if ch == ident_quote {
+                        s.push(ch);
+                    }
+                    s.push(ch);
+                }
+                s.push(ident_quote);
+            }
+            Token::Literal => s.push('?'),
+            Token::Punct(c) => s.push(char::from(*c)),
+        }
         if s.len() > MAX_STATEMENT {
-            s.truncate(MAX_STATEMENT);
+            truncate_chars(&mut s, MAX_STATEMENT);
             s.push_str("...");
             break;
         }
@@ -193,10 +446,11 @@ fn table_at(t: &[Token], mut i: usize) -> Option<(String, usize)> {
             _ => return None,
         }
         i += 1;
-        if matches!(t.get(i), Some(Token::Punct('.'))) {
+        if matches!(t.get(i), Some(Token::Punct(b'.'))) {
             name.push('.');
             i += 1;
         } else {
+            truncate_chars(&mut name, MAX_TABLE_NAME);
             return Some((name, i));
         }
     }
@@ -253,7 +507,7 @@ fn tables(t: &[Token]) -> Vec<String> {
                 out.push(name);
             }
             i = next;
-            if !takes_list {
+            if !takes_list || out.len() >= MAX_TABLES {
                 break;
             }
             // Skip an alias, then go on after a comma.
@@ -263,7 +517,7 @@ fn tables(t: &[Token]) -> Vec<String> {
             if matches!(t.get(i), Some(Token::Word(w)) if !is_clause(w)) {
                 i += 1;
             }
-            if matches!(t.get(i), Some(Token::Punct(','))) {
+            if matches!(t.get(i), Some(Token::Punct(b','))) {
                 i += 1;
             } else {
                 break;
@@ -301,18 +555,24 @@ fn is_clause(w: &str) -> bool {
     CLAUSES.iter().any(|k| k.eq_ignore_ascii_case(w))
 }
 
-pub fn parse(sql: &str) -> Statement {
-    let toks = tokens(sql);
+/// Reads one statement as `dialect` quotes it.
+pub fn parse(sql: &str, dialect: Dialect) -> Statement {
+    let input = sql.get(..sql.floor_char_boundary(MAX_INPUT)).unwrap_or(sql);
+    let mut toks = tokens(input, dialect);
+    if input.len() < sql.len() {
+        // What was not read is not shown either.
+        toks.push(Token::Literal);
+    }
+    let toks = fold_lists(toks);
     let verb = toks
         .iter()
-        .find_map(|t| {
-            if let Token::Word(w) = t {
-                Some(w.to_ascii_uppercase())
-            } else {
-                None
-            }
+        .find_map(|t| match t {
+            Token::Word(w) => Some(w.to_ascii_uppercase()),
+            _ => None,
         })
         .unwrap_or_default();
+    let mut verb = verb;
+    truncate_chars(&mut verb, 32);
     let kind =
         match verb.as_str() {
             "SELECT" | "SHOW" | "WITH" | "EXPLAIN" | "VALUES" => StatementKind::Read,
@@ -339,7 +599,7 @@ pub fn parse(sql: &str) -> Statement {
         tables(&toks)
     };
     Statement {
-        normalized: normalized(&toks),
+        normalized: normalized(&toks, dialect),
         verb,
         kind,
         tables,
@@ -352,7 +612,8 @@ mod tests {
 
     #[test]
     fn literals_masked_tables_found() {
-        let s = parse(
+        let pg = |s| parse(s, Dialect::Postgres);
+        let s = pg(
             "SELECT a.id, b.name FROM orders a JOIN public.customers b ON a.c = b.id WHERE a.total > 100 AND b.email = 'x@y.z'",
         );
         assert_eq!(s.kind, StatementKind::Read);
@@ -362,26 +623,78 @@ mod tests {
             "{}",
             s.normalized
         );
-        let s = parse("insert into \"Addresses\" (id, street) values ($1, 'Main St')");
+        let s = pg("insert into \"Addresses\" (id, street) values ($1, 'Main St')");
         assert_eq!(
             (s.kind, s.tables.clone()),
             (StatementKind::Write, vec!["addresses".to_owned()])
         );
         assert_eq!(
             s.normalized,
-            "insert into \"addresses\" (id, street) values (?, ?)"
+            "insert into \"addresses\" (id, street) values (?)"
         );
-        let s = parse("UPDATE pgbench_accounts SET abalance = abalance + -4 WHERE aid = 77;");
+        let s = pg("UPDATE pgbench_accounts SET abalance = abalance + -4 WHERE aid = 77;");
         assert_eq!(s.tables, ["pgbench_accounts"]);
-        let s = parse("select * from a, b as bb, c where 1=1");
+        let s = pg("select * from a, b as bb, c where 1=1");
         assert_eq!(s.tables, ["a", "b", "c"]);
-        assert_eq!(parse("BEGIN").kind, StatementKind::Transaction);
-        assert_eq!(parse("COPY addresses FROM STDIN").tables, ["addresses"]);
-        assert_eq!(
-            parse("create table if not exists t1 (x int)").tables,
-            ["t1"]
+        assert_eq!(pg("BEGIN").kind, StatementKind::Transaction);
+        assert_eq!(pg("COPY addresses FROM STDIN").tables, ["addresses"]);
+        assert_eq!(pg("create table if not exists t1 (x int)").tables, ["t1"]);
+        assert_eq!(pg("").verb, "");
+        assert_eq!(pg("'unterminated").normalized, "?");
+    }
+
+    #[test]
+    fn lists_of_values_fold_to_one() {
+        let s = parse(
+            "SELECT * FROM t WHERE id IN (1, 2, -3, ?) AND x IN (SELECT y FROM u)",
+            Dialect::Mysql,
         );
-        assert_eq!(parse("").verb, "");
-        assert_eq!(parse("'unterminated").normalized, "?");
+        assert_eq!(
+            s.normalized,
+            "SELECT * FROM t WHERE id IN (?) AND x IN (SELECT y FROM u)"
+        );
+        assert_eq!(s.tables, ["t", "u"]);
+        let s = parse(
+            "INSERT INTO t (a, b) VALUES (1, 'x'), (2, NULL), ($1, $2)",
+            Dialect::Postgres,
+        );
+        assert_eq!(s.normalized, "INSERT INTO t (a, b) VALUES (?)");
+    }
+
+    #[test]
+    fn long_non_ascii_statements_are_cut_on_a_character() {
+        // Every byte offset of the cut, with a 2-, 3- and 4-byte character.
+        for pad in 0..4 {
+            for name in ["é", "€", "𝄞"] {
+                let column = format!("{}{}", "x".repeat(pad), name.repeat(1200));
+                let s = parse(&format!("SELECT {column} FROM t"), Dialect::Postgres);
+                assert!(s.normalized.ends_with("..."));
+                assert!(s.normalized.len() <= MAX_STATEMENT + 3);
+            }
+        }
+        let long = format!("SELECT '{}' FROM t", "ü".repeat(MAX_INPUT));
+        let s = parse(&long, Dialect::Mysql);
+        assert!(!s.normalized.contains('ü'), "{}", s.normalized);
+    }
+
+    #[test]
+    fn dialects_read_quotes_their_way() {
+        // PostgreSQL: "..." names a table; MySQL: it is a string.
+        assert_eq!(
+            parse("SELECT 1 FROM \"Orders\"", Dialect::Postgres).tables,
+            ["orders"]
+        );
+        let s = parse("SELECT * FROM `Orders` WHERE x = \"pw\"", Dialect::Mysql);
+        assert_eq!(s.tables, ["orders"]);
+        assert_eq!(s.normalized, "SELECT * FROM `orders` WHERE x = ?");
+        // A PostgreSQL "#" is an operator, a MySQL one a comment.
+        assert_eq!(
+            parse("SELECT a # b FROM t", Dialect::Postgres).normalized,
+            "SELECT a # b FROM t"
+        );
+        assert_eq!(
+            parse("SELECT a # b FROM t", Dialect::Mysql).normalized,
+            "SELECT a"
+        );
     }
 }

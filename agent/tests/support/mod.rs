@@ -404,3 +404,27 @@ pub fn serial() -> std::sync::MutexGuard<'static, ()> {
     static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
     LOCK.lock().unwrap_or_else(|e| e.into_inner())
 }
+
+/// A request's number as a word of letters (1 -> `a`, 27 -> `aa`): a path
+/// segment that names the request and that route templating keeps (it
+/// replaces numbers, which is what identifiers usually are).
+pub fn item_word(mut i: u32) -> String {
+    let mut w = Vec::new();
+    while i > 0 {
+        i -= 1;
+        w.push(b'a' + (i % 26) as u8);
+        i /= 26;
+    }
+    w.reverse();
+    String::from_utf8(w).unwrap()
+}
+
+/// The request number of a word [`item_word`] made.
+pub fn item_number(w: &str) -> Option<u32> {
+    if w.is_empty() || !w.bytes().all(|c| c.is_ascii_lowercase()) {
+        return None;
+    }
+    w.bytes().try_fold(0u32, |n, c| {
+        n.checked_mul(26)?.checked_add(u32::from(c - b'a') + 1)
+    })
+}

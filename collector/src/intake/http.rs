@@ -1,0 +1,140 @@
+//! OTLP over HTTP: `POST /v1/traces`, protobuf or JSON, answered in kind.
+//! The token is checked and a slot taken before the body is read; the body
+//! is read up to the size limit within the request timeout.
+
+use std::{
+    convert::Infallible,
+    future::Future,
+    pin::Pin,
+    sync::{Arc, atomic::Ordering},
+};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt as _, Full, Limited};
+use hyper::{Method, Request, Response, StatusCode, body::Incoming, header};
+
+use super::{Intake, Refusal};
+
+/// The OTLP/HTTP receiver, as a hyper service.
+#[derive(Clone)]
+pub struct HttpReceiver(pub Arc<Intake>);
+
+impl hyper::service::Service<Request<Incoming>> for HttpReceiver {
+    type Response = Response<Full<Bytes>>;
+    type Error = Infallible;
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Infallible>> + Send>>;
+
+    fn call(&self, req: Request<Incoming>) -> Self::Future {
+        let intake = self.0.clone();
+        Box::pin(async move { Ok(receive(intake, req).await) })
+    }
+}
+
+fn answer(status: StatusCode, text: impl Into<String>) -> Response<Full<Bytes>> {
+    let mut r = Response::new(Full::new(Bytes::from(text.into() + "\n")));
+    *r.status_mut() = status;
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        header::HeaderValue::from_static("text/plain"),
+    );
+    r
+}
+
+/// A refusal the sender should retry: 429 with a hint of when.
+fn busy(text: &str) -> Response<Full<Bytes>> {
+    let mut r = answer(StatusCode::TOO_MANY_REQUESTS, text);
+    r.headers_mut()
+        .insert(header::RETRY_AFTER, header::HeaderValue::from_static("1"));
+    r
+}
+
+async fn receive(intake: Arc<Intake>, req: Request<Incoming>) -> Response<Full<Bytes>> {
+    let stats = &intake.stats.http;
+    if req.uri().path() != "/v1/traces" {
+        stats.not_found.fetch_add(1, Ordering::Relaxed);
+        return answer(
+            StatusCode::NOT_FOUND,
+            "OTLP trace exports go to POST /v1/traces",
+        );
+    }
+    if req.method() != Method::POST {
+        stats.not_found.fetch_add(1, Ordering::Relaxed);
+        return answer(StatusCode::METHOD_NOT_ALLOWED, "use POST");
+    }
+    let given = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .map(|v| v.as_bytes());
+    if !intake.auth.allows(given) {
+        stats.unauthenticated.fetch_add(1, Ordering::Relaxed);
+        return answer(StatusCode::UNAUTHORIZED, "missing or wrong token");
+    }
+    let max = intake.limits.max_request_bytes;
+    let declared = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > max as u64) {
+        stats.too_large.fetch_add(1, Ordering::Relaxed);
+        return answer(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!("request too large: more than {max} bytes"),
+        );
+    }
+    let Some(_slot) = intake.admit() else {
+        stats.busy.fetch_add(1, Ordering::Relaxed);
+        return busy("the collector is busy: retry later");
+    };
+    let json = req
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/json"));
+    let body = Limited::new(req.into_body(), max).collect();
+    let body = match tokio::time::timeout(intake.request_timeout(), body).await {
+        Ok(Ok(b)) => b.to_bytes(),
+        Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => {
+            stats.too_large.fetch_add(1, Ordering::Relaxed);
+            return answer(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                format!("request too large: more than {max} bytes"),
+            );
+        }
+        Ok(Err(e)) => {
+            stats.malformed.fetch_add(1, Ordering::Relaxed);
+            return answer(StatusCode::BAD_REQUEST, format!("reading the body: {e}"));
+        }
+        Err(_) => {
+            stats.timed_out.fetch_add(1, Ordering::Relaxed);
+            return answer(
+                StatusCode::REQUEST_TIMEOUT,
+                "the body was not received in time",
+            );
+        }
+    };
+    match intake.take(body, json).await {
+        Ok(_) => {
+            stats.accepted.fetch_add(1, Ordering::Relaxed);
+            let (content_type, body): (&str, &[u8]) = if json {
+                ("application/json", b"{}")
+            } else {
+                // An empty ExportTraceServiceResponse.
+                ("application/x-protobuf", b"")
+            };
+            let mut r = Response::new(Full::new(Bytes::from_static(body)));
+            r.headers_mut().insert(
+                header::CONTENT_TYPE,
+                header::HeaderValue::from_static(content_type),
+            );
+            r
+        }
+        Err(refusal) => {
+            Intake::count(stats, &refusal);
+            match refusal {
+                Refusal::TooLarge(m) => answer(StatusCode::PAYLOAD_TOO_LARGE, m),
+                Refusal::Malformed(m) => answer(StatusCode::BAD_REQUEST, m),
+                Refusal::Busy(m) => busy(m),
+            }
+        }
+    }
+}
