@@ -5,7 +5,7 @@
 mod support;
 
 use std::{
-    net::{IpAddr, Ipv4Addr, Ipv6Addr, TcpStream},
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
     process::Command,
     time::Duration,
 };
@@ -155,46 +155,6 @@ fn curl_to_http_server_seen_from_both_processes() {
     assert_eq!(client_close.bytes_sent, request.len() as u64);
     assert_eq!(client_close.bytes_recv, response.len() as u64);
     let _ = std::fs::remove_dir_all(dir);
-}
-
-fn nginx_conf(dir: &std::path::Path, port: u16) -> std::path::PathBuf {
-    let conf = dir.join("nginx.conf");
-    std::fs::write(
-        &conf,
-        format!(
-            "worker_processes 1;\nerror_log stderr warn;\npid {dir}/nginx.pid;\n\
-             events {{ worker_connections 1024; }}\n\
-             http {{\n  access_log off;\n  client_body_temp_path {dir}/body;\n\
-               proxy_temp_path {dir}/proxy;\n  fastcgi_temp_path {dir}/fastcgi;\n\
-               uwsgi_temp_path {dir}/uwsgi;\n  scgi_temp_path {dir}/scgi;\n\
-               keepalive_requests 1000;\n\
-               server {{\n    listen 127.0.0.1:{port};\n    listen [::1]:{port};\n\
-                 location / {{ return 200 \"ok $uri\\n\"; }}\n  }}\n}}\n",
-            dir = dir.display()
-        ),
-    )
-    .unwrap();
-    conf
-}
-
-/// Starts nginx on both loopbacks; waits until it accepts connections.
-fn start_nginx(port: u16) -> (Proc, std::path::PathBuf) {
-    let dir = std::env::temp_dir().join(format!("tangle-nginx-{port}"));
-    std::fs::create_dir_all(&dir).unwrap();
-    let conf = nginx_conf(&dir, port);
-    let nginx = which("nginx").unwrap();
-    let child = Command::new(nginx)
-        .args(["-e", "stderr", "-p"])
-        .arg(&dir)
-        .arg("-c")
-        .arg(&conf)
-        .args(["-g", "daemon off;"])
-        .spawn()
-        .unwrap();
-    wait_for("nginx to listen", Duration::from_secs(10), || {
-        TcpStream::connect(("127.0.0.1", port)).is_ok()
-    });
-    (Proc(child), dir)
 }
 
 #[test]

@@ -164,36 +164,6 @@ fn thread_rule_links_calls_to_their_request_under_concurrency() {
     let _ = std::fs::remove_file(&ready);
 }
 
-/// The agent's resident memory, in KiB.
-fn rss_kib(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap()
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap()
-}
-
-/// One sample of `name` on a Prometheus text page.
-fn sample(page: &str, name: &str) -> Option<u64> {
-    page.lines()
-        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
-}
-
-fn scrape(port: u16) -> String {
-    let out = Command::new("curl")
-        .args([
-            "-sS",
-            "--max-time",
-            "5",
-            &format!("http://127.0.0.1:{port}/metrics"),
-        ])
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "metrics endpoint answers");
-    String::from_utf8(out.stdout).unwrap()
-}
-
 /// The collector away while far more spans come than the queue holds: the
 /// agent keeps capturing, its memory stays flat, the drops are counted on
 /// its metrics endpoint; once the collector is back, exports resume.

@@ -11,7 +11,7 @@ use std::{
 };
 
 use support::{skip, which};
-use tangle_protocols::sql;
+use tangle_protocols::{normalize::route, sql};
 
 fn fixtures_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../protocols/tests/fixtures")
@@ -200,12 +200,12 @@ fn tshark_decodes_the_same_calls() {
                 "http.response.code",
             ],
         );
-        let theirs = multiset(rows.iter().filter(|r| !r[0].is_empty()).map(|r| {
-            (
-                r[0][0].clone(),
-                r[1][0].split('?').next().unwrap().to_owned(),
-            )
-        }));
+        // Tangle keeps routes only: tshark's targets, templated the same way.
+        let theirs = multiset(
+            rows.iter()
+                .filter(|r| !r[0].is_empty())
+                .map(|r| (r[0][0].clone(), route(&r[1][0]))),
+        );
         let ours = multiset(replayed.iter().map(|e| {
             (
                 e["fields"]["method"].as_str().unwrap().to_owned(),
@@ -247,13 +247,14 @@ fn tshark_decodes_the_same_calls() {
         let theirs = multiset(rows.iter().flat_map(|r| {
             r[0].iter()
                 .zip(&r[1])
-                .map(|(m, p)| (m.clone(), p.split('?').next().unwrap().to_owned()))
+                .map(|(m, p)| (m.clone(), route(p)))
                 .collect::<Vec<_>>()
         }));
+        // gRPC paths are kept whole; templating leaves method names as they are.
         let ours = multiset(replayed.iter().map(|e| {
             (
                 e["fields"]["method"].as_str().unwrap().to_owned(),
-                e["fields"]["path"].as_str().unwrap().to_owned(),
+                route(e["fields"]["path"].as_str().unwrap()),
             )
         }));
         assert_eq!(ours, theirs, "{name}: streams");

@@ -82,6 +82,8 @@ pub struct TraceAnalysis {
     pub inferred_links: usize,
     /// Paths cut at the depth limit (their calls counted, not followed).
     pub cut_chains: usize,
+    /// Names in it were folded into `{other}` (see `names`).
+    pub folded: bool,
 }
 
 /// FNV-1a, 64 bits: stable, and enough to tell chains apart.
@@ -322,6 +324,7 @@ pub fn analyze_to_depth(spans: &[Span], max_depth: usize) -> Option<TraceAnalysi
         db_accesses: Vec::new(),
         inferred_links,
         cut_chains: 0,
+        folded: false,
     };
     let mut paths = Paths(Vec::new());
     let start = paths.push(entry, None);

@@ -61,7 +61,7 @@ impl State {
         self.mapping.bad_ids += mapping.bad_ids;
         let now = now_ns();
         for mut span in spans {
-            self.names.bound(&mut span);
+            self.names.cut_span(&mut span);
             for trace in self.assembler.add(span, now) {
                 self.analyse(&trace, now);
             }
@@ -87,14 +87,17 @@ impl State {
     }
 
     fn analyse(&mut self, trace: &[Span], now: u64) {
-        let Some(a) = analyze_to_depth(trace, self.max_depth) else {
+        let Some(mut a) = analyze_to_depth(trace, self.max_depth) else {
             return;
         };
-        let served: Vec<(String, bool)> = trace
+        let mut served: Vec<(String, bool)> = trace
             .iter()
             .filter(|s| s.is_entry())
             .map(|s| (s.service.clone(), s.error))
+            // Only what the analysis followed (not past the depth limit).
+            .filter(|(s, _)| a.closure.contains(s))
             .collect();
+        self.names.bound(&mut a, &mut served);
         let trace_id = trace.first().map(|s| s.trace_id).unwrap_or_default();
         self.model.ingest(&trace_id, &a, &served, now);
     }

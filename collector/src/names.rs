@@ -9,7 +9,10 @@ use std::collections::{HashMap, HashSet};
 
 use serde::{Deserialize, Serialize};
 
-use crate::span::{Peer, Span};
+use crate::{
+    chains::{Hop, TraceAnalysis, signature},
+    span::{Peer, Span},
+};
 
 /// What names beyond the limits become.
 pub const OTHER: &str = "{other}";
@@ -67,35 +70,14 @@ impl Names {
         }
     }
 
-    /// `name` as a known service, or `{other}` when there are enough.
-    fn service(&mut self, name: &mut String) {
-        self.cut(name);
-        if !self.operations.contains_key(name.as_str()) {
-            if self.operations.len() >= self.limits.max_services {
-                *name = OTHER.into();
-                self.stats.services_folded += 1;
-            }
-            self.operations.entry(name.clone()).or_default();
-        }
-    }
-
-    /// Bounds a span's names: its service, its operation, its peer.
-    pub fn bound(&mut self, span: &mut Span) {
-        self.service(&mut span.service);
+    /// Cuts a span's names to length, as it comes in: what a trace holds
+    /// while it is assembled stays bounded.
+    pub fn cut_span(&mut self, span: &mut Span) {
+        self.cut(&mut span.service);
         self.cut(&mut span.operation);
-        let max = self.limits.max_operations_per_service;
-        let ops = self.operations.entry(span.service.clone()).or_default();
-        if !ops.contains(span.operation.as_str()) {
-            if ops.len() >= max {
-                span.operation = OTHER.into();
-                self.stats.operations_folded += 1;
-            } else {
-                ops.insert(span.operation.clone());
-            }
-        }
         match &mut span.peer {
-            Peer::Service { name } => self.service(name),
-            Peer::Address { address } => self.service(address),
+            Peer::Service { name } => self.cut(name),
+            Peer::Address { address } => self.cut(address),
             Peer::Database {
                 system,
                 server,
@@ -113,32 +95,126 @@ impl Names {
             self.cut(t);
         }
     }
+
+    /// `name` as a known service, or `{other}` when there are enough.
+    fn service(&mut self, name: &mut String) {
+        if !self.operations.contains_key(name.as_str()) {
+            if self.operations.len() >= self.limits.max_services {
+                *name = OTHER.into();
+                self.stats.services_folded += 1;
+            }
+            self.operations.entry(name.clone()).or_default();
+        }
+    }
+
+    /// `op` as a known operation of `service` (already bounded), or `{other}`.
+    fn operation(&mut self, service: &str, op: &mut String) {
+        let max = self.limits.max_operations_per_service;
+        let ops = self.operations.entry(service.to_owned()).or_default();
+        if !ops.contains(op.as_str()) {
+            if ops.len() >= max {
+                *op = OTHER.into();
+                self.stats.operations_folded += 1;
+            } else {
+                ops.insert(op.clone());
+            }
+        }
+    }
+
+    fn hop(&mut self, hop: &mut Hop) {
+        self.service(&mut hop.service);
+        self.operation(&hop.service.clone(), &mut hop.operation);
+    }
+
+    /// Bounds the names of what one trace showed, before the model counts
+    /// it: only what the model keeps takes a place (a trace's hops past
+    /// the depth limit, say, take none). `served` are its entry spans'
+    /// services.
+    pub fn bound(&mut self, a: &mut TraceAnalysis, served: &mut [(String, bool)]) {
+        self.hop(&mut a.entry);
+        for chain in &mut a.chains {
+            let before = chain.signature.clone();
+            for hop in &mut chain.hops {
+                self.hop(hop);
+            }
+            chain.signature = signature(&chain.hops);
+            if chain.signature != before {
+                a.folded = true;
+            }
+        }
+        if a.folded {
+            a.chains.sort_by(|x, y| x.hops.cmp(&y.hops));
+            a.chains.dedup();
+        }
+        let closure = std::mem::take(&mut a.closure);
+        for mut s in closure {
+            self.service(&mut s);
+            a.closure.insert(s);
+        }
+        for cycle in &mut a.cycles {
+            for s in cycle {
+                self.service(s);
+            }
+        }
+        for c in a.calls.iter_mut().chain(&mut a.publishes) {
+            self.service(&mut c.caller);
+            self.service(&mut c.callee);
+        }
+        for c in &mut a.db_calls {
+            self.service(&mut c.caller);
+        }
+        for d in &mut a.db_accesses {
+            self.service(&mut d.service);
+        }
+        for (s, _) in served {
+            self.service(s);
+        }
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::span::SpanKind;
+    use crate::{
+        chains::analyze,
+        span::{Peer, SpanKind},
+    };
 
-    fn span(service: &str, op: &str) -> Span {
-        Span {
+    fn trace(service: &str, op: &str, callee: &str) -> Vec<Span> {
+        let span = |id: u8, parent: Option<u8>, service: &str, kind, peer| Span {
             trace_id: [1; 16],
-            span_id: [1; 8],
-            parent: None,
+            span_id: [id; 8],
+            parent: parent.map(|p| [p; 8]),
             service: service.into(),
-            kind: SpanKind::Server,
+            kind,
             operation: op.into(),
             start_ns: 0,
-            end_ns: 0,
+            end_ns: 1,
             error: false,
-            peer: Peer::Address {
-                address: format!("10.0.0.1:{op}"),
-            },
+            peer,
             tables: Vec::new(),
             writes: false,
             protocol: None,
             join: None,
-        }
+        };
+        vec![
+            span(1, None, service, SpanKind::Server, Peer::Unknown),
+            span(
+                2,
+                Some(1),
+                service,
+                SpanKind::Client,
+                Peer::Address {
+                    address: callee.into(),
+                },
+            ),
+        ]
+    }
+
+    fn bounded(n: &mut Names, service: &str, op: &str, callee: &str) -> TraceAnalysis {
+        let mut a = analyze(&trace(service, op, callee)).unwrap();
+        n.bound(&mut a, &mut []);
+        a
     }
 
     #[test]
@@ -150,19 +226,25 @@ mod tests {
         });
         let mut ops = Vec::new();
         for op in ["a", "b", "c", "a"] {
-            let mut s = span("shop", op);
-            n.bound(&mut s);
-            ops.push(s.operation);
+            ops.push(bounded(&mut n, "shop", op, "10.0.0.1:80").entry.operation);
         }
         assert_eq!(ops, ["a", "b", OTHER, "a"]);
-        // shop, and the peers 10.0.0.1:a and :b; then no more.
-        let mut s = span("payments", "x");
-        n.bound(&mut s);
-        assert_eq!(s.service, OTHER);
-        let mut s = span("shop", "é".repeat(10).as_str());
-        n.bound(&mut s);
-        assert!(s.operation.len() <= 16 || s.operation == OTHER);
+        // shop, 10.0.0.1:80 and 10.0.0.2:80; then no more.
+        let a = bounded(&mut n, "shop", "a", "10.0.0.2:80");
+        assert_eq!(a.calls[0].callee, "10.0.0.2:80");
+        let a = bounded(&mut n, "payments", "x", "10.0.0.1:80");
+        assert_eq!(a.entry.service, OTHER);
+        assert!(a.closure.contains(OTHER) && !a.closure.contains("payments"));
+        assert_eq!(a.chains[0].hops[0].service, OTHER);
+        assert_eq!(
+            a.chains[0].signature,
+            signature(&a.chains[0].hops),
+            "signatures follow the folded names"
+        );
         assert!(n.stats.services_folded >= 1 && n.stats.operations_folded >= 1);
-        assert!(n.stats.names_cut >= 1);
+        let mut s = trace("shop", &"é".repeat(10), "x").remove(0);
+        n.cut_span(&mut s);
+        assert!(s.operation.len() <= 16);
+        assert_eq!(n.stats.names_cut, 1);
     }
 }

@@ -27,6 +27,8 @@ const TEST_PACKAGES: &[(&str, &str)] = &[
         "python3-psycopg2",
         "/usr/lib/python3/dist-packages/psycopg2/__init__.py",
     ),
+    ("mariadb-server", "mariadbd"),
+    ("mariadb-client", "mariadb"),
     ("nodejs", "node"),
     ("nftables", "nft"),
     ("openssl", "openssl"),

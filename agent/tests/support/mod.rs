@@ -1,6 +1,7 @@
 //! Shared helpers for tests that load the real eBPF programs.
 #![allow(dead_code)]
 
+pub mod mariadb;
 pub mod otlp;
 pub mod postgres;
 
@@ -427,4 +428,76 @@ pub fn item_number(w: &str) -> Option<u32> {
     w.bytes().try_fold(0u32, |n, c| {
         n.checked_mul(26)?.checked_add(u32::from(c - b'a') + 1)
     })
+}
+
+/// A process's resident memory, in KiB.
+pub fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap()
+}
+
+/// One sample of `name` (with its labels, if any) on a Prometheus text page.
+pub fn sample(page: &str, name: &str) -> Option<u64> {
+    page.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+}
+
+/// The agent's (or any) metrics page on 127.0.0.1:`port`.
+pub fn scrape(port: u16) -> String {
+    let out = Command::new("curl")
+        .args([
+            "-sS",
+            "--max-time",
+            "5",
+            &format!("http://127.0.0.1:{port}/metrics"),
+        ])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "metrics endpoint answers");
+    String::from_utf8(out.stdout).unwrap()
+}
+
+/// An nginx configuration answering `200 ok PATH` on both loopbacks.
+fn nginx_conf(dir: &std::path::Path, port: u16) -> std::path::PathBuf {
+    let conf = dir.join("nginx.conf");
+    std::fs::write(
+        &conf,
+        format!(
+            "worker_processes 1;\nerror_log stderr warn;\npid {dir}/nginx.pid;\n\
+             events {{ worker_connections 1024; }}\n\
+             http {{\n  access_log off;\n  client_body_temp_path {dir}/body;\n\
+               proxy_temp_path {dir}/proxy;\n  fastcgi_temp_path {dir}/fastcgi;\n\
+               uwsgi_temp_path {dir}/uwsgi;\n  scgi_temp_path {dir}/scgi;\n\
+               keepalive_requests 1000;\n\
+               server {{\n    listen 127.0.0.1:{port};\n    listen [::1]:{port};\n\
+                 location / {{ return 200 \"ok $uri\\n\"; }}\n  }}\n}}\n",
+            dir = dir.display()
+        ),
+    )
+    .unwrap();
+    conf
+}
+
+/// Starts nginx on both loopbacks; waits until it accepts connections.
+pub fn start_nginx(port: u16) -> (Proc, std::path::PathBuf) {
+    let dir = std::env::temp_dir().join(format!("tangle-nginx-{port}"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let conf = nginx_conf(&dir, port);
+    let nginx = which("nginx").unwrap();
+    let child = Command::new(nginx)
+        .args(["-e", "stderr", "-p"])
+        .arg(&dir)
+        .arg("-c")
+        .arg(&conf)
+        .args(["-g", "daemon off;"])
+        .spawn()
+        .unwrap();
+    wait_for("nginx to listen", Duration::from_secs(10), || {
+        std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+    });
+    (Proc(child), dir)
 }

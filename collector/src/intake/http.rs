@@ -10,7 +10,7 @@ use std::{
 };
 
 use bytes::Bytes;
-use http_body_util::{BodyExt as _, Full, Limited};
+use http_body_util::{BodyExt as _, Full};
 use hyper::{Method, Request, Response, StatusCode, body::Incoming, header};
 
 use super::{Intake, Refusal};
@@ -48,6 +48,46 @@ fn busy(text: &str) -> Response<Full<Bytes>> {
     r
 }
 
+/// A body past the limit is still read (and thrown away) up to this many
+/// times the limit, so that the client reads the refusal instead of a
+/// reset; past that it is refused at once.
+const DRAIN_FACTOR: u64 = 4;
+
+fn too_large(max: usize) -> Response<Full<Bytes>> {
+    answer(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        format!("request too large: more than {max} bytes"),
+    )
+}
+
+enum BodyError {
+    TooLarge,
+    Broken(hyper::Error),
+}
+
+/// The body, if it is at most `max` bytes. A longer one is read on and
+/// discarded, up to [`DRAIN_FACTOR`] times `max`, never kept.
+async fn read_body(mut body: Incoming, max: usize) -> Result<Bytes, BodyError> {
+    let mut kept = bytes::BytesMut::new();
+    let mut seen = 0usize;
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(BodyError::Broken)?;
+        let Some(data) = frame.data_ref() else {
+            continue;
+        };
+        seen = seen.saturating_add(data.len());
+        if seen <= max {
+            kept.extend_from_slice(data);
+        } else if seen as u64 > DRAIN_FACTOR * max as u64 {
+            break;
+        }
+    }
+    if seen > max {
+        return Err(BodyError::TooLarge);
+    }
+    Ok(kept.freeze())
+}
+
 async fn receive(intake: Arc<Intake>, req: Request<Incoming>) -> Response<Full<Bytes>> {
     let stats = &intake.stats.http;
     if req.uri().path() != "/v1/traces" {
@@ -74,12 +114,10 @@ async fn receive(intake: Arc<Intake>, req: Request<Incoming>) -> Response<Full<B
         .headers()
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
-    if declared.is_some_and(|n| n > max as u64) {
+    if declared.is_some_and(|n| n > DRAIN_FACTOR * max as u64) {
+        // Far too large to read even to discard it: refused at once.
         stats.too_large.fetch_add(1, Ordering::Relaxed);
-        return answer(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            format!("request too large: more than {max} bytes"),
-        );
+        return too_large(max);
     }
     let Some(_slot) = intake.admit() else {
         stats.busy.fetch_add(1, Ordering::Relaxed);
@@ -90,17 +128,15 @@ async fn receive(intake: Arc<Intake>, req: Request<Incoming>) -> Response<Full<B
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.starts_with("application/json"));
-    let body = Limited::new(req.into_body(), max).collect();
-    let body = match tokio::time::timeout(intake.request_timeout(), body).await {
-        Ok(Ok(b)) => b.to_bytes(),
-        Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => {
+    let body = match tokio::time::timeout(intake.request_timeout(), read_body(req.into_body(), max))
+        .await
+    {
+        Ok(Ok(b)) => b,
+        Ok(Err(BodyError::TooLarge)) => {
             stats.too_large.fetch_add(1, Ordering::Relaxed);
-            return answer(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                format!("request too large: more than {max} bytes"),
-            );
+            return too_large(max);
         }
-        Ok(Err(e)) => {
+        Ok(Err(BodyError::Broken(e))) => {
             stats.malformed.fetch_add(1, Ordering::Relaxed);
             return answer(StatusCode::BAD_REQUEST, format!("reading the body: {e}"));
         }

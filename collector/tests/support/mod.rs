@@ -2,6 +2,8 @@
 //! services (or agents) send.
 #![allow(dead_code)]
 
+pub mod process;
+
 use tangle_collector::span::{Peer, Span, SpanKind};
 
 /// A service handling one operation, and the calls it makes.
