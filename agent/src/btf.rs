@@ -62,13 +62,15 @@ pub struct Btf {
 
 fn u16_at(b: &[u8], at: usize) -> Result<u16, BtfError> {
     b.get(at..at + 2)
-        .map(|s| u16::from_le_bytes([s[0], s[1]]))
+        .and_then(|s| s.try_into().ok())
+        .map(u16::from_le_bytes)
         .ok_or(BtfError::Malformed("truncated"))
 }
 
 fn u32_at(b: &[u8], at: usize) -> Result<u32, BtfError> {
     b.get(at..at + 4)
-        .map(|s| u32::from_le_bytes([s[0], s[1], s[2], s[3]]))
+        .and_then(|s| s.try_into().ok())
+        .map(u32::from_le_bytes)
         .ok_or(BtfError::Malformed("truncated"))
 }
 
@@ -150,7 +152,7 @@ impl Btf {
     fn name(&self, off: u32) -> &str {
         let rest = self.strings.get(off as usize..).unwrap_or_default();
         let end = rest.iter().position(|&b| b == 0).unwrap_or(rest.len());
-        std::str::from_utf8(&rest[..end]).unwrap_or("")
+        std::str::from_utf8(rest.get(..end).unwrap_or_default()).unwrap_or("")
     }
 
     /// Byte offset of `member` in struct `ty`, looking inside anonymous

@@ -68,7 +68,7 @@ pub fn socket_addrs(a: &SockAddrs) -> (SocketAddr, SocketAddr) {
 /// A kernel `comm` field as text.
 pub fn comm_str(comm: &[u8]) -> String {
     let end = comm.iter().position(|&b| b == 0).unwrap_or(comm.len());
-    String::from_utf8_lossy(&comm[..end]).into_owned()
+    String::from_utf8_lossy(comm.get(..end).unwrap_or_default()).into_owned()
 }
 
 /// Whether a process is Tangle's own (by its `comm`, which the kernel cuts

@@ -113,7 +113,9 @@ fn random_bytes<const N: usize>() -> [u8; N] {
             let mut z = (x ^ (x >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
             z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
             z ^= z >> 31;
-            chunk.copy_from_slice(&z.to_le_bytes()[..chunk.len()]);
+            for (o, b) in chunk.iter_mut().zip(z.to_le_bytes()) {
+                *o = b;
+            }
         }
     });
     out

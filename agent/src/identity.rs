@@ -272,7 +272,8 @@ pub fn cgroup_facts(text: &str) -> CgroupFacts {
                 f.systemd_unit = Some((*part).to_owned());
             }
             if f.container.is_none() {
-                f.container = container_in(part, i.checked_sub(1).map(|j| parts[j]));
+                let parent = i.checked_sub(1).and_then(|j| parts.get(j).copied());
+                f.container = container_in(part, parent);
             }
             if f.pod_uid.is_none() {
                 f.pod_uid = pod_uid_in(part);

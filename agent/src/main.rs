@@ -296,7 +296,9 @@ impl CliSink for Pipeline<Exporting> {
     }
     fn stats(&self) -> serde_json::Value {
         let mut v = serde_json::to_value(self.stats_now()).unwrap_or_default();
-        v["export"] = self.sink.stats.snapshot();
+        if let Some(o) = v.as_object_mut() {
+            o.insert("export".into(), self.sink.stats.snapshot());
+        }
         v
     }
     fn metrics(&self, page: &mut tangle_agent::metrics::Page) {
@@ -512,8 +514,10 @@ fn replay(file: &std::path::Path) -> anyhow::Result<()> {
                 return;
             }
         };
-        line["client"] = found.client.to_string().into();
-        line["server"] = found.server.to_string().into();
+        if let Some(o) = line.as_object_mut() {
+            o.insert("client".into(), found.client.to_string().into());
+            o.insert("server".into(), found.server.to_string().into());
+        }
         if let Err(e) = writeln!(out, "{line}") {
             write_error = Some(e);
         }

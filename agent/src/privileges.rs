@@ -69,10 +69,8 @@ fn last_cap() -> u32 {
 /// and `no_new_privs`. Call after attaching, before starting any thread.
 pub fn drop_after_attach() -> Result<(), PrivilegeError> {
     // SAFETY: prctl with integer arguments only.
-    check(
-        unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) }.into(),
-        "no_new_privs",
-    )?;
+    let rc = unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) };
+    check(rc.into(), "no_new_privs")?;
     for cap in 0..=last_cap() {
         if !KEPT.contains(&cap) {
             // SAFETY: prctl with integer arguments only. Fails with EPERM
@@ -98,10 +96,8 @@ pub fn drop_after_attach() -> Result<(), PrivilegeError> {
     };
     let mut data = [CapData::default(); 2];
     // SAFETY: capget writes two `CapData` (version 3) into the array we own.
-    check(
-        unsafe { libc::syscall(libc::SYS_capget, &mut header, data.as_mut_ptr()) },
-        "reading capabilities",
-    )?;
+    let rc = unsafe { libc::syscall(libc::SYS_capget, &mut header, data.as_mut_ptr()) };
+    check(rc, "reading capabilities")?;
     let mut keep = [0u32; 2];
     for &cap in KEPT {
         if let Some(word) = keep.get_mut((cap / 32) as usize) {
@@ -114,10 +110,8 @@ pub fn drop_after_attach() -> Result<(), PrivilegeError> {
         d.inheritable = 0;
     }
     // SAFETY: capset reads the header and two `CapData` we own.
-    check(
-        unsafe { libc::syscall(libc::SYS_capset, &header, data.as_ptr()) },
-        "setting capabilities",
-    )
+    let rc = unsafe { libc::syscall(libc::SYS_capset, &header, data.as_ptr()) };
+    check(rc, "setting capabilities")
 }
 
 /// This thread's capability sets, as `/proc/self/status` shows them:

@@ -74,21 +74,21 @@ pub enum ProbeError {
     NoTracefs(io::Error),
     /// The kernel refused the eBPF object.
     #[error("loading the eBPF object failed: {0}")]
-    Load(#[from] aya::EbpfError),
+    Load(#[from] Box<aya::EbpfError>),
     /// The kernel refused a program (the verifier's log follows).
     #[error("loading or attaching program `{name}` to {tracepoint} failed")]
     Program {
         name: String,
         tracepoint: String,
         #[source]
-        source: aya::programs::ProgramError,
+        source: Box<aya::programs::ProgramError>,
     },
     /// A map operation failed.
     #[error("eBPF map `{name}`")]
     Map {
         name: &'static str,
         #[source]
-        source: aya::maps::MapError,
+        source: Box<aya::maps::MapError>,
     },
     /// The object lacks a map or program this code expects (a build mismatch).
     #[error("the eBPF object has no {0}")]
@@ -254,14 +254,15 @@ impl Probe {
             .map_max_entries("EVENTS", ring_size)
             .map_max_entries("CONNS", options.max_connections)
             .map_max_entries("SOCKS", options.max_connections)
-            .load(EBPF_OBJECT)?;
+            .load(EBPF_OBJECT)
+            .map_err(Box::new)?;
         write_config(&mut ebpf, &options, offsets)?;
         let mut loaded: Vec<&str> = Vec::new();
         for &(name, category, tracepoint) in ATTACHMENTS {
             let err = |source| ProbeError::Program {
                 name: name.to_owned(),
                 tracepoint: format!("{category}:{tracepoint}"),
-                source,
+                source: Box::new(source),
             };
             let program: &mut TracePoint = ebpf
                 .program_mut(name)
@@ -274,12 +275,8 @@ impl Probe {
             }
             program.attach(category, tracepoint).map_err(err)?;
         }
-        let stats = PerCpuArray::try_from(take_map(&mut ebpf, "STATS")?).map_err(|source| {
-            ProbeError::Map {
-                name: "STATS",
-                source,
-            }
-        })?;
+        let stats =
+            PerCpuArray::try_from(take_map(&mut ebpf, "STATS")?).map_err(map_error("STATS"))?;
         log::info!(
             "eBPF programs attached to {} tracepoints (capture {} bytes, ring buffer {} KiB)",
             ATTACHMENTS.len(),
@@ -295,10 +292,7 @@ impl Probe {
 
     /// The event ring buffer, for one reader. Call once.
     pub fn take_events(&mut self) -> Result<RingBuf<MapData>, ProbeError> {
-        RingBuf::try_from(take_map(&mut self.ebpf, "EVENTS")?).map_err(|source| ProbeError::Map {
-            name: "EVENTS",
-            source,
-        })
+        RingBuf::try_from(take_map(&mut self.ebpf, "EVENTS")?).map_err(map_error("EVENTS"))
     }
 
     /// The kernel's counters and map sizes now.
@@ -308,10 +302,7 @@ impl Probe {
             let values = self
                 .stats
                 .get(&(stat as u32), 0)
-                .map_err(|source| ProbeError::Map {
-                    name: "STATS",
-                    source,
-                })?;
+                .map_err(map_error("STATS"))?;
             Ok(values.iter().sum())
         };
         debug_assert_eq!(STAT_COUNT, 9);
@@ -336,8 +327,7 @@ impl Probe {
             .ebpf
             .map(name)
             .ok_or_else(|| ProbeError::Missing(format!("map {name}")))?;
-        let map =
-            HashMap::<_, K, V>::try_from(map).map_err(|source| ProbeError::Map { name, source })?;
+        let map = HashMap::<_, K, V>::try_from(map).map_err(map_error(name))?;
         Ok(map.keys().count() as u64)
     }
 
@@ -349,10 +339,7 @@ impl Probe {
             .map_mut("CONNS")
             .ok_or_else(|| ProbeError::Missing("map CONNS".into()))?;
         let mut conns =
-            HashMap::<_, ConnKey, ConnInfo>::try_from(map).map_err(|source| ProbeError::Map {
-                name: "CONNS",
-                source,
-            })?;
+            HashMap::<_, ConnKey, ConnInfo>::try_from(map).map_err(map_error("CONNS"))?;
         let dead: Vec<ConnKey> = conns
             .keys()
             .filter_map(Result::ok)
@@ -368,19 +355,22 @@ impl Probe {
     /// Never tracks `tgid`'s connections from now on, and forgets the one
     /// it has on `fd` (Tangle's own processes).
     pub fn ignore_process(&mut self, tgid: u32, fd: Option<u32>) -> Result<(), ProbeError> {
-        let err = |name| move |source| ProbeError::Map { name, source };
         let map = self
             .ebpf
             .map_mut("IGNORED_TGIDS")
             .ok_or_else(|| ProbeError::Missing("map IGNORED_TGIDS".into()))?;
-        let mut ignored = HashMap::<_, u32, u8>::try_from(map).map_err(err("IGNORED_TGIDS"))?;
-        ignored.insert(tgid, 1, 0).map_err(err("IGNORED_TGIDS"))?;
+        let mut ignored =
+            HashMap::<_, u32, u8>::try_from(map).map_err(map_error("IGNORED_TGIDS"))?;
+        ignored
+            .insert(tgid, 1, 0)
+            .map_err(map_error("IGNORED_TGIDS"))?;
         if let Some(fd) = fd {
             let map = self
                 .ebpf
                 .map_mut("CONNS")
                 .ok_or_else(|| ProbeError::Missing("map CONNS".into()))?;
-            let mut conns = HashMap::<_, ConnKey, ConnInfo>::try_from(map).map_err(err("CONNS"))?;
+            let mut conns =
+                HashMap::<_, ConnKey, ConnInfo>::try_from(map).map_err(map_error("CONNS"))?;
             if conns.remove(&ConnKey { tgid, fd }).is_ok() {
                 self.swept += 1;
             }
@@ -396,10 +386,7 @@ impl Probe {
             .map_mut("IGNORED_ENDPOINTS")
             .ok_or_else(|| ProbeError::Missing("map IGNORED_ENDPOINTS".into()))?;
         let mut ignored =
-            HashMap::<_, Endpoint, u8>::try_from(map).map_err(|source| ProbeError::Map {
-                name: "IGNORED_ENDPOINTS",
-                source,
-            })?;
+            HashMap::<_, Endpoint, u8>::try_from(map).map_err(map_error("IGNORED_ENDPOINTS"))?;
         let mut forms = Vec::new();
         match addr.ip() {
             std::net::IpAddr::V4(v4) => {
@@ -423,12 +410,19 @@ impl Probe {
                 port: addr.port(),
                 _pad: [0; 6],
             };
-            ignored.insert(e, 1, 0).map_err(|source| ProbeError::Map {
-                name: "IGNORED_ENDPOINTS",
-                source,
-            })?;
+            ignored
+                .insert(e, 1, 0)
+                .map_err(map_error("IGNORED_ENDPOINTS"))?;
         }
         Ok(())
+    }
+}
+
+/// A map operation's error, named by its map.
+fn map_error(name: &'static str) -> impl FnOnce(aya::maps::MapError) -> ProbeError {
+    move |source| ProbeError::Map {
+        name,
+        source: Box::new(source),
     }
 }
 
@@ -457,14 +451,8 @@ fn write_config(
     let map = ebpf
         .map_mut("CONFIG")
         .ok_or_else(|| ProbeError::Missing("map CONFIG".into()))?;
-    let mut array = Array::<_, Config>::try_from(map).map_err(|source| ProbeError::Map {
-        name: "CONFIG",
-        source,
-    })?;
-    array.set(0, config, 0).map_err(|source| ProbeError::Map {
-        name: "CONFIG",
-        source,
-    })
+    let mut array = Array::<_, Config>::try_from(map).map_err(map_error("CONFIG"))?;
+    array.set(0, config, 0).map_err(map_error("CONFIG"))
 }
 
 /// Where the cgroup v2 hierarchy is mounted: `/sys/fs/cgroup` on a unified

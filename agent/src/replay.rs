@@ -149,7 +149,9 @@ impl<F: FnMut(Found<'_>)> Replayer<F> {
         } else {
             Side::Response
         };
-        let dir = &mut flow.dirs[side_index(side)];
+        let Some(dir) = flow.dirs.get_mut(side_index(side)) else {
+            return;
+        };
         let seq = tcp.sequence_number();
         if tcp.syn() {
             dir.isn = Some(seq);
@@ -165,8 +167,10 @@ impl<F: FnMut(Found<'_>)> Replayer<F> {
             } else if at <= dir.next {
                 let skip = (dir.next - at) as usize;
                 dir.next = end;
-                flow.conn
-                    .feed(Chunk::whole(side, ts, &payload[skip..]), &mut self.out);
+                flow.conn.feed(
+                    Chunk::whole(side, ts, payload.get(skip..).unwrap_or_default()),
+                    &mut self.out,
+                );
                 Self::drain(
                     dir,
                     &mut flow.conn,
@@ -237,7 +241,10 @@ impl<F: FnMut(Found<'_>)> Replayer<F> {
             let end = at + bytes.len() as u64;
             if end > dir.next {
                 let skip = (dir.next - at) as usize;
-                conn.feed(Chunk::whole(side, ts, &bytes[skip..]), out);
+                conn.feed(
+                    Chunk::whole(side, ts, bytes.get(skip..).unwrap_or_default()),
+                    out,
+                );
                 dir.next = end;
             }
         }
@@ -247,9 +254,9 @@ impl<F: FnMut(Found<'_>)> Replayer<F> {
         let Some(mut flow) = self.flows.remove(&key) else {
             return;
         };
-        for (i, side) in [Side::Request, Side::Response].into_iter().enumerate() {
+        for (dir, side) in flow.dirs.iter_mut().zip([Side::Request, Side::Response]) {
             Self::drain(
-                &mut flow.dirs[i],
+                dir,
                 &mut flow.conn,
                 side,
                 &mut self.out,
@@ -258,12 +265,7 @@ impl<F: FnMut(Found<'_>)> Replayer<F> {
             );
         }
         flow.conn.finish(ts, &mut self.out);
-        let s = flow.conn.stats();
-        let p = &mut self.stats.parsers;
-        p.parse_errors += s.parse_errors;
-        p.desyncs += s.desyncs;
-        p.unmatched_responses += s.unmatched_responses;
-        p.dropped_requests += s.dropped_requests;
+        self.stats.parsers = self.stats.parsers + flow.conn.stats();
         self.emit(flow.client, flow.server);
     }
 
@@ -273,10 +275,15 @@ impl<F: FnMut(Found<'_>)> Replayer<F> {
             Linktype::ETHERNET => SlicedPacket::from_ethernet(data),
             Linktype::LINUX_SLL => SlicedPacket::from_linux_sll(data),
             Linktype::LINUX_SLL2 if data.len() >= 20 => {
-                let ether_type = u16::from_be_bytes([data[0], data[1]]);
-                SlicedPacket::from_ether_type(ether_type.into(), &data[20..])
+                let ether_type = data
+                    .get(..2)
+                    .and_then(|b| b.try_into().ok())
+                    .map_or(0, u16::from_be_bytes);
+                SlicedPacket::from_ether_type(ether_type.into(), data.get(20..).unwrap_or_default())
             }
-            Linktype::NULL | Linktype::LOOP if data.len() >= 4 => SlicedPacket::from_ip(&data[4..]),
+            Linktype::NULL | Linktype::LOOP if data.len() >= 4 => {
+                SlicedPacket::from_ip(data.get(4..).unwrap_or_default())
+            }
             Linktype::RAW | Linktype::IPV4 | Linktype::IPV6 => SlicedPacket::from_ip(data),
             _ => {
                 self.stats.skipped += 1;

@@ -1,6 +1,7 @@
 //! The real eBPF programs, loaded and attached, watching real processes on
 //! loopback. Each test filters on its own server port, so they can run in
 //! parallel without seeing each other's traffic.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)] // a panic here is a failed test
 
 mod support;
 

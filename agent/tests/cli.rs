@@ -1,4 +1,5 @@
 //! `tangle-agent` as a user runs it: the binary, its output, its errors.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)] // a panic here is a failed test
 
 mod support;
 

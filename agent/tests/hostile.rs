@@ -4,6 +4,7 @@
 //! the agent lives, its counters say what it refused or forgot, its memory
 //! stays under a stated bound, and the ordinary traffic sent meanwhile is
 //! still reported, correctly.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)] // a panic here is a failed test
 
 mod support;
 

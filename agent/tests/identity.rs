@@ -2,6 +2,7 @@
 //! systemd and a container runtime name theirs, one with
 //! `OTEL_SERVICE_NAME`, one matched by a naming rule of the config file;
 //! the resources of the exported spans say who each is.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)] // a panic here is a failed test
 
 mod support;
 

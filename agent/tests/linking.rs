@@ -8,6 +8,7 @@
 //! - An async service (Node's event loop) with and without `traceparent`
 //!   propagation: linked exactly with it; without it, every link is either
 //!   right or marked inferred, and the shares are reported.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)] // a panic here is a failed test
 
 mod support;
 

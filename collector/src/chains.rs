@@ -7,6 +7,10 @@
 //! (a lost middle span) is re-attached to a call to its service that has no
 //! callee, and counted as inferred.
 
+// Spans are referred to by their index in the trace's slice, and every
+// index here comes from enumerating that slice: none is out of range.
+#![allow(clippy::indexing_slicing)]
+
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use serde::Serialize;

@@ -357,10 +357,7 @@ pub fn render(state: &State) -> String {
     let findings = &state.findings;
     let mut by_kind = std::collections::BTreeMap::new();
     for f in findings.iter() {
-        let v = serde_json::to_value(f).unwrap_or_default();
-        *by_kind
-            .entry(v["kind"].as_str().unwrap_or("unknown").to_owned())
-            .or_insert(0u64) += 1;
+        *by_kind.entry(f.kind()).or_insert(0u64) += 1;
     }
     o.head(
         "tangle_findings",

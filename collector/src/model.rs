@@ -194,7 +194,9 @@ impl Latency {
             .iter()
             .position(|b| s <= *b)
             .unwrap_or(LATENCY_BUCKETS.len());
-        self.buckets[i] += 1;
+        if let Some(b) = self.buckets.get_mut(i) {
+            *b += 1;
+        }
         self.sum_seconds += s;
         self.count += 1;
     }
@@ -310,6 +312,23 @@ pub enum Finding {
         table: String,
         services: BTreeSet<String>,
     },
+}
+
+impl Finding {
+    /// Its kind, as its JSON names it.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::NewSyncChain { .. } => "new_sync_chain",
+            Self::DeepSyncChain { .. } => "deep_sync_chain",
+            Self::WideClosure { .. } => "wide_closure",
+            Self::Cycle { .. } => "cycle",
+            Self::CascadingFailure { .. } => "cascading_failure",
+            Self::ChattyEdge { .. } => "chatty_edge",
+            Self::SharedDatabase { .. } => "shared_database",
+            Self::CrossServiceAccess { .. } => "cross_service_access",
+            Self::TableWrittenByMany { .. } => "table_written_by_many",
+        }
+    }
 }
 
 pub struct Model {

@@ -53,9 +53,11 @@ pub fn fetch(url: &str) -> Result<Value, ReportError> {
         .position(|w| w == b"\r\n\r\n")
         .ok_or_else(|| fail("no HTTP response".into()))?;
     if !out.starts_with(b"HTTP/1.1 200") {
-        return Err(fail(String::from_utf8_lossy(&out[..split]).into_owned()));
+        let head = out.get(..split).unwrap_or_default();
+        return Err(fail(String::from_utf8_lossy(head).into_owned()));
     }
-    serde_json::from_slice(&out[split + 4..]).map_err(|e| fail(e.to_string()))
+    serde_json::from_slice(out.get(split + 4..).unwrap_or_default())
+        .map_err(|e| fail(e.to_string()))
 }
 
 const SECTIONS: &[(&str, &str)] = &[
@@ -151,13 +153,12 @@ fn evidence(f: &Value) -> String {
             f["calls_per_request"].as_f64().unwrap_or(0.0)
         ),
         "shared_database" => {
-            let owner = f["owner"]["service"]
-                .as_str()
+            let owner = f
+                .pointer("/owner/service")
+                .and_then(|o| o.as_str())
                 .map(|o| {
-                    format!(
-                        " (owner {o}: {})",
-                        f["owner"]["source"].as_str().unwrap_or("")
-                    )
+                    let source = f.pointer("/owner/source").and_then(|s| s.as_str());
+                    format!(" (owner {o}: {})", source.unwrap_or(""))
                 })
                 .unwrap_or_default();
             format!(
@@ -178,7 +179,9 @@ fn evidence(f: &Value) -> String {
                 f["accessor"].as_str().unwrap_or("?"),
                 tables.unwrap_or_default(),
                 f["database"].as_str().unwrap_or("?"),
-                f["owner"]["service"].as_str().unwrap_or("?")
+                f.pointer("/owner/service")
+                    .and_then(|o| o.as_str())
+                    .unwrap_or("?")
             )
         }
         "table_written_by_many" => {
@@ -233,7 +236,7 @@ pub fn render(findings: &Value, format: Format) -> String {
         "Tangle coupling report\n======================\n\n"
     });
     out.push_str(&verdict);
-    out.push_str("\n");
+    out.push('\n');
     for (kind, title) in SECTIONS {
         let items: Vec<&&Value> = all.iter().filter(|f| f["kind"] == *kind).collect();
         if items.is_empty() {

@@ -1,5 +1,6 @@
 //! Chains from span streams with known ground truth: call trees described
 //! here, turned into the spans instrumented services (or agents) send.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)] // a panic here is a failed test
 
 mod support;
 

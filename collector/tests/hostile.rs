@@ -4,6 +4,7 @@
 //! hold their headers open. In each case the collector lives, its counters
 //! say what it refused or cut, its memory stays under a stated bound, and
 //! an ordinary trace sent meanwhile is reported correctly.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)] // a panic here is a failed test
 
 mod support;
 

@@ -1,5 +1,6 @@
 //! Findings across traces with known ground truth, and OTLP spans mapped by
 //! the semantic conventions.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)] // a panic here is a failed test
 
 mod support;
 

@@ -2,6 +2,7 @@
 //! - steady state: 1,000 request/response pairs on one connection (HTTP/1, Redis);
 //! - recorded: the busiest connection of each protocol's fixtures, parsed
 //!   from its first byte (handshakes included), as the agent sees it.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)] // a panic here is a failed test
 
 use std::path::Path;
 

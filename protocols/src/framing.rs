@@ -97,7 +97,7 @@ impl<M, S: Default> SideStream<M, S> {
         // The body of the message in progress comes first.
         let k = self.skip.min(bytes.len() as u64);
         self.pass_body(k);
-        bytes = &bytes[k as usize..];
+        bytes = bytes.get(k as usize..).unwrap_or_default();
         if self.skip == 0 {
             self.finish_body(ts, &mut done);
         } else {

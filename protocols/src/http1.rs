@@ -22,9 +22,9 @@ const MAX_PENDING: usize = 1024;
 /// Whether `first` can begin an HTTP/1 message on `side`.
 pub fn looks_like(side: Side, first: &[u8]) -> bool {
     match side {
-        Side::Request => METHODS.iter().any(|m| {
-            first.len() > m.len() && first.starts_with(m.as_bytes()) && first[m.len()] == b' '
-        }),
+        Side::Request => METHODS
+            .iter()
+            .any(|m| first.starts_with(m.as_bytes()) && first.get(m.len()) == Some(&b' ')),
         Side::Response => first.starts_with(b"HTTP/1."),
     }
 }
@@ -123,7 +123,7 @@ fn parse_request(b: &[u8], searched: &mut usize) -> Frame<RequestHead> {
             Frame::Incomplete
         };
     };
-    let Ok(head) = std::str::from_utf8(&b[..end - 4]) else {
+    let Ok(head) = std::str::from_utf8(b.get(..end - 4).unwrap_or_default()) else {
         return Frame::Invalid;
     };
     let mut line = head.split("\r\n").next().unwrap_or_default().split(' ');
@@ -179,7 +179,7 @@ fn parse_response(
             Frame::Incomplete
         };
     };
-    let Ok(head) = std::str::from_utf8(&b[..end - 4]) else {
+    let Ok(head) = std::str::from_utf8(b.get(..end - 4).unwrap_or_default()) else {
         return Frame::Invalid;
     };
     let mut line = head.split("\r\n").next().unwrap_or_default().splitn(3, ' ');
@@ -204,9 +204,7 @@ fn parse_response(
     let interim = (100..200).contains(&status) && status != 101;
     let request = if interim { None } else { pending.pop() };
     let head_request = request.as_ref().is_some_and(|r| r.fields.method == "HEAD");
-    let body = if interim || head_request || status == 204 || status == 304 || status == 101 {
-        0
-    } else if chunked {
+    let body = if interim || head_request || chunked || [101, 204, 304].contains(&status) {
         0
     } else {
         content_length.unwrap_or(u64::MAX)
@@ -236,7 +234,7 @@ fn parse_chunk<H>(b: &[u8], searched: &mut usize) -> Frame<Part<H>> {
             Frame::Incomplete
         };
     };
-    let size_text = std::str::from_utf8(&b[..line_end]).unwrap_or("");
+    let size_text = std::str::from_utf8(b.get(..line_end).unwrap_or_default()).unwrap_or("");
     let size_text = size_text.split(';').next().unwrap_or("").trim();
     let Ok(size) = u64::from_str_radix(size_text, 16) else {
         return Frame::Invalid;

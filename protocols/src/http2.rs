@@ -46,7 +46,11 @@ const MAX_HEADER_BLOCK: usize = 64 * 1024;
 pub fn looks_like(side: Side, first: &[u8]) -> bool {
     side == Side::Request
         && first.len() >= 4
-        && PREFACE.starts_with(&first[..first.len().min(PREFACE.len())])
+        && PREFACE.starts_with(
+            first
+                .get(..first.len().min(PREFACE.len()))
+                .unwrap_or_default(),
+        )
 }
 
 /// A frame's header, with the payload when the parser needs it.
@@ -75,12 +79,14 @@ fn frame(b: &[u8], _: &mut ()) -> Frame<H2Frame> {
             msg,
         };
     }
-    if b.len() < PREFACE.len() && PREFACE.starts_with(b) || b.len() < 9 {
+    let Some(h) =
+        crate::array::<9>(b, 0).filter(|_| !(b.len() < PREFACE.len() && PREFACE.starts_with(b)))
+    else {
         return Frame::Incomplete;
-    }
-    let len = u32::from_be_bytes([0, b[0], b[1], b[2]]) as usize;
-    let (kind, flags) = (b[3], b[4]);
-    let stream = u32::from_be_bytes([b[5], b[6], b[7], b[8]]) & 0x7fff_ffff;
+    };
+    let [l0, l1, l2, kind, flags, s0, s1, s2, s3] = h;
+    let len = u32::from_be_bytes([0, l0, l1, l2]) as usize;
+    let stream = u32::from_be_bytes([s0, s1, s2, s3]) & 0x7fff_ffff;
     // Types past 0x10 are unassigned: more likely lost sync than an extension.
     if len > 1 << 24 || kind > 0x10 {
         return Frame::Invalid;
@@ -497,7 +503,7 @@ impl Parser for Http2Parser {
         stream.feed(
             chunk,
             frame,
-            |b| b.len() >= 9 && b[3] <= CONTINUATION,
+            |b| b.len() >= 9 && b.get(3).is_some_and(|&t| t <= CONTINUATION),
             |c| done.push(c),
         );
         if stream.stats.desyncs != desyncs {

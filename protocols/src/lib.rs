@@ -25,6 +25,11 @@ pub use exchange::{
     TraceContext,
 };
 
+/// `N` bytes of `b` from `at`, if it has them.
+pub(crate) fn array<const N: usize>(b: &[u8], at: usize) -> Option<[u8; N]> {
+    b.get(at..at.checked_add(N)?)?.try_into().ok()
+}
+
 /// `s` cut to at most `max` bytes, on a character boundary (never inside one).
 pub fn truncate_chars(s: &mut String, max: usize) {
     if s.len() > max {

@@ -33,19 +33,23 @@ const MAX_PENDING: usize = 1024;
 /// Whether `first` is a server greeting (protocol 10), which opens every
 /// MySQL and MariaDB connection.
 pub fn looks_like(side: Side, first: &[u8]) -> bool {
-    if side != Side::Response || first.len() < 16 {
+    let (Some([l0, l1, l2, seq, protocol]), Some(version)) =
+        (crate::array::<5>(first, 0), first.get(5..))
+    else {
         return false;
-    }
-    let len = u32::from_le_bytes([first[0], first[1], first[2], 0]) as usize;
+    };
+    let len = u32::from_le_bytes([l0, l1, l2, 0]) as usize;
     // Sequence 0, protocol 10, a printable version string ending in NUL.
-    first[3] == 0
-        && first[4] == 10
+    side == Side::Response
+        && first.len() >= 16
+        && seq == 0
+        && protocol == 10
         && (32..1024).contains(&len)
-        && first[5..]
+        && version
             .iter()
             .take_while(|&&b| b != 0)
             .all(|b| b.is_ascii_graphic())
-        && first[5..].contains(&0)
+        && version.contains(&0)
 }
 
 struct Packet {
@@ -54,11 +58,10 @@ struct Packet {
 }
 
 fn frame(b: &[u8], _: &mut ()) -> Frame<Packet> {
-    if b.len() < 4 {
+    let Some([l0, l1, l2, seq]) = crate::array::<4>(b, 0) else {
         return Frame::Incomplete;
-    }
-    let len = u32::from_le_bytes([b[0], b[1], b[2], 0]) as usize;
-    let seq = b[3];
+    };
+    let len = u32::from_le_bytes([l0, l1, l2, 0]) as usize;
     let have = b.len() - 4;
     if have >= len {
         return Frame::Message {
@@ -66,7 +69,7 @@ fn frame(b: &[u8], _: &mut ()) -> Frame<Packet> {
             body: 0,
             msg: Packet {
                 seq,
-                payload: b[4..4 + len].to_vec(),
+                payload: b.get(4..4 + len).unwrap_or_default().to_vec(),
             },
         };
     }
@@ -79,7 +82,7 @@ fn frame(b: &[u8], _: &mut ()) -> Frame<Packet> {
         body: (len - keep) as u64,
         msg: Packet {
             seq,
-            payload: b[4..4 + keep].to_vec(),
+            payload: b.get(4..4 + keep).unwrap_or_default().to_vec(),
         },
     }
 }
@@ -87,7 +90,7 @@ fn frame(b: &[u8], _: &mut ()) -> Frame<Packet> {
 fn cstr(b: &[u8]) -> (&str, &[u8]) {
     let end = b.iter().position(|&c| c == 0).unwrap_or(b.len());
     (
-        std::str::from_utf8(&b[..end]).unwrap_or(""),
+        std::str::from_utf8(b.get(..end).unwrap_or_default()).unwrap_or(""),
         b.get(end + 1..).unwrap_or_default(),
     )
 }
@@ -104,8 +107,8 @@ fn lenenc(b: &[u8]) -> Option<(u64, &[u8])> {
     };
     let bytes = rest.get(..n)?;
     let mut v = [0u8; 8];
-    v[..n].copy_from_slice(bytes);
-    Some((u64::from_le_bytes(v), &rest[n..]))
+    v.get_mut(..n)?.copy_from_slice(bytes);
+    Some((u64::from_le_bytes(v), rest.get(n..)?))
 }
 
 /// What the server's reply to the command in flight still needs.
@@ -185,7 +188,7 @@ impl MysqlParser {
             return;
         }
         let Some(&code) = p.first() else { return };
-        let text = || String::from_utf8_lossy(&p[1..]).into_owned();
+        let text = || String::from_utf8_lossy(p.get(1..).unwrap_or_default()).into_owned();
         let mut cmd = Command {
             code,
             statement: None,
@@ -210,9 +213,7 @@ impl MysqlParser {
             COM_INIT_DB => self.database = Some(kept(&text(), MAX_HEADER_VALUE)),
             COM_STMT_PREPARE => cmd.prepare = Some(text()),
             COM_STMT_EXECUTE | COM_STMT_CLOSE | COM_STMT_SEND_LONG_DATA | COM_STMT_RESET => {
-                let id = p
-                    .get(1..5)
-                    .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]));
+                let id = crate::array(p, 1).map(u32::from_le_bytes);
                 cmd.statement = id.and_then(|id| self.statements.get(&id).cloned());
                 if code == COM_STMT_CLOSE
                     && let Some(id) = id
@@ -233,10 +234,10 @@ impl MysqlParser {
     }
 
     fn handshake_response(&mut self, p: &[u8]) {
-        if p.len() < 32 {
+        let (Some(caps), Some(after)) = (crate::array(p, 0), p.get(32..)) else {
             return;
-        }
-        let caps = u32::from_le_bytes([p[0], p[1], p[2], p[3]]);
+        };
+        let caps = u32::from_le_bytes(caps);
         if caps & CLIENT_PROTOCOL_41 == 0 {
             return;
         }
@@ -245,11 +246,11 @@ impl MysqlParser {
             return;
         }
         self.deprecate_eof = caps & CLIENT_DEPRECATE_EOF != 0;
-        let (user, rest) = cstr(&p[32..]);
+        let (user, rest) = cstr(after);
         self.user = Some(kept(user, MAX_HEADER_VALUE));
         // Auth data: length-prefixed (or NUL-terminated); passed over unread.
         let rest = match lenenc(rest) {
-            Some((n, r)) if (n as usize) <= r.len() => &r[n as usize..],
+            Some((n, r)) if (n as usize) <= r.len() => r.get(n as usize..).unwrap_or_default(),
             _ => cstr(rest).1,
         };
         if caps & CLIENT_CONNECT_WITH_DB != 0 {
@@ -281,31 +282,32 @@ impl MysqlParser {
         let status_flags = |p: &[u8]| -> u16 {
             // EOF: header, warnings(2), status(2). OK: header, lenenc, lenenc, status(2).
             if p.first() == Some(&0xfe) && p.len() < 9 {
-                p.get(3..5).map_or(0, |s| u16::from_le_bytes([s[0], s[1]]))
+                crate::array(p, 3).map_or(0, u16::from_le_bytes)
             } else {
-                let rest = lenenc(&p[1..])
+                let rest = lenenc(p.get(1..).unwrap_or_default())
                     .and_then(|(_, r)| lenenc(r))
                     .map(|(_, r)| r)
                     .unwrap_or_default();
-                rest.get(..2)
-                    .map_or(0, |s| u16::from_le_bytes([s[0], s[1]]))
+                crate::array(rest, 0).map_or(0, u16::from_le_bytes)
             }
         };
         let expect = self.expect.unwrap_or(Expect::First);
         let done = match expect {
             // ERR can come anywhere (a row or definition never starts with 0xff).
             _ if first == 0xff => {
-                let code = p.get(1..3).map_or(0, |b| u16::from_le_bytes([b[0], b[1]]));
+                let code = crate::array(p, 1).map_or(0, u16::from_le_bytes);
                 self.reply.error = Some(code.to_string());
                 true
             }
             Expect::First => {
                 let prepare = self.pending.front().and_then(|c| c.prepare.clone());
-                if let Some(query) = prepare.filter(|_| first == 0x00 && p.len() >= 12) {
-                    // COM_STMT_PREPARE_OK: id(4), columns(2), params(2).
-                    let id = u32::from_le_bytes([p[1], p[2], p[3], p[4]]);
-                    let columns = u64::from(u16::from_le_bytes([p[5], p[6]]));
-                    let params = u64::from(u16::from_le_bytes([p[7], p[8]]));
+                // COM_STMT_PREPARE_OK: status, id(4), columns(2), params(2).
+                let ok = crate::array::<12>(p, 0).filter(|_| first == 0x00);
+                if let (Some(query), Some([_, i0, i1, i2, i3, c0, c1, p0, p1, ..])) = (prepare, ok)
+                {
+                    let id = u32::from_le_bytes([i0, i1, i2, i3]);
+                    let columns = u64::from(u16::from_le_bytes([c0, c1]));
+                    let params = u64::from(u16::from_le_bytes([p0, p1]));
                     self.statements.insert(id, query, 4);
                     let eofs = if self.deprecate_eof {
                         0
@@ -458,7 +460,7 @@ impl Parser for MysqlParser {
         let mut done = Vec::new();
         // After a gap, a command packet (sequence 0) regains sync on the
         // client side; the server side waits for the next command's reply.
-        let starts = |b: &[u8]| b.len() >= 5 && b[3] == 0;
+        let starts = |b: &[u8]| b.len() >= 5 && b.get(3) == Some(&0);
         match chunk.side {
             Side::Request => {
                 let desyncs = self.requests.stats.desyncs;
@@ -479,7 +481,7 @@ impl Parser for MysqlParser {
                 self.responses.feed(
                     chunk,
                     frame,
-                    |b| b.len() >= 5 && b[3] == 1,
+                    |b| b.len() >= 5 && b.get(3) == Some(&1),
                     |c| done.push(c),
                 );
                 if self.responses.stats.desyncs != desyncs {

@@ -28,11 +28,13 @@ const CLIENT_TYPES: &[u8] = b"QPBEDCSHXpdcfF";
 /// Whether `first` can begin a PostgreSQL conversation: a startup, SSL or
 /// GSS request from the client.
 pub fn looks_like(side: Side, first: &[u8]) -> bool {
-    if side != Side::Request || first.len() < 8 {
+    let (Some(len), Some(code)) = (crate::array(first, 0), crate::array(first, 4)) else {
+        return false;
+    };
+    if side != Side::Request {
         return false;
     }
-    let len = u32::from_be_bytes([first[0], first[1], first[2], first[3]]);
-    let code = u32::from_be_bytes([first[4], first[5], first[6], first[7]]);
+    let (len, code) = (u32::from_be_bytes(len), u32::from_be_bytes(code));
     match code {
         SSL_REQUEST | GSS_REQUEST => len == 8,
         PROTOCOL_3 => (9..=10_000).contains(&len),
@@ -47,8 +49,9 @@ struct Message {
     payload: Vec<u8>,
 }
 
+/// A big-endian u32 at the start of `b` (0 if it is shorter).
 fn be32(b: &[u8]) -> usize {
-    u32::from_be_bytes([b[0], b[1], b[2], b[3]]) as usize
+    crate::array(b, 0).map_or(0, u32::from_be_bytes) as usize
 }
 
 /// Frames `type + length + payload` messages; `untyped` for the client's
@@ -62,8 +65,8 @@ fn frame(b: &[u8], untyped: bool) -> Frame<Message> {
     if b.len() < at + 4 {
         return Frame::Incomplete;
     }
-    let len = be32(&b[at..]);
-    if len < 4 || len > 1 << 30 {
+    let len = be32(b.get(at..).unwrap_or_default());
+    if !(4..=1 << 30).contains(&len) {
         return Frame::Invalid;
     }
     let payload_len = len - 4;
@@ -75,7 +78,10 @@ fn frame(b: &[u8], untyped: bool) -> Frame<Message> {
             body: 0,
             msg: Message {
                 kind,
-                payload: b[start..start + payload_len].to_vec(),
+                payload: b
+                    .get(start..start + payload_len)
+                    .unwrap_or_default()
+                    .to_vec(),
             },
         };
     }
@@ -89,7 +95,7 @@ fn frame(b: &[u8], untyped: bool) -> Frame<Message> {
         body: (payload_len - keep) as u64,
         msg: Message {
             kind,
-            payload: b[start..start + keep].to_vec(),
+            payload: b.get(start..start + keep).unwrap_or_default().to_vec(),
         },
     }
 }
@@ -103,7 +109,7 @@ fn text(b: &[u8]) -> String {
 fn cstr(b: &[u8]) -> (&str, &[u8]) {
     let end = b.iter().position(|&c| c == 0).unwrap_or(b.len());
     (
-        std::str::from_utf8(&b[..end]).unwrap_or(""),
+        std::str::from_utf8(b.get(..end).unwrap_or_default()).unwrap_or(""),
         b.get(end + 1..).unwrap_or_default(),
     )
 }
@@ -172,7 +178,7 @@ impl PostgresParser {
                 SSL_REQUEST | GSS_REQUEST => self.awaiting_ssl_answer = true,
                 PROTOCOL_3 => {
                     self.started = true;
-                    let mut rest = &m.payload[4..];
+                    let mut rest = m.payload.get(4..).unwrap_or_default();
                     while !rest.is_empty() {
                         let (key, r) = cstr(rest);
                         if key.is_empty() {
@@ -274,10 +280,9 @@ impl PostgresParser {
             }
             b'Z' => {
                 let reply = std::mem::take(&mut self.reply);
-                match self.pending.pop() {
-                    Some(req) => out.push(self.exchange(req, Some((c.end_ns, reply)))),
-                    // ReadyForQuery after authentication.
-                    None => {}
+                // None: ReadyForQuery after authentication.
+                if let Some(req) = self.pending.pop() {
+                    out.push(self.exchange(req, Some((c.end_ns, reply))));
                 }
             }
             _ => {}
@@ -389,7 +394,7 @@ impl Parser for PostgresParser {
                         }
                         Some(b'N') => {
                             let rest = Chunk {
-                                bytes: &chunk.bytes[1..],
+                                bytes: chunk.bytes.get(1..).unwrap_or_default(),
                                 total_len: chunk.total_len.saturating_sub(1),
                                 ..chunk
                             };

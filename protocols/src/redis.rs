@@ -31,12 +31,12 @@ const MAX_ELEMENTS: u64 = 1 << 20;
 pub fn looks_like(side: Side, first: &[u8]) -> bool {
     side == Side::Request
         && (first.len() >= 4
-            && first[0] == b'*'
-            && first[1].is_ascii_digit()
+            && first.first() == Some(&b'*')
+            && first.get(1).is_some_and(u8::is_ascii_digit)
             && first.windows(3).take(12).any(|w| w == b"\r\n$")
             // An inline PING (telnet, redis-benchmark's PING_INLINE): other
             // inline commands are too like other text protocols to detect.
-            || first.len() >= 6 && first[..6].eq_ignore_ascii_case(b"PING\r\n"))
+            || first.get(..6).is_some_and(|w| w.eq_ignore_ascii_case(b"PING\r\n")))
 }
 
 /// What the scanner keeps of one RESP value.

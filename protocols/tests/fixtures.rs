@@ -1,6 +1,7 @@
 //! The parsers on traffic recorded from real servers and clients
 //! (`tests/fixtures/record.sh`): golden outputs, both ends agreeing, no
 //! secret surviving, and the same exchanges however the bytes are split.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)] // a panic here is a failed test
 
 use std::path::{Path, PathBuf};
 

@@ -227,12 +227,15 @@ pub fn run(duration: Duration, connections: u32, rounds: u32, export: bool) -> a
         let collector_s =
             collector.as_ref().map_or(0.0, |c| cpu_seconds(c.0.id())) - collector_before;
         let secs = duration.as_secs_f64();
-        tput.push(with.requests_per_s / base.requests_per_s);
-        p99.push(with.p99_latency_us / base.p99_latency_us);
+        let round_tput = with.requests_per_s / base.requests_per_s;
+        let round_p99 = with.p99_latency_us / base.p99_latency_us;
+        let (round_eps, round_cpu) = (a.events / secs, a.cpu_s / secs * 100.0);
+        tput.push(round_tput);
+        p99.push(round_p99);
         // Per request: the extra serial time each request costs the server.
         added.push(1e6 / with.requests_per_s - 1e6 / base.requests_per_s);
-        eps.push(a.events / secs);
-        cpu.push(a.cpu_s / secs * 100.0);
+        eps.push(round_eps);
+        cpu.push(round_cpu);
         xps.push(a.exchanges / secs);
         exported.push(a.exported);
         dropped.push(a.dropped);
@@ -241,13 +244,13 @@ pub fn run(duration: Duration, connections: u32, rounds: u32, export: bool) -> a
             "| {round} | {:.0} | {:.0} | {:.3} | {:.0} us | {:.0} us | {:.3} | {:.0} | {} | {:.1}% |",
             base.requests_per_s,
             with.requests_per_s,
-            tput.last().unwrap(),
+            round_tput,
             base.p99_latency_us,
             with.p99_latency_us,
-            p99.last().unwrap(),
-            eps.last().unwrap(),
+            round_p99,
+            round_eps,
             a.lost,
-            cpu.last().unwrap()
+            round_cpu
         );
     }
     println!(

@@ -9,10 +9,8 @@ use anyhow::{Context as _, bail};
 
 /// The workspace root (xtask's parent folder).
 pub fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("xtask sits in the workspace")
-        .to_owned()
+    let xtask = Path::new(env!("CARGO_MANIFEST_DIR"));
+    xtask.parent().unwrap_or(xtask).to_owned()
 }
 
 pub fn cargo() -> Command {
