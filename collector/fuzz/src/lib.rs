@@ -1,0 +1,28 @@
+//! What the collector does with a decoded export, short of the network:
+//! mapping, bounded names, assembly, chain analysis.
+
+use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+use tangle_collector::{
+    assembly::Assembler,
+    chains::analyze,
+    names::Names,
+    otlp::{MappingStats, map_request},
+};
+
+pub fn ingest(req: &ExportTraceServiceRequest) {
+    let mut stats = MappingStats::default();
+    let spans = map_request(req, &mut stats);
+    let mut names = Names::default();
+    let mut asm = Assembler::with_trace_limit(1_000, 100_000, 1_000);
+    for mut s in spans {
+        names.cut_span(&mut s);
+        for t in asm.add(s, 0) {
+            let _ = analyze(&t);
+        }
+    }
+    for t in asm.flush_all() {
+        if let Some(mut a) = analyze(&t) {
+            names.bound(&mut a, &mut []);
+        }
+    }
+}
