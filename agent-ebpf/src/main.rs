@@ -43,7 +43,7 @@ static SOCKS: LruHashMap<u64, SockOwner> = LruHashMap::with_max_entries(65536, 0
 /// Processes whose connections are never tracked: Tangle's own (a
 /// collector on this node), so Tangle does not trace its own traffic.
 #[map]
-static IGNORED_TGIDS: HashMap<u32, u8> = HashMap::with_max_entries(1024, 0);
+static IGNORED_TGIDS: HashMap<u32, u8> = HashMap::with_max_entries(4096, 0);
 
 /// Endpoints whose connections are never tracked: the collector's.
 #[map]
@@ -142,13 +142,20 @@ fn remove_conn(key: &ConnKey) {
     }
 }
 
-/// Whether an endpoint is one whose connections are never tracked.
+/// Whether an endpoint is one whose connections are never tracked; a
+/// loopback one only in the namespace `netns` it was given for.
 #[inline(always)]
-fn ignored_endpoint(addr: [u8; 16], port: u16) -> bool {
+fn ignored_endpoint(family: u16, addr: [u8; 16], port: u16, netns: u32) -> bool {
+    let netns = if Endpoint::is_loopback(family, &addr) {
+        netns
+    } else {
+        0
+    };
     let e = Endpoint {
         addr,
         port,
-        _pad: [0; 6],
+        _pad: 0,
+        netns,
     };
     IGNORED_ENDPOINTS.get_ptr(&e).is_some()
 }
@@ -281,22 +288,20 @@ fn track(fd: u32, role: Role) {
     {
         return;
     }
-    if ignored_endpoint(addrs.remote_addr, addrs.remote_port)
-        || ignored_endpoint(addrs.local_addr, addrs.local_port)
+    let Some(net) = read_kernel::<u64>(sk + off.sk_net as u64) else {
+        return;
+    };
+    let Some(netns) = read_kernel::<u32>(net + off.net_ns_inum as u64) else {
+        return;
+    };
+    if cfg.filter_netns != 0 && netns != cfg.filter_netns {
+        return;
+    }
+    if ignored_endpoint(addrs.family, addrs.remote_addr, addrs.remote_port, netns)
+        || ignored_endpoint(addrs.family, addrs.local_addr, addrs.local_port, netns)
     {
         count(Stat::Ignored);
         return;
-    }
-    if cfg.filter_netns != 0 {
-        let Some(net) = read_kernel::<u64>(sk + off.sk_net as u64) else {
-            return;
-        };
-        let Some(inum) = read_kernel::<u32>(net + off.net_ns_inum as u64) else {
-            return;
-        };
-        if inum != cfg.filter_netns {
-            return;
-        }
     }
     let key = ConnKey { tgid, fd };
     // A tracked fd replaced without a close we saw (dup2): end the old one.

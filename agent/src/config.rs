@@ -27,6 +27,10 @@ pub enum ConfigError {
     /// The values parse but do not make sense together.
     #[error("config {path}: {message}")]
     Invalid { path: String, message: String },
+    /// The token, inline or in its file, is empty: every export would be
+    /// refused.
+    #[error("{0} is empty: give a token, or none")]
+    EmptyToken(String),
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Deserialize, Serialize)]
@@ -54,7 +58,9 @@ pub struct ExportConfig {
     /// A bearer token sent with every export (`authorization: Bearer ...`).
     pub token: Option<String>,
     /// A file holding the token (a Kubernetes secret mounted as a file);
-    /// its surrounding white space is ignored.
+    /// its surrounding white space is ignored. Read again when the
+    /// collector refuses the token, so a rotated secret is taken without a
+    /// restart.
     pub token_file: Option<PathBuf>,
     /// TLS to the collector (with `https://`).
     pub tls: Option<TlsConfig>,
@@ -239,11 +245,18 @@ impl Config {
 
     /// The export token, read from its file if need be.
     pub fn token(&self) -> Result<Option<String>, ConfigError> {
-        match (&self.export.token, &self.export.token_file) {
-            (Some(t), _) => Ok(Some(t.trim().to_owned())),
-            (None, Some(path)) => Ok(Some(read("token file", path)?.trim().to_owned())),
-            (None, None) => Ok(None),
+        let (token, from) = match (&self.export.token, &self.export.token_file) {
+            (Some(t), _) => (t.trim().to_owned(), "export.token".to_owned()),
+            (None, Some(path)) => (
+                read("token file", path)?.trim().to_owned(),
+                format!("the token file {}", path.display()),
+            ),
+            (None, None) => return Ok(None),
+        };
+        if token.is_empty() {
+            return Err(ConfigError::EmptyToken(from));
         }
+        Ok(Some(token))
     }
 }
 

@@ -71,15 +71,6 @@ pub fn comm_str(comm: &[u8]) -> String {
     String::from_utf8_lossy(comm.get(..end).unwrap_or_default()).into_owned()
 }
 
-/// Whether a process is Tangle's own (by its `comm`, which the kernel cuts
-/// to 15 bytes): its traffic is Tangle's, never the services'.
-pub fn is_tangle(comm: &str) -> bool {
-    matches!(
-        comm,
-        "tangle-agent" | "tangle-collecto" | "tangle-collector"
-    )
-}
-
 struct Entry {
     conn: Connection,
     /// When the connection last moved bytes (or opened), kernel clock.
@@ -128,7 +119,7 @@ impl ConnTable {
         let identity = self
             .identities
             .acquire(ev.tgid, &comm_str(&ev.comm), ev.cgroup_id);
-        if is_tangle(&identity.exe) {
+        if identity.tangle {
             self.identities.release(ev.tgid);
             self.ignored += 1;
             if self.ignored_new.len() < 1024 {
@@ -281,12 +272,25 @@ mod tests {
 
     #[test]
     fn tangle_is_not_traced() {
-        let mut t = ConnTable::new(8);
-        let mut ev = open_event(1, u32::MAX);
-        ev.comm = *b"tangle-collecto\0";
+        // This test's own process, its executable renamed by the test.
+        let me = std::process::id();
+        let mut identities = Identities::default();
+        identities.preset(
+            me,
+            Identity {
+                tangle: true,
+                ..Identity::executable("tangle-agent")
+            },
+        );
+        let mut t = ConnTable::with_identities(8, identities);
+        let ev = open_event(1, me);
         assert!(!t.open(&ev, &mut Vec::new()));
-        assert_eq!(t.take_ignored(), [(u32::MAX, 3)]);
+        assert_eq!(t.take_ignored(), [(me, 3)]);
         assert!(t.is_empty());
+        // Named so by its comm only: traced.
+        let mut ev = open_event(2, u32::MAX);
+        ev.comm = *b"tangle-collecto\0";
+        assert!(t.open(&ev, &mut Vec::new()));
     }
 
     #[test]

@@ -29,6 +29,7 @@ use opentelemetry_proto::tonic::{
 };
 use tangle_common::Role;
 use tangle_protocols::{Exchange, Fields, Status as ExStatus};
+use tangle_throttle::Throttled;
 use tokio::sync::mpsc;
 
 use crate::{conntrack::Connection, identity::Identity, pipeline::ExchangeSink};
@@ -440,6 +441,7 @@ impl Linker {
 pub struct SpanQueue {
     tx: mpsc::Sender<Outgoing>,
     stats: Arc<ExportStats>,
+    full: Throttled,
     clock_offset_ns: i128,
     linker: Linker,
 }
@@ -452,6 +454,11 @@ impl SpanQueue {
             }
             Err(_) => {
                 self.stats.dropped.fetch_add(1, Ordering::Relaxed);
+                tangle_throttle::warn!(
+                    self.full,
+                    "the export queue ([export] queue_spans) is full, the collector slow or \
+                     away: spans dropped, counted in tangle_agent_spans_dropped_total"
+                );
             }
         }
     }
@@ -510,6 +517,9 @@ pub struct Target {
     endpoint: tonic::transport::Endpoint,
     shown: String,
     authorization: Option<tonic::metadata::MetadataValue<tonic::metadata::Ascii>>,
+    /// Read again when the collector says the token is wrong: a rotated
+    /// Secret is taken without a restart.
+    token_file: Option<std::path::PathBuf>,
 }
 
 impl Target {
@@ -523,6 +533,10 @@ impl Target {
         let mut endpoint = tonic::transport::Endpoint::from_shared(e.endpoint.clone())
             .map_err(|err| bad(err.to_string()))?
             .connect_timeout(Duration::from_secs(5))
+            // No keep-alive pings: gRPC servers (the OpenTelemetry
+            // Collector's among them) answer pings more often than every
+            // five minutes with GOAWAY. A connection a middlebox dropped
+            // fails the next export within this timeout, and is made again.
             .timeout(Duration::from_secs(10));
         if let Some(tls) = &e.tls {
             let read = |what, path: &std::path::Path| crate::config::read(what, path);
@@ -541,19 +555,42 @@ impl Target {
                 .tls_config(config)
                 .map_err(|err| ExportError::Tls(err.to_string()))?;
         }
-        let authorization = c
-            .token()?
-            .map(|t| {
-                format!("Bearer {t}")
-                    .parse()
-                    .map_err(|_| ExportError::Token)
-            })
-            .transpose()?;
         Ok(Self {
             endpoint,
             shown: e.endpoint.clone(),
-            authorization,
+            authorization: bearer(c.token()?)?,
+            token_file: e.token.is_none().then(|| e.token_file.clone()).flatten(),
         })
+    }
+
+    /// Reads the token file again; whether the token changed.
+    fn reread_token(&mut self) -> bool {
+        let Some(path) = &self.token_file else {
+            return false;
+        };
+        let read = crate::config::read("token file", path)
+            .map_err(ExportError::from)
+            .and_then(|t| match t.trim() {
+                "" => {
+                    Err(crate::config::ConfigError::EmptyToken(path.display().to_string()).into())
+                }
+                t => bearer(Some(t.to_owned())),
+            });
+        match read {
+            Ok(new) if new != self.authorization => {
+                log::info!(
+                    "token file {} changed: exporting with the new token",
+                    path.display()
+                );
+                self.authorization = new;
+                true
+            }
+            Ok(_) => false,
+            Err(e) => {
+                log::warn!("reading the token file again: {e}");
+                false
+            }
+        }
     }
 
     pub fn shown(&self) -> &str {
@@ -566,6 +603,18 @@ impl Target {
     }
 }
 
+fn bearer(
+    token: Option<String>,
+) -> Result<Option<tonic::metadata::MetadataValue<tonic::metadata::Ascii>>, ExportError> {
+    token
+        .map(|t| {
+            format!("Bearer {t}")
+                .parse()
+                .map_err(|_| ExportError::Token)
+        })
+        .transpose()
+}
+
 /// Most spans in one export request.
 const MAX_BATCH: usize = 2048;
 /// Most encoded bytes in one export request: well under the 4 MiB gRPC
@@ -576,8 +625,6 @@ const BATCH_WAIT: Duration = Duration::from_millis(200);
 /// How long one batch is retried (collector away, or busy) before it is
 /// dropped for the next: no batch can hold the export up for ever.
 const RETRY_FOR: Duration = Duration::from_secs(60);
-/// How often the same kind of export failure is logged, at most.
-const WARN_EVERY: Duration = Duration::from_secs(30);
 
 /// Exports spans to `target` (OTLP/gRPC) in batches, from a thread of its
 /// own (the capture loop never waits for it); retries with backoff while
@@ -600,6 +647,7 @@ pub fn start(
         SpanQueue {
             tx,
             stats: stats.clone(),
+            full: Throttled::default(),
             clock_offset_ns,
             linker: Linker::default(),
         },
@@ -671,29 +719,6 @@ fn failure(status: &tonic::Status) -> Failure {
         | Code::OutOfRange
         | Code::Unknown => Failure::Retry,
         _ => Failure::Refused,
-    }
-}
-
-/// A warning said at most once per [`WARN_EVERY`], with how many were held back.
-#[derive(Default)]
-struct Throttled {
-    last: Option<std::time::Instant>,
-    held_back: u64,
-}
-
-impl Throttled {
-    fn warn(&mut self, message: std::fmt::Arguments<'_>) {
-        if self.last.is_some_and(|t| t.elapsed() < WARN_EVERY) {
-            self.held_back += 1;
-            return;
-        }
-        if self.held_back > 0 {
-            log::warn!("{message} ({} more like it since the last)", self.held_back);
-        } else {
-            log::warn!("{message}");
-        }
-        self.last = Some(std::time::Instant::now());
-        self.held_back = 0;
     }
 }
 
@@ -829,23 +854,34 @@ async fn export_encoded(
     grpc: &mut tonic::client::Grpc<tonic::transport::Channel>,
     request: tonic::Request<bytes::Bytes>,
 ) -> Result<(), tonic::Status> {
+    // A transport error keeps its source: the connection is made again.
     grpc.ready()
         .await
-        .map_err(|e| tonic::Status::unavailable(e.to_string()))?;
+        .map_err(|e| tonic::Status::from_error(e.into()))?;
     let path = http::uri::PathAndQuery::from_static(
         "/opentelemetry.proto.collector.trace.v1.TraceService/Export",
     );
     grpc.unary(request, path, EncodedCodec).await.map(|_| ())
 }
 
-async fn export_loop(target: Target, mut rx: mpsc::Receiver<Outgoing>, stats: Arc<ExportStats>) {
+async fn export_loop(
+    mut target: Target,
+    mut rx: mpsc::Receiver<Outgoing>,
+    stats: Arc<ExportStats>,
+) {
     let endpoint = target.shown().to_owned();
     let mut client: Option<tonic::client::Grpc<tonic::transport::Channel>> = None;
     // Batches to send before taking new ones: the halves of a split one.
     let mut ready: std::collections::VecDeque<ExportTraceServiceRequest> = Default::default();
     let mut pending: Option<InFlight> = None;
     let mut backoff = Duration::from_millis(200);
-    let (mut away, mut refused) = (Throttled::default(), Throttled::default());
+    // One throttle per kind of trouble: a steady one never hides another.
+    let (unreachable, retrying, given_up, refused) = (
+        Throttled::default(),
+        Throttled::default(),
+        Throttled::default(),
+        Throttled::default(),
+    );
     let fail = |backoff: &mut Duration| {
         stats.failed_attempts.fetch_add(1, Ordering::Relaxed);
         let wait = *backoff;
@@ -869,9 +905,10 @@ async fn export_loop(target: Target, mut rx: mpsc::Receiver<Outgoing>, stats: Ar
         let n = batch.spans;
         if batch.since.elapsed() > RETRY_FOR {
             stats.given_up.fetch_add(n, Ordering::Relaxed);
-            away.warn(format_args!(
+            tangle_throttle::warn!(
+                given_up,
                 "collector {endpoint}: dropped {n} spans after trying for {RETRY_FOR:?}"
-            ));
+            );
             pending = None;
             continue;
         }
@@ -879,7 +916,7 @@ async fn export_loop(target: Target, mut rx: mpsc::Receiver<Outgoing>, stats: Ar
             match target.endpoint.connect().await {
                 Ok(channel) => client = Some(tonic::client::Grpc::new(channel)),
                 Err(e) => {
-                    away.warn(format_args!("collector {endpoint} unreachable: {e}"));
+                    tangle_throttle::warn!(unreachable, "collector {endpoint} unreachable: {e}");
                     fail(&mut backoff).await;
                     continue;
                 }
@@ -896,6 +933,9 @@ async fn export_loop(target: Target, mut rx: mpsc::Receiver<Outgoing>, stats: Ar
             backoff = Duration::from_millis(200);
             continue;
         };
+        if status.code() == tonic::Code::Unauthenticated && target.reread_token() {
+            continue;
+        }
         let kind = failure(&status);
         if kind != Failure::Retry {
             // Retries count theirs as they wait.
@@ -913,20 +953,25 @@ async fn export_loop(target: Target, mut rx: mpsc::Receiver<Outgoing>, stats: Ar
             }
             Failure::TooLarge | Failure::Refused => {
                 stats.refused.fetch_add(n, Ordering::Relaxed);
-                refused.warn(format_args!(
+                tangle_throttle::warn!(
+                    refused,
                     "collector {endpoint} refused {n} spans ({:?}: {}); dropped",
                     status.code(),
                     status.message()
-                ));
+                );
                 pending = None;
             }
             Failure::Retry => {
-                away.warn(format_args!(
+                tangle_throttle::warn!(
+                    retrying,
                     "export to {endpoint} failed ({:?}: {}); retrying",
                     status.code(),
                     status.message()
-                ));
-                if status.code() == tonic::Code::Unavailable {
+                );
+                // A broken connection is made again; a collector that only
+                // said it is busy keeps its connection (no reconnect storm
+                // while it is overloaded).
+                if std::error::Error::source(&status).is_some() {
                     client = None;
                 }
                 fail(&mut backoff).await;

@@ -68,6 +68,8 @@ pub struct CgroupFacts {
 #[derive(Clone, Debug, Default)]
 pub struct ProcessFacts {
     pub exe: String,
+    /// The file name of the executable (`/proc/PID/exe`), if readable.
+    pub executable_file: Option<String>,
     /// Arguments joined by spaces: for rules only, never exported.
     pub cmdline: String,
     /// From `OTEL_SERVICE_NAME` or `OTEL_RESOURCE_ATTRIBUTES`.
@@ -81,6 +83,8 @@ pub struct Identity {
     pub service: String,
     pub source: NameSource,
     pub exe: String,
+    /// One of Tangle's own processes: never traced.
+    pub tangle: bool,
     pub cgroup: CgroupFacts,
     pub pod: Option<Arc<PodMeta>>,
 }
@@ -197,9 +201,25 @@ pub fn name(rules: &[NamingRule], p: &ProcessFacts, pod: Option<&Arc<PodMeta>>) 
         service,
         source,
         exe: p.exe.clone(),
+        tangle: p.executable_file.as_deref().is_some_and(is_tangle),
         cgroup: p.cgroup.clone(),
         pod: pod.cloned(),
     }
+}
+
+/// The file name of process `pid`'s executable, as /proc links it (a file
+/// replaced since the start still counts as itself).
+pub fn executable_file(pid: u32) -> Option<String> {
+    let path = std::fs::read_link(format!("/proc/{pid}/exe")).ok()?;
+    let name = path.file_name()?.to_string_lossy();
+    Some(name.strip_suffix(" (deleted)").unwrap_or(&name).to_owned())
+}
+
+/// Whether an executable is Tangle's own, by its file name. Not the
+/// `comm`, which any process may set to anything: a service cannot hide
+/// its traffic by naming itself `tangle-agent`.
+pub fn is_tangle(executable_file: &str) -> bool {
+    matches!(executable_file, "tangle-agent" | "tangle-collector")
 }
 
 /// Reads the facts of process `pid` from /proc; when it is already gone,
@@ -213,6 +233,7 @@ pub fn inspect(
     let exe = std::fs::read_to_string(format!("{proc}/comm"))
         .map(|s| s.trim_end().to_owned())
         .unwrap_or_else(|_| fallback.to_owned());
+    let executable_file = executable_file(pid);
     let cmdline = std::fs::read(format!("{proc}/cmdline"))
         .map(|b| {
             String::from_utf8_lossy(&b)
@@ -228,6 +249,7 @@ pub fn inspect(
         .unwrap_or_else(|_| gone_cgroup());
     ProcessFacts {
         exe,
+        executable_file,
         cmdline,
         otel_service_name,
         cgroup,
@@ -428,6 +450,12 @@ impl Identities {
             .as_deref()
             .and_then(|uid| cluster.pod(uid))
             .or_else(|| cluster.pod_of_container(&cgroup.container.as_ref()?.id))
+    }
+
+    /// Takes `identity` as `pid`'s, as if /proc had said so.
+    #[cfg(test)]
+    pub fn preset(&mut self, pid: u32, identity: Identity) {
+        self.known.insert(pid, (Arc::new(identity), 0));
     }
 
     /// The identity of `pid`, whose thread was in cgroup `cgroup_id`

@@ -33,7 +33,10 @@ struct Cli {
 enum Command {
     /// Print every TCP connection open/close and every transfer on it, live.
     ///
-    /// Needs root (or CAP_BPF and CAP_PERFMON). Stops on Ctrl-C, after
+    /// Needs root (or CAP_BPF and CAP_PERFMON) to load and attach; once
+    /// attached it keeps only CAP_DAC_READ_SEARCH and CAP_SYS_PTRACE (to
+    /// name processes from /proc) and sets no_new_privs. Connections of
+    /// Tangle's own processes are not shown. Stops on Ctrl-C, after
     /// --duration, or after --max-events; then prints the counters.
     Capture(CaptureArgs),
     /// Print every exchange (request and response) on the node, live: HTTP/1,
@@ -43,6 +46,9 @@ enum Command {
     /// Capture, parse and export: every exchange on the node as an OTLP span
     /// to a collector (`tangle-collector`, or any OTLP/gRPC endpoint), with
     /// the join keys that put both ends of a call together.
+    ///
+    /// Same privileges as `capture`. The export, the metrics page and
+    /// Tangle's own processes are never traced.
     Run(RunArgs),
     /// Check a configuration file for `run` and print it as understood.
     CheckConfig {
@@ -116,7 +122,9 @@ struct CaptureArgs {
     /// polls every 20 ms); 0 wakes it for every event (lowest latency, most CPU).
     #[arg(long, env = "TANGLE_WAKEUP_KIB", default_value_t = tangle_common::DEFAULT_WAKEUP_BYTES / 1024)]
     wakeup_kib: u32,
-    /// Most connections tracked at once.
+    /// Most connections tracked at once; past it the least recently active
+    /// are forgotten for new ones (counted as evicted; their exchanges in
+    /// progress are lost).
     #[arg(long, env = "TANGLE_MAX_CONNECTIONS", default_value_t = 65536)]
     max_connections: u32,
     /// Stop after this long (e.g. 10s, 2m).
@@ -357,16 +365,40 @@ fn capture(args: CaptureArgs, mode: Mode) -> anyhow::Result<()> {
         // Tangle's own traffic is never traced: the export, the metrics, and
         // Tangle's processes on this node.
         if let Mode::Export(config) = &mode {
-            let mut own = own_traffic::collector_endpoints(&config.export.endpoint);
+            let collector = own_traffic::collector_endpoints(&config.export.endpoint);
+            if collector.is_empty() {
+                log::warn!(
+                    "the collector endpoint {} does not resolve at start (check DNS): its \
+                     addresses are not left out in the kernel; the agent's own connections \
+                     to it still are, by process",
+                    config.export.endpoint
+                );
+            }
+            let mut own = collector;
             if let Some(addr) = config.metrics.listen {
                 own.extend(own_traffic::listening_addresses(addr));
             }
+            let mut ignored = Vec::new();
             for addr in own {
-                probe.ignore_endpoint(addr)?;
+                match probe.ignore_endpoint(addr) {
+                    Ok(()) => ignored.push(addr.to_string()),
+                    Err(e) => log::warn!(
+                        "could not leave out {addr} in the kernel ({e}): connections to it \
+                         from other processes will be traced"
+                    ),
+                }
+            }
+            if !ignored.is_empty() {
+                log::info!("never traced (Tangle's own): {}", ignored.join(", "));
             }
         }
         for pid in own_traffic::tangle_processes() {
-            probe.ignore_process(pid, None)?;
+            if let Err(e) = probe.ignore_process(pid, None) {
+                log::warn!(
+                    "could not add Tangle's process {pid} to the kernel's ignore list ({e}): \
+                     its connections are dropped in user space instead"
+                );
+            }
         }
         // From here on the agent only reads what it attached: it keeps the
         // capabilities naming processes needs, and no others. Threads
@@ -446,6 +478,7 @@ async fn capture_loop(
         tokio::time::interval(args.stats_interval.unwrap_or(Duration::from_secs(3600)));
     stats_tick.tick().await;
     let mut sweep_tick = tokio::time::interval(Duration::from_secs(5));
+    let not_ignored = tangle_throttle::Throttled::default();
     let ctrl_c = tokio::signal::ctrl_c();
     tokio::pin!(ctrl_c);
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
@@ -455,7 +488,13 @@ async fn capture_loop(
             res = reader.next_batch(out) => {
                 res.context("reading the ring buffer")?;
                 for (pid, fd) in reader.take_ignored() {
-                    probe.ignore_process(pid, Some(fd))?;
+                    if let Err(e) = probe.ignore_process(pid, Some(fd)) {
+                        tangle_throttle::warn!(
+                            not_ignored,
+                            "could not add Tangle's process {pid} to the kernel's ignore \
+                             list ({e}): its connections are dropped in user space instead"
+                        );
+                    }
                 }
             }
             _ = &mut deadline => break,
@@ -466,14 +505,13 @@ async fn capture_loop(
                 let mut page = tangle_agent::metrics::Page::default();
                 page.capture(&probe.stats()?, &reader.stats());
                 out.metrics(&mut page);
-                if let Some(shared) = &metrics
-                    && let Ok(mut p) = shared.lock()
-                {
-                    *p = page.0;
+                if let Some(shared) = &metrics {
+                    shared.publish(page);
                 }
             }
             _ = sweep_tick.tick() => {
                 let gone = reader.sweep(out) + probe.sweep_dead_processes()?;
+                probe.forget_exited_ignored()?;
                 if gone > 0 {
                     log::debug!("forgot {gone} connections of exited processes");
                 }
@@ -546,13 +584,16 @@ fn print_stats(
     let secs = started.elapsed().as_secs_f64().max(1e-9);
     let human = format!(
         "stats: {} events ({:.0}/s), lost {}, decode errors {}, connections {} (kernel {}), \
-         conn table full {}, read faults {}",
+         evicted {} (kernel {}), Tangle's own ignored {}, conn table full {}, read faults {}",
         user.events,
         user.events as f64 / secs,
         kernel.events_lost,
         user.decode_errors,
         user.connections,
         kernel.conns_tracked,
+        user.evicted,
+        kernel.conns_evicted,
+        user.ignored + kernel.ignored,
         kernel.conn_table_full,
         kernel.read_faults,
     );

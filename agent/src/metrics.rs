@@ -129,12 +129,12 @@ impl Page {
         );
         self.gauge(
             "tangle_agent_parser_buffered_bytes",
-            "Bytes the parsers hold for partial messages.",
+            "Bytes the parsers hold now: partial messages, requests waiting for their responses, prepared statements, HPACK tables.",
             p.parser_buffered_bytes,
         );
         self.counter(
             "tangle_agent_parser_budget_drops_total",
-            "Connections no longer parsed to stay within the parsing memory budget.",
+            "Connections no longer parsed for the memory they held: past [parsing] connection_mib alone, or among the largest when all together passed memory_mib.",
             p.parser_budget_drops,
         );
         let per = |f: fn(&tangle_protocols::ParserStats) -> u64| {
@@ -217,8 +217,33 @@ impl Page {
     }
 }
 
-/// The last rendered page, shared with the server.
-pub type Shared = Arc<Mutex<String>>;
+/// The last rendered page, shared with the server, and the server's
+/// connections, counted.
+#[derive(Clone, Default)]
+pub struct Shared {
+    page: Arc<Mutex<bytes::Bytes>>,
+    conns: Arc<tangle_listener::ConnStats>,
+}
+
+impl Shared {
+    /// Publishes `page`, with the page server's own connections added.
+    pub fn publish(&self, mut page: Page) {
+        page.family(
+            "tangle_agent_metrics_connections_total",
+            "counter",
+            "Connections to this page: accepted, refused at a limit, and those accepted that ended early.",
+        );
+        for (outcome, n) in self.conns.outcomes() {
+            let _ = writeln!(
+                page.0,
+                "tangle_agent_metrics_connections_total{{outcome=\"{outcome}\"}} {n}"
+            );
+        }
+        if let Ok(mut p) = self.page.lock() {
+            *p = page.0.into();
+        }
+    }
+}
 
 /// Serves `GET /metrics` (and `/healthz`) on `addr` from `page`.
 pub async fn serve(addr: SocketAddr, page: Shared) -> Result<(), MetricsError> {
@@ -234,7 +259,7 @@ pub async fn serve(addr: SocketAddr, page: Shared) -> Result<(), MetricsError> {
         .route(
             "/metrics",
             get(move || {
-                let page = page.clone();
+                let page = page.page.clone();
                 async move {
                     let text = page.lock().map(|p| p.clone()).unwrap_or_default();
                     (
@@ -248,10 +273,32 @@ pub async fn serve(addr: SocketAddr, page: Shared) -> Result<(), MetricsError> {
             }),
         )
         .route("/healthz", get(|| async { "ok\n" }));
+    // The page is for a scraper or two: a few connections, four from one
+    // address, quick headers, nothing held open for long (the agent is
+    // privileged and on every node).
+    let conns = page.conns.clone();
+    let limits = tangle_listener::ConnLimits {
+        max_connections: 16,
+        max_connections_per_address: 4,
+        header_timeout: std::time::Duration::from_secs(5),
+        idle_timeout: std::time::Duration::from_secs(15),
+        max_streams: 1,
+        max_header_bytes: 16 << 10,
+    };
+    let (stop, stopped) = tokio::sync::watch::channel(false);
     tokio::spawn(async move {
-        if let Err(e) = axum::serve(listener, app).await {
-            log::error!("metrics server: {e}");
-        }
+        tangle_listener::serve(
+            listener,
+            None,
+            tangle_listener::Http::One,
+            limits,
+            hyper_util::service::TowerToHyperService::new(app),
+            conns,
+            stopped,
+        )
+        .await;
+        // Served until the runtime ends; `stop` lives as long.
+        drop(stop);
     });
     Ok(())
 }

@@ -6,7 +6,7 @@
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, ToSocketAddrs as _};
 
-use crate::conntrack::is_tangle;
+use crate::identity::{executable_file, is_tangle};
 
 /// The addresses of a collector endpoint (`http://host:port`), resolved now.
 /// Unresolvable: none (the export says so itself).
@@ -92,10 +92,7 @@ pub fn tangle_processes() -> Vec<u32> {
     };
     dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
         .filter(|&pid| pid != me)
-        .filter(|pid| {
-            std::fs::read_to_string(format!("/proc/{pid}/comm"))
-                .is_ok_and(|comm| is_tangle(comm.trim_end()))
-        })
+        .filter(|&pid| executable_file(pid).is_some_and(|f| is_tangle(&f)))
         .collect()
 }
 

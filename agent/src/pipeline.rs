@@ -5,6 +5,7 @@ use std::collections::HashMap;
 
 use tangle_common::{ConnEvent, DataHeader, Direction, Role};
 use tangle_protocols::{Chunk, Connection as Parsers, Exchange, ParserStats, Protocol, Side};
+use tangle_throttle::Throttled;
 
 use crate::{conntrack::Connection, reader::Sink};
 
@@ -33,7 +34,8 @@ pub struct PipelineStats {
     pub orphan_transfers: u64,
     /// Connections dropped because the parser table was full.
     pub parser_table_full: u64,
-    /// Bytes all connections' parsers hold now for partial messages.
+    /// Bytes all connections' parsers hold now: partial messages, requests
+    /// waiting for their responses, prepared statements, HPACK tables.
     pub parser_buffered_bytes: u64,
     /// Connections whose parsing was abandoned to keep within the memory
     /// budget (the largest first) or the one connection's share of it.
@@ -104,6 +106,10 @@ pub struct Pipeline<S> {
     out: Vec<Exchange>,
     pub stats: PipelineStats,
     pub sink: S,
+    /// Connections given up on for the memory they held, now and then
+    /// logged: one alone past its budget, or the largest when all are.
+    connection_budget_warned: Throttled,
+    memory_budget_warned: Throttled,
 }
 
 /// Default for [`Pipeline::with_memory_budget`].
@@ -120,6 +126,8 @@ impl<S: ExchangeSink> Pipeline<S> {
             connection_budget: DEFAULT_CONNECTION_MEMORY,
             out: Vec::new(),
             stats: PipelineStats::default(),
+            connection_budget_warned: Throttled::default(),
+            memory_budget_warned: Throttled::default(),
             sink,
         }
     }
@@ -153,6 +161,12 @@ impl<S: ExchangeSink> Pipeline<S> {
             .map(|(id, t)| (t.buffered, *id))
             .collect();
         holders.sort_unstable_by(|a, b| b.cmp(a));
+        tangle_throttle::warn!(
+            self.memory_budget_warned,
+            "the parsers hold {} bytes, past [parsing] memory_mib: the connections \
+             holding the most are no longer parsed (tangle_agent_parser_budget_drops_total)",
+            self.stats.parser_buffered_bytes
+        );
         for (bytes, id) in holders {
             if self.stats.parser_buffered_bytes <= target {
                 break;
@@ -221,6 +235,7 @@ impl<S: ExchangeSink> Sink for Pipeline<S> {
             stats,
             sink,
             connection_budget,
+            connection_budget_warned,
             ..
         } = self;
         let Some(t) = conns.get_mut(&h.conn_id) else {
@@ -254,6 +269,13 @@ impl<S: ExchangeSink> Sink for Pipeline<S> {
             stats.parser_buffered_bytes - t.buffered as u64 + buffered as u64;
         t.buffered = buffered;
         if buffered > *connection_budget {
+            tangle_throttle::warn!(
+                connection_budget_warned,
+                "{} -> {}: its parsers hold {buffered} bytes, past [parsing] connection_mib: \
+                 no longer parsed (tangle_agent_parser_budget_drops_total)",
+                t.conn.local,
+                t.conn.remote
+            );
             t.parsers.abandon();
             stats.parser_budget_drops += 1;
             stats.parser_buffered_bytes -= buffered as u64;

@@ -12,8 +12,8 @@ use aya::{
     programs::TracePoint,
 };
 use tangle_common::{
-    Config, ConnInfo, ConnKey, DEFAULT_CAPTURE, DEFAULT_WAKEUP_BYTES, Endpoint, KernelOffsets,
-    MAX_CAPTURE, PendingIo, STAT_COUNT, SockOwner, Stat,
+    AF_INET, AF_INET6, Config, ConnInfo, ConnKey, DEFAULT_CAPTURE, DEFAULT_WAKEUP_BYTES, Endpoint,
+    KernelOffsets, MAX_CAPTURE, PendingIo, STAT_COUNT, SockOwner, Stat,
 };
 
 use crate::btf::{Btf, BtfError, VMLINUX_BTF};
@@ -96,6 +96,9 @@ pub enum ProbeError {
     /// An option is out of range.
     #[error("invalid option: {0}")]
     Invalid(String),
+    /// Something the probe reads about this host could not be read.
+    #[error("{0}")]
+    Io(&'static str, #[source] io::Error),
 }
 
 /// What to capture. `Default` captures everything with default sizes.
@@ -162,6 +165,22 @@ pub struct Probe {
     stats: PerCpuArray<MapData, u64>,
     /// Connections removed from the kernel's table from here (not evicted).
     swept: u64,
+    /// Processes in `IGNORED_TGIDS`, by their start time: once one exits,
+    /// its id is taken out before another process can be given it.
+    ignored: std::collections::HashMap<u32, u64>,
+    /// The kernel's evictions last reported: the estimate below is taken
+    /// from counters read one after another, and must never go down.
+    evicted_reported: std::cell::Cell<u64>,
+}
+
+/// When process `tgid` started (clock ticks after boot, `/proc/PID/stat`
+/// field 22): with the id, what tells a process from a later one given
+/// the same id.
+fn process_start(tgid: u32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{tgid}/stat")).ok()?;
+    // The name (field 2) may hold spaces and parentheses: count from its end.
+    let after_name = stat.rsplit_once(')')?.1;
+    after_name.split_whitespace().nth(19)?.parse().ok()
 }
 
 /// Checks the things whose absence gives an obscure error later.
@@ -287,6 +306,8 @@ impl Probe {
             ebpf,
             stats,
             swept: 0,
+            ignored: Default::default(),
+            evicted_reported: Default::default(),
         })
     }
 
@@ -306,6 +327,10 @@ impl Probe {
             Ok(values.iter().sum())
         };
         debug_assert_eq!(STAT_COUNT, 9);
+        let evicted = sum(Stat::ConnInserted)?
+            .saturating_sub(sum(Stat::ConnRemoved)? + self.swept + conns_tracked)
+            .max(self.evicted_reported.get());
+        self.evicted_reported.set(evicted);
         Ok(KernelStats {
             events_lost: sum(Stat::EventsLost)?,
             conn_table_full: sum(Stat::ConnTableFull)?,
@@ -315,8 +340,7 @@ impl Probe {
             in_flight_full: sum(Stat::InFlightFull)?,
             ignored: sum(Stat::Ignored)?,
             conns_tracked,
-            conns_evicted: sum(Stat::ConnInserted)?
-                .saturating_sub(sum(Stat::ConnRemoved)? + self.swept + conns_tracked),
+            conns_evicted: evicted,
             socks_tracked: self.map_len::<u64, SockOwner>("SOCKS")?,
             in_flight: self.map_len::<u64, PendingIo>("IN_FLIGHT")?,
         })
@@ -353,17 +377,26 @@ impl Probe {
     }
 
     /// Never tracks `tgid`'s connections from now on, and forgets the one
-    /// it has on `fd` (Tangle's own processes).
+    /// it has on `fd` (Tangle's own processes). Fails when the kernel's
+    /// table of them is full: the process is then traced (counted, logged
+    /// by the caller).
     pub fn ignore_process(&mut self, tgid: u32, fd: Option<u32>) -> Result<(), ProbeError> {
-        let map = self
-            .ebpf
-            .map_mut("IGNORED_TGIDS")
-            .ok_or_else(|| ProbeError::Missing("map IGNORED_TGIDS".into()))?;
-        let mut ignored =
-            HashMap::<_, u32, u8>::try_from(map).map_err(map_error("IGNORED_TGIDS"))?;
-        ignored
-            .insert(tgid, 1, 0)
-            .map_err(map_error("IGNORED_TGIDS"))?;
+        if !self.ignored.contains_key(&tgid) {
+            let Some(started) = process_start(tgid) else {
+                // Gone already: nothing left to ignore.
+                return Ok(());
+            };
+            let map = self
+                .ebpf
+                .map_mut("IGNORED_TGIDS")
+                .ok_or_else(|| ProbeError::Missing("map IGNORED_TGIDS".into()))?;
+            let mut ignored =
+                HashMap::<_, u32, u8>::try_from(map).map_err(map_error("IGNORED_TGIDS"))?;
+            ignored
+                .insert(tgid, 1, 0)
+                .map_err(map_error("IGNORED_TGIDS"))?;
+            self.ignored.insert(tgid, started);
+        }
         if let Some(fd) = fd {
             let map = self
                 .ebpf
@@ -374,6 +407,35 @@ impl Probe {
             if conns.remove(&ConnKey { tgid, fd }).is_ok() {
                 self.swept += 1;
             }
+        }
+        Ok(())
+    }
+
+    /// Takes the processes that exited (or whose id another process has
+    /// now, or that exec'd something else) out of `IGNORED_TGIDS`.
+    pub fn forget_exited_ignored(&mut self) -> Result<(), ProbeError> {
+        use crate::identity::{executable_file, is_tangle};
+        let gone: Vec<u32> = self
+            .ignored
+            .iter()
+            .filter(|(tgid, started)| {
+                process_start(**tgid) != Some(**started)
+                    || !executable_file(**tgid).is_some_and(|f| is_tangle(&f))
+            })
+            .map(|(tgid, _)| *tgid)
+            .collect();
+        if gone.is_empty() {
+            return Ok(());
+        }
+        let map = self
+            .ebpf
+            .map_mut("IGNORED_TGIDS")
+            .ok_or_else(|| ProbeError::Missing("map IGNORED_TGIDS".into()))?;
+        let mut ignored =
+            HashMap::<_, u32, u8>::try_from(map).map_err(map_error("IGNORED_TGIDS"))?;
+        for tgid in gone {
+            let _ = ignored.remove(&tgid);
+            self.ignored.remove(&tgid);
         }
         Ok(())
     }
@@ -392,23 +454,32 @@ impl Probe {
             std::net::IpAddr::V4(v4) => {
                 let mut a = [0u8; 16];
                 a[..4].copy_from_slice(&v4.octets());
-                forms.push(a);
-                forms.push(v4.to_ipv6_mapped().octets());
+                forms.push((AF_INET, a));
+                forms.push((AF_INET6, v4.to_ipv6_mapped().octets()));
             }
             std::net::IpAddr::V6(v6) => {
-                forms.push(v6.octets());
+                forms.push((AF_INET6, v6.octets()));
                 if let Some(v4) = v6.to_ipv4_mapped() {
                     let mut a = [0u8; 16];
                     a[..4].copy_from_slice(&v4.octets());
-                    forms.push(a);
+                    forms.push((AF_INET, a));
                 }
             }
         }
-        for a in forms {
+        for (family, a) in forms {
+            // Loopback is this namespace's only: a pod's own 127.0.0.1
+            // with a service on the same port is traced.
+            let netns = if Endpoint::is_loopback(family, &a) {
+                netns_inode(Path::new("/proc/self/ns/net"))
+                    .map_err(|e| ProbeError::Io("reading this network namespace", e))?
+            } else {
+                0
+            };
             let e = Endpoint {
                 addr: a,
                 port: addr.port(),
-                _pad: [0; 6],
+                _pad: 0,
+                netns,
             };
             ignored
                 .insert(e, 1, 0)

@@ -57,6 +57,8 @@ pub fn close_reason(r: u8) -> &'static str {
     match r {
         x if x == CloseReason::Syscall as u8 => "close",
         x if x == CloseReason::TcpClose as u8 => "tcp-close",
+        x if x == CloseReason::Evicted as u8 => "evicted",
+        x if x == CloseReason::ProcessGone as u8 => "process-gone",
         _ => "unknown",
     }
 }
@@ -127,7 +129,7 @@ impl Reader {
         let gone = self.table.sweep_dead();
         let now = crate::output::monotonic_ns();
         for c in &gone {
-            sink.close(Some(c), &ended(c, now));
+            sink.close(Some(c), &ended(c, now, CloseReason::ProcessGone));
         }
         gone.len()
     }
@@ -141,9 +143,10 @@ impl Reader {
 
 /// A close event for a connection the agent ends itself (evicted, or its
 /// process gone) at `ts_ns`.
-fn ended(c: &Connection, ts_ns: u64) -> ConnEvent {
+fn ended(c: &Connection, ts_ns: u64, reason: CloseReason) -> ConnEvent {
     ConnEvent {
         kind: tangle_common::EventKind::ConnClose as u8,
+        close_reason: reason as u8,
         conn_id: c.conn_id,
         tgid: c.pid,
         fd: c.fd,
@@ -165,7 +168,7 @@ fn dispatch(
             stats.opens += 1;
             let tracked = table.open(&ev, evicted);
             for c in evicted.drain(..) {
-                sink.close(Some(&c), &ended(&c, ev.ts_ns));
+                sink.close(Some(&c), &ended(&c, ev.ts_ns, CloseReason::Evicted));
             }
             if tracked && let Some(conn) = table.get(ev.conn_id) {
                 sink.open(conn, &ev);

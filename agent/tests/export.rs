@@ -410,3 +410,125 @@ fn export_over_mutual_tls_with_a_token() {
         "the wrong token was refused"
     );
 }
+
+/// Tangle does not trace itself, and keeps no privilege it does not need:
+/// the export to the collector, scrapes of the agent's metrics and a
+/// process named as Tangle's collector leave no span and are counted; once
+/// attached, every thread of the agent has only the capabilities naming
+/// processes takes, and `no_new_privs`.
+#[test]
+fn tangle_traces_no_traffic_of_its_own_and_drops_its_privileges() {
+    let name = "tangle_traces_no_traffic_of_its_own_and_drops_its_privileges";
+    let _serial = serial();
+    if require(name, &["curl", "python3"]).is_none() {
+        return;
+    }
+    let (http_port, otlp_port, metrics_port) = (free_port(), free_port(), free_port());
+    let _server = http_server(http_port);
+    let received = receiver(otlp_port);
+    let listen = format!("127.0.0.1:{metrics_port}");
+    let (agent, ready) = run_agent(
+        otlp_port,
+        &["--duration", "8s", "--metrics-listen", &listen],
+    );
+    let pid = agent.id();
+    // Every thread: CAP_DAC_READ_SEARCH (2) and CAP_SYS_PTRACE (19) at most.
+    let kept: u64 = (1 << 2) | (1 << 19);
+    for task in std::fs::read_dir(format!("/proc/{pid}/task")).unwrap() {
+        let status = std::fs::read_to_string(task.unwrap().path().join("status")).unwrap();
+        let field = |name: &str| {
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix(name))
+                .map(|v| v.trim().to_owned())
+                .unwrap()
+        };
+        for set in ["CapEff:", "CapPrm:", "CapBnd:", "CapInh:", "CapAmb:"] {
+            let caps = u64::from_str_radix(&field(set), 16).unwrap();
+            assert_eq!(caps & !kept, 0, "{set} {caps:#x}");
+        }
+        assert_eq!(field("NoNewPrivs:"), "1");
+    }
+    // A program whose executable is named as Tangle's collector is not
+    // traced; one that only calls itself so (its comm) is.
+    let dir = std::env::temp_dir().join(format!("tangle-own-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    // The interpreter itself (`python3` may be a launcher script).
+    let real = Command::new("python3")
+        .args([
+            "-c",
+            "import os, sys; print(os.path.realpath(sys.executable))",
+        ])
+        .output()
+        .unwrap();
+    let python = std::path::PathBuf::from(String::from_utf8(real.stdout).unwrap().trim());
+    let named = dir.join("tangle-collector");
+    std::fs::copy(&python, &named).unwrap();
+    // Each stays a second after its call, for the agent to read /proc.
+    let call = |program: &std::path::Path, path: &str, rename: bool| {
+        let out = Command::new(program)
+            .args([
+                "-c",
+                &format!(
+                    "import ctypes, time, urllib.request\n\
+                     if {rename}: ctypes.CDLL(None).prctl(15, b'tangle-collector', 0, 0, 0)\n\
+                     try: urllib.request.urlopen('http://127.0.0.1:{http_port}{path}').read()\n\
+                     except urllib.error.HTTPError: pass\n\
+                     time.sleep(1)",
+                    rename = if rename { "True" } else { "False" }
+                ),
+            ])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    call(&named, "/from/tangle", false);
+    call(&python, "/from/renamed", true);
+    curl(&format!("http://127.0.0.1:{http_port}/from/curl"), &[]);
+    // Scrapes of the agent's own page.
+    assert!(scrape(metrics_port).contains("tangle_agent_events_total"));
+    wait_for("the ordinary calls", Duration::from_secs(20), || {
+        let spans = received.spans();
+        ["/from/curl", "/from/renamed"].iter().all(|p| {
+            spans
+                .iter()
+                .any(|(_, s)| attr(s, "url.path").as_deref() == Some(*p) && s.kind == 3)
+        })
+    });
+    let out = agent.wait_with_output().unwrap();
+    assert!(out.status.success());
+    let _ = std::fs::remove_file(ready);
+    let _ = std::fs::remove_dir_all(&dir);
+    let spans = received.spans();
+    let ports = [otlp_port.to_string(), metrics_port.to_string()];
+    for (svc, s) in &spans {
+        let port = attr(s, "server.port").unwrap_or_default();
+        assert!(
+            !ports.contains(&port),
+            "{svc} traced Tangle's own port {port}"
+        );
+        let client_of_tangle =
+            s.kind == 3 && attr(s, "url.path").as_deref() == Some("/from/tangle");
+        assert!(!client_of_tangle, "Tangle's process was traced as {svc}");
+    }
+    assert!(
+        spans
+            .iter()
+            .any(|(_, s)| s.kind == 2 && attr(s, "url.path").as_deref() == Some("/from/tangle")),
+        "the server side of the call it made is traced: only Tangle's side is not"
+    );
+    let ignored = own_connections_ignored(&out);
+    assert!(ignored >= 3, "own connections counted: {ignored}");
+    eprintln!("REPORT own traffic: {ignored} connections of Tangle's own left out");
+}
+
+/// The own connections the agent counted, from its last stats line.
+fn own_connections_ignored(out: &std::process::Output) -> u64 {
+    let stats = final_stats(out);
+    stats["kernel"]["ignored"].as_u64().unwrap_or(0)
+        + stats["agent"]["ignored"].as_u64().unwrap_or(0)
+}

@@ -467,7 +467,7 @@ fn a_scanner_of_random_paths_is_folded_not_kept() {
         Duration::from_secs(60),
         || {
             let page = collector.get("/metrics");
-            sample(&page, "tangle_names_folded_total{name=\"operation\"}").unwrap_or(0) > 90_000
+            sample(&page, "tangle_names_folded_total{kind=\"operation\"}").unwrap_or(0) > 90_000
         },
     );
     let _ = Command::new("kill")
@@ -503,7 +503,7 @@ fn a_scanner_of_random_paths_is_folded_not_kept() {
             "100,000 random paths through the agent to a collector: {} chains, {series} metric \
              series, {} operations folded into {{other}}; agent RSS {} MiB, test process (collector) RSS {} MiB",
             chains.len(),
-            sample(&page, "tangle_names_folded_total{name=\"operation\"}").unwrap_or(0),
+            sample(&page, "tangle_names_folded_total{kind=\"operation\"}").unwrap_or(0),
             agent_rss / 1024,
             collector_rss / 1024
         ),

@@ -166,6 +166,14 @@ impl Assembler {
         if client_trace == server_trace {
             return;
         }
+        // A full client trace takes no more: the server's stays as it is.
+        if self
+            .pending
+            .get(&client_trace)
+            .is_some_and(|t| t.spans.len() >= self.max_trace_spans)
+        {
+            return;
+        }
         // Move the server's trace into the client's.
         let Some(mut from) = self.pending.remove(&server_trace) else {
             return;
@@ -198,15 +206,17 @@ impl Assembler {
             to.index.insert(s.span_id, to.spans.len());
             to.spans.push(s);
         }
+        // Only the moved trace's names are pointed at the client's: a join
+        // costs the traces it moves, not all those merged before.
+        self.alias.insert(server_trace, client_trace);
+        for a in &from.aliases {
+            self.alias.insert(*a, client_trace);
+        }
         to.keys.append(&mut from.keys);
         to.aliases.push(server_trace);
         to.aliases.append(&mut from.aliases);
         to.last_ns = to.last_ns.max(from.last_ns).max(now_ns);
         self.by_age.insert((to.last_ns, client_trace), ());
-        self.alias.insert(server_trace, client_trace);
-        for a in &to.aliases {
-            self.alias.insert(*a, client_trace);
-        }
         self.stats.spans_in_flight = self.in_flight as u64;
     }
 

@@ -61,6 +61,9 @@ pub struct BaselineStats {
     pub write_errors: AtomicU64,
     /// Records not written because the writer was too far behind.
     pub dropped: AtomicU64,
+    /// Lines of the file that did not parse when it was read, skipped (a
+    /// partial last line included).
+    pub skipped_lines: AtomicU64,
 }
 
 /// Records waiting for the writer, at most.
@@ -68,8 +71,6 @@ const QUEUE: usize = 10_000;
 
 pub struct Baseline {
     known: HashMap<String, FirstSeen>,
-    /// Lines of the file that did not parse, skipped (a partial last line included).
-    pub skipped_lines: u64,
     pub stats: Arc<BaselineStats>,
     writer: Option<(mpsc::SyncSender<FirstSeen>, std::thread::JoinHandle<()>)>,
 }
@@ -80,6 +81,14 @@ impl Baseline {
 
     /// Opens (or creates) the baseline in `data_dir`, which it holds until dropped.
     pub fn open(data_dir: &Path) -> Result<Self, BaselineError> {
+        Self::open_bounded(data_dir, usize::MAX)
+    }
+
+    /// Opens the baseline keeping `max_records` at most: when the file
+    /// holds more (chains come and go across restarts), it is rewritten
+    /// with the earliest seen, the established ones. A flood of made-up
+    /// chains comes after them; one of the others seen again is new again.
+    pub fn open_bounded(data_dir: &Path, max_records: usize) -> Result<Self, BaselineError> {
         let path = data_dir.join(Self::FILE);
         let io = |p: &Path| {
             let p = p.display().to_string();
@@ -126,18 +135,56 @@ impl Baseline {
                 Err(_) => skipped_lines += 1,
             }
         }
+        // A record cut short (a crash, a full disk) is a line skipped.
+        let torn = whole < bytes.len();
+        if torn {
+            skipped_lines += 1;
+        }
+        let mut whole = whole;
+        let mut rewritten = false;
+        if known.len() > max_records {
+            let mut records: Vec<FirstSeen> = known.into_values().collect();
+            let dropped = records.len().saturating_sub(max_records);
+            records.sort_by_key(|r| r.first_seen_ns);
+            records.truncate(max_records);
+            let mut buf = Vec::new();
+            for r in &records {
+                if serde_json::to_writer(&mut buf, r).is_ok() {
+                    buf.push(b'\n');
+                }
+            }
+            let tmp = data_dir.join(format!("{}.tmp", Self::FILE));
+            let written = File::create(&tmp)
+                .and_then(|mut f| f.write_all(&buf).and_then(|()| f.sync_all()))
+                .and_then(|()| std::fs::rename(&tmp, &path));
+            written.map_err(io(&path))?;
+            log::warn!(
+                "baseline {}: past its bound (4 x [limits] max_chains), kept the {} chains \
+                 seen earliest of {}; the others, if seen again, are reported as new",
+                path.display(),
+                records.len(),
+                records.len() + dropped
+            );
+            whole = buf.len();
+            rewritten = true;
+            known = records
+                .into_iter()
+                .map(|r| (r.signature.clone(), r))
+                .collect();
+        }
         let file = OpenOptions::new()
             .create(true)
             .append(true)
             .open(&path)
             .map_err(io(&path))?;
-        if whole < bytes.len() {
-            // A record cut short (a crash, a full disk): off the file, so the
-            // next one starts on its own line.
-            skipped_lines += 1;
+        if torn && !rewritten {
+            // Off the file, so the next record starts on its own line.
             file.set_len(whole as u64).map_err(io(&path))?;
         }
-        let stats = Arc::new(BaselineStats::default());
+        let stats = Arc::new(BaselineStats {
+            skipped_lines: AtomicU64::new(skipped_lines),
+            ..BaselineStats::default()
+        });
         let (tx, rx) = mpsc::sync_channel(QUEUE);
         let writer_stats = stats.clone();
         let handle = std::thread::Builder::new()
@@ -146,10 +193,14 @@ impl Baseline {
             .map_err(io(data_dir))?;
         Ok(Self {
             known,
-            skipped_lines,
             stats,
             writer: Some((tx, handle)),
         })
+    }
+
+    /// Lines of the file that did not parse when it was read.
+    pub fn skipped_lines(&self) -> u64 {
+        self.stats.skipped_lines.load(Ordering::Relaxed)
     }
 
     pub fn contains(&self, signature: &str) -> bool {
@@ -280,14 +331,34 @@ mod tests {
         f.write_all(b"\n{\"signat").unwrap();
         drop(f);
         let mut b = Baseline::open(&d).unwrap();
-        assert_eq!(b.skipped_lines, 3, "two bad lines and the torn tail");
+        assert_eq!(b.skipped_lines(), 3, "two bad lines and the torn tail");
         assert!(b.contains("aaaa") && b.contains("bbbb"));
         assert!(b.record(entry("cccc")));
         drop(b);
         // The tail was cut: the new record is on a line of its own.
         let b = Baseline::open(&d).unwrap();
-        assert_eq!(b.skipped_lines, 2);
+        assert_eq!(b.skipped_lines(), 2);
         assert!(b.contains("cccc"));
+        let _ = std::fs::remove_dir_all(d);
+    }
+
+    #[test]
+    fn a_baseline_past_its_bound_keeps_its_established_chains() {
+        let d = dir("bound");
+        {
+            let mut b = Baseline::open(&d).unwrap();
+            for i in 0..10u64 {
+                let mut e = entry(&format!("sig{i}"));
+                e.first_seen_ns = i;
+                assert!(b.record(e));
+            }
+        }
+        let b = Baseline::open_bounded(&d, 4).unwrap();
+        assert_eq!(b.len(), 4);
+        assert!(b.contains("sig0") && b.contains("sig3") && !b.contains("sig4"));
+        drop(b);
+        let lines = std::fs::read_to_string(d.join(Baseline::FILE)).unwrap();
+        assert_eq!(lines.lines().count(), 4, "the file was rewritten");
         let _ = std::fs::remove_dir_all(d);
     }
 

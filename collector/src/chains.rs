@@ -84,7 +84,8 @@ pub struct TraceAnalysis {
     pub db_accesses: Vec<DbAccess>,
     /// Links made by re-attaching spans whose parent was missing.
     pub inferred_links: usize,
-    /// Paths cut at the depth limit (their calls counted, not followed).
+    /// Paths cut at the depth limit (their calls counted, not followed),
+    /// and chains past [`MAX_CHAINS_PER_TRACE`].
     pub cut_chains: usize,
     /// Names in it were folded into `{other}` (see `names`).
     pub folded: bool,
@@ -192,6 +193,8 @@ impl Graph<'_> {
 /// Service hops a chain is followed to, by default; deeper ones are cut
 /// there (and counted), so one trace costs time linear in its spans.
 pub const DEFAULT_MAX_DEPTH: usize = 64;
+/// Distinct chains kept of one trace; more are counted as cut.
+pub const MAX_CHAINS_PER_TRACE: usize = 256;
 
 /// A hop on the paths being followed, and the hop before it.
 struct PathNode {
@@ -331,6 +334,7 @@ pub fn analyze_to_depth(spans: &[Span], max_depth: usize) -> Option<TraceAnalysi
         folded: false,
     };
     let mut paths = Paths(Vec::new());
+    let mut seen: std::collections::HashSet<String> = std::collections::HashSet::new();
     let start = paths.push(entry, None);
     // Depth-first over service work: (span doing the work, its path).
     let mut stack: Vec<(usize, usize)> = vec![(root, start)];
@@ -407,7 +411,7 @@ pub fn analyze_to_depth(spans: &[Span], max_depth: usize) -> Option<TraceAnalysi
                         continue;
                     }
                     let leaf = paths.push(hop, Some(path));
-                    out.chains.push(paths.chain(leaf));
+                    keep_chain(&mut out, &mut seen, paths.chain(leaf));
                     extended = true;
                 }
                 Callee::Spans(targets) => {
@@ -453,7 +457,7 @@ pub fn analyze_to_depth(spans: &[Span], max_depth: usize) -> Option<TraceAnalysi
         }
         out.fan_out = out.fan_out.max(callees.len());
         if !extended {
-            out.chains.push(paths.chain(path));
+            keep_chain(&mut out, &mut seen, paths.chain(path));
         }
         stack.extend(next);
     }
@@ -464,6 +468,20 @@ pub fn analyze_to_depth(spans: &[Span], max_depth: usize) -> Option<TraceAnalysi
     out.cycles.dedup();
     out.db_accesses.sort();
     Some(out)
+}
+
+/// Keeps `chain` unless the trace showed it already, or showed enough
+/// distinct chains (then it is counted as cut).
+fn keep_chain(out: &mut TraceAnalysis, seen: &mut std::collections::HashSet<String>, chain: Chain) {
+    if seen.contains(&chain.signature) {
+        return;
+    }
+    if seen.len() >= MAX_CHAINS_PER_TRACE {
+        out.cut_chains += 1;
+        return;
+    }
+    seen.insert(chain.signature.clone());
+    out.chains.push(chain);
 }
 
 /// Calls per entry request between each pair of services (chattiness).

@@ -29,6 +29,9 @@ pub enum ConfigError {
     /// (the message names it).
     #[error("config {path}: {message}")]
     Parse { path: String, message: String },
+    /// The token file is empty: every export would be refused.
+    #[error("the token file {0} is empty: give a token, or none")]
+    EmptyToken(String),
 }
 
 #[derive(Clone, Debug, PartialEq, Deserialize)]
@@ -44,7 +47,8 @@ pub struct Config {
     pub data_dir: PathBuf,
     /// How long a trace waits for more spans after its last one, in milliseconds.
     pub trace_window_ms: u64,
-    /// Spans held while their traces are assembled, at most.
+    /// Spans held while their traces are assembled, at most; past it the
+    /// oldest traces are closed early (`tangle_traces_evicted_total`).
     pub max_spans_in_flight: usize,
     /// When measurements become findings.
     pub thresholds: Thresholds,
@@ -67,7 +71,8 @@ pub struct Config {
 pub struct AuthConfig {
     /// The token.
     pub token: Option<String>,
-    /// A file holding the token; surrounding white space is ignored.
+    /// A file holding the token; surrounding white space is ignored. Read
+    /// once, at start: a new token needs a restart.
     pub token_file: Option<PathBuf>,
 }
 
@@ -85,32 +90,44 @@ pub struct TlsConfig {
 
 /// Bounds on what one trace, and the model, may hold: past each, the
 /// excess is folded into `{other}` (or dropped) and counted, so that
-/// made-up names and huge traces cost bounded memory and time.
+/// made-up names and huge traces cost bounded memory and time. What is
+/// kept is kept until the collector restarts; the first time a limit is
+/// reached the log says so.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Limits {
-    /// Spans one trace may hold; more are dropped (counted).
+    /// Spans one trace may hold; more are dropped
+    /// (`tangle_spans_over_trace_limit_total`).
     pub max_spans_per_trace: usize,
-    /// Service hops a chain is followed to; deeper paths are cut there (counted).
+    /// Service hops a chain is followed to; deeper paths are cut there
+    /// (`tangle_model_overflow_total{kind="chain_depth"}`).
     pub max_chain_depth: usize,
-    /// Distinct services (and peers known by name or address).
+    /// Distinct services (and peers known by name or address); more are
+    /// shown as `{other}` (`tangle_names_folded_total{kind="service"}`).
     pub max_services: usize,
-    /// Distinct operations of one service.
+    /// Distinct operations of one service; more are shown as `{other}`
+    /// (`tangle_names_folded_total{kind="operation"}`).
     pub max_operations_per_service: usize,
-    /// Bytes of one name (service, operation, table).
+    /// Bytes of one name (service, operation, table), at least 16; the rest
+    /// is cut (`tangle_names_cut_total`).
     pub max_name_bytes: usize,
     /// Distinct synchronous chains; more count as the `{other}` chain,
-    /// never as new ones.
+    /// never as new ones (`tangle_model_overflow_total{kind="chains"}`).
+    /// The baseline file keeps at most four times as many.
     pub max_chains: usize,
-    /// Distinct entry operations.
+    /// Distinct entry operations; more count as `{other}`
+    /// (`tangle_model_overflow_total{kind="entries"}`).
     pub max_entries: usize,
-    /// Distinct edges of each kind (sync, async, database).
+    /// Distinct edges of each kind (sync, async, database); more count as
+    /// `{other}` to `{other}` (`kind="edges"`).
     pub max_edges: usize,
-    /// Distinct databases.
+    /// Distinct databases; more count as `{other}` (`kind="databases"`).
     pub max_databases: usize,
-    /// Distinct tables per database and service.
+    /// Distinct (database, service, table) entries, all databases
+    /// together; more count as table `{other}` (`kind="tables"`).
     pub max_tables: usize,
-    /// Distinct cycles kept.
+    /// Distinct cycles kept; more are counted only (`kind="cycles"`); 0
+    /// keeps none.
     pub max_cycles: usize,
 }
 
@@ -179,11 +196,70 @@ impl Config {
             path: path.to_owned(),
             message: e.to_string(),
         })?;
+        let bad = |message: String| ConfigError::Parse {
+            path: path.to_owned(),
+            message,
+        };
         if config.auth.token.is_some() && config.auth.token_file.is_some() {
-            return Err(ConfigError::Parse {
-                path: path.to_owned(),
-                message: "auth.token and auth.token_file: give one, not both".into(),
-            });
+            return Err(bad(
+                "auth.token and auth.token_file: give one, not both".into()
+            ));
+        }
+        if config
+            .auth
+            .token
+            .as_deref()
+            .is_some_and(|t| t.trim().is_empty())
+        {
+            return Err(bad("auth.token is empty: give a token, or none".into()));
+        }
+        let (i, l) = (&config.intake, &config.limits);
+        let at_least = [
+            ("trace_window_ms", config.trace_window_ms, 1),
+            ("max_spans_in_flight", config.max_spans_in_flight as u64, 1),
+            ("intake.max_connections", i.max_connections as u64, 1),
+            ("intake.max_request_bytes", i.max_request_bytes as u64, 1),
+            (
+                "intake.max_request_memory_mib",
+                i.max_request_memory_mib as u64,
+                1,
+            ),
+            (
+                "intake.max_requests_in_progress",
+                i.max_requests_in_progress as u64,
+                1,
+            ),
+            ("intake.max_queued_spans", i.max_queued_spans as u64, 1),
+            ("intake.header_timeout_ms", i.header_timeout_ms, 1),
+            ("intake.request_timeout_ms", i.request_timeout_ms, 1),
+            ("intake.idle_timeout_ms", i.idle_timeout_ms, 1),
+            ("intake.max_streams", u64::from(i.max_streams), 1),
+            (
+                "intake.max_header_bytes",
+                u64::from(i.max_header_bytes),
+                1024,
+            ),
+            (
+                "limits.max_spans_per_trace",
+                l.max_spans_per_trace as u64,
+                1,
+            ),
+            ("limits.max_chain_depth", l.max_chain_depth as u64, 1),
+            ("limits.max_services", l.max_services as u64, 1),
+            (
+                "limits.max_operations_per_service",
+                l.max_operations_per_service as u64,
+                1,
+            ),
+            ("limits.max_name_bytes", l.max_name_bytes as u64, 16),
+            ("limits.max_chains", l.max_chains as u64, 1),
+            ("limits.max_entries", l.max_entries as u64, 1),
+            ("limits.max_edges", l.max_edges as u64, 1),
+            ("limits.max_databases", l.max_databases as u64, 1),
+            ("limits.max_tables", l.max_tables as u64, 1),
+        ];
+        if let Some((name, value, min)) = at_least.into_iter().find(|(_, v, min)| v < min) {
+            return Err(bad(format!("{name} = {value}: it must be at least {min}")));
         }
         Ok(config)
     }
@@ -192,7 +268,13 @@ impl Config {
     pub fn token(&self) -> Result<Option<String>, ConfigError> {
         match (&self.auth.token, &self.auth.token_file) {
             (Some(t), _) => Ok(Some(t.trim().to_owned())),
-            (None, Some(path)) => read(path).map(|t| Some(t.trim().to_owned())),
+            (None, Some(path)) => {
+                let token = read(path)?.trim().to_owned();
+                if token.is_empty() {
+                    return Err(ConfigError::EmptyToken(path.display().to_string()));
+                }
+                Ok(Some(token))
+            }
             (None, None) => Ok(None),
         }
     }
@@ -249,5 +331,43 @@ mod tests {
         assert!(e.contains("max_chainz"), "{e}");
         let c = Config::parse("[auth]\ntoken = \"hunter2\"\n", "c.toml").unwrap();
         assert!(!c.shown().contains("hunter2"));
+        for (text, named) in [
+            (
+                "[intake]\nmax_connections = 0\n",
+                "intake.max_connections = 0",
+            ),
+            (
+                "[limits]\nmax_name_bytes = 3\n",
+                "limits.max_name_bytes = 3",
+            ),
+            ("trace_window_ms = 0\n", "trace_window_ms = 0"),
+            ("[auth]\ntoken = \" \"\n", "auth.token is empty"),
+        ] {
+            let e = Config::parse(text, "c.toml").unwrap_err().to_string();
+            assert!(e.contains(named), "{text}: {e}");
+        }
+        Config::parse(
+            "[limits]\nmax_cycles = 0\n[intake]\nmax_connections_per_address = 0\n",
+            "c.toml",
+        )
+        .unwrap();
+    }
+
+    /// The README's example shows the defaults: they must be the code's.
+    #[test]
+    fn the_readme_example_parses_and_shows_the_defaults() {
+        let readme = include_str!("../../README.md");
+        let collector = &readme[readme.find("## Collector").unwrap()..];
+        let start = collector.find("```toml\n").unwrap() + "```toml\n".len();
+        let example = &collector[start..start + collector[start..].find("```").unwrap()];
+        let c = Config::parse(example, "README.md").unwrap();
+        let d = Config::default();
+        assert_eq!(c.intake, d.intake);
+        assert_eq!(c.limits, d.limits);
+        assert_eq!(c.thresholds, d.thresholds);
+        assert_eq!(
+            (c.trace_window_ms, c.max_spans_in_flight),
+            (d.trace_window_ms, d.max_spans_in_flight)
+        );
     }
 }

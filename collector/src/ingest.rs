@@ -34,6 +34,8 @@ pub struct State {
     /// The findings as of `findings_version` of the model.
     pub findings: Arc<Vec<Finding>>,
     findings_version: u64,
+    /// The limits already said to be reached (bits of [`State::warn_limits`]).
+    limits_warned: u16,
 }
 
 pub fn now_ns() -> u64 {
@@ -52,6 +54,101 @@ impl State {
             max_depth,
             findings: Arc::new(Vec::new()),
             findings_version: 0,
+            limits_warned: 0,
+        }
+    }
+
+    /// Says once, for each limit, that it was reached: past it the
+    /// collector folds, cuts or drops, which the map then shows.
+    fn warn_limits(&mut self) {
+        let (of, names, asm) = (
+            &self.model.overflow,
+            &self.names.stats,
+            &self.assembler.stats,
+        );
+        let folded = "folded into {other}";
+        let reached = [
+            (
+                of.chains,
+                "chains than [limits] max_chains",
+                folded,
+                "tangle_model_overflow_total{kind=\"chains\"}",
+            ),
+            (
+                of.entries,
+                "entry operations than [limits] max_entries",
+                folded,
+                "tangle_model_overflow_total{kind=\"entries\"}",
+            ),
+            (
+                of.edges,
+                "edges of one kind than [limits] max_edges",
+                folded,
+                "tangle_model_overflow_total{kind=\"edges\"}",
+            ),
+            (
+                of.databases,
+                "databases than [limits] max_databases",
+                folded,
+                "tangle_model_overflow_total{kind=\"databases\"}",
+            ),
+            (
+                of.tables,
+                "(database, service, table) entries than [limits] max_tables",
+                folded,
+                "tangle_model_overflow_total{kind=\"tables\"}",
+            ),
+            (
+                of.cycles,
+                "cycles than [limits] max_cycles",
+                "counted only",
+                "tangle_model_overflow_total{kind=\"cycles\"}",
+            ),
+            (
+                of.cut_chains,
+                "hops in a chain than [limits] max_chain_depth",
+                "cut there",
+                "tangle_model_overflow_total{kind=\"chain_depth\"}",
+            ),
+            (
+                names.services_folded,
+                "services than [limits] max_services",
+                folded,
+                "tangle_names_folded_total{kind=\"service\"}",
+            ),
+            (
+                names.operations_folded,
+                "operations of one service than [limits] max_operations_per_service",
+                folded,
+                "tangle_names_folded_total{kind=\"operation\"}",
+            ),
+            (
+                names.names_cut,
+                "bytes in a name than [limits] max_name_bytes",
+                "cut",
+                "tangle_names_cut_total",
+            ),
+            (
+                asm.over_trace_limit,
+                "spans in one trace than [limits] max_spans_per_trace",
+                "dropped",
+                "tangle_spans_over_trace_limit_total",
+            ),
+            (
+                asm.evicted,
+                "spans in flight than max_spans_in_flight",
+                "their oldest traces closed early",
+                "tangle_traces_evicted_total",
+            ),
+        ];
+        for (bit, (n, what, done, metric)) in reached.into_iter().enumerate() {
+            if n > 0 && self.limits_warned & (1 << bit) == 0 {
+                self.limits_warned |= 1 << bit;
+                log::warn!(
+                    "more {what}: the rest is {done}, counted in {metric}; raise the limit if \
+                     this traffic is real (said once)"
+                );
+            }
         }
     }
 
@@ -83,6 +180,7 @@ impl State {
         if self.model.version != self.findings_version {
             self.findings = Arc::new(self.model.findings());
             self.findings_version = self.model.version;
+            self.warn_limits();
         }
     }
 

@@ -8,7 +8,7 @@ use std::sync::atomic::Ordering;
 
 use crate::{
     ingest::State,
-    intake::IntakeStats,
+    intake::{IntakeStats, Reason},
     model::{LATENCY_BUCKETS, Latency},
 };
 
@@ -67,17 +67,10 @@ pub fn intake(text: &mut String, stats: &IntakeStats, queued_spans: usize) {
     o.head(
         "tangle_intake_connections_total",
         "counter",
-        "Connections to each receiver, by how they went.",
+        "Connections to each listener: accepted, refused at a limit (over_limit, over_address_limit), and those accepted that ended early (tls_failed, header_timeout, idle_closed, http_error).",
     );
     for (r, _, c) in &receivers {
-        let get = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
-        for (outcome, n) in [
-            ("accepted", get(&c.accepted)),
-            ("over_limit", get(&c.over_limit)),
-            ("tls_failed", get(&c.tls_failed)),
-            ("header_timeout", get(&c.header_timeouts)),
-            ("idle_closed", get(&c.idle_closed)),
-        ] {
+        for (outcome, n) in c.outcomes() {
             o.line(
                 "tangle_intake_connections_total",
                 &[("receiver", r), ("outcome", outcome)],
@@ -116,7 +109,7 @@ pub fn intake(text: &mut String, stats: &IntakeStats, queued_spans: usize) {
             stats.accepted.load(Ordering::Relaxed),
         );
         for (reason, n) in stats.refusals() {
-            if reason == "unauthenticated" {
+            if reason == Reason::Unauthenticated.label() {
                 unauthenticated += n;
             }
             o.line(
@@ -129,7 +122,8 @@ pub fn intake(text: &mut String, stats: &IntakeStats, queued_spans: usize) {
     o.head(
         "tangle_exports_refused_total",
         "counter",
-        "Exports refused for a missing or wrong token.",
+        "Exports refused for a missing or wrong token: the sum of \
+         tangle_intake_refused_total{reason=\"unauthenticated\"} over both receivers.",
     );
     o.line("tangle_exports_refused_total", &[], unauthenticated);
     o.head(
@@ -171,7 +165,7 @@ pub fn render(state: &State) -> String {
     o.head(
         "tangle_traces_evicted_total",
         "counter",
-        "Traces closed early because memory was at its limit.",
+        "Traces closed early because the spans in flight reached [limits] max_spans_in_flight (oldest first).",
     );
     o.line("tangle_traces_evicted_total", &[], assembly.evicted);
     o.head(
@@ -313,19 +307,24 @@ pub fn render(state: &State) -> String {
         &[],
         assembly.over_trace_limit,
     );
+    let n = &state.names.stats;
     o.head(
         "tangle_names_folded_total",
         "counter",
-        "Names past the limits, folded into {other} (service, operation) or cut (length).",
+        "Names past [limits] max_services or max_operations_per_service, folded into {other}, by kind.",
     );
-    let n = &state.names.stats;
-    for (what, v) in [
+    for (kind, v) in [
         ("service", n.services_folded),
         ("operation", n.operations_folded),
-        ("cut", n.names_cut),
     ] {
-        o.line("tangle_names_folded_total", &[("name", what)], v);
+        o.line("tangle_names_folded_total", &[("kind", kind)], v);
     }
+    o.head(
+        "tangle_names_cut_total",
+        "counter",
+        "Names longer than [limits] max_name_bytes, cut to it.",
+    );
+    o.line("tangle_names_cut_total", &[], n.names_cut);
     o.head(
         "tangle_model_overflow_total",
         "counter",
@@ -353,6 +352,16 @@ pub fn render(state: &State) -> String {
         "tangle_baseline_write_errors_total",
         &[],
         b.write_errors.load(Ordering::Relaxed) + b.dropped.load(Ordering::Relaxed),
+    );
+    o.head(
+        "tangle_baseline_skipped_lines",
+        "gauge",
+        "Lines of the baseline file that did not parse when it was read, skipped.",
+    );
+    o.line(
+        "tangle_baseline_skipped_lines",
+        &[],
+        b.skipped_lines.load(Ordering::Relaxed),
     );
     let findings = &state.findings;
     let mut by_kind = std::collections::BTreeMap::new();

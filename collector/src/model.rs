@@ -57,7 +57,7 @@ pub struct ModelLimits {
     pub max_edges: usize,
     /// Distinct databases (system, server, name).
     pub max_databases: usize,
-    /// Distinct tables per database and service.
+    /// Distinct (database, service, table) entries, all databases together.
     pub max_tables: usize,
     /// Distinct cycles kept; more are counted only.
     pub max_cycles: usize,
@@ -66,11 +66,11 @@ pub struct ModelLimits {
 impl Default for ModelLimits {
     fn default() -> Self {
         Self {
-            max_chains: 10_000,
+            max_chains: 5_000,
             max_entries: 2_000,
             max_edges: 10_000,
             max_databases: 500,
-            max_tables: 1_000,
+            max_tables: 10_000,
             max_cycles: 1_000,
         }
     }
@@ -335,6 +335,8 @@ pub struct Model {
     pub thresholds: Thresholds,
     pub limits: ModelLimits,
     pub overflow: Overflow,
+    /// (database, service, table) entries in `databases`.
+    table_entries: usize,
     /// Changes with every trace counted: what is computed from the model
     /// (findings) is computed again only when it moved.
     pub version: u64,
@@ -378,6 +380,7 @@ impl Model {
             thresholds,
             limits,
             overflow: Overflow::default(),
+            table_entries: 0,
             version: 0,
             owners,
             baseline,
@@ -544,7 +547,19 @@ impl Model {
                 acc.tables.clone()
             };
             for t in names {
-                let t = bounded(tables, t, || OTHER.into(), lim.max_tables, &mut of.tables);
+                // The limit is on all (database, service, table) entries
+                // together: each database may not have its own.
+                let t = if tables.contains_key(&t) || t == OTHER {
+                    t
+                } else if self.table_entries >= lim.max_tables {
+                    of.tables += 1;
+                    OTHER.into()
+                } else {
+                    t
+                };
+                if !tables.contains_key(&t) {
+                    self.table_entries += 1;
+                }
                 let u = tables.entry(t).or_default();
                 if acc.writes {
                     u.writes += 1;

@@ -34,7 +34,7 @@ impl Default for NameLimits {
         Self {
             max_services: 1000,
             max_operations_per_service: 200,
-            max_name_bytes: 256,
+            max_name_bytes: 128,
         }
     }
 }

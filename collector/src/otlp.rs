@@ -6,7 +6,10 @@ use opentelemetry_proto::tonic::{
     common::v1::{AnyValue, KeyValue, any_value::Value},
     trace::v1::{Span as OtlpSpan, status::StatusCode},
 };
-use tangle_protocols::{normalize::route, sql};
+use tangle_protocols::{
+    normalize::{route, words},
+    sql, truncate_chars,
+};
 
 use crate::span::{Peer, Span, SpanKind};
 
@@ -61,48 +64,62 @@ fn join_key(attrs: &[KeyValue]) -> Option<tangle_wire::JoinKey> {
     Some(tangle_wire::JoinKey { client, seq })
 }
 
-/// One OTLP span, with its resource's `service.name`.
-pub fn map_span(service: &str, s: &OtlpSpan) -> Option<Span> {
+/// `s` cut to `max` bytes, on a character.
+fn cut(mut s: String, max: usize) -> String {
+    truncate_chars(&mut s, max);
+    s
+}
+
+/// One OTLP span, with its resource's `service.name`. Every name kept is
+/// at most `max_name` bytes: what waits for assembly stays small whatever
+/// the export held.
+pub fn map_span(service: &str, s: &OtlpSpan, max_name: usize) -> Option<Span> {
     let trace_id = id::<16>(&s.trace_id)?;
     let span_id = id::<8>(&s.span_id)?;
     let parent = id::<8>(&s.parent_span_id);
     let a = &s.attributes;
     let kind = kind(s.kind);
-    let db_system = attr(a, &["db.system.name", "db.system"]);
+    let name = |keys: &[&str]| attr(a, keys).map(|v| cut(v, max_name));
+    let db_system = name(&["db.system.name", "db.system"]);
     let query = attr(a, &["db.query.text", "db.statement"]);
-    let namespace = attr(a, &["db.namespace", "db.name"]);
+    let namespace = name(&["db.namespace", "db.name"]);
     let server = match (
-        attr(a, &["server.address", "net.peer.name"]),
-        attr(a, &["server.port", "net.peer.port"]),
+        name(&["server.address", "net.peer.name"]),
+        name(&["server.port", "net.peer.port"]),
     ) {
         (Some(h), Some(p)) => Some(format!("{h}:{p}")),
         (h, _) => h,
     };
-    let method = attr(a, &["http.request.method", "http.method"]);
+    let method = name(&["http.request.method", "http.method"]);
     let status_code: Option<u16> =
         attr(a, &["http.response.status_code", "http.status_code"]).and_then(|c| c.parse().ok());
     let dialect = sql::Dialect::of_system(db_system.as_deref().unwrap_or_default());
     let parsed = query.as_deref().map(|q| sql::parse(q, dialect));
     let operation = if let Some(m) = &method {
-        // A route as the app names it (`/orders/{id}`), else the path
-        // templated here: nothing else of a URL is kept.
-        let path = attr(a, &["http.route"])
-            .or_else(|| attr(a, &["url.path", "http.target"]).map(|p| route(&p)))
+        // A route as the app names it (`/orders/{id}`), else the path;
+        // templated here either way: nothing else of a URL is kept.
+        let path = attr(a, &["http.route", "url.path", "http.target"])
+            .map(|p| route(&p))
             .unwrap_or_else(|| "/".into());
         format!("{m} {path}")
     } else if let Some(st) = &parsed {
         let tables = st.qualified_tables(namespace.as_deref(), true);
         sql::operation(&st.verb, &tables)
+    } else if db_system.is_some() {
+        // A database call named by its statement: its verb and tables only.
+        let st = sql::parse(&s.name, dialect);
+        sql::operation(&st.verb, &st.qualified_tables(namespace.as_deref(), true))
     } else {
-        s.name.clone()
+        words(&s.name)
     };
+    let operation = cut(operation, max_name);
     let peer = if let Some(system) = db_system.clone() {
         Peer::Database {
             system,
             server: server.clone().unwrap_or_default(),
             namespace: namespace.clone(),
         }
-    } else if let Some(name) = attr(a, &["peer.service"]) {
+    } else if let Some(name) = name(&["peer.service"]) {
         Peer::Service { name }
     } else if let Some(address) = server {
         Peer::Address { address }
@@ -139,24 +156,29 @@ pub fn map_span(service: &str, s: &OtlpSpan) -> Option<Span> {
         } else if method.is_some() {
             Some("http".into())
         } else {
-            db_system.clone().or_else(|| attr(a, &["messaging.system"]))
+            db_system.clone().or_else(|| name(&["messaging.system"]))
         },
         join: join_key(a),
     })
 }
 
-/// Every span of an export request.
-pub fn map_request(req: &ExportTraceServiceRequest, stats: &mut MappingStats) -> Vec<Span> {
+/// Every span of an export request, its names at most `max_name` bytes.
+pub fn map_request(
+    req: &ExportTraceServiceRequest,
+    stats: &mut MappingStats,
+    max_name: usize,
+) -> Vec<Span> {
     let mut out = Vec::new();
     for rs in &req.resource_spans {
+        // Cut once, before it is copied into each span.
         let service = rs
             .resource
             .as_ref()
             .and_then(|r| attr(&r.attributes, &["service.name"]))
-            .unwrap_or_else(|| "unknown_service".into());
+            .map_or_else(|| "unknown_service".into(), |s| cut(s, max_name));
         for ss in &rs.scope_spans {
             for s in &ss.spans {
-                match map_span(&service, s) {
+                match map_span(&service, s, max_name) {
                     Some(span) => {
                         stats.accepted += 1;
                         out.push(span);

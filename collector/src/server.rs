@@ -10,7 +10,7 @@ use std::{
 };
 
 use axum::{
-    Json, Router,
+    Router,
     extract::State,
     http::{StatusCode, header},
     response::{IntoResponse, Response},
@@ -22,7 +22,7 @@ use crate::{
     baseline::{Baseline, BaselineError},
     config::Config,
     ingest::{self, State as Inner},
-    intake::{Intake, IntakeStats, auth::Auth, grpc::GrpcReceiver, http::HttpReceiver, listener},
+    intake::{Intake, IntakeStats, auth::Auth, grpc::GrpcReceiver, http::HttpReceiver},
     metrics,
     model::Model,
     names::Names,
@@ -53,17 +53,48 @@ pub enum ServerError {
     Thread(&'static str, #[source] std::io::Error),
 }
 
+/// How long a page, once rendered, is served as it is.
+const PAGE_TTL: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Pages rendered lately, by name, with when.
+type RenderedPages = BTreeMap<&'static str, (std::time::Instant, bytes::Bytes)>;
+
 /// The collector's state, read by the pages; the ingest thread writes it.
 #[derive(Clone)]
 pub struct Collector {
     inner: Arc<Mutex<Inner>>,
     intake: Arc<IntakeStats>,
     queued: Arc<dyn Fn() -> usize + Send + Sync>,
+    /// Pages rendered in the last second, by name: however many clients
+    /// ask, the model is read for each page once a second at most.
+    pages: Arc<tokio::sync::Mutex<RenderedPages>>,
 }
 
 impl Collector {
     fn lock(&self) -> MutexGuard<'_, Inner> {
         ingest::lock(&self.inner)
+    }
+
+    /// The page `name`, rendered by `render` unless it was in the last
+    /// second: one rendering at a time, off the async threads (it waits
+    /// for the model's lock), shared, not copied, by every response.
+    async fn page(
+        &self,
+        name: &'static str,
+        render: impl FnOnce(&Collector) -> String + Send + 'static,
+    ) -> bytes::Bytes {
+        let mut pages = self.pages.lock().await;
+        if let Some((at, page)) = pages.get(name)
+            && at.elapsed() < PAGE_TTL
+        {
+            return page.clone();
+        }
+        let c = self.clone();
+        let page = tokio::task::spawn_blocking(move || bytes::Bytes::from(render(&c)))
+            .await
+            .unwrap_or_default();
+        pages.insert(name, (std::time::Instant::now(), page.clone()));
+        page
     }
 
     pub fn metrics(&self) -> String {
@@ -138,25 +169,30 @@ impl Collector {
 }
 
 async fn metrics_page(State(c): State<Collector>) -> Response {
-    (
-        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-        c.metrics(),
-    )
-        .into_response()
+    let page = c.page("metrics", Collector::metrics).await;
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], page).into_response()
 }
 
 async fn api(
     State(c): State<Collector>,
     axum::extract::Path(what): axum::extract::Path<String>,
 ) -> Response {
-    match c.api(&what) {
-        Some(v) => Json(v).into_response(),
-        None => (
+    let Some(name) = ["graph", "chains", "databases", "findings"]
+        .into_iter()
+        .find(|n| *n == what)
+    else {
+        return (
             StatusCode::NOT_FOUND,
             "try /api/graph, /api/chains, /api/databases or /api/findings\n",
         )
-            .into_response(),
-    }
+            .into_response();
+    };
+    let page = c
+        .page(name, move |c| {
+            c.api(name).map(|v| v.to_string()).unwrap_or_default()
+        })
+        .await;
+    ([(header::CONTENT_TYPE, "application/json")], page).into_response()
 }
 
 async fn bind(
@@ -173,16 +209,21 @@ pub async fn run(
     config: Config,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServerError> {
-    let baseline = Baseline::open(&config.data_dir)?;
+    // Chains come and go across restarts: the file keeps a few times what
+    // the model holds.
+    let baseline = Baseline::open_bounded(
+        &config.data_dir,
+        config.limits.model().max_chains.saturating_mul(4),
+    )?;
     log::info!(
         "baseline: {} known chains in {}",
         baseline.len(),
         config.data_dir.display()
     );
-    if baseline.skipped_lines > 0 {
+    if baseline.skipped_lines() > 0 {
         log::warn!(
             "baseline: skipped {} unreadable lines of {}",
-            baseline.skipped_lines,
+            baseline.skipped_lines(),
             config.data_dir.join(Baseline::FILE).display()
         );
     }
@@ -229,9 +270,16 @@ pub async fn run(
     let ingest =
         ingest::start(inner.clone(), batches).map_err(|e| ServerError::Thread("ingest", e))?;
     let stats = Arc::new(IntakeStats::default());
-    let intake = Arc::new(Intake::new(auth, config.intake, stats.clone(), to_ingest));
+    let intake = Arc::new(Intake::new(
+        auth,
+        config.intake,
+        config.limits.names().max_name_bytes,
+        stats.clone(),
+        to_ingest,
+    ));
     let collector = Collector {
         inner,
+        pages: Arc::default(),
         intake: stats.clone(),
         queued: {
             let intake = Arc::downgrade(&intake);
@@ -244,19 +292,19 @@ pub async fn run(
         Some((h, g)) => (Some(Arc::new(h)), Some(Arc::new(g))),
         None => (None, None),
     };
-    let grpc = tokio::spawn(listener::serve(
+    let grpc = tokio::spawn(tangle_listener::serve(
         grpc_listener,
         grpc_tls,
-        listener::Http::Two,
+        tangle_listener::Http::Two,
         limits,
         GrpcReceiver(intake.clone()),
         stats.grpc.conns.clone(),
         stop_rx.clone(),
     ));
-    let http = tokio::spawn(listener::serve(
+    let http = tokio::spawn(tangle_listener::serve(
         http_listener,
         http_tls,
-        listener::Http::One,
+        tangle_listener::Http::One,
         limits,
         HttpReceiver(intake.clone()),
         stats.http.conns.clone(),
@@ -268,10 +316,10 @@ pub async fn run(
         .route("/api/{what}", get(api))
         .route("/healthz", get(|| async { "ok\n" }))
         .with_state(collector.clone());
-    let pages = tokio::spawn(listener::serve(
+    let pages = tokio::spawn(tangle_listener::serve(
         api_listener,
         None,
-        listener::Http::One,
+        tangle_listener::Http::One,
         limits,
         hyper_util::service::TowerToHyperService::new(pages),
         stats.pages.clone(),

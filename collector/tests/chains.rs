@@ -250,7 +250,7 @@ fn baseline_survives_a_restart() {
         .write_all(b"{\"signa")
         .unwrap();
     let mut b = Baseline::open(&dir).unwrap();
-    assert_eq!(b.skipped_lines, 1);
+    assert_eq!(b.skipped_lines(), 1);
     assert!(b.contains(&a.chains[0].signature));
     assert_eq!(b.get(&a.chains[0].signature).unwrap().first_seen_ns, 42);
     assert!(

@@ -294,6 +294,20 @@ fn big_messages_are_refused_before_they_are_decoded() {
     assert_eq!(post(&body, ""), 401, "no token");
     assert_eq!(post(&body, token), 413, "too large once decoded");
     assert_eq!(post(&empty_spans(5 << 20), token), 413, "too large as sent");
+    let gzip = format!("{token}Content-Encoding: gzip\r\n");
+    assert_eq!(post(&body, &gzip), 415, "compressed");
+    // After a refusal an HTTP/1 connection is not used again.
+    let mut s = TcpStream::connect(("127.0.0.1", c.otlp_http)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    s.write_all(b"POST /v1/traces HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\n\r\nabc")
+        .unwrap();
+    let mut answer = String::new();
+    let _ = s.read_to_string(&mut answer);
+    let answer = answer.to_ascii_lowercase();
+    assert!(
+        answer.starts_with("http/1.1 401") && answer.contains("connection: close"),
+        "{answer}"
+    );
     // The same over gRPC.
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -332,6 +346,7 @@ fn big_messages_are_refused_before_they_are_decoded() {
     for (receiver, reason, at_least) in [
         ("otlp_http", "unauthenticated", 1),
         ("otlp_http", "too_large", 2),
+        ("otlp_http", "unsupported", 1),
         ("otlp_grpc", "unauthenticated", 1),
         ("otlp_grpc", "too_large", 1),
     ] {
@@ -357,7 +372,7 @@ fn big_messages_are_refused_before_they_are_decoded() {
 }
 
 /// 500 connections that send part of their headers and then nothing (250
-/// to each receiver), and more than the connection limit: the extra ones
+/// to each receiver), and more than one address may have: the extra ones
 /// are closed at once, the slow ones after the header deadline (5 s here),
 /// all counted; an ordinary export goes through meanwhile and after.
 #[test]
@@ -442,11 +457,25 @@ fn connections_holding_headers_open_are_closed_and_counted() {
         })
         .sum();
     assert!(timeouts >= 500, "{timeouts} header timeouts\n{page}");
-    let over = sample(
-        &page,
-        "tangle_intake_connections_total{receiver=\"otlp_http\",outcome=\"over_limit\"}",
+    // All from one address: its limit (256) comes before the listener's.
+    let over = |outcome: &str| {
+        sample(
+            &page,
+            &format!(
+                "tangle_intake_connections_total{{receiver=\"otlp_http\",outcome=\"{outcome}\"}}"
+            ),
+        )
+    };
+    assert!(
+        over("over_address_limit") >= 50,
+        "{} over the address's limit",
+        over("over_address_limit")
     );
-    assert!(over >= 50, "{over} over the limit");
+    assert_eq!(
+        over("over_limit"),
+        0,
+        "the listener's limit was not reached"
+    );
     let rss = rss_kib(pid);
     assert!(rss < COLLECTOR_RSS_BOUND_KIB, "collector RSS {rss} KiB");
     // And after.
@@ -468,7 +497,8 @@ fn connections_holding_headers_open_are_closed_and_counted() {
     let _ = std::fs::remove_dir_all(dir);
     report(&format!(
         "500 connections holding headers open, 100 past the limit: {timeouts} closed at the \
-         header deadline, {over} at once; ordinary exports went through; RSS {} MiB",
+         header deadline, {} at once; ordinary exports went through; RSS {} MiB",
+        over("over_address_limit"),
         rss / 1024
     ));
 }

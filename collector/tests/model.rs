@@ -357,7 +357,7 @@ fn otlp_spans_by_semantic_conventions() {
         }],
     };
     let mut stats = MappingStats::default();
-    let spans = map_request(&req, &mut stats);
+    let spans = map_request(&req, &mut stats, 256);
     assert_eq!(
         (stats.accepted, stats.bad_ids),
         (3, 1),
@@ -397,7 +397,7 @@ fn otlp_json_encoding() {
       "attributes":[{"key":"http.request.method","value":{"stringValue":"GET"}},{"key":"http.route","value":{"stringValue":"/cart"}}]}]}]}]}"#;
     let req: ExportTraceServiceRequest = serde_json::from_str(json).unwrap();
     let mut stats = MappingStats::default();
-    let spans = map_request(&req, &mut stats);
+    let spans = map_request(&req, &mut stats, 256);
     assert_eq!(spans.len(), 1);
     assert_eq!(spans[0].trace_id[0], 0x5b);
     assert_eq!(spans[0].service, "checkout");

@@ -76,7 +76,34 @@ pub struct Endpoint {
     pub addr: [u8; 16],
     /// Host byte order.
     pub port: u16,
-    pub _pad: [u8; 6],
+    pub _pad: u16,
+    /// For a loopback address, the network namespace (inode) it is in:
+    /// every namespace has its own 127.0.0.1. 0 for other addresses.
+    pub netns: u32,
+}
+
+impl Endpoint {
+    /// Whether `addr` (as stored here, of `family`) is a loopback address,
+    /// IPv4-mapped ones included.
+    #[inline(always)]
+    pub fn is_loopback(family: u16, addr: &[u8; 16]) -> bool {
+        if family == AF_INET {
+            return addr[0] == 127;
+        }
+        let zeros = addr[0]
+            | addr[1]
+            | addr[2]
+            | addr[3]
+            | addr[4]
+            | addr[5]
+            | addr[6]
+            | addr[7]
+            | addr[8]
+            | addr[9];
+        zeros == 0
+            && ((addr[10] == 0xff && addr[11] == 0xff && addr[12] == 127)
+                || (addr[10] | addr[11] | addr[12] | addr[13] | addr[14] == 0 && addr[15] == 1))
+    }
 }
 
 /// A tracked connection, kept in the kernel's `CONNS` map.
@@ -148,6 +175,11 @@ pub enum CloseReason {
     Syscall = 1,
     /// The kernel moved the socket to `TCP_CLOSE` (process exit, reset).
     TcpClose = 2,
+    /// The agent forgot it to make room in its full table (never sent by
+    /// the kernel side).
+    Evicted = 3,
+    /// Its process is gone and no close was seen (never sent by the kernel side).
+    ProcessGone = 4,
 }
 
 /// A connection opened or closed.

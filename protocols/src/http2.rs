@@ -261,23 +261,37 @@ impl Http2Parser {
                 };
                 let mut pairs: Vec<(String, String)> = Vec::new();
                 let decoded = h.decoder.decode_with_cb(&block, |name, value| {
-                    let name = String::from_utf8_lossy(&name).to_ascii_lowercase();
-                    // Only what is kept: nothing from authorization or cookie.
-                    if matches!(
-                        name.as_str(),
-                        ":method"
-                            | ":path"
-                            | ":authority"
-                            | ":status"
-                            | "content-type"
-                            | "grpc-status"
-                            | "traceparent"
-                            | "b3"
-                            | "x-b3-traceid"
-                            | "x-b3-spanid"
-                            | "x-request-id"
-                    ) {
-                        pairs.push((name, String::from_utf8_lossy(&value).into_owned()));
+                    // Only what is kept (nothing from authorization or
+                    // cookie), the first of each name, cut to length: a
+                    // block of references to one big table entry costs no
+                    // more than one.
+                    const KEPT: &[&str] = &[
+                        ":method",
+                        ":path",
+                        ":authority",
+                        ":status",
+                        "content-type",
+                        "grpc-status",
+                        "traceparent",
+                        "b3",
+                        "x-b3-traceid",
+                        "x-b3-spanid",
+                        "x-request-id",
+                    ];
+                    let Some(name) = KEPT
+                        .iter()
+                        .find(|k| name.eq_ignore_ascii_case(k.as_bytes()))
+                    else {
+                        return;
+                    };
+                    if pairs.len() < KEPT.len() && !pairs.iter().any(|(n, _)| n == name) {
+                        let value = value
+                            .get(..value.len().min(MAX_GRPC_PATH))
+                            .unwrap_or_default();
+                        pairs.push((
+                            (*name).to_owned(),
+                            String::from_utf8_lossy(value).into_owned(),
+                        ));
                     }
                 });
                 if decoded.is_err() {

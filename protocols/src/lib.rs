@@ -158,6 +158,14 @@ pub fn parser_for(protocol: Protocol) -> Box<dyn Parser> {
     }
 }
 
+/// A transfer held while detection is undecided.
+struct HeldChunk {
+    side: Side,
+    ts_ns: u64,
+    bytes: Vec<u8>,
+    total_len: u64,
+}
+
 /// The parsing state of one connection: detection, then its protocol's parser.
 ///
 /// A parser that panics (a bug, never an expected outcome) is caught here:
@@ -170,7 +178,14 @@ pub struct Connection {
     protocol: Option<Protocol>,
     retired: ParserStats,
     /// Transfers held while detection is undecided (the first may be a few bytes).
-    held: Vec<(Side, u64, Vec<u8>, u64)>,
+    held: Vec<HeldChunk>,
+    /// Bytes `held` takes.
+    held_bytes: usize,
+    /// The start of each side's stream (request, response), as long as it
+    /// was captured whole: what detection reads.
+    first: [Vec<u8>; 2],
+    /// A side's start was cut by the capture: nothing more is added to it.
+    first_cut: [bool; 2],
     /// Detection gave up: not a protocol we parse.
     gave_up: bool,
     /// Transfers seen while the protocol was unknown.
@@ -182,6 +197,10 @@ impl Connection {
     const DETECT_TRIES: usize = 8;
     /// Bytes of one side enough to decide.
     const DETECT_BYTES: usize = 16;
+    /// Bytes of a side's start detection looks at, at most.
+    const DETECT_WINDOW: usize = 256;
+    /// Transfers held while undecided, at most.
+    const DETECT_HELD: usize = 32;
     /// Bytes held while undecided, at most.
     const DETECT_HELD_BYTES: usize = 64 * 1024;
 
@@ -211,36 +230,44 @@ impl Connection {
             self.undetected_chunks += 1;
             return;
         }
-        self.held.push((
-            chunk.side,
-            chunk.ts_ns,
-            chunk.bytes.to_vec(),
-            chunk.total_len,
-        ));
-        // Detect on the start of this side's stream, while it is captured whole.
-        let mut first = Vec::new();
-        for (side, _, bytes, total) in &self.held {
-            if *side == chunk.side {
-                first.extend_from_slice(bytes);
-                if bytes.len() as u64 != *total {
-                    break;
-                }
-            }
+        let s = usize::from(chunk.side == Side::Response);
+        if let (Some(first), Some(cut)) = (self.first.get_mut(s), self.first_cut.get_mut(s))
+            && !*cut
+        {
+            let room = Self::DETECT_WINDOW.saturating_sub(first.len());
+            first.extend_from_slice(
+                chunk
+                    .bytes
+                    .get(..room.min(chunk.bytes.len()))
+                    .unwrap_or_default(),
+            );
+            *cut = chunk.missing() > 0;
         }
-        match detect(chunk.side, &first) {
+        let held = HeldChunk {
+            side: chunk.side,
+            ts_ns: chunk.ts_ns,
+            bytes: chunk.bytes.to_vec(),
+            total_len: chunk.total_len,
+        };
+        self.held_bytes += held.bytes.capacity() + std::mem::size_of::<HeldChunk>();
+        self.held.push(held);
+        let first = self.first.get(s).map(Vec::as_slice).unwrap_or_default();
+        match detect(chunk.side, first) {
             Some(p) => {
                 let mut parser = parser_for(p);
-                for (side, ts_ns, bytes, total_len) in self.held.drain(..) {
+                for h in self.held.drain(..) {
                     parser.feed(
                         Chunk {
-                            side,
-                            ts_ns,
-                            bytes: &bytes,
-                            total_len,
+                            side: h.side,
+                            ts_ns: h.ts_ns,
+                            bytes: &h.bytes,
+                            total_len: h.total_len,
                         },
                         out,
                     );
                 }
+                self.held_bytes = 0;
+                self.first = Default::default();
                 self.protocol = Some(p);
                 self.parser = Some(parser);
             }
@@ -249,14 +276,14 @@ impl Connection {
             // are held until the client has said enough.
             None if chunk.side == Side::Request
                 && (first.len() >= Self::DETECT_BYTES
-                    || self.held.iter().filter(|h| h.0 == Side::Request).count()
+                    || self.held.iter().filter(|h| h.side == Side::Request).count()
                         >= Self::DETECT_TRIES)
-                || self.held.iter().map(|h| h.2.len()).sum::<usize>() > Self::DETECT_HELD_BYTES =>
+                || self.held.len() >= Self::DETECT_HELD
+                || self.held_bytes > Self::DETECT_HELD_BYTES =>
             {
                 // Long enough and still unknown: not a protocol we parse.
                 self.undetected_chunks += self.held.len() as u64;
-                self.held = Vec::new();
-                self.gave_up = true;
+                self.abandon();
             }
             None => {}
         }
@@ -276,7 +303,8 @@ impl Connection {
 
     /// Bytes held: transfers awaiting detection and the parser's partial messages.
     pub fn buffered(&self) -> usize {
-        self.held.iter().map(|h| h.2.capacity()).sum::<usize>()
+        self.held_bytes
+            + self.first.iter().map(Vec::capacity).sum::<usize>()
             + self.parser.as_ref().map_or(0, |p| p.buffered())
     }
 
@@ -289,6 +317,8 @@ impl Connection {
             self.retired = self.retired + stats.unwrap_or_default();
         }
         self.held = Vec::new();
+        self.held_bytes = 0;
+        self.first = Default::default();
         self.gave_up = true;
     }
 }
@@ -305,4 +335,33 @@ pub(crate) fn run_parser(
     }
     p.finish(99, &mut out);
     (out, p.stats())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn undetected_transfers_are_held_within_bounds() {
+        // A server writing with sendfile (lengths, no bytes), then a client
+        // reading a byte at a time: nothing decides the protocol.
+        let mut c = Connection::default();
+        let mut out = Vec::new();
+        for i in 0..100_000u64 {
+            let chunk = Chunk {
+                side: Side::Response,
+                ts_ns: i,
+                bytes: if i % 2 == 0 { b"" } else { b"x" },
+                total_len: 1 << 20,
+            };
+            c.feed(chunk, &mut out);
+            assert!(c.buffered() < 64 * 1024, "held {} bytes", c.buffered());
+        }
+        assert_eq!(c.protocol(), None);
+        assert!(
+            c.undetected_chunks > 99_000,
+            "given up: {}",
+            c.undetected_chunks
+        );
+    }
 }

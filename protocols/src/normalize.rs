@@ -21,8 +21,10 @@ pub fn route(target: &str) -> String {
         // Absolute form (proxies): the authority, userinfo included, goes.
         rest.find('/').and_then(|i| rest.get(i..)).unwrap_or("/")
     } else {
-        // Authority form (CONNECT host:port): the host and port, no userinfo.
-        let mut authority = target.rsplit('@').next().unwrap_or(target).to_owned();
+        // Authority form (CONNECT host:port): the host and port, no
+        // userinfo; anything else that is not a path is cut as a path is.
+        let host = target.split(['?', '#', '/']).next().unwrap_or_default();
+        let mut authority = host.rsplit('@').next().unwrap_or(host).to_owned();
         crate::truncate_chars(&mut authority, MAX_SEGMENT);
         return authority;
     };
@@ -34,6 +36,30 @@ pub fn route(target: &str) -> String {
         }
         let seg = seg.split(';').next().unwrap_or_default();
         out.push_str(placeholder(seg).unwrap_or(seg));
+        if out.len() > MAX_ROUTE {
+            crate::truncate_chars(&mut out, MAX_ROUTE);
+            out.push_str("...");
+            break;
+        }
+    }
+    out
+}
+
+/// A free-form name (an instrumented app's span name) with what looks like
+/// data taken out, word by word: no query or fragment, a word with a `/`
+/// is a route, any other data-looking word a placeholder.
+pub fn words(name: &str) -> String {
+    let name = name.split(['?', '#']).next().unwrap_or_default();
+    let mut out = String::with_capacity(name.len().min(MAX_ROUTE));
+    for w in name.split_whitespace() {
+        if !out.is_empty() {
+            out.push(' ');
+        }
+        if w.contains('/') {
+            out.push_str(&route(w));
+        } else {
+            out.push_str(placeholder(w).unwrap_or(w));
+        }
         if out.len() > MAX_ROUTE {
             crate::truncate_chars(&mut out, MAX_ROUTE);
             out.push_str("...");
@@ -87,6 +113,12 @@ fn placeholder(seg: &str) -> Option<&'static str> {
         && !is_version(seg)
     {
         return Some("{id}");
+    }
+    // Random letters: long, with far fewer vowels than words have (a
+    // quarter, where random letters have about that and words more).
+    let vowels = count(|c| b"aeiouyAEIOUY".contains(c));
+    if b.len() >= 12 && letters == b.len() && vowels * 4 < b.len() {
+        return Some("{token}");
     }
     // Long base64 or base64url: keys, tokens, signatures.
     if b.len() >= 24
@@ -155,10 +187,28 @@ mod tests {
             "/apis/batch/v1beta1/jobs"
         );
         assert_eq!(route("/oauth2callback"), "/oauth2callback");
+        assert_eq!(route("/invite/qzjxwkfplmrtbvnc"), "/invite/{token}");
+        assert_eq!(
+            route("/docs/internationalization"),
+            "/docs/internationalization"
+        );
         assert_eq!(route("/orders/order-12345"), "/orders/{id}");
         assert_eq!(route("/r/a8Kx9q2z"), "/r/{id}");
         assert_eq!(route("/"), "/");
         assert_eq!(route(""), "");
+    }
+
+    #[test]
+    fn span_names_lose_their_data() {
+        assert_eq!(
+            words("GET https://u:p@h/users/42?token=x"),
+            "GET /users/{id}"
+        );
+        assert_eq!(
+            words("send order-12345 to ann@example.com"),
+            "send {id} to {email}"
+        );
+        assert_eq!(words("process payment"), "process payment");
     }
 
     #[test]
@@ -170,6 +220,7 @@ mod tests {
         assert_eq!(route("https://host"), "/");
         assert_eq!(route("/login;jsessionid=1A2B3C4D5E6F?next=/"), "/login");
         assert_eq!(route("CONNECT-target@db.internal:5432"), "db.internal:5432");
+        assert_eq!(route("junk?token=s3cret#x"), "junk");
         assert_eq!(route("*"), "*");
         assert_eq!(route("/users/ann@example.com/cart"), "/users/{email}/cart");
         assert_eq!(route("/users/ann%40example.com"), "/users/{email}");

@@ -25,7 +25,9 @@ pub enum Dialect {
     /// `` `...` `` identifiers, `#`, `--` and `/* */` comments.
     Mysql,
     /// Unknown: every form above, each read the way that masks more
-    /// (`"..."` is a string, `#` starts a comment).
+    /// (`"..."` is a string, `#` starts a comment, Oracle's `q'[...]'` is
+    /// a string), and where servers read a form differently (a nested
+    /// `/* */`, `--` before a non-space) everything from there on is masked.
     Generic,
 }
 
@@ -48,10 +50,6 @@ impl Dialect {
     }
 
     fn dollar_quotes(self) -> bool {
-        self != Self::Mysql
-    }
-
-    fn nested_comments(self) -> bool {
         self != Self::Mysql
     }
 }
@@ -217,6 +215,18 @@ fn tokens(sql: &str, dialect: Dialect) -> Vec<Token<'_>> {
         match c {
             b' ' | b'\t' | b'\r' | b'\n' | b'\x0b' | b'\x0c' => i += 1,
             b'-' if b.get(i + 1) == Some(&b'-') => {
+                // MySQL reads `--` as a comment only before a space or a
+                // control character; elsewhere it is two minus signs.
+                let spaced = b.get(i + 2).is_none_or(|&c| c <= b' ');
+                if !spaced && dialect == Dialect::Mysql {
+                    out.push(Token::Punct(b'-'));
+                    i += 1;
+                    continue;
+                }
+                if !spaced && dialect == Dialect::Generic {
+                    // A comment to some servers, not to others: masked.
+                    mask_rest!()
+                }
                 while b.get(i).is_some_and(|&c| c != b'\n') {
                     i += 1;
                 }
@@ -226,8 +236,39 @@ fn tokens(sql: &str, dialect: Dialect) -> Vec<Token<'_>> {
                     i += 1;
                 }
             }
+            b'/' if b.get(i + 1) == Some(&b'*')
+                && dialect == Dialect::Mysql
+                && b.get(i + 2) == Some(&b'!') =>
+            {
+                // MySQL's executable comment: its text is SQL, read as such
+                // (its closing `*/` is passed over below).
+                i += 3;
+                while b.get(i).is_some_and(u8::is_ascii_digit) {
+                    i += 1;
+                }
+            }
+            b'*' if dialect == Dialect::Mysql && b.get(i + 1) == Some(&b'/') => i += 2,
             b'/' if b.get(i + 1) == Some(&b'*') => {
-                i = block_comment_end(b, i, dialect.nested_comments());
+                // One scan per comment, each past where it ends: a flat
+                // dialect never computes the nested end (which may run to
+                // the end of the input for every `/*`).
+                i = match dialect {
+                    Dialect::Mysql => block_comment_end(b, i, false),
+                    Dialect::Postgres => block_comment_end(b, i, true),
+                    Dialect::Generic => {
+                        let nested = block_comment_end(b, i, true);
+                        if nested != block_comment_end(b, i, false)
+                            || b.get(i + 2) == Some(&b'!')
+                            || b.get(i + 2..i + 4) == Some(b"M!")
+                        {
+                            // Where the comment ends, or whether it is
+                            // SQL (`/*!`, `/*M!`), depends on the server:
+                            // masked.
+                            mask_rest!()
+                        }
+                        nested
+                    }
+                };
             }
             b'\'' => match string_end(b, i, c) {
                 Some(end) => {
@@ -314,6 +355,30 @@ fn tokens(sql: &str, dialect: Dialect) -> Vec<Token<'_>> {
                     next == Some(b'\'') || next == Some(b'"') && dialect.double_quote_is_string();
                 if quote_next && is_literal_prefix(word) {
                     // The string that follows is read as a literal of its own.
+                    continue;
+                }
+                if dialect == Dialect::Generic
+                    && matches!(word, "q" | "Q" | "nq" | "NQ" | "Nq" | "nQ")
+                    && next == Some(b'\'')
+                {
+                    // Oracle's q'[...]': the delimiter after the quote, its
+                    // pair before the closing quote.
+                    let close = match b.get(i + 1) {
+                        Some(b'[') => b']',
+                        Some(b'(') => b')',
+                        Some(b'{') => b'}',
+                        Some(b'<') => b'>',
+                        Some(&c) => c,
+                        None => mask_rest!(),
+                    };
+                    let body = b.get(i + 2..).unwrap_or_default();
+                    match body.windows(2).position(|w| w == [close, b'\'']) {
+                        Some(p) => {
+                            out.push(Token::Literal);
+                            i += 2 + p + 2;
+                        }
+                        None => mask_rest!(),
+                    }
                     continue;
                 }
                 if matches!(word, "U" | "u") && b.get(i) == Some(&b'&') {

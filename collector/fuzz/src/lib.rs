@@ -11,7 +11,7 @@ use tangle_collector::{
 
 pub fn ingest(req: &ExportTraceServiceRequest) {
     let mut stats = MappingStats::default();
-    let spans = map_request(req, &mut stats);
+    let spans = map_request(req, &mut stats, 256);
     let mut names = Names::default();
     let mut asm = Assembler::with_trace_limit(1_000, 100_000, 1_000);
     for mut s in spans {

@@ -13,7 +13,7 @@ use bytes::Bytes;
 use http_body_util::{BodyExt as _, Full};
 use hyper::{Method, Request, Response, StatusCode, body::Incoming, header};
 
-use super::{Intake, Refusal};
+use super::{Intake, Reason, Refusal};
 
 /// The OTLP/HTTP receiver, as a hyper service.
 #[derive(Clone)]
@@ -26,7 +26,30 @@ impl hyper::service::Service<Request<Incoming>> for HttpReceiver {
 
     fn call(&self, req: Request<Incoming>) -> Self::Future {
         let intake = self.0.clone();
-        Box::pin(async move { Ok(receive(intake, req).await) })
+        Box::pin(async move {
+            let http1 = req.version() < hyper::Version::HTTP_2;
+            let close = req
+                .extensions()
+                .get::<tangle_listener::CloseConnection>()
+                .cloned();
+            let mut r = receive(intake, req).await;
+            // After a refusal (but for busy, which is retried) the
+            // connection is not used again: an HTTP/1 body may be partly
+            // unread, and a client that was refused has no business
+            // keeping an HTTP/2 connection open.
+            if r.status().is_client_error() && r.status() != StatusCode::TOO_MANY_REQUESTS {
+                if http1 {
+                    r.headers_mut().insert(
+                        header::CONNECTION,
+                        header::HeaderValue::from_static("close"),
+                    );
+                }
+                if let Some(close) = close {
+                    close.close();
+                }
+            }
+            Ok(r)
+        })
     }
 }
 
@@ -90,15 +113,21 @@ async fn read_body(mut body: Incoming, max: usize) -> Result<Bytes, BodyError> {
 
 async fn receive(intake: Arc<Intake>, req: Request<Incoming>) -> Response<Full<Bytes>> {
     let stats = &intake.stats.http;
+    let peer = req.extensions().get::<tangle_listener::Peer>().copied();
+    let peer = peer.as_ref();
     if req.uri().path() != "/v1/traces" {
-        stats.not_found.fetch_add(1, Ordering::Relaxed);
+        stats.refuse(peer, Reason::NotFound, req.uri().path());
         return answer(
             StatusCode::NOT_FOUND,
             "OTLP trace exports go to POST /v1/traces",
         );
     }
     if req.method() != Method::POST {
-        stats.not_found.fetch_add(1, Ordering::Relaxed);
+        stats.refuse(
+            peer,
+            Reason::NotFound,
+            &format!("method {} (use POST)", req.method()),
+        );
         return answer(StatusCode::METHOD_NOT_ALLOWED, "use POST");
     }
     let given = req
@@ -106,8 +135,24 @@ async fn receive(intake: Arc<Intake>, req: Request<Incoming>) -> Response<Full<B
         .get(header::AUTHORIZATION)
         .map(|v| v.as_bytes());
     if !intake.auth.allows(given) {
-        stats.unauthenticated.fetch_add(1, Ordering::Relaxed);
+        stats.refuse(peer, Reason::Unauthenticated, "missing or wrong token");
         return answer(StatusCode::UNAUTHORIZED, "missing or wrong token");
+    }
+    if let Some(encoding) = req
+        .headers()
+        .get(header::CONTENT_ENCODING)
+        .filter(|e| !e.as_bytes().eq_ignore_ascii_case(b"identity"))
+    {
+        let encoding = String::from_utf8_lossy(encoding.as_bytes()).into_owned();
+        stats.refuse(
+            peer,
+            Reason::Unsupported,
+            &format!("Content-Encoding {encoding}: bodies are taken uncompressed"),
+        );
+        return answer(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            format!("Content-Encoding {encoding} is not supported: send the body uncompressed"),
+        );
     }
     let max = intake.limits.max_request_bytes;
     let declared = req
@@ -116,11 +161,22 @@ async fn receive(intake: Arc<Intake>, req: Request<Incoming>) -> Response<Full<B
         .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
     if declared.is_some_and(|n| n > DRAIN_FACTOR * max as u64) {
         // Far too large to read even to discard it: refused at once.
-        stats.too_large.fetch_add(1, Ordering::Relaxed);
+        stats.refuse(
+            peer,
+            Reason::TooLarge,
+            &format!("a declared length far past [intake] max_request_bytes ({max})"),
+        );
         return too_large(max);
     }
     let Some(_slot) = intake.admit() else {
-        stats.busy.fetch_add(1, Ordering::Relaxed);
+        stats.refuse(
+            peer,
+            Reason::Busy,
+            &format!(
+                "[intake] max_requests_in_progress ({}) in progress",
+                intake.limits.max_requests_in_progress
+            ),
+        );
         return busy("the collector is busy: retry later");
     };
     let json = req
@@ -133,15 +189,23 @@ async fn receive(intake: Arc<Intake>, req: Request<Incoming>) -> Response<Full<B
     {
         Ok(Ok(b)) => b,
         Ok(Err(BodyError::TooLarge)) => {
-            stats.too_large.fetch_add(1, Ordering::Relaxed);
+            stats.refuse(
+                peer,
+                Reason::TooLarge,
+                &format!("a body past [intake] max_request_bytes ({max})"),
+            );
             return too_large(max);
         }
         Ok(Err(BodyError::Broken(e))) => {
-            stats.malformed.fetch_add(1, Ordering::Relaxed);
+            stats.refuse(peer, Reason::Malformed, &format!("reading the body: {e}"));
             return answer(StatusCode::BAD_REQUEST, format!("reading the body: {e}"));
         }
         Err(_) => {
-            stats.timed_out.fetch_add(1, Ordering::Relaxed);
+            stats.refuse(
+                peer,
+                Reason::TimedOut,
+                "the body was not received within [intake] request_timeout_ms",
+            );
             return answer(
                 StatusCode::REQUEST_TIMEOUT,
                 "the body was not received in time",
@@ -165,7 +229,7 @@ async fn receive(intake: Arc<Intake>, req: Request<Incoming>) -> Response<Full<B
             r
         }
         Err(refusal) => {
-            Intake::count(stats, &refusal);
+            stats.refuse(peer, refusal.reason(), refusal.message());
             match refusal {
                 Refusal::TooLarge(m) => answer(StatusCode::PAYLOAD_TOO_LARGE, m),
                 Refusal::Malformed(m) => answer(StatusCode::BAD_REQUEST, m),

@@ -2,7 +2,7 @@
 //! the collector. Every step costs the sender before it costs the
 //! collector, and every refusal is counted:
 //!
-//! 1. [`listener`]: connections (a limit, TLS, header and idle deadlines);
+//! 1. [`tangle_listener`]: connections (a limit, TLS, header and idle deadlines);
 //! 2. [`auth`]: the token, from the headers, before the body is read;
 //! 3. a slot among the requests in progress (busy: refused, retry later);
 //! 4. the body, up to a size, within a time;
@@ -14,7 +14,6 @@ pub mod auth;
 pub mod decode;
 pub mod grpc;
 pub mod http;
-pub mod listener;
 
 use std::{
     sync::{
@@ -33,33 +32,48 @@ use crate::{
     span::Span,
 };
 
-/// What the receivers take, and how long they wait.
+/// What the receivers take, and how long they wait. Every refusal is
+/// counted in `tangle_intake_refused_total{receiver, reason}` (the reason
+/// named below) and every connection's end in
+/// `tangle_intake_connections_total{receiver, outcome}`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct IntakeLimits {
-    /// Connections open at once on each receiver; more are closed at once.
+    /// Connections open at once on each listener (the two receivers and the
+    /// pages); more are closed at once (outcome `over_limit`).
     pub max_connections: usize,
-    /// Bytes of one request's body as sent; a larger one is refused as too large.
+    /// Connections open at once from one IP address on each listener; more
+    /// are closed at once (outcome `over_limit`); 0: no limit of its own.
+    /// Agents behind one address (SNAT, or a demo on loopback) share it.
+    pub max_connections_per_address: usize,
+    /// Bytes of one request's body as sent; a larger one is refused
+    /// (`too_large`: gRPC `OUT_OF_RANGE`, HTTP 413).
     pub max_request_bytes: usize,
     /// MiB that decoding one request may take, reckoned before it is
     /// decoded (a protobuf grows when decoded); a request past it is
-    /// refused as too large (agents then send it in halves).
+    /// refused (`too_large`: gRPC `RESOURCE_EXHAUSTED`, HTTP 413), and
+    /// Tangle's agents send it again in halves.
     pub max_request_memory_mib: usize,
-    /// Requests read and decoded at once; past it requests are refused as
-    /// busy (gRPC `RESOURCE_EXHAUSTED`, HTTP 429), and senders retry.
+    /// Requests read and decoded at once; past it requests are refused
+    /// (`busy`: gRPC `UNAVAILABLE`, HTTP 429), and OTLP senders retry.
     pub max_requests_in_progress: usize,
-    /// Spans received and waiting to be assembled; past it, refused as busy.
+    /// Spans received and waiting to be assembled; past it requests are
+    /// refused (`busy`), and a request with more spans than this alone
+    /// (`too_large`).
     pub max_queued_spans: usize,
-    /// Milliseconds from connecting to the first request's headers (TLS
-    /// included), and for HTTP/1 for each request's headers.
+    /// Milliseconds from connecting to the first request's complete
+    /// headers, TLS handshake included (outcome `header_timeout`).
     pub header_timeout_ms: u64,
-    /// Milliseconds to receive a request's body.
+    /// Milliseconds to receive a request's body (`timed_out`).
     pub request_timeout_ms: u64,
-    /// Milliseconds a connection may send nothing before it is closed.
+    /// Milliseconds a connection may send nothing (between requests, or
+    /// within a later HTTP/1 request's headers) before it is closed
+    /// (outcome `idle_closed`).
     pub idle_timeout_ms: u64,
-    /// gRPC (HTTP/2) streams open at once on one connection.
+    /// gRPC (HTTP/2) streams open at once on one connection; more wait.
     pub max_streams: u32,
-    /// Bytes of one request's headers.
+    /// Bytes of one request's headers (at least 1024); a request with more
+    /// ends its connection (outcome `errors`).
     pub max_header_bytes: u32,
 }
 
@@ -67,6 +81,7 @@ impl Default for IntakeLimits {
     fn default() -> Self {
         Self {
             max_connections: 1024,
+            max_connections_per_address: 256,
             max_request_bytes: 4 << 20,
             max_request_memory_mib: 64,
             max_requests_in_progress: 16,
@@ -81,9 +96,10 @@ impl Default for IntakeLimits {
 }
 
 impl IntakeLimits {
-    pub fn conn_limits(&self) -> listener::ConnLimits {
-        listener::ConnLimits {
+    pub fn conn_limits(&self) -> tangle_listener::ConnLimits {
+        tangle_listener::ConnLimits {
             max_connections: self.max_connections.max(1),
+            max_connections_per_address: self.max_connections_per_address,
             header_timeout: Duration::from_millis(self.header_timeout_ms.max(1)),
             idle_timeout: Duration::from_millis(self.idle_timeout_ms.max(1)),
             max_streams: self.max_streams.max(1),
@@ -92,47 +108,127 @@ impl IntakeLimits {
     }
 }
 
-/// One receiver's requests, counted by how they ended.
-#[derive(Debug, Default)]
+/// Why a request (or a connection) was refused: the `reason` label of
+/// `tangle_intake_refused_total`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Reason {
+    /// A missing or wrong token.
+    Unauthenticated,
+    /// A body past `max_request_bytes`, or one whose decoding would take
+    /// past `max_request_memory_mib`, or more spans than are queued.
+    TooLarge,
+    /// Not OTLP, or broken on the way.
+    Malformed,
+    /// Valid, but in a form the collector does not take (a compressed body).
+    Unsupported,
+    /// The collector at a limit (requests in progress, queued spans): the
+    /// sender retries.
+    Busy,
+    /// The body was not received in time.
+    TimedOut,
+    /// A request for something else than a trace export.
+    NotFound,
+}
+
+impl Reason {
+    const ALL: [Reason; 7] = [
+        Reason::Unauthenticated,
+        Reason::TooLarge,
+        Reason::Malformed,
+        Reason::Unsupported,
+        Reason::Busy,
+        Reason::TimedOut,
+        Reason::NotFound,
+    ];
+
+    pub fn label(self) -> &'static str {
+        match self {
+            Reason::Unauthenticated => "unauthenticated",
+            Reason::TooLarge => "too_large",
+            Reason::Malformed => "malformed",
+            Reason::Unsupported => "unsupported",
+            Reason::Busy => "busy",
+            Reason::TimedOut => "timed_out",
+            Reason::NotFound => "not_found",
+        }
+    }
+}
+
+/// One receiver's requests, counted by how they ended; each kind of
+/// refusal also logged, at most every 30 seconds.
+#[derive(Debug)]
 pub struct ReceiverStats {
-    pub conns: Arc<listener::ConnStats>,
+    /// The receiver, as logs name it.
+    name: &'static str,
+    pub conns: Arc<tangle_listener::ConnStats>,
     /// Requests taken (their spans queued).
     pub accepted: AtomicU64,
-    pub unauthenticated: AtomicU64,
-    pub too_large: AtomicU64,
-    pub malformed: AtomicU64,
-    /// Refused while the collector was at a limit (requests in progress,
-    /// queued spans): the sender retries.
-    pub busy: AtomicU64,
-    /// Bodies not received in time.
-    pub timed_out: AtomicU64,
-    /// Requests for something else than a trace export.
-    pub not_found: AtomicU64,
+    refused: [AtomicU64; Reason::ALL.len()],
+    warned: [tangle_throttle::Throttled; Reason::ALL.len()],
 }
 
 impl ReceiverStats {
+    fn new(name: &'static str) -> Self {
+        Self {
+            name,
+            conns: Default::default(),
+            accepted: AtomicU64::new(0),
+            refused: Default::default(),
+            warned: Default::default(),
+        }
+    }
+
+    /// Counts a refusal of a request from `peer`, and says why in the log
+    /// now and then.
+    pub fn refuse(&self, peer: Option<&tangle_listener::Peer>, reason: Reason, detail: &str) {
+        let i = reason as usize;
+        if let (Some(n), Some(warned)) = (self.refused.get(i), self.warned.get(i)) {
+            n.fetch_add(1, Ordering::Relaxed);
+            let from = peer.map_or_else(String::new, |p| format!(" from {}", p.0));
+            tangle_throttle::warn!(
+                warned,
+                "{}: refused a request{from} ({}): {detail}",
+                self.name,
+                reason.label()
+            );
+        }
+    }
+
+    pub fn refused(&self, reason: Reason) -> u64 {
+        self.refused
+            .get(reason as usize)
+            .map_or(0, |n| n.load(Ordering::Relaxed))
+    }
+
     /// (reason, count) of every refusal, for the metrics.
-    pub fn refusals(&self) -> [(&'static str, u64); 7] {
-        let c = &self.conns;
-        let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
-        [
-            ("unauthenticated", get(&self.unauthenticated)),
-            ("too_large", get(&self.too_large)),
-            ("malformed", get(&self.malformed)),
-            ("busy", get(&self.busy)),
-            ("timed_out", get(&self.timed_out)),
-            ("not_found", get(&self.not_found)),
-            ("connection_limit", get(&c.over_limit)),
-        ]
+    pub fn refusals(&self) -> [(&'static str, u64); Reason::ALL.len() + 1] {
+        let mut all = [(
+            "connection_limit",
+            self.conns.over_limit.load(Ordering::Relaxed),
+        ); Reason::ALL.len() + 1];
+        for (slot, reason) in all.iter_mut().zip(Reason::ALL) {
+            *slot = (reason.label(), self.refused(reason));
+        }
+        all
     }
 }
 
 /// Both receivers' counters, and the pages'.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct IntakeStats {
     pub grpc: ReceiverStats,
     pub http: ReceiverStats,
-    pub pages: Arc<listener::ConnStats>,
+    pub pages: Arc<tangle_listener::ConnStats>,
+}
+
+impl Default for IntakeStats {
+    fn default() -> Self {
+        Self {
+            grpc: ReceiverStats::new("OTLP/gRPC receiver"),
+            http: ReceiverStats::new("OTLP/HTTP receiver"),
+            pages: Default::default(),
+        }
+    }
 }
 
 /// Mapped spans on their way to assembly, holding their place in the queue.
@@ -142,7 +238,7 @@ pub struct Batch {
     _queued: OwnedSemaphorePermit,
 }
 
-/// Why a request was not taken.
+/// Why the intake did not take a request's body, and what to tell the sender.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Refusal {
     TooLarge(String),
@@ -150,14 +246,33 @@ pub enum Refusal {
     Busy(&'static str),
 }
 
+impl Refusal {
+    pub fn reason(&self) -> Reason {
+        match self {
+            Refusal::TooLarge(_) => Reason::TooLarge,
+            Refusal::Malformed(_) => Reason::Malformed,
+            Refusal::Busy(_) => Reason::Busy,
+        }
+    }
+
+    pub fn message(&self) -> &str {
+        match self {
+            Refusal::TooLarge(m) | Refusal::Malformed(m) => m,
+            Refusal::Busy(m) => m,
+        }
+    }
+}
+
 /// What both receivers share: the token, the limits, and the way to the
 /// ingest thread.
 pub struct Intake {
     pub auth: auth::Auth,
     pub limits: IntakeLimits,
+    /// Bytes of one name kept from a span (`[limits] max_name_bytes`).
+    max_name: usize,
     pub stats: Arc<IntakeStats>,
     in_progress: Arc<Semaphore>,
-    decoding: Semaphore,
+    decoding: Arc<Semaphore>,
     queued: Arc<Semaphore>,
     to_ingest: mpsc::Sender<Batch>,
 }
@@ -166,16 +281,18 @@ impl Intake {
     pub fn new(
         auth: auth::Auth,
         limits: IntakeLimits,
+        max_name: usize,
         stats: Arc<IntakeStats>,
         to_ingest: mpsc::Sender<Batch>,
     ) -> Self {
         Self {
             auth,
             limits,
+            max_name,
             stats,
             in_progress: Arc::new(Semaphore::new(limits.max_requests_in_progress.max(1))),
             // Decoding takes CPU and memory: a couple at a time.
-            decoding: Semaphore::new(2),
+            decoding: Arc::new(Semaphore::new(2)),
             queued: Arc::new(Semaphore::new(
                 limits.max_queued_spans.clamp(1, Semaphore::MAX_PERMITS),
             )),
@@ -204,20 +321,24 @@ impl Intake {
     /// then queued for assembly. Returns the spans taken.
     pub async fn take(&self, body: bytes::Bytes, json: bool) -> Result<usize, Refusal> {
         let limit = self.limits.max_request_memory_mib.saturating_mul(1 << 20);
-        let decoded = {
-            let _turn = self.decoding.acquire().await;
-            tokio::task::spawn_blocking(move || {
-                let request = if json {
-                    decode::decode_json(&body, limit)
-                } else {
-                    decode::decode_protobuf(&body, limit)
-                }?;
-                let mut mapping = MappingStats::default();
-                let spans = map_request(&request, &mut mapping);
-                Ok::<_, decode::DecodeError>((spans, mapping))
-            })
-            .await
+        let max_name = self.max_name;
+        // The turn goes with the decoding: a request that times out while
+        // it is decoded still holds it until the decoding is done.
+        let Ok(turn) = self.decoding.clone().acquire_owned().await else {
+            return Err(Refusal::Busy("the collector is stopping"));
         };
+        let decoded = tokio::task::spawn_blocking(move || {
+            let _turn = turn;
+            let request = if json {
+                decode::decode_json(&body, limit)
+            } else {
+                decode::decode_protobuf(&body, limit)
+            }?;
+            let mut mapping = MappingStats::default();
+            let spans = map_request(&request, &mut mapping, max_name);
+            Ok::<_, decode::DecodeError>((spans, mapping))
+        })
+        .await;
         let (spans, mapping) = match decoded {
             Ok(Ok(done)) => done,
             Ok(Err(decode::DecodeError::TooLarge { estimate, limit })) => {
@@ -241,7 +362,9 @@ impl Intake {
         }
         let permits = u32::try_from(n).unwrap_or(u32::MAX);
         let Ok(queued) = self.queued.clone().try_acquire_many_owned(permits) else {
-            return Err(Refusal::Busy("the collector is behind: retry later"));
+            return Err(Refusal::Busy(
+                "the collector is behind ([intake] max_queued_spans waiting): retry later",
+            ));
         };
         self.to_ingest
             .send(Batch {
@@ -251,15 +374,5 @@ impl Intake {
             })
             .map_err(|_| Refusal::Busy("the collector is stopping"))?;
         Ok(n)
-    }
-
-    /// Counts a refusal on `stats`.
-    pub fn count(stats: &ReceiverStats, refusal: &Refusal) {
-        let c = match refusal {
-            Refusal::TooLarge(_) => &stats.too_large,
-            Refusal::Malformed(_) => &stats.malformed,
-            Refusal::Busy(_) => &stats.busy,
-        };
-        c.fetch_add(1, Ordering::Relaxed);
     }
 }

@@ -1,8 +1,9 @@
 //! Serving HTTP on a listener the way an open door must be served: at most
-//! so many connections at once (past it, new ones are closed at once), a
-//! deadline for the TLS handshake and for the first request's headers, a
-//! connection closed when it sends nothing for a while, bounded header
-//! sizes and HTTP/2 streams, and every refusal counted.
+//! so many connections at once, and so many from one address (past either,
+//! new ones are closed at once), a deadline for the TLS handshake and for
+//! the first request's headers, a connection closed when it sends nothing
+//! for a while, bounded header sizes and HTTP/2 streams, and every refusal
+//! counted.
 
 use std::{
     future::Future,
@@ -32,8 +33,9 @@ const GRACE: Duration = Duration::from_secs(3);
 #[derive(Clone, Copy, Debug)]
 pub struct ConnLimits {
     pub max_connections: usize,
-    /// From accept to the first request's complete headers (TLS included);
-    /// for HTTP/1 also each later request's headers.
+    /// Connections from one IP address at once (0: no limit of its own).
+    pub max_connections_per_address: usize,
+    /// From accept to the first request's complete headers (TLS included).
     pub header_timeout: Duration,
     /// A connection that sends nothing for this long is closed.
     pub idle_timeout: Duration,
@@ -58,12 +60,116 @@ pub struct ConnStats {
     pub accepted: AtomicU64,
     /// Closed at once: the listener had `max_connections` open.
     pub over_limit: AtomicU64,
+    /// Closed at once: the address had `max_connections_per_address` open.
+    pub over_address_limit: AtomicU64,
     pub tls_failed: AtomicU64,
     /// No complete request headers in time (slow or silent clients).
     pub header_timeouts: AtomicU64,
-    /// Closed after sending nothing for the idle timeout.
+    /// Closed after sending nothing for the idle timeout (for HTTP/1,
+    /// between requests or within a later request's headers).
     pub idle_closed: AtomicU64,
+    /// Ended by an HTTP error (malformed requests, headers too large).
+    pub http_errors: AtomicU64,
     pub open: AtomicU64,
+    /// Connections closed at a limit, logged now and then.
+    limit_warned: tangle_throttle::Throttled,
+}
+
+impl ConnStats {
+    /// (outcome, count) of the connections: accepted, refused at a limit,
+    /// and those accepted that ended early; the metrics' labels.
+    pub fn outcomes(&self) -> [(&'static str, u64); 7] {
+        let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        [
+            ("accepted", get(&self.accepted)),
+            ("over_limit", get(&self.over_limit)),
+            ("over_address_limit", get(&self.over_address_limit)),
+            ("tls_failed", get(&self.tls_failed)),
+            ("header_timeout", get(&self.header_timeouts)),
+            ("idle_closed", get(&self.idle_closed)),
+            ("http_error", get(&self.http_errors)),
+        ]
+    }
+}
+
+/// Connections open per address, for `max_connections_per_address`. An
+/// IPv6 address counts with the rest of its /64, which one host usually
+/// has whole.
+#[derive(Default)]
+struct PerAddress(std::sync::Mutex<std::collections::HashMap<std::net::IpAddr, usize>>);
+
+impl PerAddress {
+    fn key(ip: std::net::IpAddr) -> std::net::IpAddr {
+        match ip {
+            std::net::IpAddr::V6(v6) if v6.to_ipv4_mapped().is_none() => {
+                std::net::IpAddr::V6((u128::from(v6) & !((1u128 << 64) - 1)).into())
+            }
+            other => other.to_canonical(),
+        }
+    }
+
+    /// Takes a place for `ip`, unless it has `max` (0: no limit); the
+    /// place is given back when the guard is dropped.
+    fn take(self: &Arc<Self>, ip: std::net::IpAddr, max: usize) -> Option<AddressPlace> {
+        let key = Self::key(ip);
+        let mut m = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let n = m.entry(key).or_default();
+        if max > 0 && *n >= max {
+            return None;
+        }
+        *n += 1;
+        Some(AddressPlace {
+            table: self.clone(),
+            key,
+        })
+    }
+}
+
+/// A connection's place among its address's (given back when dropped,
+/// even if the connection's task panicked).
+struct AddressPlace {
+    table: Arc<PerAddress>,
+    key: std::net::IpAddr,
+}
+
+impl Drop for AddressPlace {
+    fn drop(&mut self) {
+        let mut m = self.table.0.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(n) = m.get_mut(&self.key) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                m.remove(&self.key);
+            }
+        }
+    }
+}
+
+/// Counts a connection open while it lives.
+struct OpenGuard(Arc<ConnStats>);
+
+impl OpenGuard {
+    fn new(stats: Arc<ConnStats>) -> Self {
+        stats.open.fetch_add(1, Ordering::Relaxed);
+        Self(stats)
+    }
+}
+
+impl Drop for OpenGuard {
+    fn drop(&mut self) {
+        self.0.open.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// In a request's extensions: a way for the service to have its
+/// connection closed once the response is sent (after a refusal: an
+/// unauthenticated client has no business keeping it open).
+#[derive(Clone, Debug)]
+pub struct CloseConnection(Arc<tokio::sync::Notify>);
+
+impl CloseConnection {
+    pub fn close(&self) {
+        self.0.notify_one();
+    }
 }
 
 /// A connection's bytes, with a clock: reading fails with `TimedOut` once
@@ -135,15 +241,23 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Idle<T> {
 struct Noting<S> {
     inner: S,
     started: Arc<AtomicBool>,
+    peer: SocketAddr,
+    close: CloseConnection,
 }
+
+/// The address a request came from, in its extensions: for the logs.
+#[derive(Clone, Copy, Debug)]
+pub struct Peer(pub SocketAddr);
 
 impl<S: Service<hyper::Request<Incoming>>> Service<hyper::Request<Incoming>> for Noting<S> {
     type Response = S::Response;
     type Error = S::Error;
     type Future = S::Future;
 
-    fn call(&self, req: hyper::Request<Incoming>) -> Self::Future {
+    fn call(&self, mut req: hyper::Request<Incoming>) -> Self::Future {
         self.started.store(true, Ordering::Relaxed);
+        req.extensions_mut().insert(Peer(self.peer));
+        req.extensions_mut().insert(self.close.clone());
         self.inner.call(req)
     }
 }
@@ -152,7 +266,7 @@ impl<S: Service<hyper::Request<Incoming>>> Service<hyper::Request<Incoming>> for
 /// `stop` turns true; then lets open requests finish (a short grace).
 pub async fn serve<S, B>(
     listener: TcpListener,
-    tls: Option<Arc<rustls::ServerConfig>>,
+    tls: Option<Arc<tokio_rustls::rustls::ServerConfig>>,
     http: Http,
     limits: ConnLimits,
     service: S,
@@ -171,6 +285,7 @@ pub async fn serve<S, B>(
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
     let slots = Arc::new(Semaphore::new(limits.max_connections));
+    let per_address = Arc::new(PerAddress::default());
     let acceptor = tls.map(tokio_rustls::TlsAcceptor::from);
     let mut tasks = tokio::task::JoinSet::new();
     loop {
@@ -189,6 +304,30 @@ pub async fn serve<S, B>(
         };
         let Ok(slot) = slots.clone().try_acquire_owned() else {
             stats.over_limit.fetch_add(1, Ordering::Relaxed);
+            tangle_throttle::warn!(
+                stats.limit_warned,
+                "{}: closed a connection from {peer}: {} open, its max_connections",
+                listener
+                    .local_addr()
+                    .map_or_else(|_| "?".into(), |a| a.to_string()),
+                limits.max_connections
+            );
+            drop(stream);
+            continue;
+        };
+        let Some(place) = per_address.take(peer.ip(), limits.max_connections_per_address) else {
+            stats.over_address_limit.fetch_add(1, Ordering::Relaxed);
+            tangle_throttle::warn!(
+                stats.limit_warned,
+                "{}: closed a connection from {peer}: {} open from {}, its \
+                 max_connections_per_address (a load balancer or SNAT in front? raise it, \
+                 or 0 for no limit of its own)",
+                listener
+                    .local_addr()
+                    .map_or_else(|_| "?".into(), |a| a.to_string()),
+                limits.max_connections_per_address,
+                peer.ip()
+            );
             drop(stream);
             continue;
         };
@@ -202,10 +341,9 @@ pub async fn serve<S, B>(
         // Reap finished connections' tasks as new ones come.
         while tasks.try_join_next().is_some() {}
         tasks.spawn(async move {
-            stats.open.fetch_add(1, Ordering::Relaxed);
+            let _open = OpenGuard::new(stats.clone());
             connection(stream, peer, acceptor, http, limits, service, &stats, stop).await;
-            stats.open.fetch_sub(1, Ordering::Relaxed);
-            drop(slot);
+            drop((slot, place));
         });
     }
     // Stopped: the connections finish within their grace.
@@ -255,30 +393,42 @@ async fn connection<S, B>(
         None => Box::new(stream),
     };
     let io = TokioIo::new(Idle::new(io, limits.idle_timeout, timed_out.clone()));
+    let close = CloseConnection(Arc::new(tokio::sync::Notify::new()));
     let service = Noting {
         inner: service,
         started: started.clone(),
+        peer,
+        close: close.clone(),
     };
     let serving: Pin<Box<dyn Future<Output = Result<(), hyper::Error>> + Send>> = match http {
         Http::Two => {
             let mut b = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
+            // No keep-alive pings of ours: a client that answers them would
+            // never count as idle; a silent one is closed at the idle timeout.
             b.timer(TokioTimer::new())
                 .max_concurrent_streams(limits.max_streams)
-                .max_header_list_size(limits.max_header_bytes)
-                .keep_alive_interval(Some(Duration::from_secs(30)))
-                .keep_alive_timeout(Duration::from_secs(10));
-            Box::pin(graceful(b.serve_connection(io, service), stop, |c| {
-                c.graceful_shutdown()
-            }))
+                .max_header_list_size(limits.max_header_bytes);
+            Box::pin(graceful(
+                b.serve_connection(io, service),
+                stop,
+                close.0.clone(),
+                |c| c.graceful_shutdown(),
+            ))
         }
         Http::One => {
+            // hyper's header timer also runs while a kept-alive connection
+            // waits for its next request: the idle timeout there. The first
+            // request's headers have the header deadline, below.
             let mut b = hyper::server::conn::http1::Builder::new();
             b.timer(TokioTimer::new())
-                .header_read_timeout(limits.header_timeout)
+                .header_read_timeout(limits.idle_timeout)
                 .max_buf_size((limits.max_header_bytes as usize).max(8192));
-            Box::pin(graceful(b.serve_connection(io, service), stop, |c| {
-                c.graceful_shutdown()
-            }))
+            Box::pin(graceful(
+                b.serve_connection(io, service),
+                stop,
+                close.0.clone(),
+                |c| c.graceful_shutdown(),
+            ))
         }
     };
     tokio::pin!(serving);
@@ -300,7 +450,9 @@ async fn connection<S, B>(
         stats.idle_closed.fetch_add(1, Ordering::Relaxed);
     } else if let Err(e) = result {
         if e.is_timeout() {
-            stats.header_timeouts.fetch_add(1, Ordering::Relaxed);
+            stats.idle_closed.fetch_add(1, Ordering::Relaxed);
+        } else if !e.is_incomplete_message() && !e.is_canceled() {
+            stats.http_errors.fetch_add(1, Ordering::Relaxed);
         }
         log::debug!("connection from {peer}: {e}");
     }
@@ -320,6 +472,7 @@ impl<T: AsyncRead + AsyncWrite + Send + Unpin> Io for T {}
 async fn graceful<C>(
     conn: C,
     mut stop: watch::Receiver<bool>,
+    close: Arc<tokio::sync::Notify>,
     shutdown: impl FnOnce(Pin<&mut C>),
 ) -> Result<(), hyper::Error>
 where
@@ -329,6 +482,7 @@ where
     tokio::select! {
         r = conn.as_mut() => return r,
         () = stopped(&mut stop) => {}
+        () = close.notified() => {}
     }
     shutdown(conn.as_mut());
     match tokio::time::timeout(GRACE, conn).await {
