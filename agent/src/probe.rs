@@ -358,12 +358,7 @@ impl Probe {
     /// Forgets kernel entries of processes that no longer exist (a safety net:
     /// the kernel side removes them when it sees the socket close).
     pub fn sweep_dead_processes(&mut self) -> Result<usize, ProbeError> {
-        let map = self
-            .ebpf
-            .map_mut("CONNS")
-            .ok_or_else(|| ProbeError::Missing("map CONNS".into()))?;
-        let mut conns =
-            HashMap::<_, ConnKey, ConnInfo>::try_from(map).map_err(map_error("CONNS"))?;
+        let mut conns = self.hash_map::<ConnKey, ConnInfo>("CONNS")?;
         let dead: Vec<ConnKey> = conns
             .keys()
             .filter_map(Result::ok)
@@ -376,6 +371,18 @@ impl Probe {
         Ok(dead.len())
     }
 
+    /// The kernel's hash map `name`, to change.
+    fn hash_map<K: aya::Pod, V: aya::Pod>(
+        &mut self,
+        name: &'static str,
+    ) -> Result<HashMap<&mut MapData, K, V>, ProbeError> {
+        let map = self
+            .ebpf
+            .map_mut(name)
+            .ok_or_else(|| ProbeError::Missing(format!("map {name}")))?;
+        HashMap::try_from(map).map_err(map_error(name))
+    }
+
     /// Never tracks `tgid`'s connections from now on, and forgets the one
     /// it has on `fd` (Tangle's own processes). Fails when the kernel's
     /// table of them is full: the process is then traced (counted, logged
@@ -386,24 +393,14 @@ impl Probe {
                 // Gone already: nothing left to ignore.
                 return Ok(());
             };
-            let map = self
-                .ebpf
-                .map_mut("IGNORED_TGIDS")
-                .ok_or_else(|| ProbeError::Missing("map IGNORED_TGIDS".into()))?;
-            let mut ignored =
-                HashMap::<_, u32, u8>::try_from(map).map_err(map_error("IGNORED_TGIDS"))?;
+            let mut ignored = self.hash_map::<u32, u8>("IGNORED_TGIDS")?;
             ignored
                 .insert(tgid, 1, 0)
                 .map_err(map_error("IGNORED_TGIDS"))?;
             self.ignored.insert(tgid, started);
         }
         if let Some(fd) = fd {
-            let map = self
-                .ebpf
-                .map_mut("CONNS")
-                .ok_or_else(|| ProbeError::Missing("map CONNS".into()))?;
-            let mut conns =
-                HashMap::<_, ConnKey, ConnInfo>::try_from(map).map_err(map_error("CONNS"))?;
+            let mut conns = self.hash_map::<ConnKey, ConnInfo>("CONNS")?;
             if conns.remove(&ConnKey { tgid, fd }).is_ok() {
                 self.swept += 1;
             }
@@ -427,15 +424,12 @@ impl Probe {
         if gone.is_empty() {
             return Ok(());
         }
-        let map = self
-            .ebpf
-            .map_mut("IGNORED_TGIDS")
-            .ok_or_else(|| ProbeError::Missing("map IGNORED_TGIDS".into()))?;
-        let mut ignored =
-            HashMap::<_, u32, u8>::try_from(map).map_err(map_error("IGNORED_TGIDS"))?;
-        for tgid in gone {
-            let _ = ignored.remove(&tgid);
-            self.ignored.remove(&tgid);
+        let mut ignored = self.hash_map::<u32, u8>("IGNORED_TGIDS")?;
+        for tgid in &gone {
+            let _ = ignored.remove(tgid);
+        }
+        for tgid in &gone {
+            self.ignored.remove(tgid);
         }
         Ok(())
     }
@@ -443,12 +437,7 @@ impl Probe {
     /// Never tracks connections to or from `addr` (the collector's): an
     /// IPv4 address in both the forms a socket may show it in.
     pub fn ignore_endpoint(&mut self, addr: std::net::SocketAddr) -> Result<(), ProbeError> {
-        let map = self
-            .ebpf
-            .map_mut("IGNORED_ENDPOINTS")
-            .ok_or_else(|| ProbeError::Missing("map IGNORED_ENDPOINTS".into()))?;
-        let mut ignored =
-            HashMap::<_, Endpoint, u8>::try_from(map).map_err(map_error("IGNORED_ENDPOINTS"))?;
+        let mut ignored = self.hash_map::<Endpoint, u8>("IGNORED_ENDPOINTS")?;
         let mut forms = Vec::new();
         match addr.ip() {
             std::net::IpAddr::V4(v4) => {

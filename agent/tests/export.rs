@@ -420,7 +420,7 @@ fn export_over_mutual_tls_with_a_token() {
 fn tangle_traces_no_traffic_of_its_own_and_drops_its_privileges() {
     let name = "tangle_traces_no_traffic_of_its_own_and_drops_its_privileges";
     let _serial = serial();
-    if require(name, &["curl", "python3"]).is_none() {
+    if require(name, &["curl", "python3", "ip"]).is_none() {
         return;
     }
     let (http_port, otlp_port, metrics_port) = (free_port(), free_port(), free_port());
@@ -491,13 +491,57 @@ fn tangle_traces_no_traffic_of_its_own_and_drops_its_privileges() {
     curl(&format!("http://127.0.0.1:{http_port}/from/curl"), &[]);
     // Scrapes of the agent's own page.
     assert!(scrape(metrics_port).contains("tangle_agent_events_total"));
+    // Another network namespace has its own 127.0.0.1: a service there on
+    // the agent's metrics port is not Tangle's.
+    let ns = format!("tangle-own-{}", std::process::id());
+    let in_ns = |args: &[&str]| {
+        let mut c = Command::new("ip");
+        c.args(["netns", "exec", &ns]).args(args);
+        c
+    };
+    assert!(
+        Command::new("ip")
+            .args(["netns", "add", &ns])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let _ns = NetnsGuard(ns.clone());
+    assert!(
+        in_ns(&["ip", "link", "set", "lo", "up"])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let port = metrics_port.to_string();
+    let _pod = Proc::spawn_ready(
+        &mut in_ns(&[
+            "python3",
+            "-u",
+            "-m",
+            "http.server",
+            &port,
+            "--bind",
+            "127.0.0.1",
+        ]),
+        "Serving HTTP",
+    );
+    let url = format!("http://127.0.0.1:{port}/in/netns");
+    assert!(
+        in_ns(&["curl", "-s", "-o", "/dev/null", &url])
+            .status()
+            .unwrap()
+            .success()
+    );
     wait_for("the ordinary calls", Duration::from_secs(20), || {
         let spans = received.spans();
-        ["/from/curl", "/from/renamed"].iter().all(|p| {
-            spans
-                .iter()
-                .any(|(_, s)| attr(s, "url.path").as_deref() == Some(*p) && s.kind == 3)
-        })
+        ["/from/curl", "/from/renamed", "/in/netns"]
+            .iter()
+            .all(|p| {
+                spans
+                    .iter()
+                    .any(|(_, s)| attr(s, "url.path").as_deref() == Some(*p) && s.kind == 3)
+            })
     });
     let out = agent.wait_with_output().unwrap();
     assert!(out.status.success());
@@ -507,8 +551,9 @@ fn tangle_traces_no_traffic_of_its_own_and_drops_its_privileges() {
     let ports = [otlp_port.to_string(), metrics_port.to_string()];
     for (svc, s) in &spans {
         let port = attr(s, "server.port").unwrap_or_default();
+        let elsewhere = attr(s, "url.path").as_deref() == Some("/in/netns");
         assert!(
-            !ports.contains(&port),
+            elsewhere || !ports.contains(&port),
             "{svc} traced Tangle's own port {port}"
         );
         let client_of_tangle =
@@ -521,6 +566,13 @@ fn tangle_traces_no_traffic_of_its_own_and_drops_its_privileges() {
             .any(|(_, s)| s.kind == 2 && attr(s, "url.path").as_deref() == Some("/from/tangle")),
         "the server side of the call it made is traced: only Tangle's side is not"
     );
+    for kind in [2, 3] {
+        assert!(
+            spans.iter().any(|(_, s)| s.kind == kind
+                && attr(s, "url.path").as_deref() == Some("/in/netns")),
+            "both ends of the call in the other namespace are traced (kind {kind})"
+        );
+    }
     let ignored = own_connections_ignored(&out);
     assert!(ignored >= 3, "own connections counted: {ignored}");
     eprintln!("REPORT own traffic: {ignored} connections of Tangle's own left out");
@@ -531,4 +583,15 @@ fn own_connections_ignored(out: &std::process::Output) -> u64 {
     let stats = final_stats(out);
     stats["kernel"]["ignored"].as_u64().unwrap_or(0)
         + stats["agent"]["ignored"].as_u64().unwrap_or(0)
+}
+
+/// A network namespace, deleted when dropped.
+struct NetnsGuard(String);
+
+impl Drop for NetnsGuard {
+    fn drop(&mut self) {
+        let _ = Command::new("ip")
+            .args(["netns", "delete", &self.0])
+            .status();
+    }
 }

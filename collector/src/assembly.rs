@@ -36,9 +36,14 @@ pub struct AssemblyStats {
     pub over_trace_limit: u64,
 }
 
+/// Spans a trace holds before its spans are indexed: a scan of a few is
+/// cheaper than hashing each.
+const UNINDEXED: usize = 16;
+
 struct Pending {
     spans: Vec<Span>,
-    /// Where each span is in `spans`.
+    /// Where each span is in `spans`, once there are more than
+    /// [`UNINDEXED`] (empty before).
     index: HashMap<SpanId, usize>,
     last_ns: u64,
     /// Join keys first seen in this trace, and traces merged into it.
@@ -47,6 +52,34 @@ struct Pending {
 }
 
 impl Pending {
+    /// Where span `id` is in `spans`.
+    fn position(&self, id: &SpanId) -> Option<usize> {
+        if self.spans.len() <= UNINDEXED {
+            self.spans.iter().position(|s| s.span_id == *id)
+        } else {
+            self.index.get(id).copied()
+        }
+    }
+
+    fn push(&mut self, span: Span) {
+        let id = span.span_id;
+        self.spans.push(span);
+        match self.spans.len() {
+            n if n == UNINDEXED + 1 => {
+                self.index = self
+                    .spans
+                    .iter()
+                    .enumerate()
+                    .map(|(i, s)| (s.span_id, i))
+                    .collect();
+            }
+            n if n > UNINDEXED + 1 => {
+                self.index.insert(id, n - 1);
+            }
+            _ => {}
+        }
+    }
+
     fn new(now_ns: u64) -> Self {
         Self {
             spans: Vec::new(),
@@ -105,7 +138,7 @@ impl Assembler {
             .pending
             .entry(id)
             .or_insert_with(|| Pending::new(now_ns));
-        if p.index.contains_key(&span.span_id) {
+        if p.position(&span.span_id).is_some() {
             self.stats.duplicates += 1;
             return Vec::new();
         }
@@ -117,8 +150,7 @@ impl Assembler {
         p.last_ns = now_ns;
         let join = span.join.clone();
         let (span_id, kind) = (span.span_id, span.kind);
-        p.index.insert(span_id, p.spans.len());
-        p.spans.push(span);
+        p.push(span);
         self.by_age.insert((now_ns, id), ());
         self.in_flight += 1;
         if let Some(key) = join {
@@ -156,7 +188,7 @@ impl Assembler {
         let client_trace = *self.alias.get(&client_trace).unwrap_or(&client_trace);
         let server_trace = *self.alias.get(&server_trace).unwrap_or(&server_trace);
         if let Some(p) = self.pending.get_mut(&server_trace)
-            && let Some(&at) = p.index.get(&server_span)
+            && let Some(at) = p.position(&server_span)
             && let Some(s) = p.spans.get_mut(at)
             && s.parent.is_none()
         {
@@ -198,13 +230,12 @@ impl Assembler {
                 self.in_flight -= 1;
                 continue;
             }
-            if to.index.contains_key(&s.span_id) {
+            if to.position(&s.span_id).is_some() {
                 self.stats.duplicates += 1;
                 self.in_flight -= 1;
                 continue;
             }
-            to.index.insert(s.span_id, to.spans.len());
-            to.spans.push(s);
+            to.push(s);
         }
         // Only the moved trace's names are pointed at the client's: a join
         // costs the traces it moves, not all those merged before.

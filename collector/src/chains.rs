@@ -471,16 +471,28 @@ pub fn analyze_to_depth(spans: &[Span], max_depth: usize) -> Option<TraceAnalysi
 }
 
 /// Keeps `chain` unless the trace showed it already, or showed enough
-/// distinct chains (then it is counted as cut).
+/// distinct chains (then it is counted as cut). A few chains are compared
+/// one by one; past that, `seen` holds their signatures.
 fn keep_chain(out: &mut TraceAnalysis, seen: &mut std::collections::HashSet<String>, chain: Chain) {
-    if seen.contains(&chain.signature) {
+    const SCANNED: usize = 16;
+    let known = if out.chains.len() <= SCANNED {
+        out.chains.iter().any(|c| c.signature == chain.signature)
+    } else {
+        if seen.is_empty() {
+            seen.extend(out.chains.iter().map(|c| c.signature.clone()));
+        }
+        seen.contains(&chain.signature)
+    };
+    if known {
         return;
     }
-    if seen.len() >= MAX_CHAINS_PER_TRACE {
+    if out.chains.len() >= MAX_CHAINS_PER_TRACE {
         out.cut_chains += 1;
         return;
     }
-    seen.insert(chain.signature.clone());
+    if !seen.is_empty() {
+        seen.insert(chain.signature.clone());
+    }
     out.chains.push(chain);
 }
 
