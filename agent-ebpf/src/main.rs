@@ -134,12 +134,14 @@ fn insert_conn(key: &ConnKey, info: &ConnInfo) -> bool {
     true
 }
 
-/// Removes a connection from `CONNS`, counted.
+/// Removes a connection from `CONNS`, counted; whether this call removed it.
 #[inline(always)]
-fn remove_conn(key: &ConnKey) {
-    if CONNS.remove(key).is_ok() {
+fn remove_conn(key: &ConnKey) -> bool {
+    let removed = CONNS.remove(key).is_ok();
+    if removed {
         count(Stat::ConnRemoved);
     }
+    removed
 }
 
 /// Whether an endpoint is one whose connections are never tracked; a
@@ -394,8 +396,14 @@ fn emit_conn(kind: EventKind, key: &ConnKey, info: &ConnInfo, close_reason: u8, 
 /// Stops tracking a connection and tells userspace. `info` points into `CONNS`.
 #[inline(always)]
 fn close_conn(key: &ConnKey, info: *const ConnInfo, reason: CloseReason) {
-    // SAFETY: a valid map value pointer, read before the entry is removed.
-    let info = unsafe { &*info };
+    // SAFETY: a valid map value pointer, copied before the entry is removed.
+    let info = unsafe { *info };
+    // Whoever removes the entry closes the connection: a close() and the
+    // TCP close racing on two CPUs tell userspace once between them.
+    if !remove_conn(key) {
+        return;
+    }
+    let info = &info;
     // SAFETY: no arguments.
     let now = unsafe { bpf_ktime_get_ns() };
     emit_conn(EventKind::ConnClose, key, info, reason as u8, now);
@@ -409,7 +417,6 @@ fn close_conn(key: &ConnKey, info: *const ConnInfo, reason: CloseReason) {
     {
         let _ = SOCKS.remove(&info.sock);
     }
-    remove_conn(key);
 }
 
 /// The child side of `sched_process_fork`: remember who the parent is.
