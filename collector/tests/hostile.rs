@@ -314,12 +314,14 @@ fn big_messages_are_refused_before_they_are_decoded() {
         .build()
         .unwrap();
     let codes = rt.block_on(async {
-        let mut client = TraceServiceClient::connect(format!("http://127.0.0.1:{}", c.otlp_grpc))
-            .await
-            .unwrap();
+        let grpc = format!("http://127.0.0.1:{}", c.otlp_grpc);
+        let mut client = TraceServiceClient::connect(grpc.clone()).await.unwrap();
         // 1 MiB of empty spans: some 250 MiB once decoded.
         let req = ExportTraceServiceRequest::decode(empty_spans(1 << 20).as_slice()).unwrap();
         let without = client.export(req.clone()).await.unwrap_err().code();
+        // The collector closes the connection of a client it refused for
+        // its token: the next requests come on a new one.
+        let mut client = TraceServiceClient::connect(grpc).await.unwrap();
         let mut with = tonic::Request::new(req);
         with.metadata_mut()
             .insert("authorization", "Bearer big-Token".parse().unwrap());
