@@ -228,17 +228,12 @@ pub struct Shared {
 impl Shared {
     /// Publishes `page`, with the page server's own connections added.
     pub fn publish(&self, mut page: Page) {
-        page.family(
+        page.counters(
             "tangle_agent_metrics_connections_total",
-            "counter",
             "Connections to this page: accepted, refused at a limit, and those accepted that ended early.",
+            "outcome",
+            self.conns.outcomes(),
         );
-        for (outcome, n) in self.conns.outcomes() {
-            let _ = writeln!(
-                page.0,
-                "tangle_agent_metrics_connections_total{{outcome=\"{outcome}\"}} {n}"
-            );
-        }
         if let Ok(mut p) = self.page.lock() {
             *p = page.0.into();
         }

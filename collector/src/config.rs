@@ -139,7 +139,7 @@ impl Default for Limits {
             max_chain_depth: crate::chains::DEFAULT_MAX_DEPTH,
             max_services: n.max_services,
             max_operations_per_service: n.max_operations_per_service,
-            max_name_bytes: n.max_name_bytes,
+            max_name_bytes: crate::names::DEFAULT_MAX_NAME_BYTES,
             max_chains: m.max_chains,
             max_entries: m.max_entries,
             max_edges: m.max_edges,
@@ -155,7 +155,6 @@ impl Limits {
         NameLimits {
             max_services: self.max_services.max(1),
             max_operations_per_service: self.max_operations_per_service.max(1),
-            max_name_bytes: self.max_name_bytes.max(16),
         }
     }
 

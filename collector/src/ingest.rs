@@ -123,7 +123,7 @@ impl State {
                 "tangle_names_folded_total{kind=\"operation\"}",
             ),
             (
-                names.names_cut,
+                self.mapping.names_cut,
                 "bytes in a name than [limits] max_name_bytes",
                 "cut",
                 "tangle_names_cut_total",
@@ -156,9 +156,9 @@ impl State {
     pub fn add(&mut self, spans: Vec<Span>, mapping: MappingStats) {
         self.mapping.accepted += mapping.accepted;
         self.mapping.bad_ids += mapping.bad_ids;
+        self.mapping.names_cut += mapping.names_cut;
         let now = now_ns();
-        for mut span in spans {
-            self.names.cut_span(&mut span);
+        for span in spans {
             for trace in self.assembler.add(span, now) {
                 self.analyse(&trace, now);
             }

@@ -324,7 +324,7 @@ pub fn render(state: &State) -> String {
         "counter",
         "Names longer than [limits] max_name_bytes, cut to it.",
     );
-    o.line("tangle_names_cut_total", &[], n.names_cut);
+    o.line("tangle_names_cut_total", &[], mapping.names_cut);
     o.head(
         "tangle_model_overflow_total",
         "counter",

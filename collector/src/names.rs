@@ -25,26 +25,64 @@ pub struct NameLimits {
     pub max_services: usize,
     /// Distinct operations of one service; more become `{other}`.
     pub max_operations_per_service: usize,
-    /// Bytes of one name (service, operation, table) kept; the rest is cut.
-    pub max_name_bytes: usize,
 }
+
+/// Bytes of one name (service, operation, table) kept by default.
+pub const DEFAULT_MAX_NAME_BYTES: usize = 128;
 
 impl Default for NameLimits {
     fn default() -> Self {
         Self {
             max_services: 1000,
             max_operations_per_service: 200,
-            max_name_bytes: 128,
         }
     }
 }
 
-/// Names folded or cut, counted.
+/// Names folded, counted.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
 pub struct NameStats {
     pub services_folded: u64,
     pub operations_folded: u64,
-    pub names_cut: u64,
+}
+
+/// Cuts `name` to `max` bytes (on a character), counting it in `cut`.
+pub fn cut(name: &mut String, max: usize, cut: &mut u64) {
+    if name.len() > max {
+        tangle_protocols::truncate_chars(name, max);
+        *cut += 1;
+    }
+}
+
+/// Cuts every name of a span to `max` bytes, as it comes in: what waits
+/// for assembly, and what a trace holds while it is assembled, stays
+/// bounded. Each name cut is counted in `cuts`.
+pub fn cut_span(span: &mut Span, max: usize, cuts: &mut u64) {
+    let mut each = |name: &mut String| cut(name, max, cuts);
+    each(&mut span.service);
+    each(&mut span.operation);
+    match &mut span.peer {
+        Peer::Service { name } => each(name),
+        Peer::Address { address } => each(address),
+        Peer::Database {
+            system,
+            server,
+            namespace,
+        } => {
+            each(system);
+            each(server);
+            if let Some(ns) = namespace {
+                each(ns);
+            }
+        }
+        Peer::Unknown => {}
+    }
+    for t in &mut span.tables {
+        each(t);
+    }
+    if let Some(p) = &mut span.protocol {
+        each(p);
+    }
 }
 
 /// The names seen so far, per service.
@@ -60,39 +98,6 @@ impl Names {
         Self {
             limits,
             ..Self::default()
-        }
-    }
-
-    fn cut(&mut self, name: &mut String) {
-        if name.len() > self.limits.max_name_bytes {
-            tangle_protocols::truncate_chars(name, self.limits.max_name_bytes);
-            self.stats.names_cut += 1;
-        }
-    }
-
-    /// Cuts a span's names to length, as it comes in: what a trace holds
-    /// while it is assembled stays bounded.
-    pub fn cut_span(&mut self, span: &mut Span) {
-        self.cut(&mut span.service);
-        self.cut(&mut span.operation);
-        match &mut span.peer {
-            Peer::Service { name } => self.cut(name),
-            Peer::Address { address } => self.cut(address),
-            Peer::Database {
-                system,
-                server,
-                namespace,
-            } => {
-                self.cut(system);
-                self.cut(server);
-                if let Some(ns) = namespace {
-                    self.cut(ns);
-                }
-            }
-            Peer::Unknown => {}
-        }
-        for t in &mut span.tables {
-            self.cut(t);
         }
     }
 
@@ -222,7 +227,6 @@ mod tests {
         let mut n = Names::new(NameLimits {
             max_services: 3,
             max_operations_per_service: 2,
-            max_name_bytes: 16,
         });
         let mut ops = Vec::new();
         for op in ["a", "b", "c", "a"] {
@@ -243,8 +247,9 @@ mod tests {
         );
         assert!(n.stats.services_folded >= 1 && n.stats.operations_folded >= 1);
         let mut s = trace("shop", &"é".repeat(10), "x").remove(0);
-        n.cut_span(&mut s);
+        let mut cuts = 0;
+        cut_span(&mut s, 16, &mut cuts);
         assert!(s.operation.len() <= 16);
-        assert_eq!(n.stats.names_cut, 1);
+        assert_eq!(cuts, 1);
     }
 }

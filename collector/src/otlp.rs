@@ -8,10 +8,13 @@ use opentelemetry_proto::tonic::{
 };
 use tangle_protocols::{
     normalize::{route, words},
-    sql, truncate_chars,
+    sql,
 };
 
-use crate::span::{Peer, Span, SpanKind};
+use crate::{
+    names::{cut, cut_span},
+    span::{Peer, Span, SpanKind},
+};
 
 /// Spans rejected while mapping, and why; counted, never fatal.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
@@ -19,6 +22,8 @@ pub struct MappingStats {
     pub accepted: u64,
     /// Trace or span ids of the wrong length (or all zero).
     pub bad_ids: u64,
+    /// Names longer than `[limits] max_name_bytes`, cut to it.
+    pub names_cut: u64,
 }
 
 fn text(v: &AnyValue) -> Option<String> {
@@ -64,22 +69,14 @@ fn join_key(attrs: &[KeyValue]) -> Option<tangle_wire::JoinKey> {
     Some(tangle_wire::JoinKey { client, seq })
 }
 
-/// `s` cut to `max` bytes, on a character.
-fn cut(mut s: String, max: usize) -> String {
-    truncate_chars(&mut s, max);
-    s
-}
-
-/// One OTLP span, with its resource's `service.name`. Every name kept is
-/// at most `max_name` bytes: what waits for assembly stays small whatever
-/// the export held.
-pub fn map_span(service: &str, s: &OtlpSpan, max_name: usize) -> Option<Span> {
+/// One OTLP span, with its resource's `service.name`.
+pub fn map_span(service: &str, s: &OtlpSpan) -> Option<Span> {
     let trace_id = id::<16>(&s.trace_id)?;
     let span_id = id::<8>(&s.span_id)?;
     let parent = id::<8>(&s.parent_span_id);
     let a = &s.attributes;
     let kind = kind(s.kind);
-    let name = |keys: &[&str]| attr(a, keys).map(|v| cut(v, max_name));
+    let name = |keys: &[&str]| attr(a, keys);
     let db_system = name(&["db.system.name", "db.system"]);
     let query = attr(a, &["db.query.text", "db.statement"]);
     let namespace = name(&["db.namespace", "db.name"]);
@@ -112,7 +109,6 @@ pub fn map_span(service: &str, s: &OtlpSpan, max_name: usize) -> Option<Span> {
     } else {
         words(&s.name)
     };
-    let operation = cut(operation, max_name);
     let peer = if let Some(system) = db_system.clone() {
         Peer::Database {
             system,
@@ -162,7 +158,8 @@ pub fn map_span(service: &str, s: &OtlpSpan, max_name: usize) -> Option<Span> {
     })
 }
 
-/// Every span of an export request, its names at most `max_name` bytes.
+/// Every span of an export request, its names at most `max_name` bytes:
+/// what waits for assembly stays small whatever the export held.
 pub fn map_request(
     req: &ExportTraceServiceRequest,
     stats: &mut MappingStats,
@@ -175,11 +172,18 @@ pub fn map_request(
             .resource
             .as_ref()
             .and_then(|r| attr(&r.attributes, &["service.name"]))
-            .map_or_else(|| "unknown_service".into(), |s| cut(s, max_name));
+            .map_or_else(
+                || "unknown_service".into(),
+                |mut s| {
+                    cut(&mut s, max_name, &mut stats.names_cut);
+                    s
+                },
+            );
         for ss in &rs.scope_spans {
             for s in &ss.spans {
-                match map_span(&service, s, max_name) {
-                    Some(span) => {
+                match map_span(&service, s) {
+                    Some(mut span) => {
+                        cut_span(&mut span, max_name, &mut stats.names_cut);
                         stats.accepted += 1;
                         out.push(span);
                     }

@@ -273,7 +273,7 @@ pub async fn run(
     let intake = Arc::new(Intake::new(
         auth,
         config.intake,
-        config.limits.names().max_name_bytes,
+        config.limits.max_name_bytes,
         stats.clone(),
         to_ingest,
     ));

@@ -383,6 +383,20 @@ fn otlp_spans_by_semantic_conventions() {
         }
     );
     assert_eq!(spans[2].operation, "POST /pay");
+    assert_eq!(stats.names_cut, 0);
+    // Names past the limit are cut, each counted.
+    let mut cut = MappingStats::default();
+    let short = map_request(&req, &mut cut, 6);
+    assert!(
+        short
+            .iter()
+            .all(|s| s.service.len() <= 6 && s.operation.len() <= 6)
+    );
+    assert_eq!(short[1].tables, ["orders"], "orders_db.addresses, cut");
+    // GET /orders/{id}; UPDATE orders_db.addresses, postgresql (as the
+    // database and as the protocol), db:5432, orders_db, the table; POST
+    // /pay, payments. The service, `orders`, fits.
+    assert_eq!(cut.names_cut, 9);
     let a = analyze(&spans).unwrap();
     assert_eq!(a.depth, 1);
     assert_eq!(a.db_accesses.len(), 1);

@@ -14,8 +14,7 @@ pub fn ingest(req: &ExportTraceServiceRequest) {
     let spans = map_request(req, &mut stats, 256);
     let mut names = Names::default();
     let mut asm = Assembler::with_trace_limit(1_000, 100_000, 1_000);
-    for mut s in spans {
-        names.cut_span(&mut s);
+    for s in spans {
         for t in asm.add(s, 0) {
             let _ = analyze(&t);
         }
