@@ -245,19 +245,28 @@ impl Config {
 
     /// The export token, read from its file if need be.
     pub fn token(&self) -> Result<Option<String>, ConfigError> {
-        let (token, from) = match (&self.export.token, &self.export.token_file) {
-            (Some(t), _) => (t.trim().to_owned(), "export.token".to_owned()),
-            (None, Some(path)) => (
-                read("token file", path)?.trim().to_owned(),
-                format!("the token file {}", path.display()),
-            ),
-            (None, None) => return Ok(None),
-        };
-        if token.is_empty() {
-            return Err(ConfigError::EmptyToken(from));
+        match (&self.export.token, &self.export.token_file) {
+            (Some(t), _) if t.trim().is_empty() => {
+                Err(ConfigError::EmptyToken("export.token".into()))
+            }
+            (Some(t), _) => Ok(Some(t.trim().to_owned())),
+            (None, Some(path)) => read_token_file(path).map(Some),
+            (None, None) => Ok(None),
         }
-        Ok(Some(token))
     }
+}
+
+/// The token in `path`, without the white space around it; an empty one
+/// is an error (every export would be refused).
+pub fn read_token_file(path: &Path) -> Result<String, ConfigError> {
+    let token = read("token file", path)?.trim().to_owned();
+    if token.is_empty() {
+        return Err(ConfigError::EmptyToken(format!(
+            "the token file {}",
+            path.display()
+        )));
+    }
+    Ok(token)
 }
 
 /// Reads a file the configuration names, with an error that says which.

@@ -112,10 +112,6 @@ impl ConnTable {
     /// Records an open; connections evicted to make room go to `evicted`.
     /// Returns whether the connection is tracked.
     pub fn open(&mut self, ev: &ConnEvent, evicted: &mut Vec<Connection>) -> bool {
-        if self.conns.len() >= self.max && !self.conns.contains_key(&ev.conn_id) {
-            self.evict(evicted);
-        }
-        let (local, remote) = socket_addrs(&ev.addrs);
         let identity = self
             .identities
             .acquire(ev.tgid, &comm_str(&ev.comm), ev.cgroup_id);
@@ -127,6 +123,11 @@ impl ConnTable {
             }
             return false;
         }
+        // Room is made only for a connection that will take it.
+        if self.conns.len() >= self.max && !self.conns.contains_key(&ev.conn_id) {
+            self.evict(evicted);
+        }
+        let (local, remote) = socket_addrs(&ev.addrs);
         let role = Role::from_u8(ev.role).unwrap_or(Role::Client);
         let conn = Connection {
             conn_id: ev.conn_id,

@@ -568,14 +568,9 @@ impl Target {
         let Some(path) = &self.token_file else {
             return false;
         };
-        let read = crate::config::read("token file", path)
+        let read = crate::config::read_token_file(path)
             .map_err(ExportError::from)
-            .and_then(|t| match t.trim() {
-                "" => {
-                    Err(crate::config::ConfigError::EmptyToken(path.display().to_string()).into())
-                }
-                t => bearer(Some(t.to_owned())),
-            });
+            .and_then(|t| bearer(Some(t)));
         match read {
             Ok(new) if new != self.authorization => {
                 log::info!(

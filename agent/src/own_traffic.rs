@@ -11,22 +11,19 @@ use crate::identity::{executable_file, is_tangle};
 /// The addresses of a collector endpoint (`http://host:port`), resolved now.
 /// Unresolvable: none (the export says so itself).
 pub fn collector_endpoints(endpoint: &str) -> Vec<SocketAddr> {
-    let Some(rest) = endpoint.split_once("://").map(|(_, r)| r) else {
+    let Ok(uri) = endpoint.parse::<http::Uri>() else {
         return Vec::new();
     };
-    let authority = rest.split('/').next().unwrap_or_default();
-    let authority = authority.rsplit('@').next().unwrap_or(authority);
-    let default_port = if endpoint.starts_with("https://") {
+    let Some(host) = uri.host() else {
+        return Vec::new();
+    };
+    let default_port = if uri.scheme_str() == Some("https") {
         443
     } else {
         80
     };
-    let with_port = if authority.ends_with(']') || !authority.contains(':') {
-        format!("{authority}:{default_port}")
-    } else {
-        authority.to_owned()
-    };
-    with_port
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    (host, uri.port_u16().unwrap_or(default_port))
         .to_socket_addrs()
         .map(|a| a.collect())
         .unwrap_or_default()

@@ -40,12 +40,11 @@ pub fn truncate_chars(s: &mut String, max: usize) {
 
 /// A header value as kept: at most `max` bytes, cut on a character.
 pub(crate) fn kept(value: &str, max: usize) -> String {
-    let mut s = value
+    // Only the part kept is copied.
+    value
         .get(..value.floor_char_boundary(max))
         .unwrap_or_default()
-        .to_owned();
-    truncate_chars(&mut s, max);
-    s
+        .to_owned()
 }
 
 /// Header values kept (host, trace context, request id), at most.
