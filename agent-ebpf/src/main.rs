@@ -700,17 +700,31 @@ fn io_exit(ctx: &TracePointContext) {
     let Some(conn) = CONNS.get_ptr_mut(&key) else {
         return;
     };
+    let egress = pending.direction == Direction::Egress as u8;
     // SAFETY: a valid map value pointer. Counters are advisory: a lost update
     // between two threads of one process on one fd only skews totals.
-    let conn_id = unsafe {
-        if pending.direction == Direction::Egress as u8 {
+    let (conn_id, sock) = unsafe {
+        if egress {
             (*conn).bytes_sent += total;
         } else {
             (*conn).bytes_recv += total;
         }
-        (*conn).conn_id
+        ((*conn).conn_id, (*conn).sock)
     };
     let Some(cfg) = config() else { return };
+    // The sequence number just past the bytes this call moved: what was
+    // queued to send, or what was read. Minus the length, it names the
+    // transfer's first byte, as the other end numbers it too.
+    let seq_field = if egress {
+        cfg.offsets.tcp_write_seq
+    } else {
+        cfg.offsets.tcp_copied_seq
+    };
+    let seq_after = if sock == 0 {
+        None
+    } else {
+        read_kernel::<u32>(sock + seq_field as u64)
+    };
     let Some(event) = SCRATCH.get_ptr_mut(0) else {
         return;
     };
@@ -761,12 +775,12 @@ fn io_exit(ctx: &TracePointContext) {
         kind: EventKind::Data as u8,
         direction: pending.direction,
         syscall: pending.syscall,
-        _pad: 0,
+        has_seq: u8::from(seq_after.is_some()),
         captured_len: captured as u32,
         tgid: key.tgid,
         tid: id as u32,
         fd: key.fd,
-        _pad2: 0,
+        seq: seq_after.unwrap_or(0).wrapping_sub(total as u32),
         conn_id,
         ts_ns: now,
         start_ns: pending.start_ns,

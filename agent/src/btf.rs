@@ -222,6 +222,8 @@ impl Btf {
             sk_net: skc("skc_net")?,
             net_ns_inum: self.member_offset("net", "ns")?
                 + self.member_offset("ns_common", "inum")?,
+            tcp_write_seq: self.member_offset("tcp_sock", "write_seq")?,
+            tcp_copied_seq: self.member_offset("tcp_sock", "copied_seq")?,
         })
     }
 }
@@ -249,6 +251,9 @@ mod tests {
         assert!(off.sk_v6_daddr > off.sk_family);
         assert_eq!(off.sk_v6_rcv_saddr, off.sk_v6_daddr + 16);
         assert!(off.task_files > 0 && off.fdt_fd > 0 && off.socket_sk > 0);
+        // Both are deep inside tcp_sock, past the inet_connection_sock.
+        assert!(off.tcp_write_seq > 1000 && off.tcp_copied_seq > 1000);
+        assert_ne!(off.tcp_write_seq, off.tcp_copied_seq);
     }
 
     #[test]

@@ -52,11 +52,13 @@ impl Connection {
 
 /// Socket addresses from the kernel's representation.
 pub fn socket_addrs(a: &SockAddrs) -> (SocketAddr, SocketAddr) {
+    // An IPv4-mapped IPv6 address (a dual-stack socket, as Java's) is
+    // the IPv4 address: the other end of the connection says so.
     let ip = |b: &[u8; 16]| -> IpAddr {
         if a.family == AF_INET {
             IpAddr::V4(Ipv4Addr::new(b[0], b[1], b[2], b[3]))
         } else {
-            IpAddr::V6(Ipv6Addr::from(*b))
+            IpAddr::V6(Ipv6Addr::from(*b)).to_canonical()
         }
     };
     (
@@ -303,5 +305,12 @@ mod tests {
         let (l, r) = socket_addrs(&ev.addrs);
         assert_eq!(l.to_string(), "[::1]:40000");
         assert_eq!(r.to_string(), "[::1]:80");
+        ev.addrs.local_addr = "::ffff:127.0.0.1".parse::<Ipv6Addr>().unwrap().octets();
+        let (l, _) = socket_addrs(&ev.addrs);
+        assert_eq!(
+            l.to_string(),
+            "127.0.0.1:40000",
+            "a dual-stack socket's IPv4 peer"
+        );
     }
 }

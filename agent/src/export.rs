@@ -160,7 +160,7 @@ fn propagated(e: &Exchange) -> Option<([u8; 16], [u8; 8])> {
 }
 
 /// The span for one exchange seen on `conn`, the `seq`th on it.
-pub fn span_for(conn: &Connection, seq: u64, e: &Exchange, clock_offset_ns: i128) -> Span {
+pub fn span_for(conn: &Connection, e: &Exchange, clock_offset_ns: i128) -> Span {
     let wall = |ns: u64| (ns as i128 + clock_offset_ns).max(0) as u64;
     let client_role = conn.role == Role::Client;
     // The server end as this process sees it, and the client end.
@@ -169,9 +169,12 @@ pub fn span_for(conn: &Connection, seq: u64, e: &Exchange, clock_offset_ns: i128
     } else {
         (conn.local, conn.remote)
     };
-    let mut attrs = vec![
-        text(tangle_wire::JOIN_CLIENT, client.to_string()),
-        int(tangle_wire::JOIN_SEQ, seq as i64),
+    let mut attrs = Vec::with_capacity(24);
+    if let Some(seq) = e.request_seq {
+        attrs.push(text(tangle_wire::JOIN_CLIENT, client.to_string()));
+        attrs.push(int(tangle_wire::JOIN_SEQ, i64::from(seq)));
+    }
+    attrs.extend([
         kv(tangle_wire::SYNC, Value::BoolValue(e.sync)),
         text("server.address", server.ip().to_string()),
         int("server.port", i64::from(server.port())),
@@ -179,7 +182,7 @@ pub fn span_for(conn: &Connection, seq: u64, e: &Exchange, clock_offset_ns: i128
         int("client.port", i64::from(client.port())),
         text("network.transport", "tcp"),
         int("process.pid", i64::from(conn.pid)),
-    ];
+    ]);
     if let Some(peer) = &conn.peer_service {
         attrs.push(text("peer.service", peer.clone()));
     }
@@ -479,8 +482,8 @@ impl SpanQueue {
 }
 
 impl ExchangeSink for SpanQueue {
-    fn exchange(&mut self, conn: &Connection, seq: u64, tid: u32, e: &Exchange) {
-        let span = span_for(conn, seq, e, self.clock_offset_ns);
+    fn exchange(&mut self, conn: &Connection, tid: u32, e: &Exchange) {
+        let span = span_for(conn, e, self.clock_offset_ns);
         for o in self.linker.exchange(conn, tid, e, span) {
             self.send(o);
         }
@@ -1033,6 +1036,7 @@ mod tests {
             status: ExStatus::Ok { code: None },
             sync: true,
             start_ns: start,
+            request_seq: Some(start as u32),
             end_ns: end,
             request_size: 1,
             response_size: 1,
@@ -1067,15 +1071,15 @@ mod tests {
         let call_a = with_context(ex(50, 60), t1);
         l.inbound_read(&server, 1);
         assert!(
-            l.exchange(&client, 1, &call_b, span_for(&client, 0, &call_b, 0))
+            l.exchange(&client, 1, &call_b, span_for(&client, &call_b, 0))
                 .is_empty()
         );
         assert!(
-            l.exchange(&client, 1, &call_a, span_for(&client, 1, &call_a, 0))
+            l.exchange(&client, 1, &call_a, span_for(&client, &call_a, 0))
                 .is_empty()
         );
-        let out_a = l.exchange(&server, 1, &a, span_for(&server, 0, &a, 0));
-        let out_b = l.exchange(&server, 1, &b, span_for(&server, 1, &b, 0));
+        let out_a = l.exchange(&server, 1, &a, span_for(&server, &a, 0));
+        let out_b = l.exchange(&server, 1, &b, span_for(&server, &b, 0));
         assert_eq!(
             (out_a.len(), out_b.len()),
             (2, 2),
@@ -1106,36 +1110,36 @@ mod tests {
         let mut l = Linker::default();
         let (a, b) = (conn(Role::Server, 8080), conn(Role::Server, 8081));
         let client = conn(Role::Client, 40000);
-        let call = |l: &mut Linker, tid, seq, w: (u64, u64)| {
+        let call = |l: &mut Linker, tid, w: (u64, u64)| {
             l.exchange(
                 &client,
                 tid,
                 &ex(w.0, w.1),
-                span_for(&client, seq, &ex(w.0, w.1), 0),
+                span_for(&client, &ex(w.0, w.1), 0),
             )
         };
-        let serve = |l: &mut Linker, c: &Connection, tid, seq, w: (u64, u64)| {
-            l.exchange(c, tid, &ex(w.0, w.1), span_for(c, seq, &ex(w.0, w.1), 0))
+        let serve = |l: &mut Linker, c: &Connection, tid, w: (u64, u64)| {
+            l.exchange(c, tid, &ex(w.0, w.1), span_for(c, &ex(w.0, w.1), 0))
         };
         // Thread 1 serves [10, 100] and calls out in [20, 30]: an exact child.
         l.inbound_read(&a, 1);
-        assert!(call(&mut l, 1, 0, (20, 30)).is_empty(), "held");
-        let out = serve(&mut l, &a, 1, 0, (10, 100));
+        assert!(call(&mut l, 1, (20, 30)).is_empty(), "held");
+        let out = serve(&mut l, &a, 1, (10, 100));
         assert_eq!(out.len(), 2);
         assert_eq!(out[1].span.parent_span_id, out[0].span.span_id);
         assert_eq!(out[1].span.trace_id, out[0].span.trace_id);
         assert!(!inferred(&out[1].span));
         // A call made while the thread serves nothing goes out at once, unlinked.
-        let out = call(&mut l, 1, 1, (150, 160));
+        let out = call(&mut l, 1, (150, 160));
         assert_eq!(out.len(), 1);
         assert!(out[0].span.parent_span_id.is_empty());
         // Thread 2 serves two overlapping requests (an event loop) although it
         // read the second after answering the first: its links are inferred.
         l.inbound_read(&a, 2);
-        let _ = serve(&mut l, &a, 2, 1, (200, 300));
+        let _ = serve(&mut l, &a, 2, (200, 300));
         l.inbound_read(&b, 2);
-        assert!(call(&mut l, 2, 2, (260, 270)).is_empty(), "held");
-        let out = serve(&mut l, &b, 2, 0, (250, 400));
+        assert!(call(&mut l, 2, (260, 270)).is_empty(), "held");
+        let out = serve(&mut l, &b, 2, (250, 400));
         assert_eq!(out.len(), 2);
         assert!(
             inferred(&out[1].span),
@@ -1143,7 +1147,7 @@ mod tests {
         );
         // A held call nobody claims goes out when its time is up.
         l.inbound_read(&a, 3);
-        assert!(call(&mut l, 3, 3, (500, 510)).is_empty(), "held");
+        assert!(call(&mut l, 3, (500, 510)).is_empty(), "held");
         let rest = l.expired(true);
         assert_eq!(rest.len(), 1);
         assert!(rest[0].span.parent_span_id.is_empty());
@@ -1159,22 +1163,22 @@ mod tests {
         l.inbound_read(&b, 5);
         let call = ex(30, 40);
         assert!(
-            l.exchange(&client, 5, &call, span_for(&client, 0, &call, 0))
+            l.exchange(&client, 5, &call, span_for(&client, &call, 0))
                 .is_empty()
         );
         // A completes first: the call falls in its window, but the link
         // cannot be exact.
-        let out = l.exchange(&a, 5, &ex(10, 100), span_for(&a, 0, &ex(10, 100), 0));
+        let out = l.exchange(&a, 5, &ex(10, 100), span_for(&a, &ex(10, 100), 0));
         assert_eq!(out.len(), 2);
         assert!(inferred(&out[1].span));
         // A thread serving one connection after another stays exact.
         l.inbound_read(&a, 6);
-        let _ = l.exchange(&a, 6, &ex(200, 300), span_for(&a, 1, &ex(200, 300), 0));
+        let _ = l.exchange(&a, 6, &ex(200, 300), span_for(&a, &ex(200, 300), 0));
         l.answered(a.conn_id);
         l.inbound_read(&b, 6);
         let call = ex(420, 430);
-        let _ = l.exchange(&client, 6, &call, span_for(&client, 1, &call, 0));
-        let out = l.exchange(&b, 6, &ex(400, 500), span_for(&b, 1, &ex(400, 500), 0));
+        let _ = l.exchange(&client, 6, &call, span_for(&client, &call, 0));
+        let out = l.exchange(&b, 6, &ex(400, 500), span_for(&b, &ex(400, 500), 0));
         assert_eq!(out.len(), 2);
         assert!(!inferred(&out[1].span));
     }

@@ -277,11 +277,10 @@ impl tangle_agent::pipeline::ExchangeSink for Exporting {
     fn exchange(
         &mut self,
         conn: &tangle_agent::conntrack::Connection,
-        seq: u64,
         tid: u32,
         e: &tangle_protocols::Exchange,
     ) {
-        self.queue.exchange(conn, seq, tid, e);
+        self.queue.exchange(conn, tid, e);
     }
     fn inbound_read(&mut self, conn: &tangle_agent::conntrack::Connection, tid: u32) {
         self.queue.inbound_read(conn, tid);

@@ -226,7 +226,7 @@ impl<W: Write> ExchangeSink for LineWriter<W> {
         }
     }
 
-    fn exchange(&mut self, c: &Connection, _seq: u64, _tid: u32, e: &Exchange) {
+    fn exchange(&mut self, c: &Connection, _tid: u32, e: &Exchange) {
         let status = match &e.status {
             Status::Ok { code: Some(code) } => code.clone(),
             Status::Ok { code: None } => "ok".into(),

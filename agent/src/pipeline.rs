@@ -11,11 +11,9 @@ use crate::{conntrack::Connection, reader::Sink};
 
 /// Where finished exchanges go, with the connection they were seen on.
 pub trait ExchangeSink {
-    /// `seq` is the exchange's place on its connection (0, 1, ...): both
-    /// ends of a connection count the same, which joins them (`tangle_wire`).
     /// `tid` is the thread that last moved a request on the connection: the
     /// one that wrote it (client) or read it (server).
-    fn exchange(&mut self, conn: &Connection, seq: u64, tid: u32, exchange: &Exchange);
+    fn exchange(&mut self, conn: &Connection, tid: u32, exchange: &Exchange);
     /// Thread `tid` read request bytes on server connection `conn`.
     fn inbound_read(&mut self, _conn: &Connection, _tid: u32) {}
     /// `conn` closed; its last exchanges were handed on.
@@ -69,7 +67,7 @@ fn protocol_name(p: Protocol) -> &'static str {
     }
 }
 
-/// Hands the exchanges in `out` on, numbered on their connection.
+/// Hands the exchanges in `out` on.
 fn deliver(
     t: &mut Tracked,
     out: &mut Vec<Exchange>,
@@ -78,16 +76,13 @@ fn deliver(
 ) {
     for e in out.drain(..) {
         stats.exchanges += 1;
-        sink.exchange(&t.conn, t.exchanges, t.request_tid, &e);
-        t.exchanges += 1;
+        sink.exchange(&t.conn, t.request_tid, &e);
     }
 }
 
 struct Tracked {
     conn: Connection,
     parsers: Parsers,
-    /// Exchanges handed on so far.
-    exchanges: u64,
     /// The thread of the last request-side transfer.
     request_tid: u32,
     /// `parsers.buffered()` after the last transfer.
@@ -207,7 +202,6 @@ impl<S: ExchangeSink> Sink for Pipeline<S> {
             Tracked {
                 conn: conn.clone(),
                 parsers: Parsers::default(),
-                exchanges: 0,
                 request_tid: 0,
                 buffered: 0,
             },
@@ -261,6 +255,7 @@ impl<S: ExchangeSink> Sink for Pipeline<S> {
                 ts_ns: h.ts_ns,
                 bytes,
                 total_len: h.total_len,
+                seq: (h.has_seq != 0).then_some(h.seq),
             },
             out,
         );
@@ -295,7 +290,7 @@ mod tests {
     #[derive(Default)]
     struct Collect(Vec<Exchange>);
     impl ExchangeSink for Collect {
-        fn exchange(&mut self, _: &Connection, _: u64, _: u32, e: &Exchange) {
+        fn exchange(&mut self, _: &Connection, _: u32, e: &Exchange) {
             self.0.push(e.clone());
         }
     }

@@ -62,6 +62,13 @@ struct Direction {
     fin: bool,
 }
 
+impl Direction {
+    /// The TCP sequence number of the byte at `offset` from `isn`.
+    fn seq_at(&self, offset: u64) -> Option<u32> {
+        self.isn.map(|isn| isn.wrapping_add(offset as u32))
+    }
+}
+
 struct Flow {
     client: SocketAddr,
     server: SocketAddr,
@@ -166,9 +173,10 @@ impl<F: FnMut(Found<'_>)> Replayer<F> {
                 self.stats.retransmitted_segments += 1;
             } else if at <= dir.next {
                 let skip = (dir.next - at) as usize;
+                let seq = dir.seq_at(dir.next);
                 dir.next = end;
                 flow.conn.feed(
-                    Chunk::whole(side, ts, payload.get(skip..).unwrap_or_default()),
+                    Chunk::whole(side, ts, payload.get(skip..).unwrap_or_default()).with_seq(seq),
                     &mut self.out,
                 );
                 Self::drain(
@@ -229,6 +237,7 @@ impl<F: FnMut(Found<'_>)> Replayer<F> {
                         ts_ns: ts,
                         bytes: &[],
                         total_len: gap,
+                        seq: dir.seq_at(dir.next),
                     },
                     out,
                 );
@@ -242,7 +251,8 @@ impl<F: FnMut(Found<'_>)> Replayer<F> {
             if end > dir.next {
                 let skip = (dir.next - at) as usize;
                 conn.feed(
-                    Chunk::whole(side, ts, bytes.get(skip..).unwrap_or_default()),
+                    Chunk::whole(side, ts, bytes.get(skip..).unwrap_or_default())
+                        .with_seq(dir.seq_at(dir.next)),
                     out,
                 );
                 dir.next = end;

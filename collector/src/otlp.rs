@@ -66,7 +66,7 @@ fn kind(k: i32) -> SpanKind {
 fn join_key(attrs: &[KeyValue]) -> Option<tangle_wire::JoinKey> {
     let client = attr(attrs, &[tangle_wire::JOIN_CLIENT])?;
     let seq = attr(attrs, &[tangle_wire::JOIN_SEQ])?.parse().ok()?;
-    Some(tangle_wire::JoinKey { client, seq })
+    Some(tangle_wire::JoinKey::new(&client, seq))
 }
 
 /// One OTLP span, with its resource's `service.name`.

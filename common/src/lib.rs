@@ -284,13 +284,16 @@ pub struct DataHeader {
     pub direction: u8,
     /// `Syscall`.
     pub syscall: u8,
-    pub _pad: u8,
+    /// `1` when `seq` was read from the socket.
+    pub has_seq: u8,
     /// How many bytes follow the header.
     pub captured_len: u32,
     pub tgid: u32,
     pub tid: u32,
     pub fd: u32,
-    pub _pad2: u32,
+    /// The TCP sequence number of the transfer's first byte: both ends of
+    /// the connection see the same number for the same byte.
+    pub seq: u32,
     pub conn_id: u64,
     /// `bpf_ktime_get_ns` at the end of the syscall.
     pub ts_ns: u64,
@@ -332,6 +335,10 @@ pub struct KernelOffsets {
     pub sk_net: u32,
     /// `net.ns.inum`: the network namespace's inode number.
     pub net_ns_inum: u32,
+    /// `tcp_sock.write_seq`: the sequence number after the last byte queued to send.
+    pub tcp_write_seq: u32,
+    /// `tcp_sock.copied_seq`: the sequence number after the last byte read.
+    pub tcp_copied_seq: u32,
 }
 
 /// Runtime settings of the eBPF programs, element 0 of the `CONFIG` map.

@@ -176,6 +176,10 @@ pub struct Exchange {
     pub sync: bool,
     /// Time of the transfer that carried the request's first byte.
     pub start_ns: u64,
+    /// The TCP sequence number of the request's first byte, when known:
+    /// the same at both ends of the connection, so it joins them.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub request_seq: Option<u32>,
     /// Time of the transfer that carried the response's last byte (or the request's, with no response).
     pub end_ns: u64,
     pub request_size: u64,

@@ -29,6 +29,9 @@ pub(crate) enum Frame<M> {
 pub(crate) struct Completed<M> {
     pub msg: M,
     pub start_ns: u64,
+    /// The TCP sequence number of the message's first byte, when the
+    /// capture gave the transfers' numbers.
+    pub start_seq: Option<u32>,
     pub end_ns: u64,
     pub size: u64,
     pub truncated: bool,
@@ -37,6 +40,7 @@ pub(crate) struct Completed<M> {
 struct InBody<M> {
     msg: M,
     start_ns: u64,
+    start_seq: Option<u32>,
     size: u64,
     truncated: bool,
 }
@@ -50,6 +54,8 @@ pub(crate) struct SideStream<M, S = ()> {
     in_body: Option<InBody<M>>,
     /// When the first byte now in `buf` arrived.
     buf_start_ns: u64,
+    /// The sequence number of the first byte now in `buf`.
+    buf_start_seq: Option<u32>,
     lost_sync: bool,
     pub stats: ParserStats,
 }
@@ -62,6 +68,7 @@ impl<M, S: Default> Default for SideStream<M, S> {
             skip: 0,
             in_body: None,
             buf_start_ns: 0,
+            buf_start_seq: None,
             lost_sync: false,
             stats: ParserStats::default(),
         }
@@ -106,6 +113,7 @@ impl<M, S: Default> SideStream<M, S> {
         }
         if self.buf.is_empty() {
             self.buf_start_ns = ts;
+            self.buf_start_seq = chunk.seq.map(|s| s.wrapping_add(k as u32));
         }
         if self.buf.len() + bytes.len() > MAX_HEAD {
             self.stats.parse_errors += 1;
@@ -125,10 +133,12 @@ impl<M, S: Default> SideStream<M, S> {
                 Frame::Message { head, body, msg } => {
                     self.scan = S::default();
                     let head = head.max(1).min(self.buf.len() - at);
+                    let start_seq = self.buf_start_seq.map(|s| s.wrapping_add(at as u32));
                     at += head;
                     self.in_body = Some(InBody {
                         msg,
                         start_ns: self.buf_start_ns,
+                        start_seq,
                         size: head as u64,
                         truncated: false,
                     });
@@ -145,6 +155,7 @@ impl<M, S: Default> SideStream<M, S> {
             }
         }
         self.buf.drain(..at);
+        self.buf_start_seq = self.buf_start_seq.map(|s| s.wrapping_add(at as u32));
         if self.buf.is_empty() && self.buf.capacity() > IDLE_BUF {
             // An idle connection keeps no large head buffer.
             self.buf = Vec::new();
@@ -192,6 +203,7 @@ impl<M, S: Default> SideStream<M, S> {
             done(Completed {
                 msg: b.msg,
                 start_ns: b.start_ns,
+                start_seq: b.start_seq,
                 end_ns: ts_ns,
                 size: b.size,
                 truncated: b.truncated,

@@ -54,6 +54,7 @@ struct ResponseHead {
 struct Request {
     fields: HttpFields,
     start_ns: u64,
+    start_seq: Option<u32>,
     end_ns: u64,
     size: u64,
     truncated: bool,
@@ -69,6 +70,7 @@ impl HeapSize for Request {
 struct Assembling<H> {
     head: H,
     start_ns: u64,
+    start_seq: Option<u32>,
     size: u64,
     truncated: bool,
 }
@@ -311,6 +313,7 @@ fn assemble<H>(
             let a = Assembling {
                 head,
                 start_ns: done.start_ns,
+                start_seq: done.start_seq,
                 size: done.size,
                 truncated: done.truncated,
             };
@@ -339,6 +342,7 @@ impl Http1Parser {
         let Request {
             mut fields,
             start_ns,
+            start_seq,
             end_ns: req_end,
             size: request_size,
             truncated: req_truncated,
@@ -363,6 +367,7 @@ impl Http1Parser {
             status,
             sync: true,
             start_ns,
+            request_seq: start_seq,
             end_ns,
             request_size,
             response_size,
@@ -399,6 +404,7 @@ impl Parser for Http1Parser {
                         let dropped = self.pending.push(Request {
                             fields: a.head.fields,
                             start_ns: a.start_ns,
+                            start_seq: a.start_seq,
                             end_ns,
                             size: a.size,
                             truncated: a.truncated,
@@ -461,6 +467,7 @@ impl Parser for Http1Parser {
                 let a = Assembling {
                     head,
                     start_ns: c.start_ns,
+                    start_seq: c.start_seq,
                     size: c.size,
                     truncated: c.truncated,
                 };

@@ -137,6 +137,8 @@ struct Stream {
     grpc: bool,
     grpc_status: Option<String>,
     start_ns: Option<u64>,
+    /// The sequence number of the request's first frame.
+    start_seq: Option<u32>,
     request_size: u64,
     request_end_ns: u64,
     response_size: u64,
@@ -247,7 +249,14 @@ impl Http2Parser {
                     self.stats.parse_errors += 1;
                     return;
                 }
-                self.count(side, f.stream, c.start_ns, c.end_ns, c.size, c.truncated);
+                self.count(
+                    side,
+                    f.stream,
+                    (c.start_ns, c.start_seq),
+                    c.end_ns,
+                    c.size,
+                    c.truncated,
+                );
                 if f.flags & END_HEADERS == 0 {
                     return;
                 }
@@ -307,13 +316,27 @@ impl Http2Parser {
                 self.headers(side, stream, pairs, end_stream, c.end_ns, out);
             }
             DATA => {
-                self.count(side, f.stream, c.start_ns, c.end_ns, c.size, c.truncated);
+                self.count(
+                    side,
+                    f.stream,
+                    (c.start_ns, c.start_seq),
+                    c.end_ns,
+                    c.size,
+                    c.truncated,
+                );
                 if f.flags & END_STREAM != 0 {
                     self.end(side, f.stream, c.end_ns, out);
                 }
             }
             RST_STREAM => {
-                self.count(side, f.stream, c.start_ns, c.end_ns, c.size, c.truncated);
+                self.count(
+                    side,
+                    f.stream,
+                    (c.start_ns, c.start_seq),
+                    c.end_ns,
+                    c.size,
+                    c.truncated,
+                );
                 if let Some(s) = self.streams.get_mut(&f.stream) {
                     s.responded = true;
                     s.grpc_status.get_or_insert_with(|| "RST_STREAM".into());
@@ -355,7 +378,7 @@ impl Http2Parser {
         &mut self,
         side: Side,
         stream: u32,
-        start_ns: u64,
+        (start_ns, start_seq): (u64, Option<u32>),
         end_ns: u64,
         size: u64,
         truncated: bool,
@@ -368,7 +391,10 @@ impl Http2Parser {
         s.truncated |= truncated;
         match side {
             Side::Request => {
-                s.start_ns.get_or_insert(start_ns);
+                if s.start_ns.is_none() {
+                    s.start_ns = Some(start_ns);
+                    s.start_seq = start_seq;
+                }
                 s.request_size += size;
                 s.request_end_ns = end_ns;
             }
@@ -490,6 +516,7 @@ impl Http2Parser {
             status,
             sync: true,
             start_ns: s.start_ns.unwrap_or(end_ns),
+            request_seq: s.start_seq,
             end_ns: if responded { end_ns } else { s.request_end_ns },
             request_size: s.request_size,
             response_size: s.response_size,

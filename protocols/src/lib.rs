@@ -68,6 +68,10 @@ pub struct Chunk<'a> {
     pub bytes: &'a [u8],
     /// The transfer's full length (>= `bytes.len()`).
     pub total_len: u64,
+    /// The TCP sequence number of the transfer's first byte, if known:
+    /// each exchange's request gets the number of its first byte, which
+    /// the other end of the connection sees too (the join key).
+    pub seq: Option<u32>,
 }
 
 impl<'a> Chunk<'a> {
@@ -78,7 +82,13 @@ impl<'a> Chunk<'a> {
             ts_ns,
             bytes,
             total_len: bytes.len() as u64,
+            seq: None,
         }
+    }
+
+    /// The chunk, its first byte numbered `seq` on the TCP stream.
+    pub fn with_seq(self, seq: Option<u32>) -> Self {
+        Self { seq, ..self }
     }
 
     /// Bytes of the transfer that were not captured.
@@ -163,6 +173,7 @@ struct HeldChunk {
     ts_ns: u64,
     bytes: Vec<u8>,
     total_len: u64,
+    seq: Option<u32>,
 }
 
 /// The parsing state of one connection: detection, then its protocol's parser.
@@ -247,6 +258,7 @@ impl Connection {
             ts_ns: chunk.ts_ns,
             bytes: chunk.bytes.to_vec(),
             total_len: chunk.total_len,
+            seq: chunk.seq,
         };
         self.held_bytes += held.bytes.capacity() + std::mem::size_of::<HeldChunk>();
         self.held.push(held);
@@ -261,6 +273,7 @@ impl Connection {
                             ts_ns: h.ts_ns,
                             bytes: &h.bytes,
                             total_len: h.total_len,
+                            seq: h.seq,
                         },
                         out,
                     );
@@ -352,6 +365,7 @@ mod tests {
                 ts_ns: i,
                 bytes: if i % 2 == 0 { b"" } else { b"x" },
                 total_len: 1 << 20,
+                seq: None,
             };
             c.feed(chunk, &mut out);
             assert!(c.buffered() < 64 * 1024, "held {} bytes", c.buffered());

@@ -119,6 +119,7 @@ fn cstr(b: &[u8]) -> (&str, &[u8]) {
 struct Gathering {
     statement: Option<String>,
     start_ns: Option<u64>,
+    start_seq: Option<u32>,
     size: u64,
     truncated: bool,
 }
@@ -132,6 +133,7 @@ impl HeapSize for Request {
 struct Request {
     statement: Option<String>,
     start_ns: u64,
+    start_seq: Option<u32>,
     end_ns: u64,
     size: u64,
     truncated: bool,
@@ -202,7 +204,10 @@ impl PostgresParser {
             return;
         }
         let g = &mut self.gathering;
-        g.start_ns.get_or_insert(c.start_ns);
+        if g.start_ns.is_none() {
+            g.start_ns = Some(c.start_ns);
+            g.start_seq = c.start_seq;
+        }
         g.size += c.size;
         g.truncated |= c.truncated;
         match m.kind {
@@ -244,6 +249,7 @@ impl PostgresParser {
         let dropped = self.pending.push(Request {
             statement: g.statement,
             start_ns: g.start_ns.unwrap_or(end_ns),
+            start_seq: g.start_seq,
             end_ns,
             size: g.size,
             truncated: g.truncated,
@@ -316,6 +322,7 @@ impl PostgresParser {
             status,
             sync: true,
             start_ns: req.start_ns,
+            request_seq: req.start_seq,
             end_ns,
             request_size: req.size,
             response_size,
@@ -396,6 +403,7 @@ impl Parser for PostgresParser {
                             let rest = Chunk {
                                 bytes: chunk.bytes.get(1..).unwrap_or_default(),
                                 total_len: chunk.total_len.saturating_sub(1),
+                                seq: chunk.seq.map(|s| s.wrapping_add(1)),
                                 ..chunk
                             };
                             if rest.total_len > 0 {

@@ -98,19 +98,28 @@ fn load(path: &Path) -> Vec<Conn> {
     conns
 }
 
+/// Each side's bytes numbered from its own initial sequence number, as
+/// TCP does; both ends of a connection number them alike, however each
+/// cut them into transfers. The requests' initial number is near the wrap.
+const ISN: [u32; 2] = [u32::MAX - 100, 7_000];
+
 fn parse(transfers: &[Transfer], close_ns: u64) -> (Vec<Exchange>, Connection) {
     let mut conn = Connection::default();
     let mut out = Vec::new();
+    let mut next = ISN;
     for t in transfers {
+        let at = &mut next[usize::from(t.side == Side::Response)];
         conn.feed(
             Chunk {
                 side: t.side,
                 ts_ns: t.ts_ns,
                 bytes: &t.bytes,
                 total_len: t.total_len,
+                seq: Some(*at),
             },
             &mut out,
         );
+        *at = at.wrapping_add(t.total_len as u32);
     }
     conn.finish(close_ns, &mut out);
     (out, conn)
@@ -145,6 +154,7 @@ fn golden_outputs() {
         let mut report = Vec::new();
         for c in &conns {
             let (ex, conn) = parse(&c.transfers, c.close_ns);
+            requests_start_where_numbered(&c.transfers, &ex, &path);
             let stats = conn.stats();
             assert_eq!(
                 stats.parse_errors + stats.desyncs,
@@ -189,6 +199,32 @@ fn golden_outputs() {
     }
 }
 
+/// An HTTP/1 request numbered `seq` starts with its method at that place
+/// of the request stream.
+fn requests_start_where_numbered(transfers: &[Transfer], ex: &[Exchange], path: &Path) {
+    let mut stream = Vec::new();
+    for t in transfers.iter().filter(|t| t.side == Side::Request) {
+        stream.extend_from_slice(&t.bytes);
+        // Bytes not captured: their places are kept.
+        stream.resize(stream.len() + (t.total_len as usize - t.bytes.len()), 0);
+    }
+    for e in ex {
+        let (Some(seq), tangle_protocols::Fields::Http(h)) = (e.request_seq, &e.fields) else {
+            continue;
+        };
+        if e.protocol != tangle_protocols::Protocol::Http1 {
+            continue;
+        }
+        let at = seq.wrapping_sub(ISN[0]) as usize;
+        assert!(
+            stream[at..].starts_with(h.method.as_bytes()),
+            "{}: {} numbered {seq} (offset {at}) is not where it starts",
+            path.display(),
+            e.operation
+        );
+    }
+}
+
 /// The client's and the server's captures of each connection are parsed
 /// separately: they must find the same exchanges.
 #[test]
@@ -219,11 +255,24 @@ fn both_ends_agree() {
                 path.display(),
                 client.local
             );
+            // The same operations, and each request numbered alike at both
+            // ends: the join key.
             let ops = |e: &[Exchange]| {
                 e.iter()
-                    .map(|e| (e.operation.clone(), format!("{:?}", e.status)))
+                    .map(|e| {
+                        (
+                            e.operation.clone(),
+                            format!("{:?}", e.status),
+                            e.request_seq,
+                        )
+                    })
                     .collect::<Vec<_>>()
             };
+            assert!(
+                a.iter().filter(|e| e.request_seq.is_some()).count() > 0,
+                "{}: no request numbered",
+                path.display()
+            );
             assert_eq!(
                 ops(&a),
                 ops(&b),

@@ -32,6 +32,7 @@ pub fn transfers(
                 ts_ns: ts,
                 bytes: &body[..n],
                 total_len: n as u64 + missing,
+                seq: Some(ts as u32 * 1000),
             },
             &mut out,
         );
