@@ -159,7 +159,23 @@ fn propagated(e: &Exchange) -> Option<([u8; 16], [u8; 8])> {
     (t != [0; 16]).then_some((t, p))
 }
 
-/// The span for one exchange seen on `conn`, the `seq`th on it.
+/// How the exchange ended: ok, the caller's error or the callee's fault,
+/// by its protocol's codes (see `tangle_wire::Outcome`).
+fn outcome(e: &Exchange) -> Option<tangle_wire::Outcome> {
+    use tangle_wire::Outcome;
+    match (&e.status, &e.fields) {
+        (ExStatus::NoResponse, _) => None,
+        (_, Fields::Http(h)) => match &h.grpc {
+            Some(g) => Some(g.status.as_deref().map_or(Outcome::Fault, Outcome::of_grpc)),
+            None => h.status.map(Outcome::of_http),
+        },
+        (ExStatus::Ok { .. }, _) => Some(Outcome::Ok),
+        (ExStatus::Error { code }, Fields::Sql(_)) => Some(Outcome::of_sql(code)),
+        (ExStatus::Error { code }, Fields::Redis(_)) => Some(Outcome::of_redis(code)),
+    }
+}
+
+/// The span for one exchange seen on `conn`.
 pub fn span_for(conn: &Connection, e: &Exchange, clock_offset_ns: i128) -> Span {
     let wall = |ns: u64| (ns as i128 + clock_offset_ns).max(0) as u64;
     let client_role = conn.role == Role::Client;
@@ -216,19 +232,35 @@ pub fn span_for(conn: &Connection, e: &Exchange, clock_offset_ns: i128) -> Span 
                 attrs.push(text("db.query.text", q.clone()));
             }
         }
+        // Pub/sub: a message to or from a channel, not a data access.
+        Fields::Redis(r) if r.channel.is_some() => {
+            attrs.push(text("messaging.system", "redis"));
+            if let Some(ch) = &r.channel {
+                attrs.push(text("messaging.destination.name", ch.clone()));
+            }
+            attrs.push(text(
+                "messaging.operation.type",
+                if r.push { "receive" } else { "send" },
+            ));
+        }
         Fields::Redis(r) => {
             attrs.push(text("db.system.name", "redis"));
             attrs.push(text("db.operation.name", r.command.clone()));
         }
     }
+    if let Some(o) = outcome(e) {
+        attrs.push(text(tangle_wire::OUTCOME, o.as_str()));
+    }
     let (code, message) = match &e.status {
         ExStatus::Error { code } => (StatusCode::Error as i32, code.clone()),
         _ => (StatusCode::Unset as i32, String::new()),
     };
+    let pushed = matches!(&e.fields, Fields::Redis(r) if r.push);
     let kind = match (client_role, e.sync) {
-        (true, true) => 3,  // CLIENT
-        (true, false) => 4, // PRODUCER
-        (false, _) => 2,    // SERVER
+        _ if pushed && client_role => 5, // CONSUMER: a message delivered to it
+        (true, true) => 3,               // CLIENT
+        (true, false) => 4,              // PRODUCER
+        (false, _) => 2,                 // SERVER
     };
     // Propagated context: the request's trace, under the caller's span.
     let (trace_id, parent_span_id) = match propagated(e) {

@@ -8,7 +8,9 @@
 //!    workload (Deployment, StatefulSet, DaemonSet, Job), else the pod name;
 //!    the pod is found from the container's cgroup (`kubernetes` module);
 //! 4. the systemd unit the process runs in (`nginx.service` -> `nginx`);
-//! 5. the executable name (`comm`).
+//! 5. the program: the executable's file name (`/proc/PID/exe`, never
+//!    the kernel's 15-byte `comm`), or for an interpreter (Python, Node,
+//!    Java, ...) the script, module, jar or class it runs.
 //!
 //! Container runtimes (Docker, containerd, CRI-O, Podman) are recognised
 //! from the cgroup path: their container id is a resource attribute.
@@ -67,7 +69,10 @@ pub struct CgroupFacts {
 /// What /proc says about a process.
 #[derive(Clone, Debug, Default)]
 pub struct ProcessFacts {
+    /// The executable's file name (the `comm` only when /proc cannot say).
     pub exe: String,
+    /// What the process runs: [`program_name`].
+    pub program: String,
     /// The file name of the executable (`/proc/PID/exe`), if readable.
     pub executable_file: Option<String>,
     /// Arguments joined by spaces: for rules only, never exported.
@@ -195,7 +200,12 @@ pub fn name(rules: &[NamingRule], p: &ProcessFacts, pod: Option<&Arc<PodMeta>>) 
             let unit = unit.split('@').next().unwrap_or(unit);
             (unit.to_owned(), NameSource::Systemd)
         } else {
-            (p.exe.clone(), NameSource::Executable)
+            let program = if p.program.is_empty() {
+                &p.exe
+            } else {
+                &p.program
+            };
+            (program.clone(), NameSource::Executable)
         };
     Identity {
         service,
@@ -230,17 +240,20 @@ pub fn inspect(
     gone_cgroup: impl FnOnce() -> CgroupFacts,
 ) -> ProcessFacts {
     let proc = format!("/proc/{pid}");
-    let exe = std::fs::read_to_string(format!("{proc}/comm"))
-        .map(|s| s.trim_end().to_owned())
-        .unwrap_or_else(|_| fallback.to_owned());
     let executable_file = executable_file(pid);
-    let cmdline = std::fs::read(format!("{proc}/cmdline"))
-        .map(|b| {
-            String::from_utf8_lossy(&b)
-                .trim_end_matches('\0')
-                .replace('\0', " ")
-        })
-        .unwrap_or_default();
+    let exe = executable_file.clone().unwrap_or_else(|| {
+        std::fs::read_to_string(format!("{proc}/comm"))
+            .map(|s| s.trim_end().to_owned())
+            .unwrap_or_else(|_| fallback.to_owned())
+    });
+    let raw = std::fs::read(format!("{proc}/cmdline")).unwrap_or_default();
+    let args: Vec<String> = raw
+        .split(|&b| b == 0)
+        .filter(|a| !a.is_empty())
+        .map(|a| String::from_utf8_lossy(a).into_owned())
+        .collect();
+    let cmdline = args.join(" ");
+    let program = program_name(&exe, args.get(1..).unwrap_or_default());
     let otel_service_name = std::fs::read(format!("{proc}/environ"))
         .ok()
         .and_then(|env| otel_service_name(&env));
@@ -249,11 +262,76 @@ pub fn inspect(
         .unwrap_or_else(|_| gone_cgroup());
     ProcessFacts {
         exe,
+        program,
         executable_file,
         cmdline,
         otel_service_name,
         cgroup,
     }
+}
+
+/// What a process runs: for an interpreter, the script (`orders.py` ->
+/// `orders`), module (`-m http.server`), jar or main class (`java -jar
+/// app.jar` -> `app`, `java pricing.java` -> `pricing`); else the
+/// executable's own name.
+pub fn program_name(exe: &str, args: &[String]) -> String {
+    let interpreter = [
+        "python", "node", "nodejs", "java", "ruby", "perl", "php", "bun", "deno",
+    ]
+    .iter()
+    .any(|i| {
+        exe.strip_prefix(i)
+            .is_some_and(|v| v.bytes().all(|b| b.is_ascii_digit() || b == b'.'))
+    });
+    if !interpreter {
+        return exe.to_owned();
+    }
+    // Options that take the next argument as their value.
+    const VALUED: &[&str] = &[
+        "-W",
+        "-X",
+        "-cp",
+        "-classpath",
+        "--class-path",
+        "-p",
+        "--module-path",
+        "-r",
+        "--require",
+        "--import",
+        "-I",
+    ];
+    let stem = |p: &str| {
+        let file = p.rsplit('/').next().unwrap_or(p);
+        let file = file
+            .split_once('.')
+            .filter(|(s, ext)| {
+                !s.is_empty()
+                    && matches!(
+                        *ext,
+                        "py" | "js" | "mjs" | "cjs" | "java" | "jar" | "rb" | "pl" | "php" | "ts"
+                    )
+            })
+            .map_or(file, |(s, _)| s);
+        file.to_owned()
+    };
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        match a.as_str() {
+            // Code on the command line: nothing names it but the interpreter.
+            "-c" | "-e" | "--eval" => return exe.to_owned(),
+            "-m" | "-jar" => return it.next().map_or_else(|| exe.to_owned(), |m| stem(m)),
+            v if VALUED.contains(&v) => {
+                it.next();
+            }
+            v if v.starts_with('-') => {}
+            // A Java main class: its simple name.
+            v if exe.starts_with("java") && !v.ends_with(".java") && !v.contains('/') => {
+                return v.rsplit('.').next().unwrap_or(v).to_owned();
+            }
+            v => return stem(v),
+        }
+    }
+    exe.to_owned()
 }
 
 /// The service name a process's environment (NUL-separated) gives, if any.
@@ -611,5 +689,45 @@ mod tests {
             ..rule
         };
         assert_eq!(name(&[k8s_rule], &p, None).source, NameSource::OtelEnv);
+    }
+
+    #[test]
+    fn programs_are_named_by_what_they_run() {
+        let args = |a: &[&str]| a.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        assert_eq!(
+            program_name("python3.11", &args(&["-u", "/srv/shop/orders.py", "x"])),
+            "orders"
+        );
+        assert_eq!(
+            program_name("python3", &args(&["-m", "http.server", "80"])),
+            "http.server"
+        );
+        assert_eq!(
+            program_name("python3", &args(&["-c", "print(1)"])),
+            "python3"
+        );
+        assert_eq!(
+            program_name("node", &args(&["--require", "x", "inventory.js"])),
+            "inventory"
+        );
+        assert_eq!(program_name("java", &args(&["pricing.java"])), "pricing");
+        assert_eq!(
+            program_name("java", &args(&["-Xmx1g", "-jar", "/app/ledger.jar"])),
+            "ledger"
+        );
+        assert_eq!(
+            program_name("java", &args(&["-cp", "a.jar", "com.shop.Fraud"])),
+            "Fraud"
+        );
+        assert_eq!(
+            program_name("tangle-collector", &args(&["--http", "x"])),
+            "tangle-collector"
+        );
+        assert_eq!(program_name("nodejs", &[]), "nodejs");
+        // Not an interpreter, though its name starts like one.
+        assert_eq!(
+            program_name("python-ish-server", &args(&["a.py"])),
+            "python-ish-server"
+        );
     }
 }

@@ -250,7 +250,8 @@ fn live_exchanges_from_http_and_redis() {
         lines.iter().any(|l| {
             l["type"] == "exchange"
                 && ours(l)
-                && l["process"] == process
+                // The executable's file name: python3 may be python3.11.
+                && l["process"].as_str().is_some_and(|p| p.starts_with(process))
                 && l["role"] == role
                 && l["operation"] == op
         })

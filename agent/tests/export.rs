@@ -61,7 +61,7 @@ fn exchanges_exported_with_join_keys_after_the_collector_comes_back() {
             .iter()
             .find(|(_, s)| (attr(s, "tangle.join.client"), attr(s, "tangle.join.seq")) == key)
             .expect("the server end has the same join key");
-        assert!(server_service.starts_with("python"));
+        assert_eq!(server_service, "http.server", "named by its program");
         assert_eq!(c.name, s.name);
         assert_eq!(attr(c, "server.port"), Some(http_port.to_string()));
         assert_eq!(attr(s, "server.port"), Some(http_port.to_string()));
@@ -103,7 +103,11 @@ fn thread_rule_links_calls_to_their_request_under_concurrency() {
     let mut services = Vec::new();
     for s in ["inventory", "orders", "gateway"] {
         services.push(Proc::spawn_ready(
-            Command::new("python3").arg("-u").arg(&shop).arg(s),
+            Command::new("python3")
+                .arg("-u")
+                .arg(&shop)
+                .arg(s)
+                .env("OTEL_SERVICE_NAME", s),
             "listening",
         ));
     }

@@ -132,6 +132,10 @@ pub struct RedisFields {
     pub args: u32,
     /// `true` for a server push (pub/sub message) that answers no request.
     pub push: bool,
+    /// The channel a `PUBLISH` sends to or a pushed message came from (the
+    /// pattern, for a pattern subscription); at most 64 bytes.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub channel: Option<String>,
 }
 
 /// A database call: the connection's identity and the statement, literals masked.

@@ -1,7 +1,8 @@
 //! Redis (RESP2 and RESP3): commands paired with replies in order
 //! (pipelining and MULTI included), error replies with their code, pub/sub
-//! pushes, `PUBLISH` marked asynchronous. Only command names are kept: no
-//! keys, no values, so `AUTH` passwords never leave the parser.
+//! pushes, `PUBLISH` marked asynchronous. Only command names are kept, and
+//! the channel of a publish or a pushed message: no keys, no values, so
+//! `AUTH` passwords never leave the parser.
 
 use crate::{
     Chunk, Exchange, Fields, Parser, ParserStats, Protocol, RedisFields, Side, Status,
@@ -224,12 +225,14 @@ fn scan(b: &[u8], st: &mut Scan) -> Frame<Value> {
 
 impl HeapSize for Request {
     fn heap_size(&self) -> usize {
-        self.command.capacity()
+        self.command.capacity() + self.channel.heap_size()
     }
 }
 
 struct Request {
     command: String,
+    /// For a publish: its channel.
+    channel: Option<String>,
     args: u32,
     /// Replies still expected (a SUBSCRIBE to k channels gets k).
     replies: u64,
@@ -275,8 +278,12 @@ impl RedisParser {
         } else {
             1
         };
+        let channel = matches!(first, "PUBLISH" | "SPUBLISH")
+            .then(|| c.msg.strings.get(1).cloned())
+            .flatten();
         let dropped = self.pending.push(Request {
             command,
+            channel,
             args,
             replies,
             start_ns: c.start_ns,
@@ -319,6 +326,7 @@ impl RedisParser {
                     command: kind,
                     args: 0,
                     push: true,
+                    channel: v.strings.get(1).cloned(),
                 }),
             });
             return;
@@ -372,6 +380,7 @@ impl RedisParser {
                 command: req.command,
                 args: req.args,
                 push: false,
+                channel: req.channel,
             }),
         }
     }

@@ -83,3 +83,130 @@ mod tests {
         assert_eq!(JoinKey::new("garbage", 7).client, "garbage");
     }
 }
+
+/// How an exchange ended, as availability counts it: `ok`, `error` (the
+/// caller's: HTTP 4xx, a SQL syntax error, an unknown Redis command) or
+/// `fault` (the callee's: HTTP 5xx, `UNAVAILABLE`, a server out of
+/// resources). Only faults make a callee unavailable.
+pub const OUTCOME: &str = "tangle.outcome";
+
+/// See [`OUTCOME`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Outcome {
+    Ok,
+    /// The caller's error: the callee answered as it should.
+    Error,
+    /// The callee failed.
+    Fault,
+}
+
+impl Outcome {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Ok => "ok",
+            Self::Error => "error",
+            Self::Fault => "fault",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "ok" => Some(Self::Ok),
+            "error" => Some(Self::Error),
+            "fault" => Some(Self::Fault),
+            _ => None,
+        }
+    }
+
+    /// An HTTP status: 5xx is the server's fault, 4xx the client's error.
+    pub fn of_http(status: u16) -> Self {
+        match status {
+            500.. => Self::Fault,
+            400..=499 => Self::Error,
+            _ => Self::Ok,
+        }
+    }
+
+    /// A gRPC status code (`grpc-status`).
+    pub fn of_grpc(code: &str) -> Self {
+        match code.trim().parse::<u32>() {
+            Ok(0) => Self::Ok,
+            // CANCELLED, INVALID_ARGUMENT, NOT_FOUND, ALREADY_EXISTS,
+            // PERMISSION_DENIED, FAILED_PRECONDITION, OUT_OF_RANGE,
+            // UNAUTHENTICATED: the request was wrong, the server right.
+            Ok(1 | 3 | 5 | 6 | 7 | 9 | 11 | 16) => Self::Error,
+            // UNKNOWN, DEADLINE_EXCEEDED, RESOURCE_EXHAUSTED, ABORTED,
+            // UNIMPLEMENTED, INTERNAL, UNAVAILABLE, DATA_LOSS, and codes
+            // not in the list.
+            _ => Self::Fault,
+        }
+    }
+
+    /// A database error: a SQLSTATE (five characters: its class is the
+    /// first two) or a MySQL error number.
+    pub fn of_sql(code: &str) -> Self {
+        let code = code.trim();
+        if code.len() == 5 && code.bytes().all(|b| b.is_ascii_alphanumeric()) {
+            return match code.get(..2).unwrap_or_default() {
+                "00" | "01" | "02" => Self::Ok,
+                // Connection exceptions, transaction rollback (deadlock,
+                // serialisation), insufficient resources, program limits,
+                // operator intervention, system and internal errors, and
+                // MySQL's catch-all.
+                "08" | "40" | "53" | "54" | "57" | "58" | "XX" | "HY" => Self::Fault,
+                // Syntax and access rule violations, data exceptions,
+                // integrity constraints, invalid authorisation, ...
+                _ => Self::Error,
+            };
+        }
+        match code.parse::<u32>() {
+            // Out of memory, too many connections, shutdown, lock wait
+            // timeout, deadlock, and the client library's lost-server codes.
+            Ok(1037 | 1038 | 1040 | 1053 | 1205 | 1213 | 2002..=2013) => Self::Fault,
+            Ok(_) => Self::Error,
+            Err(_) => Self::Fault,
+        }
+    }
+
+    /// A Redis error reply, by its prefix (`ERR`, `WRONGTYPE`, `LOADING`).
+    pub fn of_redis(prefix: &str) -> Self {
+        match prefix.trim() {
+            // The server cannot serve now: loading, busy with a script,
+            // out of memory, a replica cut off, a cluster down.
+            "LOADING" | "BUSY" | "OOM" | "MASTERDOWN" | "CLUSTERDOWN" | "TRYAGAIN" | "MISCONF"
+            | "NOREPLICAS" => Self::Fault,
+            // ERR (an unknown command or wrong arguments), WRONGTYPE,
+            // NOAUTH, NOPERM, WRONGPASS, NOSCRIPT, EXECABORT, MOVED/ASK.
+            _ => Self::Error,
+        }
+    }
+}
+
+#[cfg(test)]
+mod outcome_tests {
+    use super::Outcome::{self, *};
+
+    #[test]
+    fn caller_errors_are_not_faults() {
+        assert_eq!(Outcome::of_http(404), Error);
+        assert_eq!(Outcome::of_http(503), Fault);
+        assert_eq!(Outcome::of_http(204), Ok);
+        assert_eq!(Outcome::of_grpc("3"), Error);
+        assert_eq!(Outcome::of_grpc("14"), Fault);
+        assert_eq!(Outcome::of_grpc("0"), Ok);
+        assert_eq!(Outcome::of_grpc("junk"), Fault);
+        assert_eq!(Outcome::of_sql("42601"), Error, "syntax error");
+        assert_eq!(Outcome::of_sql("53300"), Fault, "too many connections");
+        assert_eq!(Outcome::of_sql("1064"), Error, "MySQL syntax error");
+        assert_eq!(
+            Outcome::of_sql("1040"),
+            Fault,
+            "MySQL: too many connections"
+        );
+        assert_eq!(Outcome::of_redis("ERR"), Error, "unknown command");
+        assert_eq!(Outcome::of_redis("LOADING"), Fault);
+        for o in [Ok, Error, Fault] {
+            assert_eq!(Outcome::parse(o.as_str()), Some(o));
+        }
+    }
+}
