@@ -33,7 +33,10 @@ fn trace(t: u64) -> Vec<Span> {
             operation: op.into(),
             start_ns: 1_000 + n,
             end_ns: 2_000_000 + n,
-            error: false,
+            fault: false,
+            data_node: false,
+            housekeeping: false,
+            link_inferred: false,
             peer,
             tables: Vec::new(),
             writes: false,
@@ -162,7 +165,7 @@ fn main() {
             let served: Vec<(String, bool)> = done
                 .iter()
                 .filter(|s| s.is_entry())
-                .map(|s| (s.service.clone(), s.error))
+                .map(|s| (s.service.clone(), s.fault))
                 .collect();
             model.ingest(&done[0].trace_id, &a, &served, t);
         }

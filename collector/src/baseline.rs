@@ -71,6 +71,8 @@ const QUEUE: usize = 10_000;
 
 pub struct Baseline {
     known: HashMap<String, FirstSeen>,
+    /// When its first chain was seen: where learning starts.
+    started_ns: Option<u64>,
     pub stats: Arc<BaselineStats>,
     writer: Option<(mpsc::SyncSender<FirstSeen>, std::thread::JoinHandle<()>)>,
 }
@@ -191,8 +193,10 @@ impl Baseline {
             .name("tangle-baseline".into())
             .spawn(move || write_records(file, whole as u64, path, lock, rx, &writer_stats))
             .map_err(io(data_dir))?;
+        let started_ns = known.values().map(|f| f.first_seen_ns).min();
         Ok(Self {
             known,
+            started_ns,
             stats,
             writer: Some((tx, handle)),
         })
@@ -215,6 +219,11 @@ impl Baseline {
         self.known.len()
     }
 
+    /// When the baseline's first chain was seen, if any was.
+    pub fn started_ns(&self) -> Option<u64> {
+        self.started_ns
+    }
+
     pub fn is_empty(&self) -> bool {
         self.known.is_empty()
     }
@@ -225,6 +234,10 @@ impl Baseline {
         if self.known.contains_key(&entry.signature) {
             return false;
         }
+        self.started_ns = Some(
+            self.started_ns
+                .map_or(entry.first_seen_ns, |s| s.min(entry.first_seen_ns)),
+        );
         self.known.insert(entry.signature.clone(), entry.clone());
         if let Some((tx, _)) = &self.writer {
             match tx.try_send(entry) {

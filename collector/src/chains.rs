@@ -51,6 +51,9 @@ pub struct Call {
     /// The callee's server span's duration, when it was seen.
     pub server_ns: Option<u64>,
     pub protocol: Option<String>,
+    /// The link from the caller's request to this call was a heuristic's
+    /// (an async runtime), or the callee's span was re-attached.
+    pub inferred: bool,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize)]
@@ -65,7 +68,12 @@ pub struct DbAccess {
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct TraceAnalysis {
-    pub entry: Hop,
+    /// The first service's operation; none when the trace reached no
+    /// service (a client's call to a database or an endpoint not seen).
+    pub entry: Option<Hop>,
+    /// A pure client's call to the entry (curl, a cron job): its caller,
+    /// not a hop.
+    pub client_call: Option<Call>,
     pub chains: Vec<Chain>,
     /// Service-to-service hops on the longest chain.
     pub depth: usize,
@@ -77,8 +85,11 @@ pub struct TraceAnalysis {
     pub cycles: Vec<Vec<String>>,
     /// Synchronous calls between services.
     pub calls: Vec<Call>,
-    /// Publishes: the publisher, and the consumer (or the broker) as callee.
+    /// Asynchronous edges: a publisher to its topic, a topic to the
+    /// consumer a message was delivered to.
     pub publishes: Vec<Call>,
+    /// The topics those edges go to or come from.
+    pub topics: Vec<String>,
     /// Calls to databases, the callee named `server/namespace`.
     pub db_calls: Vec<Call>,
     pub db_accesses: Vec<DbAccess>,
@@ -178,6 +189,7 @@ impl Graph<'_> {
                 service: name.clone(),
                 operation: c.operation.clone(),
             }),
+            Peer::Topic { .. } => Callee::Database,
             Peer::Address { address } => Callee::Leaf(Hop {
                 service: address.clone(),
                 operation: c.operation.clone(),
@@ -259,6 +271,19 @@ pub fn analyze(spans: &[Span]) -> Option<TraceAnalysis> {
 /// Analyses one trace's spans, following chains `max_depth` hops deep at
 /// most. Time and memory are linear in the spans (times `max_depth`).
 pub fn analyze_to_depth(spans: &[Span], max_depth: usize) -> Option<TraceAnalysis> {
+    // A data node's own spans and housekeeping calls are no part of a
+    // chain: the data calls that matter are the services' client spans.
+    let kept: Vec<Span>;
+    let spans = if spans.iter().any(|s| s.data_node || s.housekeeping) {
+        kept = spans
+            .iter()
+            .filter(|s| !s.data_node && !s.housekeeping)
+            .cloned()
+            .collect();
+        &kept[..]
+    } else {
+        spans
+    };
     if spans.is_empty() {
         return None;
     }
@@ -308,18 +333,44 @@ pub fn analyze_to_depth(spans: &[Span], max_depth: usize) -> Option<TraceAnalysi
     }
     let attached: BTreeSet<usize> = extra.values().flatten().copied().collect();
     // The root: a span with no parent (or a parent never seen and not re-attached).
-    let root = (0..spans.len())
+    let mut root = (0..spans.len())
         .filter(|&i| {
             spans[i].parent.is_none_or(|p| !ids.contains_key(&p)) && !attached.contains(&i)
         })
         .min_by_key(|&i| (!spans[i].is_entry(), spans[i].start_ns))?;
+    // A root that calls (a pure client, a job) is the caller of the entry,
+    // not a hop: the entry is the service its call reached.
+    let mut client_call = None;
+    if spans[root].is_sync_call() {
+        let reached = g
+            .kids(root, &extra)
+            .into_iter()
+            .filter(|&k| spans[k].is_entry())
+            .min_by_key(|&k| spans[k].start_ns);
+        if let Some(k) = reached {
+            let (c, e) = (&spans[root], &spans[k]);
+            client_call = Some(Call {
+                caller: c.service.clone(),
+                callee: e.service.clone(),
+                caller_error: false,
+                callee_error: e.fault,
+                client_ns: c.end_ns.saturating_sub(c.start_ns),
+                server_ns: Some(e.end_ns.saturating_sub(e.start_ns)),
+                protocol: c.protocol.clone(),
+                inferred: false,
+            });
+            root = k;
+        }
+    }
+    let has_entry = spans[root].is_entry();
     let entry = Hop {
         service: spans[root].service.clone(),
         operation: spans[root].operation.clone(),
     };
 
     let mut out = TraceAnalysis {
-        entry: entry.clone(),
+        entry: has_entry.then(|| entry.clone()),
+        client_call,
         chains: Vec::new(),
         depth: 0,
         fan_out: 0,
@@ -327,6 +378,7 @@ pub fn analyze_to_depth(spans: &[Span], max_depth: usize) -> Option<TraceAnalysi
         cycles: Vec::new(),
         calls: Vec::new(),
         publishes: Vec::new(),
+        topics: Vec::new(),
         db_calls: Vec::new(),
         db_accesses: Vec::new(),
         inferred_links,
@@ -345,7 +397,25 @@ pub fn analyze_to_depth(spans: &[Span], max_depth: usize) -> Option<TraceAnalysi
             break;
         }
         let here = &spans[node];
-        out.closure.insert(here.service.clone());
+        if has_entry {
+            out.closure.insert(here.service.clone());
+        }
+        // A message delivered to a consumer: an edge from its topic.
+        if here.kind == crate::span::SpanKind::Consumer
+            && let Peer::Topic { server, name, .. } = &here.peer
+        {
+            out.topics.push(Peer::topic_name(name, server));
+            out.publishes.push(Call {
+                caller: Peer::topic_name(name, server),
+                callee: here.service.clone(),
+                caller_error: false,
+                callee_error: false,
+                client_ns: 0,
+                server_ns: None,
+                protocol: here.protocol.clone(),
+                inferred: false,
+            });
+        }
         let mut next: Vec<(usize, usize)> = Vec::new();
         let mut callees = BTreeSet::new();
         // Whether the path goes on past this service (else it is a chain).
@@ -363,11 +433,12 @@ pub fn analyze_to_depth(spans: &[Span], max_depth: usize) -> Option<TraceAnalysi
             let plain = |callee: String, callee_error: bool, server_ns: Option<u64>| Call {
                 caller: call.service.clone(),
                 callee,
-                caller_error: here.error,
+                caller_error: here.fault,
                 callee_error,
                 client_ns: call.end_ns.saturating_sub(call.start_ns),
                 server_ns,
                 protocol: call.protocol.clone(),
+                inferred: call.link_inferred,
             };
             if let Peer::Database {
                 system,
@@ -379,7 +450,7 @@ pub fn analyze_to_depth(spans: &[Span], max_depth: usize) -> Option<TraceAnalysi
                     Some(ns) => format!("{server}/{ns}"),
                     None => server.clone(),
                 };
-                out.db_calls.push(plain(name, call.error, None));
+                out.db_calls.push(plain(name, call.fault, None));
                 out.db_accesses.push(DbAccess {
                     service: call.service.clone(),
                     system: system.clone(),
@@ -393,6 +464,10 @@ pub fn analyze_to_depth(spans: &[Span], max_depth: usize) -> Option<TraceAnalysi
             if !call.is_sync_call() {
                 let consumer = g.kids(c, &extra).into_iter().find(|&k| spans[k].is_entry());
                 let callee = match (consumer, &call.peer) {
+                    (_, Peer::Topic { server, name, .. }) => {
+                        out.topics.push(Peer::topic_name(name, server));
+                        Peer::topic_name(name, server)
+                    }
                     (Some(k), _) => spans[k].service.clone(),
                     (None, Peer::Service { name }) => name.clone(),
                     (None, Peer::Address { address }) => address.clone(),
@@ -406,8 +481,8 @@ pub fn analyze_to_depth(spans: &[Span], max_depth: usize) -> Option<TraceAnalysi
                 Callee::Leaf(hop) => {
                     callees.insert(hop.service.clone());
                     out.closure.insert(hop.service.clone());
-                    out.calls.push(plain(hop.service.clone(), call.error, None));
-                    if at_limit {
+                    out.calls.push(plain(hop.service.clone(), call.fault, None));
+                    if at_limit || !has_entry {
                         continue;
                     }
                     let leaf = paths.push(hop, Some(path));
@@ -418,13 +493,15 @@ pub fn analyze_to_depth(spans: &[Span], max_depth: usize) -> Option<TraceAnalysi
                     for t in targets {
                         let callee = &spans[t];
                         callees.insert(callee.service.clone());
-                        out.calls.push(plain(
+                        let mut c = plain(
                             callee.service.clone(),
-                            callee.error,
+                            callee.fault,
                             callee
                                 .is_entry()
                                 .then(|| callee.end_ns.saturating_sub(callee.start_ns)),
-                        ));
+                        );
+                        c.inferred |= attached.contains(&t);
+                        out.calls.push(c);
                         if at_limit {
                             continue;
                         }
@@ -456,7 +533,10 @@ pub fn analyze_to_depth(spans: &[Span], max_depth: usize) -> Option<TraceAnalysi
             out.cut_chains += 1;
         }
         out.fan_out = out.fan_out.max(callees.len());
-        if !extended {
+        // A delivery that called no service is an async edge, not a chain.
+        let bare_delivery =
+            node == root && here.kind == crate::span::SpanKind::Consumer && callees.is_empty();
+        if !extended && has_entry && !bare_delivery {
             keep_chain(&mut out, &mut seen, paths.chain(path));
         }
         stack.extend(next);

@@ -191,7 +191,7 @@ impl State {
         let mut served: Vec<(String, bool)> = trace
             .iter()
             .filter(|s| s.is_entry())
-            .map(|s| (s.service.clone(), s.error))
+            .map(|s| (s.service.clone(), s.fault))
             // Only what the analysis followed (not past the depth limit).
             .filter(|(s, _)| a.closure.contains(s))
             .collect();

@@ -384,6 +384,7 @@ pub fn render(state: &State) -> String {
         .edges
         .iter()
         .map(|(k, e)| (k, e, ""))
+        .chain(model.client_edges.iter().map(|(k, e)| (k, e, "")))
         .chain(model.db_edges.iter().map(|(k, e)| (k, e, "database")))
         .chain(
             model
@@ -403,6 +404,20 @@ pub fn render(state: &State) -> String {
             &[("client", c), ("server", s), ("connection_type", t)],
             e.calls,
         );
+    }
+    o.head(
+        "tangle_edge_links_total",
+        "counter",
+        "Calls on each edge by how they were linked to the caller's request: exact (propagated context, the thread rule, the wire join) or inferred (a heuristic).",
+    );
+    for ((c, s), e, _) in &graph {
+        for (how, n) in [("exact", e.exact), ("inferred", e.inferred)] {
+            o.line(
+                "tangle_edge_links_total",
+                &[("client", c), ("server", s), ("link", how)],
+                n,
+            );
+        }
     }
     o.head(
         "traces_service_graph_request_failed_total",

@@ -11,6 +11,7 @@ use crate::{
     baseline::{Baseline, FirstSeen},
     chains::{Hop, TraceAnalysis, calls_per_edge},
     names::OTHER,
+    span::NodeKind,
 };
 
 /// When a measurement becomes a finding. Defaults suit a first look.
@@ -28,6 +29,10 @@ pub struct Thresholds {
     pub cascade_min_failures: u64,
     /// Calls between two services for one entry request above which the edge is chatty.
     pub max_calls_per_request: f64,
+    /// Seconds from the baseline's first chain during which chains are
+    /// learned, not reported as new: a collector's first minutes would
+    /// otherwise call every chain of the system new.
+    pub learning_seconds: u64,
 }
 
 impl Default for Thresholds {
@@ -38,6 +43,7 @@ impl Default for Thresholds {
             cascade_ratio: 0.5,
             cascade_min_failures: 5,
             max_calls_per_request: 10.0,
+            learning_seconds: 300,
         }
     }
 }
@@ -217,11 +223,20 @@ pub struct EdgeStats {
     pub server_latency: Latency,
     /// Protocols seen on the edge (`http`, `grpc`, `postgresql`, ...).
     pub protocols: BTreeSet<String>,
+    /// Calls linked to the caller's request exactly (propagated context,
+    /// the thread rule, the wire join) and by a heuristic.
+    pub exact: u64,
+    pub inferred: u64,
 }
 
 impl EdgeStats {
     fn record(&mut self, c: &crate::chains::Call) {
         self.calls += 1;
+        if c.inferred {
+            self.inferred += 1;
+        } else {
+            self.exact += 1;
+        }
         self.client_latency.observe(c.client_ns);
         if let Some(ns) = c.server_ns {
             self.server_latency.observe(ns);
@@ -347,6 +362,11 @@ pub struct Model {
     pub chains: BTreeMap<String, ChainStats>,
     /// Synchronous calls between services.
     pub edges: BTreeMap<(String, String), EdgeStats>,
+    /// A pure client (curl, a job) to the service it called: the caller
+    /// of an entry, not a hop.
+    pub client_edges: BTreeMap<(String, String), EdgeStats>,
+    /// Topics, channels and queues seen (`channel@server`).
+    pub topics: BTreeSet<String>,
     /// Publishes: publisher to consumer (or broker).
     pub async_edges: BTreeMap<(String, String), EdgeStats>,
     /// Service to database (`server/namespace`).
@@ -387,6 +407,8 @@ impl Model {
             entries: BTreeMap::new(),
             chains: BTreeMap::new(),
             edges: BTreeMap::new(),
+            client_edges: BTreeMap::new(),
+            topics: BTreeSet::new(),
             async_edges: BTreeMap::new(),
             db_edges: BTreeMap::new(),
             services: BTreeMap::new(),
@@ -410,12 +432,20 @@ impl Model {
         now_ns: u64,
     ) {
         self.version += 1;
+        self.overflow.cut_chains += a.cut_chains as u64;
+        if let Some(entry) = &a.entry {
+            self.ingest_entry(trace_id, a, entry.clone(), now_ns);
+        }
+        self.ingest_edges(a, served);
+    }
+
+    /// What one trace shows of its entry operation and its chains.
+    fn ingest_entry(&mut self, trace_id: &[u8], a: &TraceAnalysis, entry: Hop, now_ns: u64) {
         let lim = self.limits;
         let of = &mut self.overflow;
-        of.cut_chains += a.cut_chains as u64;
         let entry = bounded(
             &self.entries,
-            a.entry.clone(),
+            entry,
             other_hop,
             lim.max_entries,
             &mut of.entries,
@@ -462,12 +492,22 @@ impl Model {
                 .map(|h| format!("{}:{}", h.service, h.operation))
                 .collect::<Vec<_>>()
                 .join(" -> ");
+            // While the baseline is learning, chains are recorded, not new.
+            let learning_ns = self
+                .thresholds
+                .learning_seconds
+                .saturating_mul(1_000_000_000);
+            let learned = learning_ns == 0
+                || self
+                    .baseline
+                    .started_ns()
+                    .is_some_and(|start| now_ns.saturating_sub(start) >= learning_ns);
             let new = self.baseline.record(FirstSeen {
                 signature: chain.signature.clone(),
                 chain: text,
                 first_seen_ns: now_ns,
                 example_trace: example_trace.clone(),
-            });
+            }) && learned;
             if new {
                 self.new_chains += 1;
             }
@@ -485,11 +525,17 @@ impl Model {
                 },
             );
         }
+    }
+
+    /// What one trace shows of edges, services, databases and cycles.
+    fn ingest_edges(&mut self, a: &TraceAnalysis, served: &[(String, bool)]) {
+        let lim = self.limits;
         let of = &mut self.overflow;
         for (calls, edges) in [
-            (&a.calls, &mut self.edges),
-            (&a.publishes, &mut self.async_edges),
-            (&a.db_calls, &mut self.db_edges),
+            (a.client_call.as_slice(), &mut self.client_edges),
+            (&a.calls[..], &mut self.edges),
+            (&a.publishes[..], &mut self.async_edges),
+            (&a.db_calls[..], &mut self.db_edges),
         ] {
             for c in calls {
                 let key = bounded(
@@ -541,12 +587,9 @@ impl Model {
                 .or_default()
                 .entry(acc.service.clone())
                 .or_default();
-            let names = if acc.tables.is_empty() {
-                vec!["*".to_owned()]
-            } else {
-                acc.tables.clone()
-            };
-            for t in names {
+            // A statement that names no table (or a cache command) makes
+            // its service an accessor, with no table to show.
+            for t in acc.tables.iter().cloned() {
                 // The limit is on all (database, service, table) entries
                 // together: each database may not have its own.
                 let t = if tables.contains_key(&t) || t == OTHER {
@@ -568,6 +611,13 @@ impl Model {
                 }
             }
         }
+        for t in &a.topics {
+            if self.topics.len() < lim.max_edges || self.topics.contains(t) {
+                self.topics.insert(t.clone());
+            } else {
+                of.edges += 1;
+            }
+        }
         for cycle in &a.cycles {
             if self.cycles.len() >= lim.max_cycles && !self.cycles.contains(cycle) {
                 of.cycles += 1;
@@ -575,6 +625,51 @@ impl Model {
                 self.cycles.insert(cycle.clone());
             }
         }
+    }
+
+    /// Every node of the map, by kind: services (they served, or called
+    /// while serving), databases and caches, topics, external clients
+    /// (they only called) and external endpoints (called, never seen
+    /// serving).
+    pub fn nodes(&self) -> BTreeMap<String, NodeKind> {
+        let mut nodes = BTreeMap::new();
+        for db in self.databases.keys() {
+            nodes.insert(db.name(), NodeKind::of_store(&db.system));
+        }
+        for t in &self.topics {
+            nodes.insert(t.clone(), NodeKind::Topic);
+        }
+        let consumers = self
+            .async_edges
+            .keys()
+            .filter(|(from, _)| self.topics.contains(from))
+            .map(|(_, to)| to);
+        let served = self
+            .services
+            .keys()
+            .chain(self.entries.values().flat_map(|e| &e.closure))
+            .chain(self.client_edges.keys().map(|(_, s)| s))
+            .chain(consumers);
+        for s in served {
+            nodes.entry(s.clone()).or_insert(NodeKind::Service);
+        }
+        let callers = [
+            &self.edges,
+            &self.client_edges,
+            &self.db_edges,
+            &self.async_edges,
+        ]
+        .into_iter()
+        .flat_map(|e| e.keys().map(|(c, _)| c));
+        for c in callers {
+            nodes.entry(c.clone()).or_insert(NodeKind::ExternalClient);
+        }
+        for (_, callee) in self.edges.keys() {
+            nodes
+                .entry(callee.clone())
+                .or_insert(NodeKind::ExternalEndpoint);
+        }
+        nodes
     }
 
     /// The configured owner, or the service that writes most (then reads most).

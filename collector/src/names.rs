@@ -75,6 +75,15 @@ pub fn cut_span(span: &mut Span, max: usize, cuts: &mut u64) {
                 each(ns);
             }
         }
+        Peer::Topic {
+            system,
+            server,
+            name,
+        } => {
+            each(system);
+            each(server);
+            each(name);
+        }
         Peer::Unknown => {}
     }
     for t in &mut span.tables {
@@ -136,7 +145,9 @@ impl Names {
     /// the depth limit, say, take none). `served` are its entry spans'
     /// services.
     pub fn bound(&mut self, a: &mut TraceAnalysis, served: &mut [(String, bool)]) {
-        self.hop(&mut a.entry);
+        if let Some(entry) = &mut a.entry {
+            self.hop(entry);
+        }
         for chain in &mut a.chains {
             let before = chain.signature.clone();
             for hop in &mut chain.hops {
@@ -161,12 +172,20 @@ impl Names {
                 self.service(s);
             }
         }
-        for c in a.calls.iter_mut().chain(&mut a.publishes) {
+        for c in a
+            .calls
+            .iter_mut()
+            .chain(&mut a.publishes)
+            .chain(a.client_call.as_mut())
+        {
             self.service(&mut c.caller);
             self.service(&mut c.callee);
         }
         for c in &mut a.db_calls {
             self.service(&mut c.caller);
+        }
+        for t in &mut a.topics {
+            self.service(t);
         }
         for d in &mut a.db_accesses {
             self.service(&mut d.service);
@@ -195,7 +214,10 @@ mod tests {
             operation: op.into(),
             start_ns: 0,
             end_ns: 1,
-            error: false,
+            fault: false,
+            data_node: false,
+            housekeeping: false,
+            link_inferred: false,
             peer,
             tables: Vec::new(),
             writes: false,
@@ -230,14 +252,19 @@ mod tests {
         });
         let mut ops = Vec::new();
         for op in ["a", "b", "c", "a"] {
-            ops.push(bounded(&mut n, "shop", op, "10.0.0.1:80").entry.operation);
+            ops.push(
+                bounded(&mut n, "shop", op, "10.0.0.1:80")
+                    .entry
+                    .unwrap()
+                    .operation,
+            );
         }
         assert_eq!(ops, ["a", "b", OTHER, "a"]);
         // shop, 10.0.0.1:80 and 10.0.0.2:80; then no more.
         let a = bounded(&mut n, "shop", "a", "10.0.0.2:80");
         assert_eq!(a.calls[0].callee, "10.0.0.2:80");
         let a = bounded(&mut n, "payments", "x", "10.0.0.1:80");
-        assert_eq!(a.entry.service, OTHER);
+        assert_eq!(a.entry.unwrap().service, OTHER);
         assert!(a.closure.contains(OTHER) && !a.closure.contains("payments"));
         assert_eq!(a.chains[0].hops[0].service, OTHER);
         assert_eq!(

@@ -69,6 +69,81 @@ fn join_key(attrs: &[KeyValue]) -> Option<tangle_wire::JoinKey> {
     Some(tangle_wire::JoinKey::new(&client, seq))
 }
 
+/// Redis commands that set up or keep up a connection: the handshake
+/// (`HELLO`, `AUTH`, `CLIENT SETINFO`, which older servers refuse),
+/// `PING`, `SELECT db`, and subscriptions (a subscriber's deliveries are
+/// its edges, not the command that asked for them).
+const REDIS_HOUSEKEEPING: &[&str] = &[
+    "HELLO",
+    "AUTH",
+    "PING",
+    "SELECT",
+    "QUIT",
+    "RESET",
+    "ECHO",
+    "READONLY",
+    "READWRITE",
+    "INFO",
+    "COMMAND",
+    "CLIENT",
+    "SUBSCRIBE",
+    "PSUBSCRIBE",
+    "SSUBSCRIBE",
+    "UNSUBSCRIBE",
+    "PUNSUBSCRIBE",
+    "SUNSUBSCRIBE",
+];
+
+/// SQL statements and commands that set up or keep up a session: session
+/// variables, transaction control, health checks, the protocols' own
+/// commands (MySQL `PING`, `INIT_DB`).
+const SQL_HOUSEKEEPING: &[&str] = &[
+    "SET",
+    "SHOW",
+    "RESET",
+    "DISCARD",
+    "DEALLOCATE",
+    "BEGIN",
+    "START",
+    "COMMIT",
+    "ROLLBACK",
+    "SAVEPOINT",
+    "RELEASE",
+    "USE",
+    "PING",
+    "QUIT",
+    "INIT_DB",
+    "RESET_CONNECTION",
+    "STATISTICS",
+    "CHANGE_USER",
+    "CONNECT",
+    "STARTUP",
+];
+
+/// Whether a database or cache call is connection set-up or housekeeping.
+fn housekeeping(db_system: Option<&str>, operation: &str) -> bool {
+    let Some(system) = db_system else {
+        return false;
+    };
+    let mut words = operation.split(' ');
+    if system == "redis" {
+        words.next(); // `redis`
+        let command = words.next().unwrap_or_default();
+        return REDIS_HOUSEKEEPING.contains(&command);
+    }
+    let verb = words.next().unwrap_or_default().to_ascii_uppercase();
+    // A statement that touches no table (`SELECT 1`, `SELECT version()`)
+    // is a health check, not a data access.
+    SQL_HOUSEKEEPING.contains(&verb.as_str()) || (verb == "SELECT" && words.next().is_none())
+}
+
+/// A Redis subscription command sent without messaging attributes.
+fn is_subscription(operation: &str) -> bool {
+    operation
+        .strip_prefix("redis ")
+        .is_some_and(|c| c.ends_with("SUBSCRIBE"))
+}
+
 /// One OTLP span, with its resource's `service.name`.
 pub fn map_span(service: &str, s: &OtlpSpan) -> Option<Span> {
     let trace_id = id::<16>(&s.trace_id)?;
@@ -109,7 +184,15 @@ pub fn map_span(service: &str, s: &OtlpSpan) -> Option<Span> {
     } else {
         words(&s.name)
     };
-    let peer = if let Some(system) = db_system.clone() {
+    let destination = name(&["messaging.destination.name", "messaging.destination"]);
+    let messaging = name(&["messaging.system"]);
+    let peer = if let Some(dest) = &destination {
+        Peer::Topic {
+            system: messaging.clone().unwrap_or_default(),
+            server: server.clone().unwrap_or_default(),
+            name: dest.clone(),
+        }
+    } else if let Some(system) = db_system.clone() {
         Peer::Database {
             system,
             server: server.clone().unwrap_or_default(),
@@ -126,7 +209,22 @@ pub fn map_span(service: &str, s: &OtlpSpan) -> Option<Span> {
         .status
         .as_ref()
         .is_some_and(|st| st.code == StatusCode::Error as i32);
-    let error = failed_status || status_code.is_some_and(|c| c >= 500);
+    let outcome = attr(a, &[tangle_wire::OUTCOME])
+        .and_then(|o| tangle_wire::Outcome::parse(&o))
+        .or_else(|| attr(a, &["rpc.grpc.status_code"]).map(|c| tangle_wire::Outcome::of_grpc(&c)))
+        .or_else(|| status_code.map(tangle_wire::Outcome::of_http))
+        .or_else(|| {
+            attr(a, &["db.response.status_code"])
+                .filter(|_| failed_status)
+                .map(|c| tangle_wire::Outcome::of_sql(&c))
+        });
+    // An error status with no code to judge it by is the callee's fault.
+    let fault = match outcome {
+        Some(o) => o == tangle_wire::Outcome::Fault,
+        None => failed_status,
+    };
+    let housekeeping = housekeeping(db_system.as_deref(), &operation)
+        || (destination.is_none() && messaging.is_none() && is_subscription(&operation));
     let (tables, writes) = match &parsed {
         Some(st) if db_system.is_some() => (
             st.qualified_tables(namespace.as_deref(), true),
@@ -143,7 +241,10 @@ pub fn map_span(service: &str, s: &OtlpSpan) -> Option<Span> {
         operation,
         start_ns: s.start_time_unix_nano,
         end_ns: s.end_time_unix_nano.max(s.start_time_unix_nano),
-        error,
+        fault,
+        data_node: kind == SpanKind::Server && (db_system.is_some() || destination.is_some()),
+        housekeeping,
+        link_inferred: attr(a, &[tangle_wire::LINK_INFERRED]).as_deref() == Some("true"),
         peer,
         tables,
         writes,
@@ -152,7 +253,7 @@ pub fn map_span(service: &str, s: &OtlpSpan) -> Option<Span> {
         } else if method.is_some() {
             Some("http".into())
         } else {
-            db_system.clone().or_else(|| name(&["messaging.system"]))
+            db_system.clone().or(messaging)
         },
         join: join_key(a),
     })

@@ -125,33 +125,31 @@ impl Collector {
                         "calls": e.calls, "failed": e.callee_failures, "propagated": e.propagated,
                         "max_calls_per_request": e.max_calls_per_trace,
                         "client_seconds": e.client_latency, "server_seconds": e.server_latency,
+                        "exact": e.exact, "inferred": e.inferred,
                     })
                 };
+                // Edges by kind: service to service (sync), a pure client to
+                // the service it calls (client), publisher to topic and topic
+                // to consumer (async), service to database or cache (data).
                 let mut edges: Vec<serde_json::Value> =
                     m.edges.iter().map(|(k, e)| edge(k, e, "sync")).collect();
+                edges.extend(m.client_edges.iter().map(|(k, e)| edge(k, e, "client")));
                 edges.extend(m.async_edges.iter().map(|(k, e)| edge(k, e, "async")));
-                edges.extend(m.db_edges.iter().map(|(k, e)| edge(k, e, "database")));
-                // Nodes: services that served requests, databases, and the
-                // rest (external endpoints and uninstrumented callees).
-                let mut nodes: BTreeMap<String, serde_json::Value> = BTreeMap::new();
-                for (name, s) in &m.services {
-                    nodes.insert(name.clone(), serde_json::json!({
-                        "name": name, "kind": "service", "served": s.served, "failed": s.failed, "success_rate": s.success_rate(),
-                    }));
-                }
-                for db in m.databases.keys() {
-                    nodes.insert(db.name(), serde_json::json!({ "name": db.name(), "kind": "database", "system": db.system }));
-                }
-                for e in &edges {
-                    for end in ["client", "server"] {
-                        let name = e[end].as_str().unwrap_or_default().to_owned();
-                        nodes.entry(name.clone()).or_insert_with(
-                            || serde_json::json!({ "name": name, "kind": "external" }),
-                        );
-                    }
-                }
+                edges.extend(m.db_edges.iter().map(|(k, e)| edge(k, e, "data")));
+                let nodes: Vec<serde_json::Value> = m
+                    .nodes()
+                    .into_iter()
+                    .map(|(name, kind)| {
+                        let s = m.services.get(&name);
+                        serde_json::json!({
+                            "name": name, "kind": kind.as_str(),
+                            "served": s.map(|s| s.served), "faults": s.map(|s| s.failed),
+                            "success_rate": s.and_then(|s| s.success_rate()),
+                        })
+                    })
+                    .collect();
                 serde_json::json!({
-                    "nodes": nodes.into_values().collect::<Vec<_>>(),
+                    "nodes": nodes,
                     "edges": edges,
                     "assembly": inner.assembler.stats,
                     "mapping": inner.mapping,

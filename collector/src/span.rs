@@ -32,6 +32,12 @@ pub enum Peer {
         server: String,
         namespace: Option<String>,
     },
+    /// A topic, channel or queue (`messaging.destination.name`).
+    Topic {
+        system: String,
+        server: String,
+        name: String,
+    },
     /// Known by its address only.
     Address { address: String },
     /// Not said.
@@ -49,7 +55,19 @@ pub struct Span {
     pub operation: String,
     pub start_ns: u64,
     pub end_ns: u64,
-    pub error: bool,
+    /// The callee failed (HTTP 5xx, gRPC `UNAVAILABLE`, a database out of
+    /// resources); an error the caller caused (HTTP 4xx, a SQL syntax
+    /// error, an unknown Redis command) is not a fault.
+    pub fault: bool,
+    /// A database's, cache's or broker's own server span: the data node's
+    /// view of a call, never a service's entry.
+    pub data_node: bool,
+    /// Connection set-up or protocol housekeeping (a handshake, `PING`,
+    /// `SET` of a session variable, a subscription): never a chain, a
+    /// data access or a finding.
+    pub housekeeping: bool,
+    /// Its parent link was a heuristic's (`tangle.link.inferred`).
+    pub link_inferred: bool,
     /// For client and producer spans: what is called.
     pub peer: Peer,
     /// Tables a database call touches (qualified), with whether it writes.
@@ -72,7 +90,57 @@ impl Span {
         matches!(self.kind, SpanKind::Client | SpanKind::Producer)
     }
 
+    /// Handles a request or a message for a service (a data node's own
+    /// server span is not a service's entry).
     pub fn is_entry(&self) -> bool {
-        matches!(self.kind, SpanKind::Server | SpanKind::Consumer)
+        matches!(self.kind, SpanKind::Server | SpanKind::Consumer) && !self.data_node
+    }
+}
+
+/// What the map draws, by kind.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum NodeKind {
+    /// Serves requests.
+    Service,
+    Database,
+    Cache,
+    /// A topic, channel or queue.
+    Topic,
+    /// Only calls (curl, a cron job, a browser behind an ingress).
+    ExternalClient,
+    /// Called, never seen serving: outside what the agents see.
+    ExternalEndpoint,
+}
+
+impl NodeKind {
+    /// A data store, by its `db.system.name`.
+    pub fn of_store(system: &str) -> Self {
+        match system {
+            "redis" | "valkey" | "memcached" | "keydb" | "dragonfly" => Self::Cache,
+            _ => Self::Database,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Service => "service",
+            Self::Database => "database",
+            Self::Cache => "cache",
+            Self::Topic => "topic",
+            Self::ExternalClient => "external_client",
+            Self::ExternalEndpoint => "external_endpoint",
+        }
+    }
+}
+
+impl Peer {
+    /// A topic's node name: `channel@server`.
+    pub fn topic_name(name: &str, server: &str) -> String {
+        if server.is_empty() {
+            name.to_owned()
+        } else {
+            format!("{name}@{server}")
+        }
     }
 }

@@ -20,7 +20,7 @@ fn linear_chains_of_depth_0_to_10() {
         assert_eq!(a.depth, n - 1, "{n} services in a row");
         assert_eq!(a.chains.len(), 1);
         assert_eq!(a.closure.len(), n);
-        assert_eq!(a.entry.service, "s1");
+        assert_eq!(a.entry.as_ref().unwrap().service, "s1");
         assert_eq!(a.fan_out, usize::from(n > 1));
     }
 }
@@ -386,7 +386,7 @@ fn join_keys_stitch_the_two_ends_of_a_call() {
         assert_eq!(asm.stats.joined, 1);
         assert_eq!(asm.stats.unjoined, 0);
         let got = analyze(&traces[0]).unwrap();
-        assert_eq!(got.entry.service, "gateway");
+        assert_eq!(got.entry.as_ref().unwrap().service, "gateway");
         assert_eq!(got.depth, 2, "gateway -> orders -> pricing");
         assert_eq!(got.closure.len(), 3);
     }

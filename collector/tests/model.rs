@@ -36,7 +36,7 @@ fn ingest(model: &mut Model, root: &Node, n: u8) {
         .spans
         .iter()
         .filter(|s| s.is_entry())
-        .map(|s| (s.service.clone(), s.error))
+        .map(|s| (s.service.clone(), s.fault))
         .collect();
     model.ingest(&[n; 16], &a, &served, 42 + u64::from(n));
 }
@@ -72,7 +72,10 @@ fn deep_chain_new_once_and_not_after_a_restart() {
     {
         let mut m = Model::new(
             Baseline::open(&dir).unwrap(),
-            Thresholds::default(),
+            Thresholds {
+                learning_seconds: 0,
+                ..Thresholds::default()
+            },
             BTreeMap::new(),
         );
         ingest(&mut m, &checkout, 1);
@@ -106,6 +109,40 @@ fn deep_chain_new_once_and_not_after_a_restart() {
         "first seen before the restart, by trace 1"
     );
     assert_eq!(chain.example_trace, "01".repeat(16));
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+/// The chains of a collector's first minutes are learned, not new: only
+/// one that appears after the learning period is.
+#[test]
+fn chains_are_learned_before_they_are_new() {
+    let dir = data_dir("learning");
+    let mut m = Model::new(
+        Baseline::open(&dir).unwrap(),
+        Thresholds {
+            learning_seconds: 60,
+            ..Thresholds::default()
+        },
+        BTreeMap::new(),
+    );
+    let ingest_at = |m: &mut Model, root: &Node, n: u8, now_ns: u64| {
+        let mut b = Builder::new(n);
+        b.serve(None, SpanKind::Server, root, 1_000);
+        let a = analyze(&b.spans).unwrap();
+        m.ingest(&[n; 16], &a, &[], now_ns);
+    };
+    ingest_at(&mut m, &linear(3), 1, 1_000_000_000);
+    ingest_at(&mut m, &linear(4), 2, 30_000_000_000);
+    assert_eq!(m.new_chains, 0, "seen while learning");
+    ingest_at(&mut m, &linear(5), 3, 62_000_000_000);
+    assert_eq!(m.new_chains, 1, "seen after it");
+    let new: Vec<usize> = m
+        .chains
+        .values()
+        .filter(|c| c.new)
+        .map(|c| c.depth)
+        .collect();
+    assert_eq!(new, [4]);
     let _ = std::fs::remove_dir_all(dir);
 }
 
@@ -364,7 +401,7 @@ fn otlp_spans_by_semantic_conventions() {
         "an all-zero span id is rejected"
     );
     assert_eq!(spans[0].operation, "GET /orders/{id}");
-    assert!(spans[0].error && spans[0].kind == SpanKind::Server && spans[0].service == "orders");
+    assert!(spans[0].fault && spans[0].kind == SpanKind::Server && spans[0].service == "orders");
     assert_eq!(spans[1].operation, "UPDATE orders_db.addresses");
     assert_eq!(spans[1].tables, ["orders_db.addresses"]);
     assert!(spans[1].writes);

@@ -80,7 +80,10 @@ impl Builder {
             operation: op.into(),
             start_ns: at,
             end_ns: at + 1000,
-            error: false,
+            fault: false,
+            data_node: false,
+            housekeeping: false,
+            link_inferred: false,
             peer,
             tables: Vec::new(),
             writes: false,
@@ -93,7 +96,7 @@ impl Builder {
     /// The server span of `n` and everything below it.
     pub fn serve(&mut self, parent: Option<[u8; 8]>, kind: SpanKind, n: &Node, t: u64) -> [u8; 8] {
         let me = self.span(parent, &n.service, kind, &n.operation, Peer::Unknown, t);
-        self.spans.last_mut().unwrap().error = n.error;
+        self.spans.last_mut().unwrap().fault = n.error;
         // Work inside the service goes through an internal span.
         let work = self.span(
             Some(me),
@@ -118,7 +121,7 @@ impl Builder {
                         peer,
                         t,
                     );
-                    self.spans.last_mut().unwrap().error = callee.error;
+                    self.spans.last_mut().unwrap().fault = callee.error;
                     self.serve(Some(c), SpanKind::Server, callee, t + 1);
                 }
                 Call::Publish(callee) => {
