@@ -241,17 +241,25 @@ pub fn inspect(
 ) -> ProcessFacts {
     let proc = format!("/proc/{pid}");
     let executable_file = executable_file(pid);
-    let exe = executable_file.clone().unwrap_or_else(|| {
-        std::fs::read_to_string(format!("{proc}/comm"))
-            .map(|s| s.trim_end().to_owned())
-            .unwrap_or_else(|_| fallback.to_owned())
-    });
+    let comm = std::fs::read_to_string(format!("{proc}/comm"))
+        .map(|s| s.trim_end().to_owned())
+        .unwrap_or_else(|_| fallback.to_owned());
     let raw = std::fs::read(format!("{proc}/cmdline")).unwrap_or_default();
     let args: Vec<String> = raw
         .split(|&b| b == 0)
         .filter(|a| !a.is_empty())
         .map(|a| String::from_utf8_lossy(a).into_owned())
         .collect();
+    // The name it was started by, whole, when the (15-byte) comm agrees:
+    // `redis-server` is a link to `redis-check-rdb`, and its comm says so.
+    let argv0 = args
+        .first()
+        .map(|a| a.rsplit('/').next().unwrap_or(a))
+        .filter(|a| !comm.is_empty() && a.starts_with(comm.as_str()));
+    let exe = argv0
+        .map(str::to_owned)
+        .or_else(|| executable_file.clone())
+        .unwrap_or(comm);
     let cmdline = args.join(" ");
     let program = program_name(&exe, args.get(1..).unwrap_or_default());
     let otel_service_name = std::fs::read(format!("{proc}/environ"))

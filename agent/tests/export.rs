@@ -99,7 +99,8 @@ fn thread_rule_links_calls_to_their_request_under_concurrency() {
     }
     let otlp_port = free_port();
     let received = receiver(otlp_port);
-    let shop = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../demo/shop.py");
+    let shop =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/support/threaded_shop.py");
     let mut services = Vec::new();
     for s in ["inventory", "orders", "gateway"] {
         services.push(Proc::spawn_ready(

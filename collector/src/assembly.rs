@@ -181,8 +181,13 @@ impl Assembler {
             return;
         };
         let (client_trace, client_span, server_trace, server_span) = match (kind, other_kind) {
-            (SpanKind::Server, SpanKind::Client) => (other_trace, other_span, trace, span),
-            (SpanKind::Client, SpanKind::Server) => (trace, span, other_trace, other_span),
+            // A publish's other end is the broker's own span.
+            (SpanKind::Server, SpanKind::Client | SpanKind::Producer) => {
+                (other_trace, other_span, trace, span)
+            }
+            (SpanKind::Client | SpanKind::Producer, SpanKind::Server) => {
+                (trace, span, other_trace, other_span)
+            }
             _ => return,
         };
         let client_trace = *self.alias.get(&client_trace).unwrap_or(&client_trace);

@@ -362,7 +362,14 @@ pub fn analyze_to_depth(spans: &[Span], max_depth: usize) -> Option<TraceAnalysi
             root = k;
         }
     }
-    let has_entry = spans[root].is_entry();
+    // A delivered message is an entry only if it calls a service: a bare
+    // delivery is an async edge.
+    let has_entry = spans[root].is_entry()
+        && (spans[root].kind != crate::span::SpanKind::Consumer
+            || g.calls_of(root, &extra).iter().any(|&c| {
+                spans[c].is_sync_call()
+                    && !matches!(spans[c].peer, Peer::Database { .. } | Peer::Topic { .. })
+            }));
     let entry = Hop {
         service: spans[root].service.clone(),
         operation: spans[root].operation.clone(),

@@ -177,6 +177,12 @@ pub fn map_span(service: &str, s: &OtlpSpan) -> Option<Span> {
     } else if let Some(st) = &parsed {
         let tables = st.qualified_tables(namespace.as_deref(), true);
         sql::operation(&st.verb, &tables)
+    } else if db_system.as_deref() == Some("redis") {
+        // A command, not a statement: `redis GET`.
+        name(&["db.operation.name"]).map_or_else(
+            || words(&s.name),
+            |op| format!("redis {}", op.to_ascii_uppercase()),
+        )
     } else if db_system.is_some() {
         // A database call named by its statement: its verb and tables only.
         let st = sql::parse(&s.name, dialect);

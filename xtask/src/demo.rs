@@ -1,20 +1,34 @@
-//! `cargo xtask demo`: three services on loopback, calling each other for
-//! every request, watched by the agent, which exports what it sees to a
-//! collector; then the collector's map and coupling report.
+//! `cargo xtask demo`: the example system (`examples/shop/`: nine services
+//! in Python, Java and Node, a shared PostgreSQL, Redis as a cache and for
+//! pub/sub), watched by the agent, which exports to a collector; then the
+//! collector's map and coupling report. With `--check`, the map, chains,
+//! databases and findings are compared with the system's ground truth
+//! (`examples/shop/truth.json`): every true node, edge and finding, and
+//! nothing else.
+//!
+//! The traffic comes in three phases: the system as it is (the collector
+//! learns its chains), then `payments` starts calling `fraud` (a new
+//! synchronous chain), then `tax` fails (a cascading failure).
 
 use std::{
+    collections::{BTreeMap, BTreeSet},
     path::{Path, PathBuf},
     process::{Command, Stdio},
     time::{Duration, Instant},
 };
 
 use anyhow::{Context as _, bail};
+use serde_json::Value;
 
 use crate::util::{Child, build_agent, build_collector, is_root, root, wait_file, wait_port};
 
 /// The demo collector's ports (loopback only).
 const OTLP_GRPC: u16 = 14317;
 const API: u16 = 19464;
+/// Seconds the collector learns chains before it calls one new.
+const LEARNING_SECONDS: u64 = 10;
+/// The collector's trace window.
+const TRACE_WINDOW_MS: u64 = 3000;
 
 /// Where cgroup v2 is mounted (`/sys/fs/cgroup`, or `.../unified` on hybrid systems).
 fn cgroup2_root() -> Option<PathBuf> {
@@ -25,9 +39,7 @@ fn cgroup2_root() -> Option<PathBuf> {
     })
 }
 
-const SERVICES: &[(&str, u16)] = &[("gateway", 18080), ("orders", 18081), ("inventory", 18082)];
-
-/// A shell prefix that moves the shell into the demo cgroup, if there is one.
+/// A command run from a shell that first moves itself into the demo cgroup.
 fn in_cgroup(cgroup: Option<&Path>, cmd: &str) -> Command {
     let mut c = Command::new("sh");
     match cgroup {
@@ -40,40 +52,55 @@ fn in_cgroup(cgroup: Option<&Path>, cmd: &str) -> Command {
     c
 }
 
-pub fn run(duration: Duration) -> anyhow::Result<()> {
+/// What a run is for: show the findings, or check them against the truth.
+pub struct Options {
+    /// Release binaries (the demo) or those `cargo test` built (the check).
+    pub release: bool,
+    /// Requests per phase.
+    pub requests: u32,
+    pub concurrency: u32,
+    /// Compare with the ground truth; fail on any difference.
+    pub check: bool,
+}
+
+pub fn run(opts: &Options) -> anyhow::Result<()> {
     if !is_root() {
         bail!("the demo loads eBPF programs: run it as root (sudo -E cargo xtask demo)");
     }
-    let agent = build_agent()?;
-    let collector = build_collector()?;
+    // The shop's servers, runtimes and drivers (installed once).
+    crate::setup::debian_packages().context("installing the example shop's Debian packages")?;
+    crate::setup::python_packages().context("installing the example shop's Python drivers")?;
+    let (agent, collector) = if opts.release {
+        (build_agent()?, build_collector()?)
+    } else {
+        let d = root().join("target/debug");
+        (d.join("tangle-agent"), d.join("tangle-collector"))
+    };
     let dir = root().join("target/demo");
+    let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir)?;
     let ready = dir.join("ready");
-    let _ = std::fs::remove_file(&ready);
-    let log = dir.join("agent.jsonl");
-    let data = dir.join("collector-data");
-    let _ = std::fs::remove_dir_all(&data);
+    let config = dir.join("collector.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "data_dir = {:?}\ntrace_window_ms = {TRACE_WINDOW_MS}\n\
+             [thresholds]\nlearning_seconds = {LEARNING_SECONDS}\n\
+             [owners]\n# The shop's database belongs to orders: the others reach into it.\nshop = \"orders\"\n",
+            dir.join("collector-data")
+        ),
+    )?;
     eprintln!(
-        "demo: starting the collector (tangle-collector, OTLP on 127.0.0.1:{OTLP_GRPC}, API on 127.0.0.1:{API})"
+        "demo: starting the collector (OTLP on 127.0.0.1:{OTLP_GRPC}, API on 127.0.0.1:{API})"
     );
-    let collector_log = std::fs::File::create(dir.join("collector.log"))?;
     let _collector = Child::spawn(
         Command::new(&collector)
-            .arg("--data-dir")
-            .arg(&data)
-            .args([
-                "--otlp-grpc",
-                &format!("127.0.0.1:{OTLP_GRPC}"),
-                "--otlp-http",
-                "127.0.0.1:14318",
-            ])
-            .args([
-                "--http",
-                &format!("127.0.0.1:{API}"),
-                "--trace-window-ms",
-                "3000",
-            ])
-            .stderr(collector_log),
+            .arg("--config")
+            .arg(&config)
+            .args(["--otlp-grpc", &format!("127.0.0.1:{OTLP_GRPC}")])
+            .args(["--otlp-http", "127.0.0.1:14318"])
+            .args(["--http", &format!("127.0.0.1:{API}")])
+            .stderr(std::fs::File::create(dir.join("collector.log"))?),
     )?;
     wait_port(API, "the collector")?;
 
@@ -87,127 +114,408 @@ pub fn run(duration: Duration) -> anyhow::Result<()> {
     }
     let mut capture = Command::new(&agent);
     capture
-        .args([
-            "run",
-            "--json",
-            "--collector",
-            &format!("http://127.0.0.1:{OTLP_GRPC}"),
-            "--ready-file",
-        ])
+        .args(["run", "--json"])
+        .args(["--collector", &format!("http://127.0.0.1:{OTLP_GRPC}")])
+        .arg("--ready-file")
         .arg(&ready);
     if let Some(g) = &cgroup {
         capture.arg("--cgroup").arg(g);
     }
-    let out = std::fs::File::create(&log).with_context(|| format!("creating {}", log.display()))?;
+    let log = dir.join("agent.jsonl");
     eprintln!("demo: starting the agent (tangle-agent run)");
-    let mut agent_proc = Child::spawn(capture.stdout(out))?;
+    let mut agent_proc = Child::spawn(capture.stdout(std::fs::File::create(&log)?))?;
     wait_file(&ready, "the agent")?;
 
-    let shop = root().join("demo/shop.py");
-    let mut services = Vec::new();
-    for (name, port) in SERVICES {
-        let cmd = format!("python3 {} {name}", shop.display());
-        services.push(Child::spawn(
-            in_cgroup(cgroup.as_deref(), &cmd).stdout(Stdio::null()),
-        )?);
-        wait_port(*port, name)?;
-    }
-    eprintln!("demo: gateway, orders and inventory are up; sending requests for {duration:?}");
-    let started = Instant::now();
-    let mut sent = 0u32;
-    while started.elapsed() < duration {
-        sent += 1;
+    let shop_dir = dir.join("shop");
+    let examples = root().join("examples/shop");
+    eprintln!(
+        "demo: starting the shop (PostgreSQL, Redis and nine services: logs in {})",
+        shop_dir.join("logs").display()
+    );
+    let shop = spawn_shop(cgroup.as_deref(), &examples, &shop_dir)?;
+    let load = |what: &str, n: u32| -> anyhow::Result<Value> {
+        eprintln!("demo: {what}: {n} requests, {} at a time", opts.concurrency);
         let cmd = format!(
-            "curl -s -o /dev/null -w %{{http_code}} http://127.0.0.1:18080/checkout/{sent}"
+            "python3 {} --requests {n} --concurrency {} --progress",
+            examples.join("load.py").display(),
+            opts.concurrency
         );
         let out = in_cgroup(cgroup.as_deref(), &cmd)
+            .stderr(Stdio::inherit())
             .output()
-            .context("running curl")?;
-        eprintln!(
-            "demo: GET /checkout/{sent} -> {}",
-            String::from_utf8_lossy(&out.stdout)
-        );
-        std::thread::sleep(Duration::from_millis(500));
-    }
-    std::thread::sleep(Duration::from_millis(300));
+            .context("running load.py")?;
+        if !out.status.success() {
+            bail!("load.py failed: {}", String::from_utf8_lossy(&out.stdout));
+        }
+        Ok(serde_json::from_slice(&out.stdout).unwrap_or(Value::Null))
+    };
+    let started = Instant::now();
+    load(
+        "phase 1, the shop as it is (the collector learns its chains)",
+        opts.requests,
+    )?;
+    // The last traces close a trace window (plus the agent's hold of
+    // outbound calls) later; the learning period runs from the first.
+    let learned = Duration::from_secs(LEARNING_SECONDS + 2);
+    std::thread::sleep(learned.saturating_sub(started.elapsed()));
+    let healthy = fetch_json(&format!("127.0.0.1:{API}"), "/api/chains")?;
+    std::fs::write(shop_dir.join("fraud.on"), "")?;
+    load(
+        "phase 2, payments now calls fraud: a new synchronous chain",
+        opts.requests / 2,
+    )?;
+    std::fs::write(shop_dir.join("tax.fail"), "")?;
+    load(
+        "phase 3, tax fails: does the failure cascade?",
+        opts.requests / 2,
+    )?;
+    std::thread::sleep(Duration::from_millis(TRACE_WINDOW_MS + 3000));
     agent_proc.terminate();
-    drop(services);
+    drop(shop);
     if let Some(g) = &cgroup {
         let _ = std::fs::remove_dir(g);
     }
-    // Let the collector close the last traces' window (longer than the
-    // agent's hold of outbound calls: see tangle_agent::export::HOLD).
-    std::thread::sleep(Duration::from_millis(3500));
-    summarize(&log)?;
+    let api = |what: &str| fetch_json(&format!("127.0.0.1:{API}"), &format!("/api/{what}"));
+    let (graph, chains, databases, findings) = (
+        api("graph")?,
+        api("chains")?,
+        api("databases")?,
+        api("findings")?,
+    );
+    print_map(&graph);
     let report = Command::new(&collector)
         .args(["report", "--url", &format!("http://127.0.0.1:{API}")])
         .output()
         .context("running tangle-collector report")?;
     println!("\n{}", String::from_utf8_lossy(&report.stdout));
+    let stats = last_json_line(&log);
     println!(
-        "The services are thread-per-request: the agent links each call to the request its thread \
-         was serving (the thread rule), so the chains above are whole requests."
+        "The agent saw {} events ({} lost) and exported {} spans; its counters are in {}.",
+        stats["agent"]["events"],
+        stats["kernel"]["events_lost"],
+        stats["parsers"]["export"]["exported"],
+        log.display()
     );
+    if opts.check {
+        let truth: Value = serde_json::from_str(
+            &std::fs::read_to_string(examples.join("truth.json")).context("reading truth.json")?,
+        )?;
+        let problems = compare(&truth, &graph, &chains, &databases, &findings, &healthy);
+        let a = &graph["assembly"];
+        println!(
+            "check: {} server spans joined to their client span, {} keys left unjoined",
+            a["joined"], a["unjoined"]
+        );
+        if !problems.is_empty() {
+            bail!(
+                "the map differs from examples/shop/truth.json:\n  {}",
+                problems.join("\n  ")
+            );
+        }
+        println!("check: the map, chains, databases and findings equal examples/shop/truth.json");
+    }
     Ok(())
 }
 
-/// The collector's map: who called whom, with what, from `/api/graph`.
-fn summarize(agent_log: &Path) -> anyhow::Result<()> {
-    let graph = fetch_json(&format!("127.0.0.1:{API}"), "/api/graph")?;
-    let text = std::fs::read_to_string(agent_log).unwrap_or_default();
-    let stats: Option<serde_json::Value> = text
-        .lines()
-        .rev()
-        .find_map(|l| serde_json::from_str(l).ok());
-    let events = stats
-        .as_ref()
-        .map_or(0, |s| s["agent"]["events"].as_u64().unwrap_or(0));
-    let lost = stats
-        .as_ref()
-        .map_or(0, |s| s["kernel"]["events_lost"].as_u64().unwrap_or(0));
-    let exported = stats.as_ref().map_or(0, |s| {
-        s["parsers"]["export"]["exported"].as_u64().unwrap_or(0)
-    });
-    println!(
-        "\nThe agent saw {events} events ({lost} lost) and exported {exported} spans; the collector's map:\n"
+/// Starts the shop in the cgroup and waits for `shop: ready`.
+fn spawn_shop(cgroup: Option<&Path>, examples: &Path, dir: &Path) -> anyhow::Result<Child> {
+    let cmd = format!(
+        "python3 {} up --dir {}",
+        examples.join("shop.py").display(),
+        dir.display()
     );
-    println!(
-        "  {:<10} -> {:<10} {:>6} {:>7} {:>9}  protocols",
-        "caller", "callee", "calls", "errors", "avg (us)"
-    );
-    let edges = graph["edges"].as_array().cloned().unwrap_or_default();
-    for e in &edges {
-        let calls = e["calls"].as_u64().unwrap_or(0);
-        let sum = e["client_seconds"]["sum_seconds"].as_f64().unwrap_or(0.0);
+    let mut c = in_cgroup(cgroup, &cmd);
+    c.stdout(Stdio::piped());
+    let mut child = Child::spawn(&mut c)?;
+    let out = child.stdout().context("the shop's output")?;
+    let mut line = String::new();
+    let mut reader = std::io::BufReader::new(out);
+    let deadline = Instant::now() + Duration::from_secs(90);
+    while Instant::now() < deadline {
+        line.clear();
+        if std::io::BufRead::read_line(&mut reader, &mut line)? == 0 {
+            bail!("the shop did not start: see {}/logs", dir.display());
+        }
+        if line.contains("shop: ready") {
+            return Ok(child);
+        }
+    }
+    bail!("the shop did not start in 90 s: see {}/logs", dir.display())
+}
+
+/// The collector's map, by node kind and edge kind.
+fn print_map(graph: &Value) {
+    println!("\nThe collector's map:\n");
+    for n in graph["nodes"].as_array().into_iter().flatten() {
         println!(
-            "  {:<10} -> {:<10} {:>6} {:>7} {:>9.0}  {}",
-            e["client"].as_str().unwrap_or("?"),
-            e["server"].as_str().unwrap_or("?"),
-            calls,
-            e["failed"].as_u64().unwrap_or(0),
-            sum * 1e6 / calls.max(1) as f64,
-            e["protocols"]
-                .as_array()
-                .map(|p| p
-                    .iter()
-                    .filter_map(|v| v.as_str())
-                    .collect::<Vec<_>>()
-                    .join(","))
-                .unwrap_or_default()
+            "  {:<18} {}",
+            n["kind"].as_str().unwrap_or("?"),
+            n["name"].as_str().unwrap_or("?")
         );
     }
     println!(
-        "\nThe agent's counters are in {}; the collector's API is on http://127.0.0.1:{API}/api/ while it runs.",
-        agent_log.display()
+        "\n  {:<6} {:<30} -> {:<30} {:>6} {:>7} {:>6} {:>8}",
+        "kind", "from", "to", "calls", "faults", "exact", "inferred"
     );
-    if edges.is_empty() {
-        bail!("the collector saw no calls between the demo services");
+    for e in graph["edges"].as_array().into_iter().flatten() {
+        println!(
+            "  {:<6} {:<30} -> {:<30} {:>6} {:>7} {:>6} {:>8}",
+            e["kind"].as_str().unwrap_or("?"),
+            e["client"].as_str().unwrap_or("?"),
+            e["server"].as_str().unwrap_or("?"),
+            e["calls"],
+            e["failed"],
+            e["exact"],
+            e["inferred"],
+        );
     }
-    Ok(())
+}
+
+fn strings(v: &Value) -> BTreeSet<String> {
+    v.as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|s| s.as_str().map(str::to_owned))
+        .collect()
+}
+
+/// Where a set differs from the truth: what is missing and what is extra.
+fn diff<T: Ord + std::fmt::Debug>(
+    what: &str,
+    want: &BTreeSet<T>,
+    got: &BTreeSet<T>,
+    out: &mut Vec<String>,
+) {
+    for m in want.difference(got) {
+        out.push(format!("{what}: missing {m:?}"));
+    }
+    for x in got.difference(want) {
+        out.push(format!("{what}: not in the truth {x:?}"));
+    }
+}
+
+/// A finding as the truth names it: its kind and what it is about.
+fn finding_key(f: &Value) -> String {
+    let hop = |h: &Value| {
+        format!(
+            "{} {}",
+            h["service"].as_str().unwrap_or(""),
+            h["operation"].as_str().unwrap_or("")
+        )
+    };
+    let list = |v: &Value| strings(v).into_iter().collect::<Vec<_>>().join(",");
+    let kind = f["kind"].as_str().unwrap_or("?");
+    let about = match kind {
+        "new_sync_chain" => f["chain"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(hop)
+            .collect::<Vec<_>>()
+            .join(" -> "),
+        "deep_sync_chain" | "wide_closure" => hop(&f["entry"]),
+        "cycle" => f["services"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(Value::as_str)
+            .collect::<Vec<_>>()
+            .join(","),
+        "cascading_failure" | "chatty_edge" => format!(
+            "{} -> {}",
+            f["caller"].as_str().unwrap_or(""),
+            f["callee"].as_str().unwrap_or("")
+        ),
+        "shared_database" => format!(
+            "{} {}",
+            f["database"].as_str().unwrap_or(""),
+            list(&f["services"])
+        ),
+        "cross_service_access" => format!(
+            "{} {}",
+            f["database"].as_str().unwrap_or(""),
+            f["accessor"].as_str().unwrap_or("")
+        ),
+        "table_written_by_many" => format!(
+            "{} {}",
+            f["table"].as_str().unwrap_or(""),
+            list(&f["services"])
+        ),
+        _ => String::new(),
+    };
+    format!("{kind}: {about}")
+}
+
+/// Every difference between the collector's view and the truth.
+fn compare(
+    truth: &Value,
+    graph: &Value,
+    chains: &Value,
+    databases: &Value,
+    findings: &Value,
+    healthy: &Value,
+) -> Vec<String> {
+    let mut out = Vec::new();
+    let want_nodes: BTreeSet<(String, String)> = truth["nodes"]
+        .as_object()
+        .into_iter()
+        .flatten()
+        .map(|(n, k)| (n.clone(), k.as_str().unwrap_or("").to_owned()))
+        .collect();
+    let got_nodes: BTreeSet<(String, String)> = graph["nodes"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|n| {
+            (
+                n["name"].as_str().unwrap_or("").to_owned(),
+                n["kind"].as_str().unwrap_or("").to_owned(),
+            )
+        })
+        .collect();
+    diff("node", &want_nodes, &got_nodes, &mut out);
+    let triple = |e: &Value, a: &str, b: &str, c: &str| {
+        (
+            e[a].as_str().unwrap_or("").to_owned(),
+            e[b].as_str().unwrap_or("").to_owned(),
+            e[c].as_str().unwrap_or("").to_owned(),
+        )
+    };
+    let want_edges: BTreeSet<_> = truth["edges"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|e| {
+            (
+                e[0].as_str().unwrap_or("").to_owned(),
+                e[1].as_str().unwrap_or("").to_owned(),
+                e[2].as_str().unwrap_or("").to_owned(),
+            )
+        })
+        .collect();
+    let got_edges: BTreeSet<_> = graph["edges"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|e| triple(e, "kind", "client", "server"))
+        .collect();
+    diff("edge", &want_edges, &got_edges, &mut out);
+    // Entries: depth and closure.
+    let entry_name = |e: &Value| {
+        format!(
+            "{} {}",
+            e["service"].as_str().unwrap_or(""),
+            e["operation"].as_str().unwrap_or("")
+        )
+    };
+    let want_entries: BTreeMap<String, (u64, BTreeSet<String>)> = truth["entries"]
+        .as_object()
+        .into_iter()
+        .flatten()
+        .map(|(k, v)| {
+            (
+                k.clone(),
+                (v["depth"].as_u64().unwrap_or(0), strings(&v["closure"])),
+            )
+        })
+        .collect();
+    let got_entries: BTreeMap<String, (u64, BTreeSet<String>)> = chains["entries"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|e| {
+            (
+                entry_name(&e["entry"]),
+                (e["max_depth"].as_u64().unwrap_or(0), strings(&e["closure"])),
+            )
+        })
+        .collect();
+    diff(
+        "entry",
+        &want_entries
+            .iter()
+            .map(|(k, v)| format!("{k}: depth {}, closure {:?}", v.0, v.1))
+            .collect(),
+        &got_entries
+            .iter()
+            .map(|(k, v)| format!("{k}: depth {}, closure {:?}", v.0, v.1))
+            .collect(),
+        &mut out,
+    );
+    // Chains are service paths from an entry: none starts elsewhere.
+    for c in chains["chains"].as_array().into_iter().flatten() {
+        let entry = entry_name(&c["entry"]);
+        if !want_entries.contains_key(&entry) {
+            out.push(format!("chain from an entry not in the truth: {entry}"));
+        }
+    }
+    // Before anything failed: caller errors (404s, Redis refusing a
+    // handshake command) are not faults, so every entry's closure was up.
+    for e in healthy["entries"].as_array().into_iter().flatten() {
+        let a = e["availability"].as_f64();
+        if a != Some(1.0) {
+            out.push(format!(
+                "availability of {} before any fault: {a:?}, not 1",
+                entry_name(&e["entry"])
+            ));
+        }
+    }
+    let want_dbs: BTreeSet<String> = truth["databases"]
+        .as_object()
+        .into_iter()
+        .flatten()
+        .flat_map(|(db, acc)| {
+            acc.as_object()
+                .into_iter()
+                .flatten()
+                .map(move |(svc, tables)| format!("{db} {svc} {:?}", strings(tables)))
+        })
+        .collect();
+    let got_dbs: BTreeSet<String> = databases["databases"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .flat_map(|d| {
+            let db = d["database"].as_str().unwrap_or("").to_owned();
+            d["accessors"]
+                .as_object()
+                .into_iter()
+                .flatten()
+                .map(move |(svc, tables)| {
+                    let t: BTreeSet<String> = tables
+                        .as_object()
+                        .into_iter()
+                        .flatten()
+                        .map(|(t, _)| t.clone())
+                        .collect();
+                    format!("{db} {svc} {t:?}")
+                })
+        })
+        .collect();
+    diff("database access", &want_dbs, &got_dbs, &mut out);
+    let want_findings = strings(&truth["findings"]);
+    let got_findings: BTreeSet<String> = findings["findings"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(finding_key)
+        .collect();
+    diff("finding", &want_findings, &got_findings, &mut out);
+    out
+}
+
+/// The agent's last counters line.
+fn last_json_line(path: &Path) -> Value {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .rev()
+        .find_map(|l| serde_json::from_str(l).ok())
+        .unwrap_or(Value::Null)
 }
 
 /// A GET on loopback (no HTTP client crate for one call).
-fn fetch_json(addr: &str, path: &str) -> anyhow::Result<serde_json::Value> {
+fn fetch_json(addr: &str, path: &str) -> anyhow::Result<Value> {
     use std::io::{Read as _, Write as _};
     let mut s =
         std::net::TcpStream::connect(addr).with_context(|| format!("connecting to {addr}"))?;

@@ -30,11 +30,22 @@ enum Command {
     },
     /// Build the agent (and its embedded eBPF programs) in release mode.
     Build,
-    /// Run the local demo: three services on loopback, watched by the agent.
+    /// Run the local demo: the example shop (examples/shop: nine services,
+    /// PostgreSQL, Redis) watched by the agent, then the coupling report.
     Demo {
-        /// How long to generate traffic.
-        #[arg(long, default_value = "10s", value_parser = humantime_secs)]
-        duration: Duration,
+        /// Requests in the first phase (half as many in each of the others).
+        #[arg(long, default_value_t = 200)]
+        requests: u32,
+        /// Requests in flight at once.
+        #[arg(long, default_value_t = 10)]
+        concurrency: u32,
+        /// Compare the collector's map, chains, databases and findings with
+        /// examples/shop/truth.json, and fail on any difference.
+        #[arg(long)]
+        check: bool,
+        /// Runs, one after the other (with --check, all must agree with the truth).
+        #[arg(long, default_value_t = 1)]
+        runs: u32,
     },
     /// Run the test suite (eBPF tests need root; they say so when skipped).
     Test {
@@ -71,7 +82,25 @@ fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
         Command::Setup { test_deps } => setup::run(test_deps),
         Command::Build => util::build_agent().map(|_| ()),
-        Command::Demo { duration } => demo::run(duration),
+        Command::Demo {
+            requests,
+            concurrency,
+            check,
+            runs,
+        } => {
+            for run in 1..=runs {
+                if runs > 1 {
+                    eprintln!("demo: run {run} of {runs}");
+                }
+                demo::run(&demo::Options {
+                    release: true,
+                    requests,
+                    concurrency,
+                    check,
+                })?;
+            }
+            Ok(())
+        }
         Command::Test { args } => test(&args),
         Command::Bench {
             duration,
@@ -143,5 +172,32 @@ fn test(args: &[String]) -> anyhow::Result<()> {
     if !status.success() {
         anyhow::bail!("cargo test failed ({status})");
     }
+    if args.is_empty() {
+        shop_check()?;
+    }
+    Ok(())
+}
+
+/// The end-to-end test: the example shop, watched by the agent and the
+/// collector `cargo test` built, three runs in a row, each equal to its
+/// ground truth (and so to each other).
+fn shop_check() -> anyhow::Result<()> {
+    if let Some(reason) = util::ebpf_unavailable() {
+        println!("SKIPPED shop end-to-end check: {reason}");
+        return Ok(());
+    }
+    for (run, concurrency) in [(1, 10), (2, 50), (3, 50)] {
+        eprintln!(
+            "xtask: shop end-to-end check, run {run} of 3 ({concurrency} requests at a time)"
+        );
+        demo::run(&demo::Options {
+            release: false,
+            requests: 200,
+            concurrency,
+            check: true,
+        })
+        .with_context(|| format!("shop end-to-end check, run {run}"))?;
+    }
+    println!("tests: the shop end-to-end check passed 3 runs in a row");
     Ok(())
 }

@@ -30,6 +30,7 @@ const TEST_PACKAGES: &[(&str, &str)] = &[
     ("mariadb-server", "mariadbd"),
     ("mariadb-client", "mariadb"),
     ("nodejs", "node"),
+    ("default-jdk-headless", "java"),
     ("nftables", "nft"),
     ("openssl", "openssl"),
 ];
@@ -55,6 +56,7 @@ pub fn run(test_deps: bool) -> anyhow::Result<()> {
     run_step("bpf-linker", bpf_linker)?;
     if test_deps {
         run_step("Debian packages for tests", debian_packages)?;
+        run_step("Python drivers of the example shop", python_packages)?;
     }
     eprintln!("setup: done");
     Ok(())
@@ -151,7 +153,28 @@ fn bpf_linker() -> anyhow::Result<()> {
     Ok(())
 }
 
-fn debian_packages() -> anyhow::Result<()> {
+/// The PostgreSQL and Redis drivers the example shop's services use.
+pub fn python_packages() -> anyhow::Result<()> {
+    let present = Command::new("python3")
+        .args(["-c", "import psycopg, redis"])
+        .stderr(std::process::Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if present {
+        return Ok(());
+    }
+    eprintln!("setup: installing psycopg and redis from PyPI");
+    util::run(Command::new("python3").args([
+        "-m",
+        "pip",
+        "install",
+        "-q",
+        "psycopg[binary]",
+        "redis",
+    ]))
+}
+
+pub fn debian_packages() -> anyhow::Result<()> {
     let missing: Vec<&str> = TEST_PACKAGES
         .iter()
         .filter(|(_, bin)| which(bin).is_none())

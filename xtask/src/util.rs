@@ -92,6 +92,11 @@ impl Child {
         ))
     }
 
+    /// Its standard output, if it was piped (once).
+    pub fn stdout(&mut self) -> Option<std::process::ChildStdout> {
+        self.0.stdout.take()
+    }
+
     pub fn terminate(&mut self) {
         let _ = Command::new("kill")
             .arg("-TERM")
