@@ -57,10 +57,18 @@ static IGNORED_ENDPOINTS: HashMap<Endpoint, u8> = HashMap::with_max_entries(256,
 static FORKED: LruHashMap<u32, u32> = LruHashMap::with_max_entries(16384, 0);
 
 /// Connections a process closed whose socket may live on in a forked child
-/// (a pre-fork server closes its copy first), by the closing (tgid, fd). A
-/// child adopts one only if its own fd holds the same socket.
+/// (a pre-fork server closes its copy first), by `struct sock *`: a child
+/// adopts the one its own fd holds. Not by the parent's fd number, which
+/// the parent reuses at once: PostgreSQL's postmaster accepts the next
+/// connection on the same fd before the last child has read a byte.
 #[map]
-static INHERITABLE: LruHashMap<ConnKey, ConnInfo> = LruHashMap::with_max_entries(16384, 0);
+static INHERITABLE: LruHashMap<u64, ConnInfo> = LruHashMap::with_max_entries(16384, 0);
+
+/// (tgid, fd) numbers under which a process closed a tracked connection:
+/// a child's fd is looked at (the walk to its socket) only if its parent's
+/// same fd number held one, not on every file a forked process reads.
+#[map]
+static INHERITABLE_FDS: LruHashMap<ConnKey, u8> = LruHashMap::with_max_entries(16384, 0);
 
 /// Data syscalls between their enter and exit, by pid_tgid. LRU: a thread
 /// killed inside a syscall never reaches its exit.
@@ -323,8 +331,8 @@ fn track(fd: u32, role: Role) {
     if !insert_conn(&key, &info) {
         return;
     }
-    // The fd number is reused: what its last connection left is stale.
-    let _ = INHERITABLE.remove(&key);
+    // A socket at a freed one's address: what that one left is stale.
+    let _ = INHERITABLE.remove(&sk);
     let owner = SockOwner {
         key,
         conn_id: info.conn_id,
@@ -408,7 +416,8 @@ fn close_conn(key: &ConnKey, info: *const ConnInfo, reason: CloseReason) {
     let now = unsafe { bpf_ktime_get_ns() };
     emit_conn(EventKind::ConnClose, key, info, reason as u8, now);
     if reason == CloseReason::Syscall {
-        let _ = INHERITABLE.insert(key, info, 0);
+        let _ = INHERITABLE.insert(&info.sock, info, 0);
+        let _ = INHERITABLE_FDS.insert(key, &1, 0);
     }
     // The socket may have passed to a forked child: only drop our own claim.
     if let Some(owner) = SOCKS.get_ptr(&info.sock)
@@ -443,21 +452,24 @@ fn adopt(key: &ConnKey) -> bool {
         tgid: parent,
         fd: key.fd,
     };
-    // Cheap lookups first: only an fd the parent tracked is worth the walk.
+    // Cheap lookups first: only an fd number the parent tracked is worth the walk.
+    if CONNS.get_ptr(&parent_key).is_none() && INHERITABLE_FDS.get_ptr(&parent_key).is_none() {
+        return false;
+    }
+    let Some(cfg) = config() else { return false };
+    let Some(sock) = sock_of_fd(key.fd, &cfg.offsets) else {
+        return false;
+    };
     let pinfo = match CONNS.get_ptr(&parent_key) {
         // SAFETY: a valid map value pointer, copied at once.
-        Some(p) => unsafe { *p },
+        Some(p) if unsafe { (*p).sock } == sock => unsafe { *p },
         // The parent already closed its copy.
-        None => match INHERITABLE.get_ptr(&parent_key) {
+        _ => match INHERITABLE.get_ptr(&sock) {
             // SAFETY: as above.
             Some(p) => unsafe { *p },
             None => return false,
         },
     };
-    let Some(cfg) = config() else { return false };
-    if sock_of_fd(key.fd, &cfg.offsets) != Some(pinfo.sock) {
-        return false;
-    }
     // SAFETY: no arguments.
     let now = unsafe { bpf_ktime_get_ns() };
     let info = ConnInfo {

@@ -252,8 +252,11 @@ pub fn inspect(
         .collect();
     // The name it was started by, whole, when the (15-byte) comm agrees:
     // `redis-server` is a link to `redis-check-rdb`, and its comm says so.
+    // A process title (`postgres: shop shop 127.0.0.1(5000) idle`) is cut
+    // to the name it starts with.
     let argv0 = args
         .first()
+        .and_then(|a| a.split([' ', ':']).next())
         .map(|a| a.rsplit('/').next().unwrap_or(a))
         .filter(|a| !comm.is_empty() && a.starts_with(comm.as_str()));
     let exe = argv0

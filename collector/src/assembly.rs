@@ -32,6 +32,9 @@ pub struct AssemblyStats {
     pub joined: u64,
     /// Spans whose join key found no other end within the window.
     pub unjoined: u64,
+    /// Of those, the calls (client or producer spans): their callee's
+    /// agent is elsewhere, or its span was lost.
+    pub unjoined_calls: u64,
     /// Spans dropped because their trace already held the most a trace may.
     pub over_trace_limit: u64,
 }
@@ -269,11 +272,20 @@ impl Assembler {
             .collect();
         for key in &p.keys {
             // A key still pointing at this trace (or one merged into it) never met its other end.
-            if let Some((t, _, _)) = self.joins.remove(key)
+            if let Some((t, _, kind)) = self.joins.remove(key)
                 && members.contains(&t)
                 && !met.contains(key)
             {
                 self.stats.unjoined += 1;
+                if let Some(sp) = p.spans.iter().find(|s| s.join.as_ref() == Some(key)) {
+                    eprintln!(
+                        "UNJOINED {:?} {} {} {:?}",
+                        sp.kind, sp.service, sp.operation, sp.peer
+                    );
+                }
+                if kind != SpanKind::Server {
+                    self.stats.unjoined_calls += 1;
+                }
             }
         }
         for a in &p.aliases {

@@ -203,8 +203,10 @@ pub fn run(opts: &Options) -> anyhow::Result<()> {
         let problems = compare(&truth, &graph, &chains, &databases, &findings, &healthy);
         let a = &graph["assembly"];
         println!(
-            "check: {} server spans joined to their client span, {} keys left unjoined",
-            a["joined"], a["unjoined"]
+            "check: {} server spans joined to their client span; left unjoined: {} calls, {} served spans",
+            a["joined"],
+            a["unjoined_calls"],
+            a["unjoined"].as_u64().unwrap_or(0) - a["unjoined_calls"].as_u64().unwrap_or(0)
         );
         if !problems.is_empty() {
             bail!(
