@@ -282,10 +282,13 @@ pub fn span_for(conn: &Connection, e: &Exchange, clock_offset_ns: i128) -> Span 
     }
 }
 
-/// How long an outbound call waits for the inbound request it may belong to.
-pub const HOLD: Duration = Duration::from_secs(2);
-/// Outbound calls held at once, at most (past it the oldest go out unlinked).
-const MAX_HELD: usize = 4096;
+/// How long an outbound call waits for the inbound request it may belong
+/// to: longer than a slow request (a loaded service answers in seconds),
+/// shorter than the collector's trace window (8 s by default).
+pub const HOLD: Duration = Duration::from_secs(5);
+/// Outbound calls held at once, at most (past it the oldest go out
+/// unlinked): 500 requests in flight making 30 calls each.
+const MAX_HELD: usize = 16_384;
 
 struct Held {
     pid: u32,
@@ -463,7 +466,13 @@ impl Linker {
             if !all && h.held_at.elapsed() < HOLD && self.held.len() <= MAX_HELD {
                 break;
             }
-            if let Some(h) = self.held.pop_front() {
+            if let Some(mut h) = self.held.pop_front() {
+                // Made while its thread served a request that did not end
+                // in time: its parent is unknown, not absent.
+                h.out
+                    .span
+                    .attributes
+                    .push(kv(tangle_wire::LINK_LOST, Value::BoolValue(true)));
                 out.push(h.out);
             }
         }

@@ -37,6 +37,7 @@ fn trace(t: u64) -> Vec<Span> {
             data_node: false,
             housekeeping: false,
             link_inferred: false,
+            link_lost: false,
             peer,
             tables: Vec::new(),
             writes: false,

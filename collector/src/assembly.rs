@@ -337,6 +337,7 @@ mod tests {
             data_node: false,
             housekeeping: false,
             link_inferred: false,
+            link_lost: false,
             peer: Peer::Unknown,
             tables: Vec::new(),
             writes: false,

@@ -341,6 +341,9 @@ pub fn analyze_to_depth(spans: &[Span], max_depth: usize) -> Option<TraceAnalysi
     // A root that calls (a pure client, a job) is the caller of the entry,
     // not a hop: the entry is the service its call reached.
     let mut client_call = None;
+    // A call whose caller's request was lost: a true edge, inferred, and
+    // its callee's work is no entry (it is part of a request not seen whole).
+    let mut lost_call = None;
     if spans[root].is_sync_call() {
         let reached = g
             .kids(root, &extra)
@@ -349,7 +352,7 @@ pub fn analyze_to_depth(spans: &[Span], max_depth: usize) -> Option<TraceAnalysi
             .min_by_key(|&k| spans[k].start_ns);
         if let Some(k) = reached {
             let (c, e) = (&spans[root], &spans[k]);
-            client_call = Some(Call {
+            let call = Call {
                 caller: c.service.clone(),
                 callee: e.service.clone(),
                 caller_error: false,
@@ -357,14 +360,20 @@ pub fn analyze_to_depth(spans: &[Span], max_depth: usize) -> Option<TraceAnalysi
                 client_ns: c.end_ns.saturating_sub(c.start_ns),
                 server_ns: Some(e.end_ns.saturating_sub(e.start_ns)),
                 protocol: c.protocol.clone(),
-                inferred: false,
-            });
+                inferred: c.link_lost,
+            };
+            if c.link_lost {
+                lost_call = Some(call);
+            } else {
+                client_call = Some(call);
+            }
             root = k;
         }
     }
     // A delivered message is an entry only if it calls a service: a bare
     // delivery is an async edge.
-    let has_entry = spans[root].is_entry()
+    let has_entry = lost_call.is_none()
+        && spans[root].is_entry()
         && (spans[root].kind != crate::span::SpanKind::Consumer
             || g.calls_of(root, &extra).iter().any(|&c| {
                 spans[c].is_sync_call()
@@ -392,6 +401,7 @@ pub fn analyze_to_depth(spans: &[Span], max_depth: usize) -> Option<TraceAnalysi
         cut_chains: 0,
         folded: false,
     };
+    out.calls.extend(lost_call);
     let mut paths = Paths(Vec::new());
     let mut seen: std::collections::HashSet<String> = std::collections::HashSet::new();
     let start = paths.push(entry, None);

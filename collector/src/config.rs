@@ -177,7 +177,7 @@ impl Default for Config {
             otlp_http: ([0, 0, 0, 0], 4318).into(),
             http: ([0, 0, 0, 0], 9464).into(),
             data_dir: PathBuf::from("tangle-data"),
-            trace_window_ms: 5_000,
+            trace_window_ms: 8_000,
             max_spans_in_flight: 1_000_000,
             thresholds: Thresholds::default(),
             intake: IntakeLimits::default(),

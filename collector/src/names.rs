@@ -218,6 +218,7 @@ mod tests {
             data_node: false,
             housekeeping: false,
             link_inferred: false,
+            link_lost: false,
             peer,
             tables: Vec::new(),
             writes: false,

@@ -251,6 +251,7 @@ pub fn map_span(service: &str, s: &OtlpSpan) -> Option<Span> {
         data_node: kind == SpanKind::Server && (db_system.is_some() || destination.is_some()),
         housekeeping,
         link_inferred: attr(a, &[tangle_wire::LINK_INFERRED]).as_deref() == Some("true"),
+        link_lost: attr(a, &[tangle_wire::LINK_LOST]).as_deref() == Some("true"),
         peer,
         tables,
         writes,

@@ -68,6 +68,8 @@ pub struct Span {
     pub housekeeping: bool,
     /// Its parent link was a heuristic's (`tangle.link.inferred`).
     pub link_inferred: bool,
+    /// Made for a request of its caller, which one lost (`tangle.link.lost`).
+    pub link_lost: bool,
     /// For client and producer spans: what is called.
     pub peer: Peer,
     /// Tables a database call touches (qualified), with whether it writes.

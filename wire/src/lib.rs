@@ -48,6 +48,11 @@ pub const JOIN_SEQ: &str = "tangle.join.seq";
 pub const SYNC: &str = "tangle.sync";
 /// `true` when the parent link is a heuristic's.
 pub const LINK_INFERRED: &str = "tangle.link.inferred";
+/// `true` for a call made while its thread served a request, sent without
+/// a parent because that request did not end within the agent's hold:
+/// the call has a caller request, not known which. Its callee is not an
+/// entry, and it starts no chain.
+pub const LINK_LOST: &str = "tangle.link.lost";
 
 /// Two spans with equal keys are the two ends of one call.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]

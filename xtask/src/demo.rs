@@ -28,7 +28,7 @@ const API: u16 = 19464;
 /// Seconds the collector learns chains before it calls one new.
 const LEARNING_SECONDS: u64 = 10;
 /// The collector's trace window.
-const TRACE_WINDOW_MS: u64 = 3000;
+const TRACE_WINDOW_MS: u64 = 8000;
 
 /// Where cgroup v2 is mounted (`/sys/fs/cgroup`, or `.../unified` on hybrid systems).
 fn cgroup2_root() -> Option<PathBuf> {
@@ -221,7 +221,12 @@ pub fn run(opts: &Options) -> anyhow::Result<()> {
         if !out.status.success() {
             bail!("load.py failed: {}", String::from_utf8_lossy(&out.stdout));
         }
-        Ok(serde_json::from_slice(&out.stdout).unwrap_or(Value::Null))
+        let result: Value = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
+        eprintln!(
+            "demo: answers: {} ({} requests/s)",
+            result["counts"], result["rps"]
+        );
+        Ok(result)
     };
     let started = Instant::now();
     load(

@@ -84,6 +84,7 @@ impl Builder {
             data_node: false,
             housekeeping: false,
             link_inferred: false,
+            link_lost: false,
             peer,
             tables: Vec::new(),
             writes: false,
