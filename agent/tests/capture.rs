@@ -495,6 +495,49 @@ fn full_ring_buffer_counts_lost_events() {
     );
 }
 
+/// A pre-fork server that accepts the next connection on the same fd number
+/// before the last child has read a byte (PostgreSQL's postmaster under a
+/// burst of connections, as pools open theirs at once): every child's
+/// connection is its own, each with its own bytes. Adoption once went by
+/// the parent's fd number, and only the last child's was captured.
+#[test]
+fn forked_children_of_a_burst_of_connections() {
+    let name = "forked_children_of_a_burst_of_connections";
+    if require(name, &["python3"]).is_none() {
+        return;
+    }
+    let port = free_port();
+    let mut cap = Capture::start(options(port));
+    let server = Proc::spawn_ready(
+        python().args(["fork-serve-many", "127.0.0.1", &port.to_string(), "6"]),
+        "listening",
+    );
+    let ok = python()
+        .args(["ping-parallel", "127.0.0.1", &port.to_string(), "6"])
+        .status()
+        .unwrap();
+    assert!(ok.success());
+    // Six clients, six parent copies, six children.
+    assert!(
+        cap.until_closes(18, Duration::from_secs(15)),
+        "{:#?}",
+        cap.events()
+    );
+    let children: Vec<_> = cap
+        .opens()
+        .into_iter()
+        .filter(|c| c.role == Role::Server && c.pid != server.pid())
+        .cloned()
+        .collect();
+    assert_eq!(children.len(), 6, "every child's connection: {children:#?}");
+    let remotes: std::collections::BTreeSet<_> = children.iter().map(|c| c.remote).collect();
+    assert_eq!(remotes.len(), 6, "each child has its own client");
+    for c in &children {
+        assert_eq!(cap.stream(c.conn_id, Direction::Ingress), b"ping");
+        assert_eq!(cap.stream(c.conn_id, Direction::Egress), b"pong");
+    }
+}
+
 /// Pre-fork servers (PostgreSQL, Apache) accept in one process and serve
 /// the connection in a forked child: the child's transfers are captured, as
 /// the child's own connection.

@@ -512,3 +512,394 @@ fn the_coupling_report_shows_each_symptom_with_its_evidence() {
     assert!(empty.contains("No distributed-monolith symptom found"));
     let _ = std::fs::remove_dir_all(dir);
 }
+
+/// One OTLP span as the agent writes it: `attrs` are (key, value) pairs,
+/// numbers written as such.
+#[allow(clippy::too_many_arguments)]
+fn agent_span(
+    trace: u8,
+    id: u8,
+    parent: Option<u8>,
+    kind: i32,
+    name: &str,
+    attrs: &[(&str, &str)],
+    failed: bool,
+) -> OtlpSpan {
+    OtlpSpan {
+        trace_id: vec![trace; 16],
+        span_id: vec![id; 8],
+        parent_span_id: parent.map(|p| vec![p; 8]).unwrap_or_default(),
+        name: name.into(),
+        kind,
+        start_time_unix_nano: 1_000 + u64::from(id),
+        end_time_unix_nano: 2_000 - u64::from(id),
+        attributes: attrs
+            .iter()
+            .map(|(k, v)| match v.parse::<i64>() {
+                Ok(n) if *k != "tangle.join.client" => kv(k, Value::IntValue(n)),
+                _ => kv(k, s(v)),
+            })
+            .collect(),
+        status: failed.then(|| Status {
+            code: StatusCode::Error as i32,
+            ..Status::default()
+        }),
+        ..OtlpSpan::default()
+    }
+}
+
+fn resource(service: &str, spans: Vec<OtlpSpan>) -> ResourceSpans {
+    ResourceSpans {
+        resource: Some(Resource {
+            attributes: vec![kv("service.name", s(service))],
+            ..Resource::default()
+        }),
+        scope_spans: vec![ScopeSpans {
+            spans,
+            ..ScopeSpans::default()
+        }],
+        ..ResourceSpans::default()
+    }
+}
+
+/// Spans as agents on one node send them, each process's in a trace of its
+/// own, joined by their keys: a script calls the gateway, which calls
+/// users (a Java dual-stack socket: its key says `::ffff:`), PostgreSQL
+/// and Redis (a handshake Redis refuses among them); users answers 404;
+/// PostgreSQL's and Redis's own server spans; orders publishes on a
+/// channel, notifier gets the message. What must be there is, and nothing
+/// else: no curl-like hop, no database as a service, no handshake, no
+/// fault from a caller's error, no shared database for a channel.
+#[test]
+fn a_node_is_of_its_kind_and_housekeeping_is_nothing() {
+    const SERVER: i32 = 2;
+    const CLIENT: i32 = 3;
+    const PRODUCER: i32 = 4;
+    const CONSUMER: i32 = 5;
+    let key =
+        |c: &'static str, n: &'static str| [("tangle.join.client", c), ("tangle.join.seq", n)];
+    let with = |a: &[(&'static str, &'static str)], b: &[(&'static str, &'static str)]| {
+        a.iter().chain(b).copied().collect::<Vec<_>>()
+    };
+    let http = [("http.request.method", "GET"), ("url.path", "/dashboard/7")];
+    let users = [("http.request.method", "GET"), ("url.path", "/users/7")];
+    let pg = [
+        ("db.system.name", "postgresql"),
+        ("db.namespace", "shop"),
+        ("db.query.text", "SELECT name FROM users WHERE id = ?"),
+        ("server.address", "127.0.0.1"),
+        ("server.port", "5432"),
+    ];
+    let redis = |op: &'static str| {
+        [
+            ("db.system.name", "redis"),
+            ("db.operation.name", op),
+            ("server.address", "127.0.0.1"),
+            ("server.port", "6379"),
+        ]
+    };
+    let channel = [
+        ("messaging.system", "redis"),
+        ("messaging.destination.name", "orders"),
+        ("server.address", "127.0.0.1"),
+        ("server.port", "6379"),
+    ];
+    let req = ExportTraceServiceRequest {
+        resource_spans: vec![
+            resource(
+                "load",
+                vec![agent_span(
+                    1,
+                    1,
+                    None,
+                    CLIENT,
+                    "GET /dashboard/{id}",
+                    &with(
+                        &key("127.0.0.1:40000", "100"),
+                        &with(&http, &[("tangle.outcome", "ok")]),
+                    ),
+                    false,
+                )],
+            ),
+            resource(
+                "gateway",
+                vec![
+                    agent_span(
+                        2,
+                        2,
+                        None,
+                        SERVER,
+                        "GET /dashboard/{id}",
+                        &with(
+                            &key("127.0.0.1:40000", "100"),
+                            &with(&http, &[("http.response.status_code", "200")]),
+                        ),
+                        false,
+                    ),
+                    agent_span(
+                        2,
+                        3,
+                        Some(2),
+                        CLIENT,
+                        "GET /users/{id}",
+                        &with(
+                            &key("127.0.0.1:40001", "7"),
+                            &with(
+                                &users,
+                                &[
+                                    ("tangle.outcome", "error"),
+                                    ("http.response.status_code", "404"),
+                                ],
+                            ),
+                        ),
+                        true,
+                    ),
+                    agent_span(
+                        2,
+                        4,
+                        Some(2),
+                        CLIENT,
+                        "SELECT",
+                        &with(&key("127.0.0.1:40002", "9"), &pg),
+                        false,
+                    ),
+                    agent_span(
+                        2,
+                        5,
+                        Some(2),
+                        CLIENT,
+                        "redis HELLO",
+                        &with(&key("127.0.0.1:40003", "1"), &redis("HELLO")),
+                        false,
+                    ),
+                    agent_span(
+                        2,
+                        6,
+                        Some(2),
+                        CLIENT,
+                        "redis CLIENT SETINFO",
+                        &with(
+                            &key("127.0.0.1:40003", "20"),
+                            &with(&redis("CLIENT SETINFO"), &[("tangle.outcome", "error")]),
+                        ),
+                        true,
+                    ),
+                    agent_span(
+                        2,
+                        7,
+                        Some(2),
+                        CLIENT,
+                        "redis GET",
+                        &with(&key("127.0.0.1:40003", "40"), &redis("GET")),
+                        false,
+                    ),
+                ],
+            ),
+            resource(
+                "users",
+                vec![agent_span(
+                    3,
+                    8,
+                    None,
+                    SERVER,
+                    "GET /users/{id}",
+                    &with(
+                        &key("[::ffff:127.0.0.1]:40001", "7"),
+                        &with(
+                            &users,
+                            &[
+                                ("tangle.outcome", "error"),
+                                ("http.response.status_code", "404"),
+                            ],
+                        ),
+                    ),
+                    false,
+                )],
+            ),
+            resource(
+                "postgres",
+                vec![agent_span(
+                    4,
+                    9,
+                    None,
+                    SERVER,
+                    "SELECT",
+                    &with(&key("127.0.0.1:40002", "9"), &pg),
+                    false,
+                )],
+            ),
+            resource(
+                "redis-server",
+                vec![
+                    agent_span(
+                        5,
+                        10,
+                        None,
+                        SERVER,
+                        "redis HELLO",
+                        &with(&key("127.0.0.1:40003", "1"), &redis("HELLO")),
+                        false,
+                    ),
+                    agent_span(
+                        5,
+                        11,
+                        None,
+                        SERVER,
+                        "redis GET",
+                        &with(&key("127.0.0.1:40003", "40"), &redis("GET")),
+                        false,
+                    ),
+                    agent_span(
+                        5,
+                        14,
+                        None,
+                        SERVER,
+                        "redis CLIENT SETINFO",
+                        &with(
+                            &key("127.0.0.1:40003", "20"),
+                            &with(&redis("CLIENT SETINFO"), &[("tangle.outcome", "error")]),
+                        ),
+                        true,
+                    ),
+                ],
+            ),
+            resource(
+                "orders",
+                vec![agent_span(
+                    6,
+                    12,
+                    None,
+                    PRODUCER,
+                    "redis PUBLISH",
+                    &channel,
+                    false,
+                )],
+            ),
+            resource(
+                "notifier",
+                vec![agent_span(
+                    7,
+                    13,
+                    None,
+                    CONSUMER,
+                    "redis PUSH message",
+                    &channel,
+                    false,
+                )],
+            ),
+        ],
+    };
+    let spans = map_request(&req, &mut MappingStats::default(), 128);
+    let mut asm = tangle_collector::assembly::Assembler::new(1_000, 1_000_000);
+    for span in spans {
+        asm.add(span, 0);
+    }
+    let traces = asm.flush_all();
+    assert_eq!(
+        (asm.stats.joined, asm.stats.unjoined),
+        (6, 0),
+        "{:?}",
+        asm.stats
+    );
+    let dir = data_dir("kinds");
+    let mut m = Model::new(
+        Baseline::open(&dir).unwrap(),
+        Thresholds::default(),
+        BTreeMap::new(),
+    );
+    for (n, t) in traces.iter().enumerate() {
+        let Some(a) = analyze(t) else { continue };
+        let served: Vec<(String, bool)> = t
+            .iter()
+            .filter(|s| s.is_entry() && a.closure.contains(&s.service))
+            .map(|s| (s.service.clone(), s.fault))
+            .collect();
+        m.ingest(&[n as u8; 16], &a, &served, 1);
+    }
+    let nodes: Vec<(String, &str)> = m
+        .nodes()
+        .into_iter()
+        .map(|(n, k)| (n, k.as_str()))
+        .collect();
+    assert_eq!(
+        nodes,
+        [
+            ("127.0.0.1:5432/shop", "database"),
+            ("127.0.0.1:6379", "cache"),
+            ("gateway", "service"),
+            ("load", "external_client"),
+            ("notifier", "service"),
+            ("orders", "external_client"),
+            ("orders@127.0.0.1:6379", "topic"),
+            ("users", "service"),
+        ]
+        .map(|(n, k)| (n.to_owned(), k))
+    );
+    let keys = |e: &BTreeMap<(String, String), tangle_collector::model::EdgeStats>| {
+        e.keys()
+            .map(|(a, b)| format!("{a} -> {b}"))
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(keys(&m.client_edges), ["load -> gateway"]);
+    assert_eq!(keys(&m.edges), ["gateway -> users"]);
+    assert_eq!(
+        keys(&m.db_edges),
+        [
+            "gateway -> 127.0.0.1:5432/shop",
+            "gateway -> 127.0.0.1:6379"
+        ]
+    );
+    assert_eq!(
+        keys(&m.async_edges),
+        [
+            "orders -> orders@127.0.0.1:6379",
+            "orders@127.0.0.1:6379 -> notifier"
+        ]
+    );
+    let e = &m.edges[&("gateway".to_owned(), "users".to_owned())];
+    assert_eq!(
+        (e.calls, e.callee_failures, e.exact, e.inferred),
+        (1, 0, 1, 0),
+        "a 404 is no fault"
+    );
+    // The entries: gateway's request, and users' only as gateway's callee.
+    let entries: Vec<String> = m
+        .entries
+        .keys()
+        .map(|h| format!("{} {}", h.service, h.operation))
+        .collect();
+    assert_eq!(entries, ["gateway GET /dashboard/{id}"]);
+    let chains: Vec<usize> = m.chains.values().map(|c| c.depth).collect();
+    assert_eq!(
+        chains,
+        [1],
+        "gateway -> users, and no chain of a statement or a command"
+    );
+    assert_eq!(
+        m.availability(&m.entries.values().next().unwrap().closure),
+        Some(1.0)
+    );
+    let tables: Vec<String> = m
+        .databases
+        .iter()
+        .map(|(db, users)| {
+            format!(
+                "{} {:?}",
+                db.name(),
+                users
+                    .iter()
+                    .map(|(s, t)| (s, t.keys().collect::<Vec<_>>()))
+                    .collect::<Vec<_>>()
+            )
+        })
+        .collect();
+    assert_eq!(
+        tables,
+        [
+            r#"127.0.0.1:5432/shop [("gateway", ["shop.users"])]"#,
+            r#"127.0.0.1:6379 [("gateway", [])]"#,
+        ]
+    );
+    assert!(m.findings().is_empty(), "{:?}", m.findings());
+    let _ = std::fs::remove_dir_all(dir);
+}
