@@ -470,6 +470,14 @@ fn adopt(key: &ConnKey) -> bool {
             None => return false,
         },
     };
+    // The same connection, not a socket at a freed one's address.
+    match tcp_addrs(sock, &cfg.offsets) {
+        Some(a)
+            if a.local_port == pinfo.addrs.local_port
+                && a.remote_port == pinfo.addrs.remote_port
+                && a.family == pinfo.addrs.family => {}
+        _ => return false,
+    }
     // SAFETY: no arguments.
     let now = unsafe { bpf_ktime_get_ns() };
     let info = ConnInfo {
@@ -560,6 +568,9 @@ pub fn sock_set_state(ctx: TracePointContext) -> u32 {
     let Some(sk) = arg::<u64>(&ctx, 8) else {
         return 0;
     };
+    // The socket is gone: a child can no longer inherit it, and its memory
+    // may soon hold another socket.
+    let _ = INHERITABLE.remove(&sk);
     let Some(owner) = SOCKS.get_ptr(&sk) else {
         return 0;
     };

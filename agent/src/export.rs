@@ -5,13 +5,13 @@
 //! Each exchange is one span: CLIENT for the process that made the call,
 //! SERVER for the one that served it, with OpenTelemetry semantic-convention
 //! attributes and the join key (`tangle_wire`) that lets the collector put
-//! the two ends of one call together. Causal links between an inbound
-//! request and the calls made for it are not made yet: each span starts its
-//! own trace, unless the thread rule links it: an outbound call made by the
-//! thread that is serving an inbound request, between the request's start
-//! and the response's end, belongs to it (thread-per-request servers). Such
-//! calls are held until the request they may belong to completes (at most
-//! [`HOLD`]).
+//! the two ends of one call together. An outbound call is linked to the
+//! inbound request it serves by propagated context (`traceparent`, B3) or
+//! by the thread rule: a call made by the thread that is serving an inbound
+//! request, between the request's start and the response's end, belongs to
+//! it (thread-per-request servers). Such calls are held until the request
+//! they may belong to completes (at most [`HOLD`]; past it they go out
+//! marked `tangle.link.lost`); any other span starts its own trace.
 
 use std::{
     sync::{
@@ -289,6 +289,9 @@ pub const HOLD: Duration = Duration::from_secs(5);
 /// Outbound calls held at once, at most (past it the oldest go out
 /// unlinked): 500 requests in flight making 30 calls each.
 const MAX_HELD: usize = 16_384;
+/// Outbound calls one process may have held: one that serves a request it
+/// never answers while it calls out cannot push the others' calls out.
+const MAX_HELD_PER_PROCESS: usize = MAX_HELD / 4;
 
 struct Held {
     pid: u32,
@@ -299,6 +302,16 @@ struct Held {
     end_ns: u64,
     held_at: std::time::Instant,
     out: Outgoing,
+}
+
+/// One call of `pid`'s no longer held.
+fn release(held_by: &mut std::collections::HashMap<u32, usize>, pid: u32) {
+    if let Some(n) = held_by.get_mut(&pid) {
+        *n -= 1;
+        if *n == 0 {
+            held_by.remove(&pid);
+        }
+    }
 }
 
 /// Links outbound calls to the inbound request their thread was serving.
@@ -320,6 +333,8 @@ pub struct Linker {
     reader_of: std::collections::HashMap<u64, (u32, u32)>,
     /// Per pid: entries in `reading`, i.e. requests it is serving now.
     serving: std::collections::HashMap<u32, usize>,
+    /// Per pid: its calls in `held`.
+    held_by: std::collections::HashMap<u32, usize>,
 }
 
 impl Linker {
@@ -393,6 +408,18 @@ impl Linker {
                 ready.extend(self.expired(false));
                 return ready;
             }
+            let mine = self.held_by.entry(conn.pid).or_default();
+            if *mine >= MAX_HELD_PER_PROCESS {
+                // Past its share: this call goes out now, its link lost.
+                let mut o = out(span);
+                o.span
+                    .attributes
+                    .push(kv(tangle_wire::LINK_LOST, Value::BoolValue(true)));
+                let mut ready = vec![o];
+                ready.extend(self.expired(false));
+                return ready;
+            }
+            *mine += 1;
             self.held.push_back(Held {
                 pid: conn.pid,
                 tid,
@@ -446,6 +473,7 @@ impl Linker {
                     identity: h.out.identity.clone(),
                     span: std::mem::take(&mut h.out.span),
                 });
+                release(&mut self.held_by, h.pid);
             }
             !mine
         });
@@ -467,6 +495,7 @@ impl Linker {
                 break;
             }
             if let Some(mut h) = self.held.pop_front() {
+                release(&mut self.held_by, h.pid);
                 // Made while its thread served a request that did not end
                 // in time: its parent is unknown, not absent.
                 h.out
@@ -1144,6 +1173,59 @@ mod tests {
             !inferred(&out_a[1].span) && !inferred(&out_b[1].span),
             "context links are exact"
         );
+    }
+
+    /// A process that serves a request it never answers while it calls
+    /// out holds its share of calls, no more: others' calls are still held.
+    #[test]
+    fn one_process_cannot_push_out_the_others_held_calls() {
+        let mut l = Linker::default();
+        let server = conn(Role::Server, 8080);
+        let client = conn(Role::Client, 40000);
+        l.inbound_read(&server, 1);
+        for i in 0..MAX_HELD_PER_PROCESS as u64 {
+            let out = l.exchange(
+                &client,
+                1,
+                &ex(20 + i, 30 + i),
+                span_for(&client, &ex(20, 30), 0),
+            );
+            assert!(out.is_empty(), "held");
+        }
+        let out = l.exchange(&client, 1, &ex(20, 30), span_for(&client, &ex(20, 30), 0));
+        assert_eq!(out.len(), 1, "past its share: out at once");
+        assert!(
+            out[0]
+                .span
+                .attributes
+                .iter()
+                .any(|kv| kv.key == tangle_wire::LINK_LOST)
+        );
+        // Another process's call is held as ever.
+        let (mut other_server, mut other_client) =
+            (conn(Role::Server, 8081), conn(Role::Client, 40001));
+        other_server.pid = 8;
+        other_client.pid = 8;
+        l.inbound_read(&other_server, 2);
+        assert!(
+            l.exchange(
+                &other_client,
+                2,
+                &ex(20, 30),
+                span_for(&other_client, &ex(20, 30), 0)
+            )
+            .is_empty()
+        );
+        // Its request ends: its call is its child, and the count goes down.
+        let out = l.exchange(
+            &other_server,
+            2,
+            &ex(10, 100),
+            span_for(&other_server, &ex(10, 100), 0),
+        );
+        assert_eq!(out.len(), 2);
+        assert_eq!(l.held_by.get(&8), None);
+        assert_eq!(l.held_by.get(&7), Some(&MAX_HELD_PER_PROCESS));
     }
 
     #[test]

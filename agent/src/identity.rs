@@ -323,18 +323,40 @@ pub fn program_name(exe: &str, args: &[String]) -> String {
                     )
             })
             .map_or(file, |(s, _)| s);
+        // A release in the name (`ledger-1.4.2`) is not part of it: the
+        // name stays the same from one deploy to the next.
+        let file = file
+            .match_indices('-')
+            .find(|(i, _)| file.as_bytes().get(i + 1).is_some_and(u8::is_ascii_digit))
+            .map_or(file, |(i, _)| file.get(..i).unwrap_or(file));
         file.to_owned()
     };
     let mut it = args.iter();
     while let Some(a) = it.next() {
         match a.as_str() {
-            // Code on the command line: nothing names it but the interpreter.
-            "-c" | "-e" | "--eval" => return exe.to_owned(),
+            // Code on the command line (or on stdin): nothing names it but
+            // the interpreter, and the code itself may hold a secret.
+            "-c" | "-e" | "--eval" | "-p" | "--print" | "-" => return exe.to_owned(),
+            // `deno run app.ts`, `bun run app.js`.
+            "run" if exe.starts_with("deno") || exe.starts_with("bun") => {}
             "-m" | "-jar" => return it.next().map_or_else(|| exe.to_owned(), |m| stem(m)),
             v if VALUED.contains(&v) => {
                 it.next();
             }
+            // Short options run together (`-uc CODE`, `-lne CODE`); Java
+            // has no code options, and its `-Dconfig=...` would look like one.
+            v if !exe.starts_with("java")
+                && !v.starts_with("--")
+                && v.starts_with('-')
+                && v.len() > 2
+                && v.contains(['c', 'e']) =>
+            {
+                return exe.to_owned();
+            }
+
             v if v.starts_with('-') => {}
+            // The value of an option not known to take one.
+            v if v.bytes().all(|b| b.is_ascii_digit()) => {}
             // A Java main class: its simple name.
             v if exe.starts_with("java") && !v.ends_with(".java") && !v.contains('/') => {
                 return v.rsplit('.').next().unwrap_or(v).to_owned();
@@ -735,6 +757,25 @@ mod tests {
             "tangle-collector"
         );
         assert_eq!(program_name("nodejs", &[]), "nodejs");
+        // Code on the command line is never a name: it may hold a secret.
+        assert_eq!(
+            program_name("python3", &args(&["-uc", "pw='x'"])),
+            "python3"
+        );
+        assert_eq!(program_name("perl", &args(&["-lne", "print"])), "perl");
+        assert_eq!(program_name("python3", &args(&["-", "SECRET"])), "python3");
+        assert_eq!(
+            program_name("java", &args(&["-jar", "app-1.2.3.jar"])),
+            "app"
+        );
+        assert_eq!(program_name("deno", &args(&["run", "server.ts"])), "server");
+        assert_eq!(
+            program_name(
+                "node",
+                &args(&["--max-http-header-size", "16384", "app.js"])
+            ),
+            "app"
+        );
         // Not an interpreter, though its name starts like one.
         assert_eq!(
             program_name("python-ish-server", &args(&["a.py"])),

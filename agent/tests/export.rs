@@ -85,8 +85,8 @@ fn exchanges_exported_with_join_keys_after_the_collector_comes_back() {
     let _ = std::fs::remove_file(&ready);
 }
 
-/// The thread rule on a thread-per-request service (the demo's shop:
-/// gateway -> orders -> inventory, each a Python ThreadingHTTPServer) under
+/// The thread rule on thread-per-request services (gateway -> orders ->
+/// inventory, each a Python ThreadingHTTPServer: support/threaded_shop.py) under
 /// 60 concurrent requests: every outbound call is the child of the request
 /// its thread was serving, with zero mislinks (a child's item id is its
 /// parent's).

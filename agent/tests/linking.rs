@@ -96,7 +96,9 @@ fn thread_per_request_calls_and_queries_link_to_their_request() {
         Command::new("python3")
             .arg("-u")
             .arg(&services)
-            .args(["back", &back_port.to_string()]),
+            .args(["back", &back_port.to_string()])
+            // One script, two roles: each says which service it is.
+            .env("OTEL_SERVICE_NAME", "back"),
         "listening",
     );
     let _front = Proc::spawn_ready(
@@ -109,7 +111,8 @@ fn thread_per_request_calls_and_queries_link_to_their_request() {
                 &back_port.to_string(),
                 &pg.port.to_string(),
             ])
-            .env("TANGLE_TEST_PG_PASSWORD", password),
+            .env("TANGLE_TEST_PG_PASSWORD", password)
+            .env("OTEL_SERVICE_NAME", "front"),
         "listening",
     );
     let (agent, ready) = run_agent(otlp_port, &["--duration", "20s"]);

@@ -277,12 +277,6 @@ impl Assembler {
                 && !met.contains(key)
             {
                 self.stats.unjoined += 1;
-                if let Some(sp) = p.spans.iter().find(|s| s.join.as_ref() == Some(key)) {
-                    eprintln!(
-                        "UNJOINED {:?} {} {} {:?}",
-                        sp.kind, sp.service, sp.operation, sp.peer
-                    );
-                }
                 if kind != SpanKind::Server {
                     self.stats.unjoined_calls += 1;
                 }

@@ -1,6 +1,6 @@
 //! Synchronous call chains in one trace: the service hops from the entry
 //! operation to each leaf, their depth, the services that must all be up
-//! (the closure), fan-out, cycles, error propagation and database access.
+//! (the closure), fan-out, cycles, fault propagation and database access.
 //!
 //! Structure comes from parent links only, never from timestamps, so clock
 //! skew between nodes cannot bend a chain. A span whose parent is missing

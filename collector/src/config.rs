@@ -45,7 +45,9 @@ pub struct Config {
     pub http: SocketAddr,
     /// The folder of the baseline of known chains.
     pub data_dir: PathBuf,
-    /// How long a trace waits for more spans after its last one, in milliseconds.
+    /// How long a trace waits for more spans after its last one, in
+    /// milliseconds. Longer than the agent's hold of outbound calls for
+    /// their request (5 s), or a call held that long misses its callee.
     pub trace_window_ms: u64,
     /// Spans held while their traces are assembled, at most; past it the
     /// oldest traces are closed early (`tangle_traces_evicted_total`).

@@ -384,7 +384,14 @@ pub fn render(state: &State) -> String {
         .edges
         .iter()
         .map(|(k, e)| (k, e, ""))
-        .chain(model.client_edges.iter().map(|(k, e)| (k, e, "")))
+        // A pure client to the service it calls: Tempo's name for an edge
+        // from a node outside the traced services.
+        .chain(
+            model
+                .client_edges
+                .iter()
+                .map(|(k, e)| (k, e, "virtual_node")),
+        )
         .chain(model.db_edges.iter().map(|(k, e)| (k, e, "database")))
         .chain(
             model
@@ -410,11 +417,16 @@ pub fn render(state: &State) -> String {
         "counter",
         "Calls on each edge by how they were linked to the caller's request: exact (propagated context, the thread rule, the wire join) or inferred (a heuristic).",
     );
-    for ((c, s), e, _) in &graph {
+    for ((c, s), e, t) in &graph {
         for (how, n) in [("exact", e.exact), ("inferred", e.inferred)] {
             o.line(
                 "tangle_edge_links_total",
-                &[("client", c), ("server", s), ("link", how)],
+                &[
+                    ("client", c),
+                    ("server", s),
+                    ("connection_type", t),
+                    ("link", how),
+                ],
                 n,
             );
         }

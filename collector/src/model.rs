@@ -1,6 +1,6 @@
 //! What the collector knows across traces: per entry operation (depth,
 //! fan-out, closure), every chain seen (new ones against the baseline),
-//! calls between services (errors, propagation, chattiness), success rates,
+//! calls between services (faults, propagation, chattiness), success rates,
 //! and who touches which database — and the findings drawn from them.
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -22,16 +22,19 @@ pub struct Thresholds {
     pub max_sync_depth: usize,
     /// Services an entry operation may need up before its closure is wide.
     pub max_closure: usize,
-    /// Share of a callee's failures that also fail its caller, above which
-    /// the edge is a cascading failure (0..1).
+    /// Share of a callee's faults that are also faults of its caller, above
+    /// which the edge is a cascading failure (0..1). Caller errors (HTTP
+    /// 4xx, a SQL syntax error) are not faults and do not count.
     pub cascade_ratio: f64,
     /// Failed calls on an edge before its cascade ratio is judged.
     pub cascade_min_failures: u64,
     /// Calls between two services for one entry request above which the edge is chatty.
     pub max_calls_per_request: f64,
     /// Seconds from the baseline's first chain during which chains are
-    /// learned, not reported as new: a collector's first minutes would
-    /// otherwise call every chain of the system new.
+    /// learned, not reported as new (ever): a collector's first minutes
+    /// would otherwise call every chain of the system new. The baseline's
+    /// first chain is persisted, so learning does not start again at a
+    /// restart. 0: every chain not in the baseline is new.
     pub learning_seconds: u64,
 }
 

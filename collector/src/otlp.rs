@@ -121,7 +121,16 @@ const SQL_HOUSEKEEPING: &[&str] = &[
 ];
 
 /// Whether a database or cache call is connection set-up or housekeeping.
-fn housekeeping(db_system: Option<&str>, operation: &str) -> bool {
+/// `query` is the statement (literals masked), `tables` what it touches:
+/// a statement that names a table, or holds more than one statement
+/// (`SET LOCAL x = 1; DELETE FROM cards`), is never housekeeping, whatever
+/// its first word.
+fn housekeeping(
+    db_system: Option<&str>,
+    operation: &str,
+    query: Option<&str>,
+    tables: &[String],
+) -> bool {
     let Some(system) = db_system else {
         return false;
     };
@@ -131,10 +140,37 @@ fn housekeeping(db_system: Option<&str>, operation: &str) -> bool {
         let command = words.next().unwrap_or_default();
         return REDIS_HOUSEKEEPING.contains(&command);
     }
+    let query = query.unwrap_or_default().trim().trim_end_matches(';');
+    if !tables.is_empty() || query.contains(';') {
+        return false;
+    }
     let verb = words.next().unwrap_or_default().to_ascii_uppercase();
-    // A statement that touches no table (`SELECT 1`, `SELECT version()`)
-    // is a health check, not a data access.
-    SQL_HOUSEKEEPING.contains(&verb.as_str()) || (verb == "SELECT" && words.next().is_none())
+    SQL_HOUSEKEEPING.contains(&verb.as_str()) || (verb == "SELECT" && is_health_check(query))
+}
+
+/// `SELECT 1`, `SELECT ?`, `SELECT version()`, `SELECT current_schema()`:
+/// what pools and drivers ask to see the connection works. A function of
+/// the application's (`SELECT transfer_funds(?, ?)`) is not one.
+fn is_health_check(query: &str) -> bool {
+    let Some(rest) = query
+        .get(..6)
+        .filter(|v| v.eq_ignore_ascii_case("select"))
+        .and(query.get(6..))
+    else {
+        return false;
+    };
+    let what = rest.trim().to_ascii_lowercase();
+    matches!(
+        what.as_str(),
+        "1" | "?"
+            | "version()"
+            | "@@version"
+            | "@@version_comment limit 1"
+            | "@@version_comment limit ?"
+    ) || what.starts_with("current_")
+        && what
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"_()".contains(&b))
 }
 
 /// A Redis subscription command sent without messaging attributes.
@@ -229,8 +265,6 @@ pub fn map_span(service: &str, s: &OtlpSpan) -> Option<Span> {
         Some(o) => o == tangle_wire::Outcome::Fault,
         None => failed_status,
     };
-    let housekeeping = housekeeping(db_system.as_deref(), &operation)
-        || (destination.is_none() && messaging.is_none() && is_subscription(&operation));
     let (tables, writes) = match &parsed {
         Some(st) if db_system.is_some() => (
             st.qualified_tables(namespace.as_deref(), true),
@@ -238,6 +272,8 @@ pub fn map_span(service: &str, s: &OtlpSpan) -> Option<Span> {
         ),
         _ => (Vec::new(), false),
     };
+    let housekeeping = housekeeping(db_system.as_deref(), &operation, query.as_deref(), &tables)
+        || (destination.is_none() && messaging.is_none() && is_subscription(&operation));
     Some(Span {
         trace_id,
         span_id,
@@ -301,4 +337,52 @@ pub fn map_request(
         }
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn housekeeping_is_what_touches_no_data() {
+        let pg = Some("postgresql");
+        let t = vec!["shop.cards".to_owned()];
+        assert!(housekeeping(
+            pg,
+            "SET",
+            Some("SET application_name = ?"),
+            &[]
+        ));
+        assert!(housekeeping(pg, "SELECT", Some("SELECT 1"), &[]));
+        assert!(housekeeping(pg, "BEGIN", Some("BEGIN"), &[]));
+        // More than one statement, or a table named: a data access.
+        assert!(!housekeeping(
+            pg,
+            "SET",
+            Some("SET LOCAL x = ?; DELETE FROM cards"),
+            &[]
+        ));
+        assert!(!housekeeping(
+            pg,
+            "BEGIN",
+            Some("BEGIN; UPDATE cards SET n = ?; COMMIT"),
+            &[]
+        ));
+        assert!(!housekeeping(pg, "SET", Some("SET x = ?"), &t));
+        // An application's function is not a health check.
+        assert!(!housekeeping(
+            pg,
+            "SELECT",
+            Some("SELECT transfer_funds(?, ?)"),
+            &[]
+        ));
+        assert!(!housekeeping(Some("redis"), "redis GET", None, &[]));
+        assert!(housekeeping(
+            Some("redis"),
+            "redis CLIENT SETINFO",
+            None,
+            &[]
+        ));
+        assert!(!housekeeping(None, "GET /", None, &[]));
+    }
 }

@@ -137,10 +137,11 @@ impl NodeKind {
 }
 
 impl Peer {
-    /// A topic's node name: `channel@server`.
+    /// A topic's node name: `channel@server`, or `topic channel` when the
+    /// server is not said: never a bare name, which a service may have.
     pub fn topic_name(name: &str, server: &str) -> String {
         if server.is_empty() {
-            name.to_owned()
+            format!("topic {name}")
         } else {
             format!("{name}@{server}")
         }

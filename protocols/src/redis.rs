@@ -250,6 +250,10 @@ pub struct RedisParser {
     pending: Queue<Request, MAX_PENDING>,
     /// A reply being built for a multi-reply request: (size, truncated, error).
     partial: Option<(u64, bool, Option<String>)>,
+    /// The client subscribed: a RESP2 array that starts with `message` may
+    /// be a delivery. Before that it is a reply (an `HGETALL` whose first
+    /// field is named `message`), never a channel.
+    subscribed: bool,
     stats: ParserStats,
 }
 
@@ -273,6 +277,7 @@ impl RedisParser {
     fn request(&mut self, c: Completed<Value>) {
         let (command, args) = command_of(&c.msg);
         let first = command.split(' ').next().unwrap_or_default();
+        self.subscribed |= matches!(first, "SUBSCRIBE" | "PSUBSCRIBE" | "SSUBSCRIBE");
         let replies = if SUBSCRIBE.contains(&first) {
             u64::from(args).max(1)
         } else {
@@ -308,7 +313,11 @@ impl RedisParser {
                 .front()
                 .is_some_and(|r| SUBSCRIBE.iter().any(|s| r.command == *s));
         let is_push = !confirms
-            && (v.kind == b'>' || (v.kind == b'*' && PUSH_KINDS.contains(&first) && v.count >= 3));
+            && (v.kind == b'>'
+                || (self.subscribed
+                    && v.kind == b'*'
+                    && PUSH_KINDS.contains(&first)
+                    && v.count >= 3));
         if is_push {
             let kind = first.to_owned();
             out.push(Exchange {
@@ -326,7 +335,12 @@ impl RedisParser {
                     command: kind,
                     args: 0,
                     push: true,
-                    channel: v.strings.get(1).cloned(),
+                    // Only a delivery names a channel: an `invalidate` push
+                    // names keys, which are data.
+                    channel: PUSH_KINDS
+                        .contains(&first)
+                        .then(|| v.strings.get(1).cloned())
+                        .flatten(),
                 }),
             });
             return;
@@ -549,5 +563,49 @@ mod tests {
         assert_eq!(out.len(), 1);
         assert_eq!(out[0].operation, "redis MSET");
         assert_eq!(p.stats(), ParserStats::default());
+    }
+
+    #[test]
+    fn a_reply_that_looks_like_a_delivery_is_a_reply() {
+        // HGETALL of a hash whose first field is `message`, then a real
+        // delivery after SUBSCRIBE: only the delivery names a channel.
+        let chunks: [(Side, &[u8]); 6] = [
+            (Side::Request, b"*2\r\n$7\r\nHGETALL\r\n$3\r\nn:1\r\n"),
+            (
+                Side::Response,
+                b"*4\r\n$7\r\nmessage\r\n$19\r\nYour code is 481516\r\n$2\r\nto\r\n$3\r\nbob\r\n",
+            ),
+            (Side::Request, b"*2\r\n$9\r\nSUBSCRIBE\r\n$6\r\nevents\r\n"),
+            (
+                Side::Response,
+                b"*3\r\n$9\r\nsubscribe\r\n$6\r\nevents\r\n:1\r\n",
+            ),
+            (
+                Side::Response,
+                b"*3\r\n$7\r\nmessage\r\n$6\r\nevents\r\n$2\r\nhi\r\n",
+            ),
+            (
+                Side::Response,
+                b">2\r\n$10\r\ninvalidate\r\n*1\r\n$8\r\nsess:abc\r\n",
+            ),
+        ];
+        let (ex, _) = crate::run_parser(RedisParser::default(), &chunks);
+        let shown: Vec<(String, Option<String>)> = ex
+            .iter()
+            .map(|e| match &e.fields {
+                Fields::Redis(r) => (e.operation.clone(), r.channel.clone()),
+                _ => panic!("{e:?}"),
+            })
+            .collect();
+        assert_eq!(
+            shown,
+            [
+                ("redis HGETALL".into(), None),
+                ("redis SUBSCRIBE".into(), None),
+                ("redis PUSH message".into(), Some("events".into())),
+                ("redis PUSH invalidate".into(), None),
+            ]
+        );
+        assert!(!format!("{ex:?}").contains("481516"));
     }
 }

@@ -28,8 +28,8 @@
 //!   ports within seconds, and every client on loopback or in a pod shares
 //!   one address. One end that missed an exchange (a lost event) leaves
 //!   that exchange unjoined; it never shifts the others onto wrong
-//!   partners, as a count of exchanges would. With HTTP/2 it is the number
-//!   of the stream's first frame. A span without a key (the number was not
+//!   partners, as a count of exchanges would. With HTTP/2 it is the TCP
+//!   sequence number of the first byte of the stream's first frame. A span without a key (the number was not
 //!   read) is not joined.
 //!
 //! # Marks
@@ -154,11 +154,14 @@ impl Outcome {
         if code.len() == 5 && code.bytes().all(|b| b.is_ascii_alphanumeric()) {
             return match code.get(..2).unwrap_or_default() {
                 "00" | "01" | "02" => Self::Ok,
+                // The client's own protocol error, or its statement
+                // cancelled by its own statement_timeout.
+                _ if code == "08P01" || code == "57014" => Self::Error,
                 // Connection exceptions, transaction rollback (deadlock,
-                // serialisation), insufficient resources, program limits,
-                // operator intervention, system and internal errors, and
-                // MySQL's catch-all.
-                "08" | "40" | "53" | "54" | "57" | "58" | "XX" | "HY" => Self::Fault,
+                // serialisation), insufficient resources, operator
+                // intervention, system and internal errors, and MySQL's
+                // catch-all.
+                "08" | "40" | "53" | "57" | "58" | "XX" | "HY" => Self::Fault,
                 // Syntax and access rule violations, data exceptions,
                 // integrity constraints, invalid authorisation, ...
                 _ => Self::Error,

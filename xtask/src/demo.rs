@@ -29,6 +29,19 @@ const API: u16 = 19464;
 const LEARNING_SECONDS: u64 = 10;
 /// The collector's trace window.
 const TRACE_WINDOW_MS: u64 = 8000;
+/// How long the agent holds an outbound call for its request (`HOLD`).
+const AGENT_HOLD_SECONDS: u64 = 5;
+
+/// The shop's folder, removed when the demo ends; its logs are kept.
+struct RemoveOnDrop(PathBuf, PathBuf);
+
+impl Drop for RemoveOnDrop {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.1);
+        let _ = std::fs::rename(self.0.join("logs"), &self.1);
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
 
 /// Where cgroup v2 is mounted (`/sys/fs/cgroup`, or `.../unified` on hybrid systems).
 fn cgroup2_root() -> Option<PathBuf> {
@@ -47,22 +60,29 @@ struct Place<'a> {
 }
 
 impl Place<'_> {
-    /// A command run from a shell that first moves itself into the cgroup
-    /// (and then into the namespace).
-    fn command(&self, cmd: &str) -> Command {
-        let cmd = match self.netns {
-            Some(ns) => format!("ip netns exec {ns} {cmd}"),
-            None => cmd.to_owned(),
-        };
-        let mut c = Command::new("sh");
+    /// `argv` run in the cgroup (a shell moves itself there, then execs
+    /// it) and the namespace. Paths travel as arguments, never through the
+    /// shell's parsing.
+    fn command(&self, argv: &[&std::ffi::OsStr]) -> Command {
+        let mut full: Vec<&std::ffi::OsStr> = Vec::new();
+        if let Some(ns) = self.netns {
+            full.extend(["ip", "netns", "exec", ns].map(std::ffi::OsStr::new));
+        }
+        full.extend(argv);
         match self.cgroup {
-            Some(g) => c.args([
-                "-c",
-                &format!("echo $$ > {}/cgroup.procs && exec {cmd}", g.display()),
-            ]),
-            None => c.args(["-c", &format!("exec {cmd}")]),
-        };
-        c
+            Some(g) => {
+                let mut c = Command::new("sh");
+                c.args(["-c", "echo $$ > \"$0/cgroup.procs\" && exec \"$@\""])
+                    .arg(g)
+                    .args(full);
+                c
+            }
+            None => {
+                let mut c = Command::new(full.first().copied().unwrap_or_default());
+                c.args(full.get(1..).unwrap_or_default());
+                c
+            }
+        }
     }
 }
 
@@ -128,7 +148,8 @@ pub fn run(opts: &Options) -> anyhow::Result<()> {
         bail!("the demo loads eBPF programs: run it as root (sudo -E cargo xtask demo)");
     }
     // The shop's servers, runtimes and drivers (installed once).
-    crate::setup::debian_packages().context("installing the example shop's Debian packages")?;
+    crate::setup::debian_packages_of(crate::setup::SHOP_PACKAGES)
+        .context("installing the example shop's Debian packages")?;
     crate::setup::python_packages().context("installing the example shop's Python drivers")?;
     let (agent, collector) = if opts.release {
         (build_agent()?, build_collector()?)
@@ -199,22 +220,33 @@ pub fn run(opts: &Options) -> anyhow::Result<()> {
         cgroup: cgroup.as_deref(),
         netns: netns.as_ref().map(|n| n.0.as_str()),
     };
-    let shop_dir = dir.join("shop");
+    // PostgreSQL runs as its own user, which must reach the folder: not
+    // under a root-only home where the repository may be.
+    let shop_dir = std::env::temp_dir().join(format!("tangle-demo-shop-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&shop_dir);
+    std::fs::create_dir(&shop_dir).with_context(|| format!("creating {}", shop_dir.display()))?;
+    let _cleanup = RemoveOnDrop(shop_dir.clone(), dir.join("shop-logs"));
     let examples = root().join("examples/shop");
     eprintln!(
-        "demo: starting the shop (PostgreSQL, Redis and nine services: logs in {})",
-        shop_dir.join("logs").display()
+        "demo: starting the shop in {} (PostgreSQL, Redis and nine services; their logs end up in {})",
+        shop_dir.display(),
+        dir.join("shop-logs").display()
     );
     let shop = spawn_shop(&place, &examples, &shop_dir)?;
     let load = |what: &str, n: u32| -> anyhow::Result<Value> {
         eprintln!("demo: {what}: {n} requests, {} at a time", opts.concurrency);
-        let cmd = format!(
-            "python3 {} --requests {n} --concurrency {} --progress",
-            examples.join("load.py").display(),
-            opts.concurrency
-        );
+        let load_py = examples.join("load.py");
+        let (n, c) = (n.to_string(), opts.concurrency.to_string());
         let out = place
-            .command(&cmd)
+            .command(&[
+                "python3".as_ref(),
+                load_py.as_os_str(),
+                "--requests".as_ref(),
+                n.as_ref(),
+                "--concurrency".as_ref(),
+                c.as_ref(),
+                "--progress".as_ref(),
+            ])
             .stderr(Stdio::inherit())
             .output()
             .context("running load.py")?;
@@ -248,8 +280,12 @@ pub fn run(opts: &Options) -> anyhow::Result<()> {
         "phase 3, tax fails: does the failure cascade?",
         opts.requests / 2,
     )?;
-    std::thread::sleep(Duration::from_millis(TRACE_WINDOW_MS + 3000));
+    // Calls held for their request go out within the agent's hold; then
+    // the last traces close a trace window after their last span.
+    eprintln!("demo: waiting for the last traces to close");
+    std::thread::sleep(Duration::from_secs(AGENT_HOLD_SECONDS + 1));
     agent_proc.terminate();
+    std::thread::sleep(Duration::from_millis(TRACE_WINDOW_MS + 1500));
     drop(shop);
     if let Some(g) = &cgroup {
         let _ = std::fs::remove_dir(g);
@@ -307,12 +343,14 @@ pub fn run(opts: &Options) -> anyhow::Result<()> {
 
 /// Starts the shop in the cgroup and waits for `shop: ready`.
 fn spawn_shop(place: &Place<'_>, examples: &Path, dir: &Path) -> anyhow::Result<Child> {
-    let cmd = format!(
-        "python3 {} up --dir {}",
-        examples.join("shop.py").display(),
-        dir.display()
-    );
-    let mut c = place.command(&cmd);
+    let shop_py = examples.join("shop.py");
+    let mut c = place.command(&[
+        "python3".as_ref(),
+        shop_py.as_os_str(),
+        "up".as_ref(),
+        "--dir".as_ref(),
+        dir.as_os_str(),
+    ]);
     c.stdout(Stdio::piped());
     let mut child = Child::spawn(&mut c)?;
     let out = child.stdout().context("the shop's output")?;
@@ -334,7 +372,18 @@ fn spawn_shop(place: &Place<'_>, examples: &Path, dir: &Path) -> anyhow::Result<
 /// The collector's map, by node kind and edge kind.
 fn print_map(graph: &Value) {
     println!("\nThe collector's map:\n");
-    for n in graph["nodes"].as_array().into_iter().flatten() {
+    let kinds = [
+        "external_client",
+        "service",
+        "database",
+        "cache",
+        "topic",
+        "external_endpoint",
+    ];
+    let rank = |k: &str| kinds.iter().position(|x| *x == k).unwrap_or(kinds.len());
+    let mut nodes: Vec<&Value> = graph["nodes"].as_array().into_iter().flatten().collect();
+    nodes.sort_by_key(|n| rank(n["kind"].as_str().unwrap_or("")));
+    for n in nodes {
         println!(
             "  {:<18} {}",
             n["kind"].as_str().unwrap_or("?"),
@@ -345,7 +394,15 @@ fn print_map(graph: &Value) {
         "\n  {:<6} {:<30} -> {:<30} {:>6} {:>7} {:>6} {:>8}",
         "kind", "from", "to", "calls", "faults", "exact", "inferred"
     );
-    for e in graph["edges"].as_array().into_iter().flatten() {
+    let order = ["client", "sync", "async", "data"];
+    let mut edges: Vec<&Value> = graph["edges"].as_array().into_iter().flatten().collect();
+    edges.sort_by_key(|e| {
+        order
+            .iter()
+            .position(|k| e["kind"].as_str() == Some(k))
+            .unwrap_or(order.len())
+    });
+    for e in edges {
         println!(
             "  {:<6} {:<30} -> {:<30} {:>6} {:>7} {:>6} {:>8}",
             e["kind"].as_str().unwrap_or("?"),

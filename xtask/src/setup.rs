@@ -153,33 +153,76 @@ fn bpf_linker() -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The PostgreSQL and Redis drivers the example shop's services use.
+/// What the example shop needs (`cargo xtask demo`): its servers and
+/// runtimes, and `ip` for `--port-range`.
+pub const SHOP_PACKAGES: &[(&str, &str)] = &[
+    ("python3", "python3"),
+    ("postgresql", "pg_ctlcluster"),
+    ("redis-server", "redis-server"),
+    ("default-jdk-headless", "java"),
+    ("nodejs", "node"),
+    ("iproute2", "ip"),
+];
+
+/// The PostgreSQL and Redis drivers the example shop's services use: from
+/// PyPI where `python3` has pip and may install (a pyenv or venv Python),
+/// else Debian's (`python3-psycopg`, `python3-redis`) for Debian's Python,
+/// which refuses pip installs (PEP 668).
 pub fn python_packages() -> anyhow::Result<()> {
-    let present = Command::new("python3")
-        .args(["-c", "import psycopg, redis"])
+    let importable = || {
+        Command::new("python3")
+            .args(["-c", "import psycopg, redis"])
+            .stderr(std::process::Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+    };
+    if importable() {
+        return Ok(());
+    }
+    let pip_may = Command::new("python3")
+        .args([
+            "-c",
+            "import pip, sys, sysconfig, os; \
+             sys.exit(os.path.exists(os.path.join(sysconfig.get_path('stdlib'), 'EXTERNALLY-MANAGED')))",
+        ])
         .stderr(std::process::Stdio::null())
         .status()
         .is_ok_and(|s| s.success());
-    if present {
-        return Ok(());
+    if pip_may {
+        eprintln!("setup: installing psycopg and redis from PyPI");
+        util::run(Command::new("python3").args([
+            "-m",
+            "pip",
+            "install",
+            "-q",
+            "psycopg[binary]==3.3.9",
+            "redis==8.1.0",
+        ]))?;
+    } else {
+        install_debian(&["python3-psycopg", "python3-redis"])?;
     }
-    eprintln!("setup: installing psycopg and redis from PyPI");
-    util::run(Command::new("python3").args([
-        "-m",
-        "pip",
-        "install",
-        "-q",
-        "psycopg[binary]",
-        "redis",
-    ]))
+    if !importable() {
+        bail!("python3 cannot import psycopg and redis, even after installing them");
+    }
+    Ok(())
 }
 
+/// The Debian packages the tests and benchmarks use.
 pub fn debian_packages() -> anyhow::Result<()> {
-    let missing: Vec<&str> = TEST_PACKAGES
+    debian_packages_of(TEST_PACKAGES)
+}
+
+/// The Debian packages of `list` (package, a file it installs) that are missing.
+pub fn debian_packages_of(list: &[(&str, &str)]) -> anyhow::Result<()> {
+    let missing: Vec<&str> = list
         .iter()
         .filter(|(_, bin)| which(bin).is_none())
         .map(|(pkg, _)| *pkg)
         .collect();
+    install_debian(&missing)
+}
+
+fn install_debian(missing: &[&str]) -> anyhow::Result<()> {
     if missing.is_empty() {
         return Ok(());
     }
@@ -194,7 +237,7 @@ pub fn debian_packages() -> anyhow::Result<()> {
     util::run(
         Command::new("apt-get")
             .args(["install", "-y", "-q", "--no-install-recommends"])
-            .args(&missing)
+            .args(missing)
             .env("DEBIAN_FRONTEND", "noninteractive"),
     )
 }

@@ -1,13 +1,11 @@
 #!/usr/bin/env python3
-"""A small "distributed monolith" on loopback for `cargo xtask demo`.
-
-Three thread-per-request HTTP services, each its own process:
+"""Three thread-per-request HTTP services for the thread-rule test
+(agent/tests/export.rs), each its own process:
   gateway   :18080  GET /checkout/<id>  -> orders, then inventory
   orders    :18081  GET /orders/<id>    -> inventory
   inventory :18082  GET /stock/<id>
 
-Run one with: shop.py SERVICE. Each sets its process name (comm) to the
-service's, so the agent reports "gateway", not "python3".
+Run one with: threaded_shop.py SERVICE (the test sets OTEL_SERVICE_NAME).
 """
 import ctypes
 import http.client
