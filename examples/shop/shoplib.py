@@ -186,6 +186,9 @@ class Pool:
             port=PORTS["postgres"],
             dbname="shop",
             user="shop",
+            # This run's password, from the launcher (SCRAM-SHA-256: it is
+            # not sent itself). None: no password (libpq then sends none).
+            password=os.environ.get("SHOP_PG_PASSWORD"),
             autocommit=True,
             # The same messages on the wire every time: no SSL/GSS request
             # before the startup message, no server-side prepared statements
@@ -222,7 +225,10 @@ class Pool:
 
 
 def redis_client():
-    """A redis-py client (its connections are opened on first use)."""
+    """A redis-py client (its connections are opened on first use; each
+    authenticates with `HELLO 3 AUTH default <password>`, the launcher's
+    password for this run, from SHOP_REDIS_PASSWORD)."""
     import redis
 
-    return redis.Redis(host=HOST, port=PORTS["redis"], socket_timeout=TIMEOUT)
+    return redis.Redis(host=HOST, port=PORTS["redis"], socket_timeout=TIMEOUT,
+                       password=os.environ.get("SHOP_REDIS_PASSWORD"))
