@@ -138,7 +138,7 @@ fn evidence(f: &Value) -> String {
         }
         "cycle" => list(&f["services"]).replace(", ", " → "),
         "cascading_failure" => format!(
-            "{:.0}% of {} failures surface as {} failures ({} of {})",
+            "{:.0}% of {} faults surface as {} faults ({} of {})",
             f["ratio"].as_f64().unwrap_or(0.0) * 100.0,
             f["callee"].as_str().unwrap_or("?"),
             f["caller"].as_str().unwrap_or("?"),

@@ -408,10 +408,10 @@ fn print_map(graph: &Value) {
             e["kind"].as_str().unwrap_or("?"),
             e["client"].as_str().unwrap_or("?"),
             e["server"].as_str().unwrap_or("?"),
-            e["calls"],
-            e["failed"],
-            e["exact"],
-            e["inferred"],
+            e["calls"].as_u64().unwrap_or(0),
+            e["failed"].as_u64().unwrap_or(0),
+            e["exact"].as_u64().unwrap_or(0),
+            e["inferred"].as_u64().unwrap_or(0),
         );
     }
 }
