@@ -32,6 +32,10 @@ struct Cli {
     /// Trace window in milliseconds (overrides `trace_window_ms`).
     #[arg(long, env = "TANGLE_TRACE_WINDOW_MS")]
     trace_window_ms: Option<u64>,
+    /// Seconds chains are learned before one is new (overrides
+    /// `[thresholds] learning_seconds`; 0: every chain not in the baseline is new).
+    #[arg(long, env = "TANGLE_LEARNING_SECONDS")]
+    learning_seconds: Option<u64>,
 }
 
 #[derive(Subcommand)]
@@ -86,6 +90,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     }
     if let Some(w) = cli.trace_window_ms {
         config.trace_window_ms = w;
+    }
+    if let Some(s) = cli.learning_seconds {
+        config.thresholds.learning_seconds = s;
     }
     if matches!(cli.command, Some(Command::CheckConfig)) {
         // A token file must be readable; an inline token is not printed.

@@ -307,12 +307,16 @@ pub enum Finding {
         propagated: u64,
         callee_failures: u64,
         ratio: f64,
+        /// The edge's calls linked to their caller's request by a heuristic.
+        inferred_calls: u64,
     },
     ChattyEdge {
         caller: String,
         callee: String,
         max_calls_per_request: u64,
         calls_per_request: f64,
+        /// The edge's calls linked to their caller's request by a heuristic.
+        inferred_calls: u64,
     },
     SharedDatabase {
         database: String,
@@ -706,6 +710,20 @@ impl Model {
         })
     }
 
+    /// Calls on every edge linked to their caller's request: exactly, and
+    /// by a heuristic.
+    pub fn links(&self) -> (u64, u64) {
+        [
+            &self.edges,
+            &self.client_edges,
+            &self.async_edges,
+            &self.db_edges,
+        ]
+        .into_iter()
+        .flat_map(|m| m.values())
+        .fold((0, 0), |(x, i), e| (x + e.exact, i + e.inferred))
+    }
+
     /// Availability the closure implies: the product of its services' success rates.
     pub fn availability(&self, closure: &BTreeSet<String>) -> Option<f64> {
         let rates: Vec<f64> = closure
@@ -767,6 +785,7 @@ impl Model {
                         propagated: e.propagated,
                         callee_failures: e.callee_failures,
                         ratio,
+                        inferred_calls: e.inferred,
                     });
                 }
             }
@@ -781,6 +800,7 @@ impl Model {
                     callee: callee.clone(),
                     max_calls_per_request: e.max_calls_per_trace,
                     calls_per_request: per_request,
+                    inferred_calls: e.inferred,
                 });
             }
         }

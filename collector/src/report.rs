@@ -137,21 +137,25 @@ fn evidence(f: &Value) -> String {
             )
         }
         "cycle" => list(&f["services"]).replace(", ", " → "),
-        "cascading_failure" => format!(
-            "{:.0}% of {} faults surface as {} faults ({} of {})",
-            f["ratio"].as_f64().unwrap_or(0.0) * 100.0,
-            f["callee"].as_str().unwrap_or("?"),
-            f["caller"].as_str().unwrap_or("?"),
-            f["propagated"],
-            f["callee_failures"]
-        ),
-        "chatty_edge" => format!(
-            "{} calls {} up to {} times per request ({:.1} on average)",
-            f["caller"].as_str().unwrap_or("?"),
-            f["callee"].as_str().unwrap_or("?"),
-            f["max_calls_per_request"],
-            f["calls_per_request"].as_f64().unwrap_or(0.0)
-        ),
+        "cascading_failure" => {
+            format!(
+                "{:.0}% of {} faults surface as {} faults ({} of {})",
+                f["ratio"].as_f64().unwrap_or(0.0) * 100.0,
+                f["callee"].as_str().unwrap_or("?"),
+                f["caller"].as_str().unwrap_or("?"),
+                f["propagated"],
+                f["callee_failures"]
+            ) + &heuristic(f)
+        }
+        "chatty_edge" => {
+            format!(
+                "{} calls {} up to {} times per request ({:.1} on average)",
+                f["caller"].as_str().unwrap_or("?"),
+                f["callee"].as_str().unwrap_or("?"),
+                f["max_calls_per_request"],
+                f["calls_per_request"].as_f64().unwrap_or(0.0)
+            ) + &heuristic(f)
+        }
         "shared_database" => {
             let owner = f
                 .pointer("/owner/service")
@@ -202,6 +206,14 @@ fn evidence(f: &Value) -> String {
     }
 }
 
+/// How much of an edge's evidence a heuristic linked, when any did.
+fn heuristic(f: &Value) -> String {
+    match f["inferred_calls"].as_u64() {
+        Some(n) if n > 0 => format!("; {n} of its calls linked by a heuristic, not exactly"),
+        _ => String::new(),
+    }
+}
+
 /// Renders `/api/findings`' answer.
 pub fn render(findings: &Value, format: Format) -> String {
     let all: Vec<&Value> = findings["findings"]
@@ -237,6 +249,14 @@ pub fn render(findings: &Value, format: Format) -> String {
     });
     out.push_str(&verdict);
     out.push('\n');
+    if let (Some(exact), Some(inferred)) = (
+        findings.pointer("/links/exact").and_then(Value::as_u64),
+        findings.pointer("/links/inferred").and_then(Value::as_u64),
+    ) {
+        out.push_str(&format!(
+            "Calls linked to the request they serve: {exact} exactly (propagated context, the thread rule, the wire join), {inferred} by a heuristic.\n"
+        ));
+    }
     for (kind, title) in SECTIONS {
         let items: Vec<&&Value> = all.iter().filter(|f| f["kind"] == *kind).collect();
         if items.is_empty() {

@@ -160,7 +160,13 @@ impl Collector {
                     "database": db.name(), "system": db.system, "owner": m.owner(db), "accessors": users,
                 })).collect::<Vec<_>>(),
             }),
-            "findings" => serde_json::json!({ "findings": *inner.findings }),
+            "findings" => {
+                let (exact, inferred) = m.links();
+                serde_json::json!({
+                    "findings": *inner.findings,
+                    "links": { "exact": exact, "inferred": inferred },
+                })
+            }
             _ => return None,
         })
     }

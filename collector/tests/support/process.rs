@@ -58,6 +58,8 @@ impl Collector {
             .args(["--otlp-http", &format!("127.0.0.1:{otlp_http}")])
             .args(["--http", &format!("127.0.0.1:{http}")])
             .args(["--trace-window-ms", "200"])
+            // Every chain not in the baseline is new: no learning period.
+            .args(["--learning-seconds", "0"])
             .stderr(Stdio::null())
             .spawn()
             .unwrap();
