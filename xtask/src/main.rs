@@ -154,7 +154,8 @@ fn test(args: &[String]) -> anyhow::Result<()> {
     let _ = std::fs::remove_file(&report_log);
     // Default members only: the eBPF crate builds for the BPF target alone.
     let mut cmd = util::cargo();
-    cmd.arg("test")
+    // Every test binary runs, however many fail: one run shows them all.
+    cmd.args(["test", "--no-fail-fast"])
         .args(args)
         .env("TANGLE_SKIP_LOG", &skip_log)
         .env("TANGLE_REPORT_LOG", &report_log)
