@@ -30,6 +30,8 @@ pub struct Chain {
     pub hops: Vec<Hop>,
     /// Stable across runs and machines: FNV-1a of the hops, hex.
     pub signature: String,
+    /// Links of this path made by a heuristic (the others are exact).
+    pub inferred_links: usize,
 }
 
 impl Chain {
@@ -213,15 +215,25 @@ struct PathNode {
     hop: Hop,
     up: Option<usize>,
     depth: usize,
+    /// Links up to here made by a heuristic.
+    inferred: usize,
 }
 
 /// The paths followed so far, sharing their common starts.
 struct Paths(Vec<PathNode>);
 
 impl Paths {
-    fn push(&mut self, hop: Hop, up: Option<usize>) -> usize {
-        let depth = up.and_then(|u| self.0.get(u)).map_or(0, |n| n.depth + 1);
-        self.0.push(PathNode { hop, up, depth });
+    /// `inferred`: the link from `up` to this hop was a heuristic's.
+    fn push(&mut self, hop: Hop, up: Option<usize>, inferred: bool) -> usize {
+        let parent = up.and_then(|u| self.0.get(u));
+        let depth = parent.map_or(0, |n| n.depth + 1);
+        let inferred = parent.map_or(0, |n| n.inferred) + usize::from(inferred);
+        self.0.push(PathNode {
+            hop,
+            up,
+            depth,
+            inferred,
+        });
         self.0.len() - 1
     }
 
@@ -258,6 +270,7 @@ impl Paths {
         Chain {
             signature: signature(&hops),
             hops,
+            inferred_links: self.0.get(at).map_or(0, |n| n.inferred),
         }
     }
 }
@@ -404,7 +417,7 @@ pub fn analyze_to_depth(spans: &[Span], max_depth: usize) -> Option<TraceAnalysi
     out.calls.extend(lost_call);
     let mut paths = Paths(Vec::new());
     let mut seen: std::collections::HashSet<String> = std::collections::HashSet::new();
-    let start = paths.push(entry, None);
+    let start = paths.push(entry, None, false);
     // Depth-first over service work: (span doing the work, its path).
     let mut stack: Vec<(usize, usize)> = vec![(root, start)];
     let mut visited = 0usize;
@@ -502,7 +515,7 @@ pub fn analyze_to_depth(spans: &[Span], max_depth: usize) -> Option<TraceAnalysi
                     if at_limit || !has_entry {
                         continue;
                     }
-                    let leaf = paths.push(hop, Some(path));
+                    let leaf = paths.push(hop, Some(path), call.link_inferred);
                     keep_chain(&mut out, &mut seen, paths.chain(leaf));
                     extended = true;
                 }
@@ -518,6 +531,7 @@ pub fn analyze_to_depth(spans: &[Span], max_depth: usize) -> Option<TraceAnalysi
                                 .then(|| callee.end_ns.saturating_sub(callee.start_ns)),
                         );
                         c.inferred |= attached.contains(&t);
+                        let inferred = c.inferred;
                         out.calls.push(c);
                         if at_limit {
                             continue;
@@ -540,7 +554,7 @@ pub fn analyze_to_depth(spans: &[Span], max_depth: usize) -> Option<TraceAnalysi
                             service: callee.service.clone(),
                             operation: op,
                         };
-                        next.push((t, paths.push(hop, Some(path))));
+                        next.push((t, paths.push(hop, Some(path), inferred)));
                         extended = true;
                     }
                 }

@@ -175,6 +175,9 @@ pub struct ChainStats {
     pub hops: Vec<Hop>,
     pub depth: usize,
     pub traces: u64,
+    /// Traces that showed the chain with a link made by a heuristic (the
+    /// others' links were all exact).
+    pub inferred_traces: u64,
     pub first_seen_ns: u64,
     pub example_trace: String,
     /// Not in the baseline when first seen by this collector.
@@ -472,6 +475,7 @@ impl Model {
         for chain in &a.chains {
             if let Some(c) = self.chains.get_mut(&chain.signature) {
                 c.traces += 1;
+                c.inferred_traces += u64::from(chain.inferred_links > 0);
                 continue;
             }
             if self.chains.len() >= lim.max_chains {
@@ -485,6 +489,7 @@ impl Model {
                         hops: vec![other_hop()],
                         depth: 0,
                         traces: 0,
+                        inferred_traces: 0,
                         first_seen_ns: now_ns,
                         example_trace: hex(trace_id),
                         new: false,
@@ -526,6 +531,7 @@ impl Model {
                     hops: chain.hops.clone(),
                     depth: chain.depth(),
                     traces: 1,
+                    inferred_traces: u64::from(chain.inferred_links > 0),
                     first_seen_ns: first.as_ref().map_or(now_ns, |f| f.first_seen_ns),
                     example_trace: first.map_or(example_trace, |f| f.example_trace),
                     new,

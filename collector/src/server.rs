@@ -111,6 +111,7 @@ impl Collector {
             "chains" => serde_json::json!({
                 "chains": m.chains.iter().map(|(sig, c)| serde_json::json!({
                     "signature": sig, "entry": c.entry, "hops": c.hops, "depth": c.depth, "traces": c.traces,
+                    "inferred_traces": c.inferred_traces,
                     "first_seen_ns": c.first_seen_ns, "example_trace": c.example_trace, "new": c.new,
                 })).collect::<Vec<_>>(),
                 "entries": m.entries.iter().map(|(e, s)| serde_json::json!({

@@ -200,6 +200,16 @@ fn a_missing_middle_span_is_inferred() {
     assert!(got.inferred_links >= 1);
     assert_eq!(got.depth, want.depth, "s1 -> s2 -> s3 still");
     assert_eq!(got.closure, want.closure);
+    // The chain says a link of it was inferred; the whole one did not.
+    assert_eq!(
+        want.chains.iter().map(|c| c.inferred_links).sum::<usize>(),
+        0
+    );
+    assert!(
+        got.chains.iter().any(|c| c.inferred_links > 0),
+        "{:?}",
+        got.chains
+    );
 }
 
 #[test]
