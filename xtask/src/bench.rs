@@ -2,7 +2,10 @@
 //! drives nginx on loopback, alternating runs without and with the agent
 //! attached, and reports ratios measured in the same session. With
 //! `--export` the agent runs the whole pipeline (parse, link, export to a
-//! local collector) rather than the capture alone.
+//! local collector) rather than the capture alone. With `--node-tax` it
+//! measures what the agent costs a process that never touches a socket:
+//! `dd bs=1` copying /dev/zero to /dev/null (a read and a write per byte),
+//! without and with the agent attached to the whole node.
 
 use std::{
     path::Path,
@@ -166,6 +169,73 @@ fn with_agent(
             dropped: n(&stats["parsers"]["export"]["dropped"]),
         },
     ))
+}
+
+/// Bytes `dd` copies one at a time: two syscalls each.
+const DD_BYTES: u64 = 2_000_000;
+
+/// Seconds `dd bs=1 count=DD_BYTES` takes.
+fn dd() -> anyhow::Result<f64> {
+    let started = std::time::Instant::now();
+    let status = Command::new("dd")
+        .args(["if=/dev/zero", "of=/dev/null", "bs=1"])
+        .arg(format!("count={DD_BYTES}"))
+        .stderr(Stdio::null())
+        .status()
+        .context("running dd")?;
+    if !status.success() {
+        bail!("dd failed: {status}");
+    }
+    Ok(started.elapsed().as_secs_f64())
+}
+
+/// The tax on the node's other work: `dd` without and with `tangle-agent
+/// capture` watching every process, alternating, `rounds` times.
+pub fn node_tax(rounds: u32) -> anyhow::Result<()> {
+    if !is_root() {
+        bail!("the benchmark loads eBPF programs: run it as root");
+    }
+    let agent = build_agent()?;
+    let dir = root().join("target/bench");
+    std::fs::create_dir_all(&dir)?;
+    let ready = dir.join("ready");
+    eprintln!(
+        "bench: dd if=/dev/zero of=/dev/null bs=1 count={DD_BYTES} ({} syscalls, no socket), \
+         without and with `tangle-agent capture` on the whole node, {rounds} rounds",
+        2 * DD_BYTES
+    );
+    println!("| round | baseline s | with agent s | ratio | added per syscall |");
+    println!("| --- | --- | --- | --- | --- |");
+    let (mut ratios, mut added) = (vec![], vec![]);
+    for round in 1..=rounds {
+        let base = dd()?;
+        let _ = std::fs::remove_file(&ready);
+        let mut proc = Child::spawn(
+            Command::new(&agent)
+                .args(["capture", "--quiet", "--ready-file"])
+                .arg(&ready)
+                .stdout(Stdio::null())
+                .stderr(Stdio::null()),
+        )?;
+        wait_file(&ready, "the agent")?;
+        let with = dd();
+        proc.terminate();
+        let with = with?;
+        let ns = (with - base) / (2 * DD_BYTES) as f64 * 1e9;
+        ratios.push(with / base);
+        added.push(ns);
+        println!(
+            "| {round} | {base:.3} | {with:.3} | {:.2} | {ns:.0} ns |",
+            with / base
+        );
+    }
+    println!(
+        "\nmedian of {rounds}: dd takes {:.2}x as long with the agent attached, {:.0} ns added to \
+         each read and write of a process that never touches a socket",
+        median(ratios),
+        median(added)
+    );
+    Ok(())
 }
 
 fn median(mut v: Vec<f64>) -> f64 {

@@ -72,12 +72,16 @@ enum Command {
         #[arg(long, default_value_t = 50)]
         connections: u32,
         /// Rounds of (baseline, with agent) pairs.
-        #[arg(long, default_value_t = 3)]
+        #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..))]
         rounds: u32,
         /// Run the whole pipeline (`tangle-agent run`: parse, link, export
         /// to a local `tangle-collector`) instead of the capture alone.
         #[arg(long)]
         export: bool,
+        /// Measure instead what the agent costs processes that never touch
+        /// a socket: `dd bs=1` without and with the agent on the whole node.
+        #[arg(long, conflicts_with = "export")]
+        node_tax: bool,
     },
 }
 
@@ -137,7 +141,14 @@ fn main() -> anyhow::Result<()> {
             connections,
             rounds,
             export,
-        } => bench::run(duration, connections, rounds, export),
+            node_tax,
+        } => {
+            if node_tax {
+                bench::node_tax(rounds)
+            } else {
+                bench::run(duration, connections, rounds, export)
+            }
+        }
     }
 }
 
