@@ -197,10 +197,16 @@ impl ConnTable {
 
     /// Drops connections of processes that no longer exist; returns them.
     pub fn sweep_dead(&mut self) -> Vec<Connection> {
+        // One look at /proc per process, not per connection.
+        let mut alive: HashMap<u32, bool> = HashMap::new();
         let dead: Vec<u64> = self
             .conns
             .values()
-            .filter(|e| !std::path::Path::new(&format!("/proc/{}", e.conn.pid)).exists())
+            .filter(|e| {
+                !*alive.entry(e.conn.pid).or_insert_with(|| {
+                    std::path::Path::new(&format!("/proc/{}", e.conn.pid)).exists()
+                })
+            })
             .map(|e| e.conn.conn_id)
             .collect();
         dead.into_iter().filter_map(|id| self.close(id)).collect()

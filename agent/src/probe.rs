@@ -359,10 +359,17 @@ impl Probe {
     /// the kernel side removes them when it sees the socket close).
     pub fn sweep_dead_processes(&mut self) -> Result<usize, ProbeError> {
         let mut conns = self.hash_map::<ConnKey, ConnInfo>("CONNS")?;
+        // One look at /proc per process, not per connection: a pool of
+        // thousands of connections costs one stat.
+        let mut alive: std::collections::HashMap<u32, bool> = std::collections::HashMap::new();
         let dead: Vec<ConnKey> = conns
             .keys()
             .filter_map(Result::ok)
-            .filter(|k| !Path::new(&format!("/proc/{}", k.tgid)).exists())
+            .filter(|k| {
+                !*alive
+                    .entry(k.tgid)
+                    .or_insert_with(|| Path::new(&format!("/proc/{}", k.tgid)).exists())
+            })
             .collect();
         for key in &dead {
             let _ = conns.remove(key);
