@@ -275,6 +275,13 @@ impl Paths {
     }
 }
 
+/// Whether a span takes part in chains: not a data node's own span, not
+/// housekeeping. The collector drops the others from each closed trace
+/// before analysis; `analyze` leaves them out of what it is given too.
+pub fn in_chains(s: &Span) -> bool {
+    !s.data_node && !s.housekeeping
+}
+
 /// Analyses one trace's spans (duplicates already removed), following
 /// chains [`DEFAULT_MAX_DEPTH`] hops deep at most.
 pub fn analyze(spans: &[Span]) -> Option<TraceAnalysis> {
@@ -287,12 +294,8 @@ pub fn analyze_to_depth(spans: &[Span], max_depth: usize) -> Option<TraceAnalysi
     // A data node's own spans and housekeeping calls are no part of a
     // chain: the data calls that matter are the services' client spans.
     let kept: Vec<Span>;
-    let spans = if spans.iter().any(|s| s.data_node || s.housekeeping) {
-        kept = spans
-            .iter()
-            .filter(|s| !s.data_node && !s.housekeeping)
-            .cloned()
-            .collect();
+    let spans = if !spans.iter().all(in_chains) {
+        kept = spans.iter().filter(|s| in_chains(s)).cloned().collect();
         &kept[..]
     } else {
         spans
@@ -434,9 +437,10 @@ pub fn analyze_to_depth(spans: &[Span], max_depth: usize) -> Option<TraceAnalysi
         if here.kind == crate::span::SpanKind::Consumer
             && let Peer::Topic { server, name, .. } = &here.peer
         {
-            out.topics.push(Peer::topic_name(name, server));
+            let topic = Peer::topic_name(name, server);
+            out.topics.push(topic.clone());
             out.publishes.push(Call {
-                caller: Peer::topic_name(name, server),
+                caller: topic,
                 callee: here.service.clone(),
                 caller_error: false,
                 callee_error: false,
@@ -495,8 +499,9 @@ pub fn analyze_to_depth(spans: &[Span], max_depth: usize) -> Option<TraceAnalysi
                 let consumer = g.kids(c, &extra).into_iter().find(|&k| spans[k].is_entry());
                 let callee = match (consumer, &call.peer) {
                     (_, Peer::Topic { server, name, .. }) => {
-                        out.topics.push(Peer::topic_name(name, server));
-                        Peer::topic_name(name, server)
+                        let topic = Peer::topic_name(name, server);
+                        out.topics.push(topic.clone());
+                        topic
                     }
                     (Some(k), _) => spans[k].service.clone(),
                     (None, Peer::Service { name }) => name.clone(),

@@ -160,7 +160,7 @@ impl State {
         let now = now_ns();
         for span in spans {
             for trace in self.assembler.add(span, now) {
-                self.analyse(&trace, now);
+                self.analyse(trace, now);
             }
         }
     }
@@ -175,7 +175,7 @@ impl State {
             self.assembler.flush(now)
         };
         for trace in closed {
-            self.analyse(&trace, now);
+            self.analyse(trace, now);
         }
         if self.model.version != self.findings_version {
             self.findings = Arc::new(self.model.findings());
@@ -184,8 +184,10 @@ impl State {
         }
     }
 
-    fn analyse(&mut self, trace: &[Span], now: u64) {
-        let Some(mut a) = analyze_to_depth(trace, self.max_depth) else {
+    fn analyse(&mut self, mut trace: Vec<Span>, now: u64) {
+        // In place: the analysis then has nothing to leave out, and copies nothing.
+        trace.retain(crate::chains::in_chains);
+        let Some(mut a) = analyze_to_depth(&trace, self.max_depth) else {
             return;
         };
         let mut served: Vec<(String, bool)> = trace

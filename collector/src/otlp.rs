@@ -8,7 +8,7 @@ use opentelemetry_proto::tonic::{
 };
 use tangle_protocols::{
     normalize::{route, words},
-    sql,
+    redis, sql,
 };
 
 use crate::{
@@ -71,8 +71,8 @@ fn join_key(attrs: &[KeyValue]) -> Option<tangle_wire::JoinKey> {
 
 /// Redis commands that set up or keep up a connection: the handshake
 /// (`HELLO`, `AUTH`, `CLIENT SETINFO`, which older servers refuse),
-/// `PING`, `SELECT db`, and subscriptions (a subscriber's deliveries are
-/// its edges, not the command that asked for them).
+/// `PING`, `SELECT db`; and the subscriptions (`redis::SUBSCRIBE`): a
+/// subscriber's deliveries are its edges, not the command that asked.
 const REDIS_HOUSEKEEPING: &[&str] = &[
     "HELLO",
     "AUTH",
@@ -86,12 +86,6 @@ const REDIS_HOUSEKEEPING: &[&str] = &[
     "INFO",
     "COMMAND",
     "CLIENT",
-    "SUBSCRIBE",
-    "PSUBSCRIBE",
-    "SSUBSCRIBE",
-    "UNSUBSCRIBE",
-    "PUNSUBSCRIBE",
-    "SUNSUBSCRIBE",
 ];
 
 /// SQL statements and commands that set up or keep up a session: session
@@ -138,7 +132,7 @@ fn housekeeping(
     if system == "redis" {
         words.next(); // `redis`
         let command = words.next().unwrap_or_default();
-        return REDIS_HOUSEKEEPING.contains(&command);
+        return REDIS_HOUSEKEEPING.contains(&command) || redis::SUBSCRIBE.contains(&command);
     }
     let query = query.unwrap_or_default().trim().trim_end_matches(';');
     if !tables.is_empty() || query.contains(';') {

@@ -210,7 +210,23 @@ fn header_fragment(flags: u8, payload: &[u8]) -> Option<&[u8]> {
 
 impl Http2Parser {
     fn frame(&mut self, side: Side, c: Completed<H2Frame>, out: &mut Vec<Exchange>) {
-        let f = c.msg;
+        // The frame, and where and when it was: what `count` takes.
+        let Completed {
+            msg: f,
+            start_ns,
+            start_seq,
+            end_ns,
+            size,
+            truncated,
+        } = c;
+        let c = Completed {
+            msg: (),
+            start_ns,
+            start_seq,
+            end_ns,
+            size,
+            truncated,
+        };
         if f.kind == SETTINGS && f.stream == 0 {
             self.settings(side, &f.payload);
             return;
@@ -249,14 +265,7 @@ impl Http2Parser {
                     self.stats.parse_errors += 1;
                     return;
                 }
-                self.count(
-                    side,
-                    f.stream,
-                    (c.start_ns, c.start_seq),
-                    c.end_ns,
-                    c.size,
-                    c.truncated,
-                );
+                self.count(side, f.stream, &c);
                 if f.flags & END_HEADERS == 0 {
                     return;
                 }
@@ -316,27 +325,13 @@ impl Http2Parser {
                 self.headers(side, stream, pairs, end_stream, c.end_ns, out);
             }
             DATA => {
-                self.count(
-                    side,
-                    f.stream,
-                    (c.start_ns, c.start_seq),
-                    c.end_ns,
-                    c.size,
-                    c.truncated,
-                );
+                self.count(side, f.stream, &c);
                 if f.flags & END_STREAM != 0 {
                     self.end(side, f.stream, c.end_ns, out);
                 }
             }
             RST_STREAM => {
-                self.count(
-                    side,
-                    f.stream,
-                    (c.start_ns, c.start_seq),
-                    c.end_ns,
-                    c.size,
-                    c.truncated,
-                );
+                self.count(side, f.stream, &c);
                 if let Some(s) = self.streams.get_mut(&f.stream) {
                     s.responded = true;
                     s.grpc_status.get_or_insert_with(|| "RST_STREAM".into());
@@ -374,15 +369,17 @@ impl Http2Parser {
         }
     }
 
-    fn count(
-        &mut self,
-        side: Side,
-        stream: u32,
-        (start_ns, start_seq): (u64, Option<u32>),
-        end_ns: u64,
-        size: u64,
-        truncated: bool,
-    ) {
+    /// Counts a frame of `stream` on `side`: its bytes, and for the
+    /// request its first frame's time and sequence number.
+    fn count(&mut self, side: Side, stream: u32, frame: &Completed<()>) {
+        let Completed {
+            start_ns,
+            start_seq,
+            end_ns,
+            size,
+            truncated,
+            ..
+        } = *frame;
         if !self.streams.contains_key(&stream) && self.streams.len() >= MAX_STREAMS {
             self.stats.dropped_requests += 1;
             return;

@@ -15,7 +15,8 @@ const CONTAINER_COMMANDS: &[&str] = &[
     "CLIENT", "CONFIG", "CLUSTER", "OBJECT", "XINFO", "SCRIPT", "MEMORY", "COMMAND", "ACL",
     "FUNCTION", "XGROUP",
 ];
-const SUBSCRIBE: &[&str] = &[
+/// The commands that (un)subscribe a connection to channels.
+pub const SUBSCRIBE: &[&str] = &[
     "SUBSCRIBE",
     "PSUBSCRIBE",
     "SSUBSCRIBE",
