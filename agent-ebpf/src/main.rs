@@ -1,16 +1,21 @@
-//! Tangle's kernel side: follows TCP sockets per (process, fd) from
-//! connect/accept to close and sends userspace the first bytes of every
-//! transfer on them. Tracepoints only: this kernel has no kprobes.
+//! Tangle's kernel side: follows TCP connections by socket, from the end
+//! of the handshake to `TCP_CLOSE`, and sends userspace the first bytes of
+//! every transfer on them. Tracepoints only: many kernels have no kprobes.
 //!
-//! Filtering happens here: a data syscall is followed only when its
-//! (tgid, fd) is in `CONNS`, which only connect/accept fill.
+//! Only socket events are hooked: `sock:inet_sock_set_state` (a connection
+//! established or closed) and `sock:sock_{send,recv}_length` (a transfer on
+//! a socket, just done). A process that never touches a socket pays
+//! nothing; one that uses an untracked socket pays one map lookup. The
+//! transfer's buffer is found from the syscall's arguments in the task's
+//! saved user registers.
 #![no_std]
 #![no_main]
 
 use core::{mem::size_of, ptr};
 
 use aya_ebpf::{
-    bindings::{BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
+    EbpfContext as _,
+    bindings::{BPF_NOEXIST, BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
     helpers::{
         bpf_get_current_cgroup_id, bpf_get_current_comm, bpf_get_current_pid_tgid,
         bpf_get_current_task, bpf_get_smp_processor_id, bpf_ktime_get_ns, bpf_probe_read_kernel,
@@ -21,24 +26,28 @@ use aya_ebpf::{
     programs::TracePointContext,
 };
 use tangle_common::{
-    AF_INET, AF_INET6, CloseReason, Config, ConnEvent, ConnInfo, ConnKey, DataEvent, DataHeader,
-    Direction, Endpoint, EventKind, KernelOffsets, MAX_CAPTURE, MAX_IOV, PendingIo, Role,
-    STAT_COUNT, SockAddrs, SockOwner, Stat, Syscall,
+    AF_INET, AF_INET6, CloseReason, Config, ConnEvent, ConnInfo, DataEvent, DataHeader, Direction,
+    Endpoint, EventKind, KernelOffsets, MAX_CAPTURE, MAX_IOV, Role, STAT_COUNT, SockAddrs, Stat,
+    Syscall, SyscallRegs,
 };
 
 /// Events to userspace. The agent sets the real size at load time.
 #[map]
 static EVENTS: RingBuf = RingBuf::with_byte_size(16 * 1024 * 1024, 0);
 
-/// The tracked connections. LRU: when full, a new connection evicts the
-/// least recently used one rather than going untracked, so a flood of idle
-/// connections from one process cannot blind the agent to the others.
+/// The tracked connections, by `struct sock *`. LRU: when full, a new
+/// connection evicts the least recently used one rather than going
+/// untracked, so a flood of idle connections cannot blind the agent to the
+/// others. A socket is one connection whichever processes hold it.
 #[map]
-static CONNS: LruHashMap<ConnKey, ConnInfo> = LruHashMap::with_max_entries(65536, 0);
+static CONNS: LruHashMap<u64, ConnInfo> = LruHashMap::with_max_entries(65536, 0);
 
-/// `struct sock *` of each tracked connection, to notice `TCP_CLOSE`.
+/// Connections established and not claimed yet, by `struct sock *`: every
+/// TCP connection of the node passes through here, before the pid and
+/// cgroup filters can apply, so it is a table of its own: a flood of idle
+/// connections evicts only idle connections, never claimed ones.
 #[map]
-static SOCKS: LruHashMap<u64, SockOwner> = LruHashMap::with_max_entries(65536, 0);
+static PENDING: LruHashMap<u64, ConnInfo> = LruHashMap::with_max_entries(65536, 0);
 
 /// Processes whose connections are never tracked: Tangle's own (a
 /// collector on this node), so Tangle does not trace its own traffic.
@@ -48,36 +57,6 @@ static IGNORED_TGIDS: HashMap<u32, u8> = HashMap::with_max_entries(4096, 0);
 /// Endpoints whose connections are never tracked: the collector's.
 #[map]
 static IGNORED_ENDPOINTS: HashMap<Endpoint, u8> = HashMap::with_max_entries(256, 0);
-
-/// Processes forked while the agent runs: child tgid -> parent tgid. A
-/// child's first transfer on an fd its parent tracked adopts the connection
-/// (PostgreSQL and other pre-fork servers accept in one process and serve
-/// in another).
-#[map]
-static FORKED: LruHashMap<u32, u32> = LruHashMap::with_max_entries(16384, 0);
-
-/// Connections a process closed whose socket may live on in a forked child
-/// (a pre-fork server closes its copy first), by `struct sock *`: a child
-/// adopts the one its own fd holds. Not by the parent's fd number, which
-/// the parent reuses at once: PostgreSQL's postmaster accepts the next
-/// connection on the same fd before the last child has read a byte.
-#[map]
-static INHERITABLE: LruHashMap<u64, ConnInfo> = LruHashMap::with_max_entries(16384, 0);
-
-/// (tgid, fd) numbers under which a process closed a tracked connection:
-/// a child's fd is looked at (the walk to its socket) only if its parent's
-/// same fd number held one, not on every file a forked process reads.
-#[map]
-static INHERITABLE_FDS: LruHashMap<ConnKey, u8> = LruHashMap::with_max_entries(16384, 0);
-
-/// Data syscalls between their enter and exit, by pid_tgid. LRU: a thread
-/// killed inside a syscall never reaches its exit.
-#[map]
-static IN_FLIGHT: LruHashMap<u64, PendingIo> = LruHashMap::with_max_entries(16384, 0);
-
-/// `connect` calls between their enter and exit, by pid_tgid (LRU, as above).
-#[map]
-static CONNECTING: LruHashMap<u64, u32> = LruHashMap::with_max_entries(16384, 0);
 
 #[map]
 static SCRATCH: PerCpuArray<DataEvent> = PerCpuArray::with_max_entries(1, 0);
@@ -102,19 +81,43 @@ struct Iovec {
     len: u64,
 }
 
+const TCP_ESTABLISHED: i32 = 1;
+const TCP_SYN_SENT: i32 = 2;
+const TCP_SYN_RECV: i32 = 3;
 const TCP_CLOSE: i32 = 7;
 const IPPROTO_TCP: u16 = 6;
-const EINPROGRESS: i64 = 115;
+const MSG_PEEK: i32 = 2;
+/// `task_struct.flags`: a kernel thread (NFS, iSCSI and the like use TCP
+/// from the kernel; no process owns those sockets).
+const PF_KTHREAD: u32 = 0x0020_0000;
+const NO_FD: u32 = u32::MAX;
 const CAPTURE_MASK: u64 = MAX_CAPTURE as u64 - 1;
-
-// Offsets in the syscall tracepoints' records (see the `format` files).
-const ARG0: usize = 16;
-const ARG1: usize = 24;
-const ARG2: usize = 32;
-const RET: usize = 16;
 /// `struct user_msghdr`: `msg_iov` and `msg_iovlen`.
-const MSG_IOV: usize = 16;
-const MSG_IOVLEN: usize = 24;
+const MSG_IOV: u64 = 16;
+const MSG_IOVLEN: u64 = 24;
+
+/// Fields of `sock:inet_sock_set_state` (see its `format` file).
+mod state_record {
+    pub const SK: usize = 8;
+    pub const OLDSTATE: usize = 16;
+    pub const NEWSTATE: usize = 20;
+    pub const SPORT: usize = 24;
+    pub const DPORT: usize = 26;
+    pub const FAMILY: usize = 28;
+    pub const PROTOCOL: usize = 30;
+    pub const SADDR: usize = 32;
+    pub const DADDR: usize = 36;
+    pub const SADDR_V6: usize = 40;
+    pub const DADDR_V6: usize = 56;
+}
+
+/// Fields of `sock:sock_send_length` and `sock:sock_recv_length`.
+mod length_record {
+    pub const SK: usize = 8;
+    pub const FAMILY: usize = 16;
+    pub const RET: usize = 20;
+    pub const FLAGS: usize = 24;
+}
 
 #[inline(always)]
 fn count(stat: Stat) {
@@ -129,23 +132,10 @@ fn config() -> Option<&'static Config> {
     CONFIG.get(0)
 }
 
-/// Inserts a new connection, counted (the agent counts the connections the
-/// full LRU table evicts as those inserted, less those removed and those
-/// there now). False when the insert failed.
+/// Whether this call removed `sk`'s connection from `CONNS` (counted).
 #[inline(always)]
-fn insert_conn(key: &ConnKey, info: &ConnInfo) -> bool {
-    if CONNS.insert(key, info, 0).is_err() {
-        count(Stat::ConnTableFull);
-        return false;
-    }
-    count(Stat::ConnInserted);
-    true
-}
-
-/// Removes a connection from `CONNS`, counted; whether this call removed it.
-#[inline(always)]
-fn remove_conn(key: &ConnKey) -> bool {
-    let removed = CONNS.remove(key).is_ok();
+fn remove_conn(sk: u64) -> bool {
+    let removed = CONNS.remove(&sk).is_ok();
     if removed {
         count(Stat::ConnRemoved);
     }
@@ -195,53 +185,29 @@ fn read_user<T>(addr: u64) -> Option<T> {
 }
 
 #[inline(always)]
-fn arg<T>(ctx: &TracePointContext, offset: usize) -> Option<T> {
+fn field<T>(ctx: &TracePointContext, offset: usize) -> Option<T> {
     // SAFETY: offsets come from the tracepoint's format; the read is checked.
     unsafe { ctx.read_at::<T>(offset) }.ok()
 }
 
-/// The `struct sock *` behind `fd` in the current task: task->files->fdt->fd[fd]
-/// ->private_data (a `struct socket *`)->sk. Only called on fds the kernel has
-/// just made into connected sockets (connect/accept succeeded).
+/// Both addresses of a connection, from an `inet_sock_set_state` record.
 #[inline(always)]
-fn sock_of_fd(fd: u32, off: &KernelOffsets) -> Option<u64> {
-    // SAFETY: returns the current task pointer; only read through helpers.
-    let task = unsafe { bpf_get_current_task() };
-    let files: u64 = read_kernel(task + off.task_files as u64)?;
-    let fdt: u64 = read_kernel(files + off.files_fdt as u64)?;
-    let max_fds: u32 = read_kernel(fdt + off.fdt_max_fds as u64)?;
-    if fd >= max_fds {
-        return None;
-    }
-    let fd_array: u64 = read_kernel(fdt + off.fdt_fd as u64)?;
-    let file: u64 = read_kernel(fd_array + fd as u64 * 8)?;
-    let socket: u64 = read_kernel(file + off.file_private_data as u64)?;
-    let sk: u64 = read_kernel(socket + off.socket_sk as u64)?;
-    if sk == 0 { None } else { Some(sk) }
-}
-
-/// Both addresses of a TCP socket, or None for anything that is not TCP over IP.
-#[inline(always)]
-fn tcp_addrs(sk: u64, off: &KernelOffsets) -> Option<SockAddrs> {
-    let family: u16 = read_kernel(sk + off.sk_family as u64)?;
-    let protocol: u16 = read_kernel(sk + off.sk_protocol as u64)?;
-    if protocol != IPPROTO_TCP {
-        return None;
-    }
+fn state_addrs(ctx: &TracePointContext, family: u16) -> Option<SockAddrs> {
+    use state_record::*;
     let mut a = SockAddrs {
         family,
-        local_port: read_kernel::<u16>(sk + off.sk_num as u64)?,
-        remote_port: u16::from_be(read_kernel::<u16>(sk + off.sk_dport as u64)?),
+        local_port: field(ctx, SPORT)?,
+        remote_port: field(ctx, DPORT)?,
         ..SockAddrs::default()
     };
     if family == AF_INET {
-        let local: [u8; 4] = read_kernel(sk + off.sk_rcv_saddr as u64)?;
-        let remote: [u8; 4] = read_kernel(sk + off.sk_daddr as u64)?;
+        let local: [u8; 4] = field(ctx, SADDR)?;
+        let remote: [u8; 4] = field(ctx, DADDR)?;
         a.local_addr[..4].copy_from_slice(&local);
         a.remote_addr[..4].copy_from_slice(&remote);
     } else if family == AF_INET6 {
-        a.local_addr = read_kernel(sk + off.sk_v6_rcv_saddr as u64)?;
-        a.remote_addr = read_kernel(sk + off.sk_v6_daddr as u64)?;
+        a.local_addr = field(ctx, SADDR_V6)?;
+        a.remote_addr = field(ctx, DADDR_V6)?;
     } else {
         return None;
     }
@@ -267,82 +233,6 @@ fn next_conn_id() -> u64 {
     base | ((cpu & 0xff) << 40) | (seq & 0xff_ffff_ffff)
 }
 
-/// Starts tracking `fd` of the current process as a connection in `role`.
-#[inline(always)]
-fn track(fd: u32, role: Role) {
-    let Some(cfg) = config() else { return };
-    let pid_tgid = bpf_get_current_pid_tgid();
-    let tgid = (pid_tgid >> 32) as u32;
-    if tgid == cfg.self_tgid || (cfg.filter_tgid != 0 && tgid != cfg.filter_tgid) {
-        return;
-    }
-    if IGNORED_TGIDS.get_ptr(&tgid).is_some() {
-        count(Stat::Ignored);
-        return;
-    }
-    // SAFETY: no arguments.
-    let cgroup_id = unsafe { bpf_get_current_cgroup_id() };
-    if cfg.filter_cgroup != 0 && cgroup_id != cfg.filter_cgroup {
-        return;
-    }
-    let off = &cfg.offsets;
-    let Some(sk) = sock_of_fd(fd, off) else {
-        return;
-    };
-    let Some(addrs) = tcp_addrs(sk, off) else {
-        return;
-    };
-    if cfg.filter_port != 0
-        && addrs.local_port != cfg.filter_port
-        && addrs.remote_port != cfg.filter_port
-    {
-        return;
-    }
-    let Some(net) = read_kernel::<u64>(sk + off.sk_net as u64) else {
-        return;
-    };
-    let Some(netns) = read_kernel::<u32>(net + off.net_ns_inum as u64) else {
-        return;
-    };
-    if cfg.filter_netns != 0 && netns != cfg.filter_netns {
-        return;
-    }
-    if ignored_endpoint(addrs.family, addrs.remote_addr, addrs.remote_port, netns)
-        || ignored_endpoint(addrs.family, addrs.local_addr, addrs.local_port, netns)
-    {
-        count(Stat::Ignored);
-        return;
-    }
-    let key = ConnKey { tgid, fd };
-    // A tracked fd replaced without a close we saw (dup2): end the old one.
-    if let Some(old) = CONNS.get_ptr(&key) {
-        close_conn(&key, old, CloseReason::Syscall);
-    }
-    // SAFETY: no arguments.
-    let now = unsafe { bpf_ktime_get_ns() };
-    let info = ConnInfo {
-        conn_id: next_conn_id(),
-        sock: sk,
-        opened_ns: now,
-        addrs,
-        role: role as u8,
-        ..ConnInfo::default()
-    };
-    if !insert_conn(&key, &info) {
-        return;
-    }
-    // A socket at a freed one's address: what that one left is stale.
-    let _ = INHERITABLE.remove(&sk);
-    let owner = SockOwner {
-        key,
-        conn_id: info.conn_id,
-    };
-    if SOCKS.insert(&sk, &owner, 0).is_err() {
-        count(Stat::ConnTableFull);
-    }
-    emit_conn(EventKind::ConnOpen, &key, &info, 0, now);
-}
-
 /// Ring buffer flags for the next record: wake the reader only when
 /// `threshold` bytes (the config's `wakeup_bytes`) have piled up, so it
 /// reads in batches instead of once per event.
@@ -359,15 +249,17 @@ fn wakeup_flags(threshold: u32) -> u64 {
     }
 }
 
+/// Tells userspace a connection opened or closed. The process's details
+/// (thread, cgroup, name) are the current task's only when `in_task`: a
+/// close may come from softirq, on whatever task was running.
 #[inline(always)]
-fn emit_conn(kind: EventKind, key: &ConnKey, info: &ConnInfo, close_reason: u8, now: u64) {
+fn emit_conn(kind: EventKind, info: &ConnInfo, close_reason: u8, now: u64, in_task: bool) {
     let Some(mut entry) = EVENTS.reserve::<ConnEvent>(0) else {
         count(Stat::EventsLost);
         return;
     };
     let e = entry.as_mut_ptr();
     let pid_tgid = bpf_get_current_pid_tgid();
-    let from_task = kind == EventKind::ConnOpen || close_reason == CloseReason::Syscall as u8;
     // SAFETY: `e` points to a reserved record of `size_of::<ConnEvent>()`
     // bytes; every field is written before the submit. Field by field keeps
     // the event off the 512-byte stack.
@@ -376,13 +268,13 @@ fn emit_conn(kind: EventKind, key: &ConnKey, info: &ConnInfo, close_reason: u8, 
         ptr::addr_of_mut!((*e).role).write(info.role);
         ptr::addr_of_mut!((*e).close_reason).write(close_reason);
         ptr::addr_of_mut!((*e)._pad).write([0; 5]);
-        ptr::addr_of_mut!((*e).tgid).write(key.tgid);
-        ptr::addr_of_mut!((*e).tid).write(if from_task { pid_tgid as u32 } else { 0 });
-        ptr::addr_of_mut!((*e).fd).write(key.fd);
+        ptr::addr_of_mut!((*e).tgid).write(info.tgid);
+        ptr::addr_of_mut!((*e).tid).write(if in_task { pid_tgid as u32 } else { 0 });
+        ptr::addr_of_mut!((*e).fd).write(info.fd);
         ptr::addr_of_mut!((*e)._pad2).write(0);
         ptr::addr_of_mut!((*e).conn_id).write(info.conn_id);
         ptr::addr_of_mut!((*e).ts_ns).write(now);
-        ptr::addr_of_mut!((*e).cgroup_id).write(if from_task {
+        ptr::addr_of_mut!((*e).cgroup_id).write(if in_task {
             bpf_get_current_cgroup_id()
         } else {
             0
@@ -390,7 +282,7 @@ fn emit_conn(kind: EventKind, key: &ConnKey, info: &ConnInfo, close_reason: u8, 
         ptr::addr_of_mut!((*e).bytes_sent).write(info.bytes_sent);
         ptr::addr_of_mut!((*e).bytes_recv).write(info.bytes_recv);
         ptr::addr_of_mut!((*e).addrs).write(info.addrs);
-        let comm = if from_task {
+        let comm = if in_task {
             bpf_get_current_comm().unwrap_or([0; 16])
         } else {
             [0; 16]
@@ -401,236 +293,348 @@ fn emit_conn(kind: EventKind, key: &ConnKey, info: &ConnInfo, close_reason: u8, 
     count(Stat::ConnEvents);
 }
 
-/// Stops tracking a connection and tells userspace. `info` points into `CONNS`.
+/// A TCP handshake ended: the socket is a connection in `role`, waiting
+/// for the process that moves its bytes.
 #[inline(always)]
-fn close_conn(key: &ConnKey, info: *const ConnInfo, reason: CloseReason) {
-    // SAFETY: a valid map value pointer, copied before the entry is removed.
-    let info = unsafe { *info };
-    // Whoever removes the entry closes the connection: a close() and the
-    // TCP close racing on two CPUs tell userspace once between them.
-    if !remove_conn(key) {
+fn established(ctx: &TracePointContext, sk: u64, role: Role) {
+    let Some(cfg) = config() else { return };
+    let Some(family) = field::<u16>(ctx, state_record::FAMILY) else {
+        return;
+    };
+    let Some(addrs) = state_addrs(ctx, family) else {
+        return;
+    };
+    if cfg.filter_port != 0
+        && addrs.local_port != cfg.filter_port
+        && addrs.remote_port != cfg.filter_port
+    {
         return;
     }
-    let info = &info;
-    // SAFETY: no arguments.
-    let now = unsafe { bpf_ktime_get_ns() };
-    emit_conn(EventKind::ConnClose, key, info, reason as u8, now);
-    if reason == CloseReason::Syscall {
-        let _ = INHERITABLE.insert(&info.sock, info, 0);
-        let _ = INHERITABLE_FDS.insert(key, &1, 0);
+    let off = &cfg.offsets;
+    let Some(net) = read_kernel::<u64>(sk + off.sk_net as u64) else {
+        return;
+    };
+    let Some(netns) = read_kernel::<u32>(net + off.net_ns_inum as u64) else {
+        return;
+    };
+    if cfg.filter_netns != 0 && netns != cfg.filter_netns {
+        return;
     }
-    // The socket may have passed to a forked child: only drop our own claim.
-    if let Some(owner) = SOCKS.get_ptr(&info.sock)
-        // SAFETY: a valid map value pointer.
-        && unsafe { (*owner).conn_id } == info.conn_id
+    if ignored_endpoint(addrs.family, addrs.remote_addr, addrs.remote_port, netns)
+        || ignored_endpoint(addrs.family, addrs.local_addr, addrs.local_port, netns)
     {
-        let _ = SOCKS.remove(&info.sock);
-    }
-}
-
-/// The child side of `sched_process_fork`: remember who the parent is.
-#[tracepoint]
-pub fn process_fork(ctx: TracePointContext) -> u32 {
-    // Record: parent_pid at 12, child_pid at 20 (threads too; harmless).
-    let Some(child) = arg::<i32>(&ctx, 20) else {
-        return 0;
-    };
-    let parent = (bpf_get_current_pid_tgid() >> 32) as u32;
-    let _ = FORKED.insert(&(child as u32), &parent, 0);
-    0
-}
-
-/// A forked child uses an fd its parent tracked: the same socket, now also
-/// this process's connection. Returns whether it was adopted.
-#[inline(always)]
-fn adopt(key: &ConnKey) -> bool {
-    // SAFETY: a valid map value pointer, copied at once.
-    let Some(parent) = FORKED.get_ptr(&key.tgid).map(|p| unsafe { *p }) else {
-        return false;
-    };
-    let parent_key = ConnKey {
-        tgid: parent,
-        fd: key.fd,
-    };
-    // Cheap lookups first: only an fd number the parent tracked is worth the walk.
-    if CONNS.get_ptr(&parent_key).is_none() && INHERITABLE_FDS.get_ptr(&parent_key).is_none() {
-        return false;
-    }
-    let Some(cfg) = config() else { return false };
-    let Some(sock) = sock_of_fd(key.fd, &cfg.offsets) else {
-        return false;
-    };
-    let pinfo = match CONNS.get_ptr(&parent_key) {
-        // SAFETY: a valid map value pointer, copied at once.
-        Some(p) if unsafe { (*p).sock } == sock => unsafe { *p },
-        // The parent already closed its copy.
-        _ => match INHERITABLE.get_ptr(&sock) {
-            // SAFETY: as above.
-            Some(p) => unsafe { *p },
-            None => return false,
-        },
-    };
-    // The same connection, not a socket at a freed one's address.
-    match tcp_addrs(sock, &cfg.offsets) {
-        Some(a)
-            if a.local_port == pinfo.addrs.local_port
-                && a.remote_port == pinfo.addrs.remote_port
-                && a.family == pinfo.addrs.family => {}
-        _ => return false,
+        count(Stat::Ignored);
+        return;
     }
     // SAFETY: no arguments.
     let now = unsafe { bpf_ktime_get_ns() };
+    // A socket at a freed one's address whose close we missed: end that one.
+    closed(sk, now);
     let info = ConnInfo {
         conn_id: next_conn_id(),
         opened_ns: now,
-        bytes_sent: 0,
-        bytes_recv: 0,
-        ..pinfo
+        addrs,
+        role: role as u8,
+        ..ConnInfo::default()
     };
-    if !insert_conn(key, &info) {
+    if PENDING.insert(&sk, &info, 0).is_err() {
+        count(Stat::ConnTableFull);
+    }
+}
+
+/// The socket is gone: its connection ends, and userspace hears of it if
+/// a process had claimed it.
+#[inline(always)]
+fn closed(sk: u64, now: u64) {
+    let _ = PENDING.remove(&sk);
+    let Some(info) = CONNS.get_ptr(&sk) else {
+        return;
+    };
+    // SAFETY: a valid map value pointer, copied before the entry is removed.
+    let info = unsafe { *info };
+    // Whoever removes the entry closes the connection: two CPUs racing
+    // tell userspace once between them.
+    if remove_conn(sk) {
+        emit_conn(
+            EventKind::ConnClose,
+            &info,
+            CloseReason::TcpClose as u8,
+            now,
+            false,
+        );
+    }
+}
+
+#[tracepoint]
+pub fn sock_set_state(ctx: TracePointContext) -> u32 {
+    use state_record::*;
+    if field::<u16>(&ctx, PROTOCOL) != Some(IPPROTO_TCP) {
+        return 0;
+    }
+    let (Some(sk), Some(old), Some(new)) = (
+        field::<u64>(&ctx, SK),
+        field::<i32>(&ctx, OLDSTATE),
+        field::<i32>(&ctx, NEWSTATE),
+    ) else {
+        return 0;
+    };
+    match (old, new) {
+        (_, TCP_CLOSE) => {
+            // SAFETY: no arguments.
+            closed(sk, unsafe { bpf_ktime_get_ns() });
+        }
+        (TCP_SYN_SENT, TCP_ESTABLISHED) => established(&ctx, sk, Role::Client),
+        (TCP_SYN_RECV, TCP_ESTABLISHED) => established(&ctx, sk, Role::Server),
+        _ => {}
+    }
+    0
+}
+
+/// Whether the current process's connections are followed at all.
+#[inline(always)]
+fn process_followed(cfg: &Config, tgid: u32) -> bool {
+    if tgid == 0 || tgid == cfg.self_tgid || (cfg.filter_tgid != 0 && tgid != cfg.filter_tgid) {
         return false;
     }
-    let owner = SockOwner {
-        key: *key,
-        conn_id: info.conn_id,
+    if IGNORED_TGIDS.get_ptr(&tgid).is_some() {
+        count(Stat::Ignored);
+        return false;
+    }
+    // SAFETY: no arguments.
+    cfg.filter_cgroup == 0 || unsafe { bpf_get_current_cgroup_id() } == cfg.filter_cgroup
+}
+
+/// The `struct sock *` behind `fd` in the current task:
+/// task->files->fdt->fd[fd]->private_data (a `struct socket *`)->sk.
+#[inline(always)]
+fn sock_of_fd(fd: u32, off: &KernelOffsets) -> Option<u64> {
+    // SAFETY: returns the current task pointer; only read through helpers.
+    let task = unsafe { bpf_get_current_task() };
+    let files: u64 = read_kernel(task + off.task_files as u64)?;
+    let fdt: u64 = read_kernel(files + off.files_fdt as u64)?;
+    let max_fds: u32 = read_kernel(fdt + off.fdt_max_fds as u64)?;
+    if fd >= max_fds {
+        return None;
+    }
+    let fd_array: u64 = read_kernel(fdt + off.fdt_fd as u64)?;
+    let file: u64 = read_kernel(fd_array + fd as u64 * 8)?;
+    let socket: u64 = read_kernel(file + off.file_private_data as u64)?;
+    read_kernel(socket + off.socket_sk as u64)
+}
+
+/// Whether the current task is a kernel thread.
+#[inline(always)]
+fn kernel_thread(off: &KernelOffsets) -> bool {
+    // SAFETY: returns the current task pointer; only read through helpers.
+    let task = unsafe { bpf_get_current_task() };
+    read_kernel::<u32>(task + off.task_flags as u64).is_none_or(|f| f & PF_KTHREAD != 0)
+}
+
+/// `fd` if the syscall's fd is checked to hold socket `sk`, else [`NO_FD`]:
+/// the registers may belong to another call (io_uring completes a transfer
+/// after whatever syscall its task made last).
+#[inline(always)]
+fn checked_fd(sk: u64, fd: u32, off: &KernelOffsets) -> u32 {
+    if fd != NO_FD && sock_of_fd(fd, off) == Some(sk) {
+        fd
+    } else {
+        NO_FD
+    }
+}
+
+/// The first transfer of process `tgid` on a connection waiting in
+/// `PENDING` makes it that process's: it moves to `CONNS`, and userspace
+/// hears of the open. False when the process is not followed or the
+/// socket went meanwhile.
+#[inline(always)]
+fn claim(sk: u64, pending: &ConnInfo, cfg: &Config, tgid: u32, fd: u32, now: u64) -> bool {
+    if !process_followed(cfg, tgid) || kernel_thread(&cfg.offsets) {
+        // Nobody followed holds it: later transfers cost two lookups.
+        let _ = PENDING.remove(&sk);
+        return false;
+    }
+    let info = ConnInfo {
+        tgid,
+        fd: checked_fd(sk, fd, &cfg.offsets),
+        opened_ns: now,
+        ..*pending
     };
-    let _ = SOCKS.insert(&info.sock, &owner, 0);
-    emit_conn(EventKind::ConnOpen, key, &info, 0, now);
+    // Another thread of the process claimed it first: its claim stands.
+    if CONNS.insert(&sk, &info, BPF_NOEXIST as u64).is_err() {
+        return false;
+    }
+    // The socket closed meanwhile (its close found nothing in `CONNS`).
+    if PENDING.remove(&sk).is_err() {
+        let _ = CONNS.remove(&sk);
+        return false;
+    }
+    count(Stat::ConnInserted);
+    emit_conn(EventKind::ConnOpen, &info, 0, now, true);
     true
 }
 
-#[tracepoint]
-pub fn connect_enter(ctx: TracePointContext) -> u32 {
-    let Some(fd) = arg::<u64>(&ctx, ARG0) else {
-        return 0;
-    };
-    let id = bpf_get_current_pid_tgid();
-    if CONNECTING.insert(&id, &(fd as u32), 0).is_err() {
-        count(Stat::InFlightFull);
-    }
-    0
-}
-
-#[tracepoint]
-pub fn connect_exit(ctx: TracePointContext) -> u32 {
-    let id = bpf_get_current_pid_tgid();
-    let Some(fd) = CONNECTING.get_ptr(&id) else {
-        return 0;
-    };
-    // SAFETY: a valid map value pointer; copied out before the remove.
-    let fd = unsafe { *fd };
-    let _ = CONNECTING.remove(&id);
-    let Some(ret) = arg::<i64>(&ctx, RET) else {
-        return 0;
-    };
-    if ret == 0 || ret == -EINPROGRESS {
-        track(fd, Role::Client);
-    }
-    0
-}
-
-/// For both accept and accept4: the new fd is the return value.
-#[tracepoint]
-pub fn accept_exit(ctx: TracePointContext) -> u32 {
-    if let Some(ret) = arg::<i64>(&ctx, RET)
-        && ret >= 0
-    {
-        track(ret as u32, Role::Server);
-    }
-    0
-}
-
-#[tracepoint]
-pub fn close_enter(ctx: TracePointContext) -> u32 {
-    let Some(fd) = arg::<u64>(&ctx, ARG0) else {
-        return 0;
-    };
-    let key = ConnKey {
-        tgid: (bpf_get_current_pid_tgid() >> 32) as u32,
-        fd: fd as u32,
-    };
-    if let Some(info) = CONNS.get_ptr(&key) {
-        close_conn(&key, info, CloseReason::Syscall);
-    }
-    0
-}
-
-/// The kernel closed a socket (process exit, reset, end of TIME_WAIT entry).
-#[tracepoint]
-pub fn sock_set_state(ctx: TracePointContext) -> u32 {
-    // Record: skaddr at 8, newstate at 20, protocol at 30.
-    let Some(newstate) = arg::<i32>(&ctx, 20) else {
-        return 0;
-    };
-    if newstate != TCP_CLOSE {
-        return 0;
-    }
-    let Some(sk) = arg::<u64>(&ctx, 8) else {
-        return 0;
-    };
-    // The socket is gone: a child can no longer inherit it, and its memory
-    // may soon hold another socket.
-    let _ = INHERITABLE.remove(&sk);
-    let Some(owner) = SOCKS.get_ptr(&sk) else {
-        return 0;
-    };
-    // SAFETY: a valid map value pointer; copied out at once.
-    let owner = unsafe { *owner };
-    match CONNS.get_ptr(&owner.key) {
-        // SAFETY: a valid map value pointer.
-        Some(info) if unsafe { (*info).conn_id } == owner.conn_id => {
-            close_conn(&owner.key, info, CloseReason::TcpClose);
-        }
-        _ => {
-            let _ = SOCKS.remove(&sk);
-        }
-    }
-    0
-}
-
-/// Remembers a data syscall on a tracked fd until its exit.
+/// Process `tgid` moved bytes on a connection another process had: it is
+/// closed for that one (`HandedOver`: a pre-fork server's child took over
+/// what its parent accepted) and opened for this one. False when the
+/// process is not followed.
 #[inline(always)]
-fn io_enter(ctx: &TracePointContext, syscall: Syscall, direction: Direction) {
-    let id = bpf_get_current_pid_tgid();
-    let Some(fd) = arg::<u64>(ctx, ARG0) else {
-        return;
-    };
-    let key = ConnKey {
-        tgid: (id >> 32) as u32,
-        fd: fd as u32,
-    };
-    if CONNS.get_ptr(&key).is_none() && !adopt(&key) {
-        return;
+fn hand_over(sk: u64, conn: *mut ConnInfo, cfg: &Config, tgid: u32, fd: u32, now: u64) -> bool {
+    if !process_followed(cfg, tgid) || kernel_thread(&cfg.offsets) {
+        return false;
     }
-    let Some(mut ptr) = arg::<u64>(ctx, ARG1) else {
-        return;
+    // SAFETY: a valid map value pointer; another CPU may write it at once
+    // (checked below).
+    let info = unsafe { &mut *conn };
+    let old = *info;
+    emit_conn(
+        EventKind::ConnClose,
+        &old,
+        CloseReason::HandedOver as u8,
+        now,
+        // The current task is the new owner, not the old.
+        false,
+    );
+    let conn_id = next_conn_id();
+    info.conn_id = conn_id;
+    info.tgid = tgid;
+    info.fd = checked_fd(sk, fd, &cfg.offsets);
+    info.opened_ns = now;
+    info.bytes_sent = 0;
+    info.bytes_recv = 0;
+    let opened = *info;
+    emit_conn(EventKind::ConnOpen, &opened, 0, now, true);
+    // Another CPU closed the socket or took it over at the same time:
+    // this open must not stay without its close.
+    // SAFETY: a valid map value pointer, read at once.
+    let still = CONNS
+        .get_ptr(&sk)
+        .is_some_and(|p| unsafe { (*p).conn_id } == conn_id);
+    if !still {
+        emit_conn(
+            EventKind::ConnClose,
+            &opened,
+            CloseReason::TcpClose as u8,
+            now,
+            false,
+        );
+        return false;
+    }
+    true
+}
+
+/// The current task's saved user registers (`struct pt_regs`).
+#[inline(always)]
+fn user_regs() -> u64 {
+    // SAFETY: the helpers take the current task, which is always valid.
+    unsafe { generated::bpf_task_pt_regs(generated::bpf_get_current_task_btf()) as u64 }
+}
+
+/// Where a transfer's bytes are in user memory, from the syscall in progress.
+struct Buffers {
+    syscall: Syscall,
+    fd: u32,
+    /// A buffer, or an iovec array when `iov_count` is not 0.
+    ptr: u64,
+    iov_count: u64,
+}
+
+/// The transfer's buffers, from the registers of the syscall in progress,
+/// trusted only for a call of the transfer's direction on an fd that holds
+/// the socket: `conn.fd`, or one checked now (then remembered).
+#[inline(always)]
+fn buffers(cfg: &Config, sk: u64, conn: *mut ConnInfo, direction: Direction) -> Buffers {
+    let b = syscall_buffers(cfg);
+    let call_direction = if b.syscall == Syscall::Read
+        || b.syscall == Syscall::RecvFrom
+        || b.syscall == Syscall::ReadV
+        || b.syscall == Syscall::RecvMsg
+    {
+        Direction::Ingress
+    } else {
+        Direction::Egress
     };
-    let Some(mut iov_count) = arg::<u64>(ctx, ARG2) else {
-        return;
+    let untrusted = Buffers {
+        syscall: Syscall::Other,
+        fd: NO_FD,
+        ptr: 0,
+        iov_count: 0,
     };
-    let vectored = match syscall {
-        Syscall::ReadV | Syscall::WriteV => 1,
-        Syscall::RecvMsg | Syscall::SendMsg => {
-            let msg = ptr;
-            ptr = read_user::<u64>(msg + MSG_IOV as u64).unwrap_or(0);
-            iov_count = read_user::<u64>(msg + MSG_IOVLEN as u64).unwrap_or(0);
-            1
+    if b.syscall == Syscall::Other || call_direction != direction {
+        return untrusted;
+    }
+    // SAFETY: a valid map value pointer; `fd` is advisory (a race only
+    // costs a check).
+    let known = unsafe { (*conn).fd };
+    if b.fd != known {
+        if checked_fd(sk, b.fd, &cfg.offsets) == NO_FD {
+            return untrusted;
         }
-        _ => 0,
+        // SAFETY: as above.
+        unsafe { (*conn).fd = b.fd };
+    }
+    b
+}
+
+/// Where the syscall in progress says its buffers are.
+#[inline(always)]
+fn syscall_buffers(cfg: &Config) -> Buffers {
+    let nr = &cfg.syscalls;
+    let none = Buffers {
+        syscall: Syscall::Other,
+        fd: u32::MAX,
+        ptr: 0,
+        iov_count: 0,
     };
-    let pending = PendingIo {
-        fd: fd as u32,
-        syscall: syscall as u8,
-        direction: direction as u8,
-        vectored,
-        _pad: 0,
-        ptr,
-        iov_count,
-        // SAFETY: no arguments.
-        start_ns: unsafe { bpf_ktime_get_ns() },
+    let Some(regs) = read_kernel::<SyscallRegs>(user_regs() + cfg.offsets.regs_syscall as u64)
+    else {
+        return none;
     };
-    if IN_FLIGHT.insert(&id, &pending, 0).is_err() {
-        count(Stat::InFlightFull);
+    let (call, fd) = (regs.nr as u32, regs.arg0 as u32);
+    let plain = |syscall| Buffers {
+        syscall,
+        fd,
+        ptr: regs.arg1,
+        iov_count: 0,
+    };
+    if call == nr.read {
+        plain(Syscall::Read)
+    } else if call == nr.write {
+        plain(Syscall::Write)
+    } else if call == nr.recvfrom {
+        plain(Syscall::RecvFrom)
+    } else if call == nr.sendto {
+        plain(Syscall::SendTo)
+    } else if call == nr.readv || call == nr.writev {
+        Buffers {
+            syscall: if call == nr.readv {
+                Syscall::ReadV
+            } else {
+                Syscall::WriteV
+            },
+            fd,
+            ptr: regs.arg1,
+            iov_count: regs.arg2,
+        }
+    } else if call == nr.recvmsg || call == nr.sendmsg {
+        Buffers {
+            syscall: if call == nr.recvmsg {
+                Syscall::RecvMsg
+            } else {
+                Syscall::SendMsg
+            },
+            fd,
+            ptr: read_user::<u64>(regs.arg1 + MSG_IOV).unwrap_or(0),
+            iov_count: read_user::<u64>(regs.arg1 + MSG_IOVLEN).unwrap_or(0),
+        }
+    } else if call == nr.sendfile {
+        Buffers {
+            syscall: Syscall::SendFile,
+            fd,
+            ptr: 0,
+            iov_count: 0,
+        }
+    } else {
+        none
     }
 }
 
@@ -699,42 +703,73 @@ extern "C" fn iov_step(index: u64, _ctx: *mut core::ffi::c_void) -> i64 {
     if got == n { 0 } else { 1 }
 }
 
-/// On a data syscall's exit: sends the transfer's first bytes to userspace.
+/// A transfer on a socket just finished: if the socket is a tracked
+/// connection, its first bytes go to userspace.
 #[inline(always)]
-fn io_exit(ctx: &TracePointContext) {
-    let id = bpf_get_current_pid_tgid();
-    let Some(p) = IN_FLIGHT.get_ptr(&id) else {
-        return;
+fn transfer(ctx: &TracePointContext, direction: Direction) {
+    use length_record::*;
+    let p = ctx.as_ptr() as *const u8;
+    // SAFETY: aligned reads of the tracepoint record at the offsets its
+    // format gives; the verifier checks tracepoint context reads.
+    let (sk, family, ret, flags) = unsafe {
+        (
+            *(p.add(SK) as *const u64),
+            *(p.add(FAMILY) as *const u16),
+            *(p.add(RET) as *const i32),
+            *(p.add(FLAGS) as *const i32),
+        )
     };
-    // SAFETY: a valid map value pointer; copied out before the remove.
-    let pending = unsafe { *p };
-    let _ = IN_FLIGHT.remove(&id);
-    let Some(ret) = arg::<i64>(ctx, RET) else {
-        return;
-    };
-    if ret <= 0 {
+    if ret <= 0 || (family != AF_INET && family != AF_INET6) {
         return;
     }
-    let total = ret as u64;
-    let key = ConnKey {
-        tgid: (id >> 32) as u32,
-        fd: pending.fd,
-    };
-    let Some(conn) = CONNS.get_ptr_mut(&key) else {
+    // A peek is read again, for real, later.
+    if direction == Direction::Ingress && flags & MSG_PEEK != 0 {
         return;
+    }
+    let Some(cfg) = config() else { return };
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let tgid = (pid_tgid >> 32) as u32;
+    let total = ret as u64;
+    // SAFETY: no arguments.
+    let now = unsafe { bpf_ktime_get_ns() };
+    let conn = match CONNS.get_ptr_mut(&sk) {
+        // SAFETY: a valid map value pointer.
+        Some(c) if unsafe { (*c).tgid } == tgid => c,
+        Some(c) => {
+            let fd = syscall_buffers(cfg).fd;
+            if !hand_over(sk, c, cfg, tgid, fd, now) {
+                return;
+            }
+            c
+        }
+        None => {
+            let Some(p) = PENDING.get_ptr(&sk) else {
+                return;
+            };
+            // SAFETY: a valid map value pointer, copied at once.
+            let pending = unsafe { *p };
+            let fd = syscall_buffers(cfg).fd;
+            if !claim(sk, &pending, cfg, tgid, fd, now) {
+                return;
+            }
+            match CONNS.get_ptr_mut(&sk) {
+                Some(c) => c,
+                None => return,
+            }
+        }
     };
-    let egress = pending.direction == Direction::Egress as u8;
+    let bufs = buffers(cfg, sk, conn, direction);
+    let egress = direction == Direction::Egress;
     // SAFETY: a valid map value pointer. Counters are advisory: a lost update
-    // between two threads of one process on one fd only skews totals.
-    let (conn_id, sock) = unsafe {
+    // between two threads on one socket only skews totals.
+    let conn_id = unsafe {
         if egress {
             (*conn).bytes_sent += total;
         } else {
             (*conn).bytes_recv += total;
         }
-        ((*conn).conn_id, (*conn).sock)
+        (*conn).conn_id
     };
-    let Some(cfg) = config() else { return };
     // The sequence number just past the bytes this call moved: what was
     // queued to send, or what was read. Minus the length, it names the
     // transfer's first byte, as the other end numbers it too.
@@ -743,11 +778,7 @@ fn io_exit(ctx: &TracePointContext) {
     } else {
         cfg.offsets.tcp_copied_seq
     };
-    let seq_after = if sock == 0 {
-        None
-    } else {
-        read_kernel::<u32>(sock + seq_field as u64)
-    };
+    let seq_after = read_kernel::<u32>(sk + seq_field as u64);
     let Some(event) = SCRATCH.get_ptr_mut(0) else {
         return;
     };
@@ -763,10 +794,11 @@ fn io_exit(ctx: &TracePointContext) {
     }
     let data = event.data.as_mut_ptr();
     let mut captured: u64 = 0;
-    if pending.syscall == Syscall::SendFile as u8 {
-        // The bytes come from a file: only the length is known.
-    } else if pending.vectored == 0 {
-        captured = copy_user(data, 0, pending.ptr, want);
+    if bufs.ptr == 0 {
+        // The bytes come from a file, or a call whose buffers we do not
+        // follow: only the length is known.
+    } else if bufs.iov_count == 0 {
+        captured = copy_user(data, 0, bufs.ptr, want);
     } else {
         let Some(walk) = IOV_WALK.get_ptr_mut(0) else {
             return;
@@ -774,8 +806,8 @@ fn io_exit(ctx: &TracePointContext) {
         // SAFETY: the per-CPU walk slot, used by nothing else until we return.
         unsafe {
             walk.write(IovWalk {
-                iov: pending.ptr,
-                count: pending.iov_count,
+                iov: bufs.ptr,
+                count: bufs.iov_count,
                 remaining: want,
                 captured: 0,
             })
@@ -792,23 +824,18 @@ fn io_exit(ctx: &TracePointContext) {
         // SAFETY: as above.
         captured = unsafe { (*walk).captured };
     }
-    // SAFETY: no arguments.
-    let now = unsafe { bpf_ktime_get_ns() };
     event.header = DataHeader {
         kind: EventKind::Data as u8,
-        direction: pending.direction,
-        syscall: pending.syscall,
+        direction: direction as u8,
+        syscall: bufs.syscall as u8,
         has_seq: u8::from(seq_after.is_some()),
         captured_len: captured as u32,
-        tgid: key.tgid,
-        tid: id as u32,
-        fd: key.fd,
+        tgid,
+        tid: pid_tgid as u32,
+        fd: bufs.fd,
         seq: seq_after.unwrap_or(0).wrapping_sub(total as u32),
         conn_id,
         ts_ns: now,
-        start_ns: pending.start_ns,
-        // SAFETY: no arguments.
-        cgroup_id: unsafe { bpf_get_current_cgroup_id() },
         total_len: total,
     };
     let size = size_of::<DataHeader>() as u64 + (captured & (2 * MAX_CAPTURE as u64 - 1));
@@ -829,43 +856,15 @@ fn io_exit(ctx: &TracePointContext) {
     }
 }
 
-macro_rules! io_programs {
-    ($($enter:ident, $exit:ident, $syscall:expr, $dir:expr;)*) => {$(
-        #[tracepoint]
-        pub fn $enter(ctx: TracePointContext) -> u32 {
-            io_enter(&ctx, $syscall, $dir);
-            0
-        }
-        #[tracepoint]
-        pub fn $exit(ctx: TracePointContext) -> u32 {
-            io_exit(&ctx);
-            0
-        }
-    )*};
-}
-
-io_programs! {
-    read_enter, read_exit, Syscall::Read, Direction::Ingress;
-    write_enter, write_exit, Syscall::Write, Direction::Egress;
-    recvfrom_enter, recvfrom_exit, Syscall::RecvFrom, Direction::Ingress;
-    sendto_enter, sendto_exit, Syscall::SendTo, Direction::Egress;
-    readv_enter, readv_exit, Syscall::ReadV, Direction::Ingress;
-    writev_enter, writev_exit, Syscall::WriteV, Direction::Egress;
-    recvmsg_enter, recvmsg_exit, Syscall::RecvMsg, Direction::Ingress;
-    sendmsg_enter, sendmsg_exit, Syscall::SendMsg, Direction::Egress;
-}
-
-/// sendfile(out_fd, in_fd, offset, count): a transfer to a tracked socket
-/// whose bytes come from a file.
 #[tracepoint]
-pub fn sendfile_enter(ctx: TracePointContext) -> u32 {
-    io_enter(&ctx, Syscall::SendFile, Direction::Egress);
+pub fn sock_send(ctx: TracePointContext) -> u32 {
+    transfer(&ctx, Direction::Egress);
     0
 }
 
 #[tracepoint]
-pub fn sendfile_exit(ctx: TracePointContext) -> u32 {
-    io_exit(&ctx);
+pub fn sock_recv(ctx: TracePointContext) -> u32 {
+    transfer(&ctx, Direction::Ingress);
     0
 }
 

@@ -1,6 +1,7 @@
 //! Reads the kernel's BTF to find the struct member offsets the eBPF side
-//! needs to go from an fd to its socket (there is no CO-RE for our programs,
-//! so the agent does the relocation itself, once, at start).
+//! needs: a socket's network namespace and TCP sequence numbers, and where
+//! `pt_regs` holds the syscall registers (there is no CO-RE for our
+//! programs, so the agent does the relocation itself, once, at start).
 
 use std::{collections::HashMap, path::Path};
 
@@ -31,6 +32,9 @@ pub enum BtfError {
     /// A member is a bitfield, which the eBPF side cannot read as a whole.
     #[error("member `{member}` of struct `{ty}` is a bitfield")]
     Bitfield { ty: String, member: String },
+    /// Structs are laid out otherwise than the eBPF side reads them.
+    #[error("kernel struct layout not supported: {0}")]
+    Layout(&'static str),
 }
 
 const BTF_MAGIC: u16 = 0xeb9f;
@@ -203,7 +207,14 @@ impl Btf {
     /// The offsets the eBPF programs need.
     pub fn kernel_offsets(&self) -> Result<KernelOffsets, BtfError> {
         let sk_common = self.member_offset("sock", "__sk_common")?;
-        let skc = |m: &str| self.member_offset("sock_common", m).map(|o| sk_common + o);
+        let regs = |m: &str| self.member_offset("pt_regs", m);
+        let regs_syscall = regs("dx")?;
+        // One read takes the four: they must lie as `SyscallRegs` says.
+        if [regs("si")?, regs("di")?, regs("orig_ax")?] != [8, 16, 24].map(|d| regs_syscall + d) {
+            return Err(BtfError::Layout(
+                "pt_regs' dx, si, di and orig_ax are not consecutive",
+            ));
+        }
         Ok(KernelOffsets {
             task_files: self.member_offset("task_struct", "files")?,
             files_fdt: self.member_offset("files_struct", "fdt")?,
@@ -211,22 +222,21 @@ impl Btf {
             fdt_fd: self.member_offset("fdtable", "fd")?,
             file_private_data: self.member_offset("file", "private_data")?,
             socket_sk: self.member_offset("socket", "sk")?,
-            sk_family: skc("skc_family")?,
-            sk_protocol: self.member_offset("sock", "sk_protocol")?,
-            sk_num: skc("skc_num")?,
-            sk_dport: skc("skc_dport")?,
-            sk_daddr: skc("skc_daddr")?,
-            sk_rcv_saddr: skc("skc_rcv_saddr")?,
-            sk_v6_daddr: skc("skc_v6_daddr")?,
-            sk_v6_rcv_saddr: skc("skc_v6_rcv_saddr")?,
-            sk_net: skc("skc_net")?,
+            task_flags: self.member_offset("task_struct", "flags")?,
+            _pad2: 0,
+            sk_net: sk_common + self.member_offset("sock_common", "skc_net")?,
             net_ns_inum: self.member_offset("net", "ns")?
                 + self.member_offset("ns_common", "inum")?,
             tcp_write_seq: self.member_offset("tcp_sock", "write_seq")?,
             tcp_copied_seq: self.member_offset("tcp_sock", "copied_seq")?,
+            regs_syscall,
+            _pad: 0,
         })
     }
 }
+
+#[cfg(not(target_arch = "x86_64"))]
+compile_error!("the agent finds syscall arguments in x86-64 registers only, so far");
 
 #[cfg(test)]
 mod tests {
@@ -241,15 +251,10 @@ mod tests {
         }
         let btf = Btf::from_file(path).expect("parse vmlinux BTF");
         let off = btf.kernel_offsets().expect("offsets");
-        // These leading fields of sock_common have not moved in a decade: a
-        // parser that got them wrong is wrong everywhere else too.
-        assert_eq!(off.sk_daddr, 0);
-        assert_eq!(off.sk_rcv_saddr, 4);
-        assert_eq!(off.sk_dport, 12);
-        assert_eq!(off.sk_num, 14);
-        assert_eq!(off.sk_family, 16);
-        assert!(off.sk_v6_daddr > off.sk_family);
-        assert_eq!(off.sk_v6_rcv_saddr, off.sk_v6_daddr + 16);
+        // The x86-64 syscall ABI's registers, at their place in pt_regs
+        // since the first 64-bit kernels.
+        assert_eq!(off.regs_syscall, 96, "pt_regs.dx");
+        assert!(off.sk_net > 0 && off.net_ns_inum > 0);
         assert!(off.task_files > 0 && off.fdt_fd > 0 && off.socket_sk > 0);
         // Both are deep inside tcp_sock, past the inet_connection_sock.
         assert!(off.tcp_write_seq > 1000 && off.tcp_copied_seq > 1000);

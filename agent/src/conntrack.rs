@@ -90,9 +90,9 @@ pub struct ConnTable {
     pub evicted: u64,
     /// Connections of Tangle's own processes, not tracked.
     pub ignored: u64,
-    /// (pid, fd) of Tangle's own connections seen since the last look, for
-    /// the kernel side to stop following.
-    ignored_new: Vec<(u32, u32)>,
+    /// Tangle's own processes seen with a connection since the last look,
+    /// for the kernel side to stop following.
+    ignored_new: Vec<u32>,
 }
 
 impl ConnTable {
@@ -120,8 +120,8 @@ impl ConnTable {
         if identity.tangle {
             self.identities.release(ev.tgid);
             self.ignored += 1;
-            if self.ignored_new.len() < 1024 {
-                self.ignored_new.push((ev.tgid, ev.fd));
+            if self.ignored_new.len() < 1024 && !self.ignored_new.contains(&ev.tgid) {
+                self.ignored_new.push(ev.tgid);
             }
             return false;
         }
@@ -212,8 +212,8 @@ impl ConnTable {
         dead.into_iter().filter_map(|id| self.close(id)).collect()
     }
 
-    /// Tangle's own connections seen since the last call: (pid, fd).
-    pub fn take_ignored(&mut self) -> Vec<(u32, u32)> {
+    /// Tangle's own processes seen with a connection since the last call.
+    pub fn take_ignored(&mut self) -> Vec<u32> {
         std::mem::take(&mut self.ignored_new)
     }
 
@@ -294,7 +294,7 @@ mod tests {
         let mut t = ConnTable::with_identities(8, identities);
         let ev = open_event(1, me);
         assert!(!t.open(&ev, &mut Vec::new()));
-        assert_eq!(t.take_ignored(), [(me, 3)]);
+        assert_eq!(t.take_ignored(), [me]);
         assert!(t.is_empty());
         // Named so by its comm only: traced.
         let mut ev = open_event(2, u32::MAX);

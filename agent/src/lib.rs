@@ -6,7 +6,10 @@
 //! - [`conntrack`] keeps who owns each connection;
 //! - [`identity`] names the service a process is (with [`kubernetes`]);
 //! - [`pipeline`] parses each connection's transfers into exchanges;
-//! - [`export`] turns exchanges into linked OTLP spans and sends them;
+//! - [`export`] is the span queue: on the capture thread each exchange
+//!   becomes a compact span record ([`spans`]) and is linked to the request
+//!   it serves ([`link`]); the export thread encodes spans as OTLP
+//!   ([`otlp`]) and sends them to the collector;
 //! - [`metrics`] serves the agent's own counters to Prometheus;
 //! - [`own_traffic`] says what is Tangle's own, never traced;
 //! - [`privileges`] drops what the agent no longer needs once attached;
@@ -21,7 +24,9 @@ pub mod events;
 pub mod export;
 pub mod identity;
 pub mod kubernetes;
+pub mod link;
 pub mod metrics;
+pub mod otlp;
 pub mod output;
 pub mod own_traffic;
 pub mod pipeline;
@@ -29,3 +34,4 @@ pub mod privileges;
 pub mod probe;
 pub mod reader;
 pub mod replay;
+pub mod spans;

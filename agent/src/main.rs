@@ -127,6 +127,12 @@ struct CaptureArgs {
     /// progress are lost).
     #[arg(long, env = "TANGLE_MAX_CONNECTIONS", default_value_t = 65536)]
     max_connections: u32,
+    /// Have the kernel time eBPF programs (node-wide while the agent runs;
+    /// needs CAP_SYS_ADMIN). The JSON counters (--json, --quiet) gain
+    /// `programs`: runs and run time of each of Tangle's programs. Costs
+    /// each run tens of nanoseconds: for benchmarks.
+    #[arg(long)]
+    program_stats: bool,
     /// Stop after this long (e.g. 10s, 2m).
     #[arg(long, value_parser = humantime::parse_duration)]
     duration: Option<Duration>,
@@ -278,7 +284,7 @@ impl tangle_agent::pipeline::ExchangeSink for Exporting {
         &mut self,
         conn: &tangle_agent::conntrack::Connection,
         tid: u32,
-        e: &tangle_protocols::Exchange,
+        e: tangle_protocols::Exchange,
     ) {
         self.queue.exchange(conn, tid, e);
     }
@@ -332,6 +338,7 @@ fn capture(args: CaptureArgs, mode: Mode) -> anyhow::Result<()> {
             .transpose()?,
         port: args.port,
         wakeup_bytes: args.wakeup_kib.saturating_mul(1024),
+        program_stats: args.program_stats,
         netns: args
             .netns
             .as_deref()
@@ -392,7 +399,7 @@ fn capture(args: CaptureArgs, mode: Mode) -> anyhow::Result<()> {
             }
         }
         for pid in own_traffic::tangle_processes() {
-            if let Err(e) = probe.ignore_process(pid, None) {
+            if let Err(e) = probe.ignore_process(pid) {
                 log::warn!(
                     "could not add Tangle's process {pid} to the kernel's ignore list ({e}): \
                      its connections are dropped in user space instead"
@@ -486,8 +493,8 @@ async fn capture_loop(
         tokio::select! {
             res = reader.next_batch(out) => {
                 res.context("reading the ring buffer")?;
-                for (pid, fd) in reader.take_ignored() {
-                    if let Err(e) = probe.ignore_process(pid, Some(fd)) {
+                for pid in reader.take_ignored() {
+                    if let Err(e) = probe.ignore_process(pid) {
                         tangle_throttle::warn!(
                             not_ignored,
                             "could not add Tangle's process {pid} to the kernel's ignore \
@@ -600,6 +607,7 @@ fn print_stats(
         "type": "stats",
         "elapsed_s": secs,
         "kernel": kernel,
+        "programs": probe.program_stats(),
         "agent": user,
         "parsers": out.stats(),
     });

@@ -133,7 +133,6 @@ pub enum Line<'a> {
     Data {
         ts: String,
         ts_ns: u64,
-        start_ns: u64,
         conn_id: u64,
         pid: u32,
         tid: u32,
@@ -226,7 +225,8 @@ impl<W: Write> ExchangeSink for LineWriter<W> {
         }
     }
 
-    fn exchange(&mut self, c: &Connection, _tid: u32, e: &Exchange) {
+    fn exchange(&mut self, c: &Connection, _tid: u32, e: Exchange) {
+        let e = &e;
         let status = match &e.status {
             Status::Ok { code: Some(code) } => code.clone(),
             Status::Ok { code: None } => "ok".into(),
@@ -384,7 +384,6 @@ impl<W: Write> Sink for LineWriter<W> {
             |clock| Line::Data {
                 ts: clock.rfc3339(h.ts_ns),
                 ts_ns: clock.wall_ns(h.ts_ns),
-                start_ns: clock.wall_ns(h.start_ns),
                 conn_id: h.conn_id,
                 pid: h.tgid,
                 tid: h.tid,

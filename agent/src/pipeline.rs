@@ -13,7 +13,7 @@ use crate::{conntrack::Connection, reader::Sink};
 pub trait ExchangeSink {
     /// `tid` is the thread that last moved a request on the connection: the
     /// one that wrote it (client) or read it (server).
-    fn exchange(&mut self, conn: &Connection, tid: u32, exchange: &Exchange);
+    fn exchange(&mut self, conn: &Connection, tid: u32, exchange: Exchange);
     /// Thread `tid` read request bytes on server connection `conn`.
     fn inbound_read(&mut self, _conn: &Connection, _tid: u32) {}
     /// `conn` closed; its last exchanges were handed on.
@@ -76,7 +76,7 @@ fn deliver(
 ) {
     for e in out.drain(..) {
         stats.exchanges += 1;
-        sink.exchange(&t.conn, t.request_tid, &e);
+        sink.exchange(&t.conn, t.request_tid, e);
     }
 }
 
@@ -290,8 +290,8 @@ mod tests {
     #[derive(Default)]
     struct Collect(Vec<Exchange>);
     impl ExchangeSink for Collect {
-        fn exchange(&mut self, _: &Connection, _: u32, e: &Exchange) {
-            self.0.push(e.clone());
+        fn exchange(&mut self, _: &Connection, _: u32, e: Exchange) {
+            self.0.push(e);
         }
     }
 

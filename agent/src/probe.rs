@@ -12,8 +12,8 @@ use aya::{
     programs::TracePoint,
 };
 use tangle_common::{
-    AF_INET, AF_INET6, Config, ConnInfo, ConnKey, DEFAULT_CAPTURE, DEFAULT_WAKEUP_BYTES, Endpoint,
-    KernelOffsets, MAX_CAPTURE, PendingIo, STAT_COUNT, SockOwner, Stat,
+    AF_INET, AF_INET6, Config, ConnInfo, DEFAULT_CAPTURE, DEFAULT_WAKEUP_BYTES, Endpoint,
+    KernelOffsets, MAX_CAPTURE, STAT_COUNT, Stat, SyscallNumbers,
 };
 
 use crate::btf::{Btf, BtfError, VMLINUX_BTF};
@@ -22,33 +22,12 @@ use crate::btf::{Btf, BtfError, VMLINUX_BTF};
 static EBPF_OBJECT: &[u8] =
     aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/tangle-agent-ebpf"));
 
-/// Each program and the tracepoint (category, name) it attaches to.
+/// Each program and the tracepoint (category, name) it attaches to. Socket
+/// events only: a process that never touches a socket pays nothing.
 const ATTACHMENTS: &[(&str, &str, &str)] = &[
-    ("connect_enter", "syscalls", "sys_enter_connect"),
-    ("connect_exit", "syscalls", "sys_exit_connect"),
-    ("accept_exit", "syscalls", "sys_exit_accept"),
-    ("accept_exit", "syscalls", "sys_exit_accept4"),
-    ("close_enter", "syscalls", "sys_enter_close"),
     ("sock_set_state", "sock", "inet_sock_set_state"),
-    ("process_fork", "sched", "sched_process_fork"),
-    ("read_enter", "syscalls", "sys_enter_read"),
-    ("read_exit", "syscalls", "sys_exit_read"),
-    ("write_enter", "syscalls", "sys_enter_write"),
-    ("write_exit", "syscalls", "sys_exit_write"),
-    ("recvfrom_enter", "syscalls", "sys_enter_recvfrom"),
-    ("recvfrom_exit", "syscalls", "sys_exit_recvfrom"),
-    ("sendto_enter", "syscalls", "sys_enter_sendto"),
-    ("sendto_exit", "syscalls", "sys_exit_sendto"),
-    ("readv_enter", "syscalls", "sys_enter_readv"),
-    ("readv_exit", "syscalls", "sys_exit_readv"),
-    ("writev_enter", "syscalls", "sys_enter_writev"),
-    ("writev_exit", "syscalls", "sys_exit_writev"),
-    ("recvmsg_enter", "syscalls", "sys_enter_recvmsg"),
-    ("recvmsg_exit", "syscalls", "sys_exit_recvmsg"),
-    ("sendmsg_enter", "syscalls", "sys_enter_sendmsg"),
-    ("sendmsg_exit", "syscalls", "sys_exit_sendmsg"),
-    ("sendfile_enter", "syscalls", "sys_enter_sendfile64"),
-    ("sendfile_exit", "syscalls", "sys_exit_sendfile64"),
+    ("sock_send", "sock", "sock_send_length"),
+    ("sock_recv", "sock", "sock_recv_length"),
 ];
 
 /// Where tracefs is mounted when nothing else has mounted it.
@@ -72,6 +51,12 @@ pub enum ProbeError {
     /// Tracepoints need tracefs, which is not mounted and could not be.
     #[error("tracefs is not mounted and mounting it at {TRACEFS} failed: {0}")]
     NoTracefs(io::Error),
+    /// The kernel lacks a tracepoint the programs attach to.
+    #[error(
+        "the kernel has no tracepoint {0} (the capture needs Linux 6.3 or later: \
+         sock:sock_send_length and sock:sock_recv_length)"
+    )]
+    NoTracepoint(String),
     /// The kernel refused the eBPF object.
     #[error("loading the eBPF object failed: {0}")]
     Load(#[from] Box<aya::EbpfError>),
@@ -120,6 +105,9 @@ pub struct ProbeOptions {
     pub netns: Option<u32>,
     /// Bytes pending before the kernel wakes the reader; 0 wakes it per event.
     pub wakeup_bytes: u32,
+    /// Have the kernel time every program run while the probe lives (see
+    /// [`Probe::program_stats`]); the timing itself costs each run a little.
+    pub program_stats: bool,
 }
 
 impl Default for ProbeOptions {
@@ -133,6 +121,7 @@ impl Default for ProbeOptions {
             port: None,
             netns: None,
             wakeup_bytes: DEFAULT_WAKEUP_BYTES,
+            program_stats: false,
         }
     }
 }
@@ -146,22 +135,29 @@ pub struct KernelStats {
     pub data_events: u64,
     pub conn_events: u64,
     pub read_faults: u64,
-    pub in_flight_full: u64,
     /// Connections the full table forgot (least recently used) for new ones.
     pub conns_evicted: u64,
     /// Connections not tracked: Tangle's own processes and endpoints.
     pub ignored: u64,
-    /// Entries in the kernel's connection table now.
+    /// Connections in the kernel's table now, claimed by a process.
     pub conns_tracked: u64,
-    /// Entries in the kernel's socket-to-connection map now.
-    pub socks_tracked: u64,
-    /// Data syscalls between enter and exit now.
-    pub in_flight: u64,
+    /// Connections established and not claimed yet (no transfer so far).
+    pub conns_pending: u64,
+}
+
+/// How often one eBPF program ran and for how long, while timed.
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct ProgramStats {
+    pub program: String,
+    pub runs: u64,
+    pub run_ns: u64,
 }
 
 /// The loaded, attached programs and their maps.
 pub struct Probe {
     ebpf: Ebpf,
+    /// While held, the kernel times every eBPF program's runs.
+    timing: Option<std::os::fd::OwnedFd>,
     stats: PerCpuArray<MapData, u64>,
     /// Connections removed from the kernel's table from here (not evicted).
     swept: u64,
@@ -196,6 +192,18 @@ fn preflight() -> Result<(), ProbeError> {
         return Err(ProbeError::NoBtf);
     }
     ensure_tracefs()?;
+    for &(_, category, name) in ATTACHMENTS {
+        let known = [TRACEFS, "/sys/kernel/debug/tracing"].iter().any(|dir| {
+            Path::new(dir)
+                .join("events")
+                .join(category)
+                .join(name)
+                .exists()
+        });
+        if !known {
+            return Err(ProbeError::NoTracepoint(format!("{category}:{name}")));
+        }
+    }
     // Kernels before 5.11 charge eBPF maps to RLIMIT_MEMLOCK; raising it is harmless later.
     let rlim = libc::rlimit {
         rlim_cur: libc::RLIM_INFINITY,
@@ -225,7 +233,7 @@ fn effective_caps() -> u64 {
 
 fn ensure_tracefs() -> Result<(), ProbeError> {
     for dir in [TRACEFS, "/sys/kernel/debug/tracing"] {
-        if Path::new(dir).join("events/syscalls").exists() {
+        if Path::new(dir).join("events/sock").exists() {
             return Ok(());
         }
     }
@@ -243,7 +251,7 @@ fn ensure_tracefs() -> Result<(), ProbeError> {
     if rc != 0 {
         let err = io::Error::last_os_error();
         // Another process (or thread) may have mounted it meanwhile (EBUSY).
-        if Path::new(TRACEFS).join("events/syscalls").exists() {
+        if Path::new(TRACEFS).join("events/sock").exists() {
             return Ok(());
         }
         return Err(ProbeError::NoTracefs(err));
@@ -272,7 +280,7 @@ impl Probe {
         let mut ebpf = EbpfLoader::new()
             .map_max_entries("EVENTS", ring_size)
             .map_max_entries("CONNS", options.max_connections)
-            .map_max_entries("SOCKS", options.max_connections)
+            .map_max_entries("PENDING", options.max_connections)
             .load(EBPF_OBJECT)
             .map_err(Box::new)?;
         write_config(&mut ebpf, &options, offsets)?;
@@ -302,8 +310,17 @@ impl Probe {
             options.capture_size,
             ring_size / 1024
         );
+        let timing = if options.program_stats {
+            Some(
+                aya::sys::enable_stats(aya::sys::Stats::RunTime)
+                    .map_err(|e| ProbeError::Io("enabling eBPF run-time stats", e.io_error))?,
+            )
+        } else {
+            None
+        };
         Ok(Self {
             ebpf,
+            timing,
             stats,
             swept: 0,
             ignored: Default::default(),
@@ -318,7 +335,7 @@ impl Probe {
 
     /// The kernel's counters and map sizes now.
     pub fn stats(&self) -> Result<KernelStats, ProbeError> {
-        let conns_tracked = self.map_len::<ConnKey, ConnInfo>("CONNS")?;
+        let conns_tracked = self.map_len::<u64, ConnInfo>("CONNS")?;
         let sum = |stat: Stat| -> Result<u64, ProbeError> {
             let values = self
                 .stats
@@ -326,7 +343,7 @@ impl Probe {
                 .map_err(map_error("STATS"))?;
             Ok(values.iter().sum())
         };
-        debug_assert_eq!(STAT_COUNT, 9);
+        debug_assert_eq!(STAT_COUNT, 8);
         let evicted = sum(Stat::ConnInserted)?
             .saturating_sub(sum(Stat::ConnRemoved)? + self.swept + conns_tracked)
             .max(self.evicted_reported.get());
@@ -337,13 +354,30 @@ impl Probe {
             data_events: sum(Stat::DataEvents)?,
             conn_events: sum(Stat::ConnEvents)?,
             read_faults: sum(Stat::ReadFaults)?,
-            in_flight_full: sum(Stat::InFlightFull)?,
             ignored: sum(Stat::Ignored)?,
             conns_tracked,
             conns_evicted: evicted,
-            socks_tracked: self.map_len::<u64, SockOwner>("SOCKS")?,
-            in_flight: self.map_len::<u64, PendingIo>("IN_FLIGHT")?,
+            conns_pending: self.map_len::<u64, ConnInfo>("PENDING")?,
         })
+    }
+
+    /// Each program's runs and run time so far, when the probe was loaded
+    /// with `program_stats`; empty otherwise.
+    pub fn program_stats(&self) -> Vec<ProgramStats> {
+        if self.timing.is_none() {
+            return Vec::new();
+        }
+        self.ebpf
+            .programs()
+            .filter_map(|(name, program)| {
+                let info = program.info().ok()?;
+                Some(ProgramStats {
+                    program: name.to_owned(),
+                    runs: info.run_count(),
+                    run_ns: info.run_time().as_nanos() as u64,
+                })
+            })
+            .collect()
     }
 
     fn map_len<K: aya::Pod, V: aya::Pod>(&self, name: &'static str) -> Result<u64, ProbeError> {
@@ -355,27 +389,53 @@ impl Probe {
         Ok(map.keys().count() as u64)
     }
 
-    /// Forgets kernel entries of processes that no longer exist (a safety net:
-    /// the kernel side removes them when it sees the socket close).
+    /// Gives back the connections of processes that no longer exist (a
+    /// safety net: the kernel side ends them when it sees the socket
+    /// close): their sockets may live on in another process (a daemon that
+    /// forked after connecting), which claims them again with its next
+    /// transfer. Returns how many.
     pub fn sweep_dead_processes(&mut self) -> Result<usize, ProbeError> {
-        let mut conns = self.hash_map::<ConnKey, ConnInfo>("CONNS")?;
         // One look at /proc per process, not per connection: a pool of
         // thousands of connections costs one stat.
         let mut alive: std::collections::HashMap<u32, bool> = std::collections::HashMap::new();
-        let dead: Vec<ConnKey> = conns
-            .keys()
-            .filter_map(Result::ok)
-            .filter(|k| {
-                !*alive
-                    .entry(k.tgid)
-                    .or_insert_with(|| Path::new(&format!("/proc/{}", k.tgid)).exists())
-            })
-            .collect();
-        for key in &dead {
-            let _ = conns.remove(key);
+        let dead = self.remove_conns(|tgid| {
+            !*alive
+                .entry(tgid)
+                .or_insert_with(|| Path::new(&format!("/proc/{tgid}")).exists())
+        })?;
+        let mut pending = self.hash_map::<u64, ConnInfo>("PENDING")?;
+        for (sk, info) in &dead {
+            let unclaimed = ConnInfo {
+                tgid: 0,
+                fd: u32::MAX,
+                ..*info
+            };
+            // A full table forgets its oldest: the socket goes untracked.
+            let _ = pending.insert(sk, unclaimed, 0);
         }
-        self.swept += dead.len() as u64;
         Ok(dead.len())
+    }
+
+    /// Removes the kernel's claimed connections whose process `doomed`
+    /// says; counted as swept. Returns them.
+    fn remove_conns(
+        &mut self,
+        mut doomed: impl FnMut(u32) -> bool,
+    ) -> Result<Vec<(u64, ConnInfo)>, ProbeError> {
+        let mut conns = self.hash_map::<u64, ConnInfo>("CONNS")?;
+        let gone: Vec<(u64, ConnInfo)> = conns
+            .iter()
+            .filter_map(Result::ok)
+            .filter(|(_, info)| doomed(info.tgid))
+            .collect();
+        let mut removed = Vec::with_capacity(gone.len());
+        for (sk, info) in gone {
+            if conns.remove(&sk).is_ok() {
+                removed.push((sk, info));
+            }
+        }
+        self.swept += removed.len() as u64;
+        Ok(removed)
     }
 
     /// The kernel's hash map `name`, to change.
@@ -390,11 +450,10 @@ impl Probe {
         HashMap::try_from(map).map_err(map_error(name))
     }
 
-    /// Never tracks `tgid`'s connections from now on, and forgets the one
-    /// it has on `fd` (Tangle's own processes). Fails when the kernel's
-    /// table of them is full: the process is then traced (counted, logged
-    /// by the caller).
-    pub fn ignore_process(&mut self, tgid: u32, fd: Option<u32>) -> Result<(), ProbeError> {
+    /// Never tracks `tgid`'s connections from now on, and forgets those it
+    /// has (Tangle's own processes). Fails when the kernel's table of them
+    /// is full: the process is then traced (counted, logged by the caller).
+    pub fn ignore_process(&mut self, tgid: u32) -> Result<(), ProbeError> {
         if !self.ignored.contains_key(&tgid) {
             let Some(started) = process_start(tgid) else {
                 // Gone already: nothing left to ignore.
@@ -406,12 +465,7 @@ impl Probe {
                 .map_err(map_error("IGNORED_TGIDS"))?;
             self.ignored.insert(tgid, started);
         }
-        if let Some(fd) = fd {
-            let mut conns = self.hash_map::<ConnKey, ConnInfo>("CONNS")?;
-            if conns.remove(&ConnKey { tgid, fd }).is_ok() {
-                self.swept += 1;
-            }
-        }
+        self.remove_conns(|owner| owner == tgid)?;
         Ok(())
     }
 
@@ -513,6 +567,18 @@ fn write_config(
         wakeup_bytes: options.wakeup_bytes,
         id_base: run_id() << 48,
         offsets,
+        syscalls: SyscallNumbers {
+            read: libc::SYS_read as u32,
+            write: libc::SYS_write as u32,
+            readv: libc::SYS_readv as u32,
+            writev: libc::SYS_writev as u32,
+            sendto: libc::SYS_sendto as u32,
+            recvfrom: libc::SYS_recvfrom as u32,
+            sendmsg: libc::SYS_sendmsg as u32,
+            recvmsg: libc::SYS_recvmsg as u32,
+            sendfile: libc::SYS_sendfile as u32,
+            _pad: 0,
+        },
         ..Config::default()
     };
     let map = ebpf

@@ -55,10 +55,10 @@ pub struct Reader {
 /// Human name of a close reason byte.
 pub fn close_reason(r: u8) -> &'static str {
     match r {
-        x if x == CloseReason::Syscall as u8 => "close",
         x if x == CloseReason::TcpClose as u8 => "tcp-close",
         x if x == CloseReason::Evicted as u8 => "evicted",
         x if x == CloseReason::ProcessGone as u8 => "process-gone",
+        x if x == CloseReason::HandedOver as u8 => "handed-over",
         _ => "unknown",
     }
 }
@@ -134,9 +134,9 @@ impl Reader {
         gone.len()
     }
 
-    /// Tangle's own connections seen since the last call: (pid, fd), for
-    /// the kernel side to stop following.
-    pub fn take_ignored(&mut self) -> Vec<(u32, u32)> {
+    /// Tangle's own processes seen with a connection since the last call,
+    /// for the kernel side to stop following.
+    pub fn take_ignored(&mut self) -> Vec<u32> {
         self.table.take_ignored()
     }
 }

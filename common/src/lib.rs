@@ -23,21 +23,13 @@ pub const COMM_LEN: usize = 16;
 pub const AF_INET: u16 = 2;
 pub const AF_INET6: u16 = 10;
 
-/// Identifies a socket in one process: the thread-group id and the fd.
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
-pub struct ConnKey {
-    pub tgid: u32,
-    pub fd: u32,
-}
-
 /// Which end of the TCP connection this process is.
 #[repr(u8)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Role {
-    /// The process called `connect`.
+    /// This end sent the SYN (`SYN_SENT` → `ESTABLISHED`).
     Client = 1,
-    /// The process got the socket from `accept`.
+    /// This end answered it (`SYN_RECV` → `ESTABLISHED`).
     Server = 2,
 }
 
@@ -106,45 +98,27 @@ impl Endpoint {
     }
 }
 
-/// A tracked connection, kept in the kernel's `CONNS` map.
+/// A tracked connection, kept under its `struct sock *`: in the kernel's
+/// `PENDING` map from the TCP handshake's end (role and both addresses
+/// known, no process yet), in `CONNS` once the first transfer in a process
+/// claims it for that process.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default)]
 pub struct ConnInfo {
     /// Unique on the node for the agent's lifetime.
     pub conn_id: u64,
-    /// The kernel `struct sock *`, used to notice the TCP close.
-    pub sock: u64,
     pub opened_ns: u64,
     pub bytes_sent: u64,
     pub bytes_recv: u64,
     pub addrs: SockAddrs,
+    /// The process that moves its bytes; 0 until the first transfer.
+    pub tgid: u32,
+    /// An fd of the socket in that process, checked to hold it: a transfer
+    /// on it reads its buffer from the syscall's arguments. `u32::MAX`
+    /// while none is known (io_uring).
+    pub fd: u32,
     pub role: u8,
     pub _pad: [u8; 7],
-}
-
-/// The connection that owns a `struct sock *`, in the kernel's `SOCKS` map.
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default)]
-pub struct SockOwner {
-    pub key: ConnKey,
-    pub conn_id: u64,
-}
-
-/// A data syscall between its enter and exit, in the kernel's `IN_FLIGHT` map.
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default)]
-pub struct PendingIo {
-    pub fd: u32,
-    /// `Syscall`.
-    pub syscall: u8,
-    /// `Direction`.
-    pub direction: u8,
-    /// 1 when `ptr` is an iovec array, 0 when it is a plain buffer.
-    pub vectored: u8,
-    pub _pad: u8,
-    pub ptr: u64,
-    pub iov_count: u64,
-    pub start_ns: u64,
 }
 
 /// What the kernel tells userspace about; the first byte of every event.
@@ -171,15 +145,17 @@ impl EventKind {
 #[repr(u8)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum CloseReason {
-    /// The process called `close(fd)`.
-    Syscall = 1,
-    /// The kernel moved the socket to `TCP_CLOSE` (process exit, reset).
+    /// The kernel moved the socket to `TCP_CLOSE`: both ends closed, a
+    /// reset, or the process exited.
     TcpClose = 2,
     /// The agent forgot it to make room in its full table (never sent by
     /// the kernel side).
     Evicted = 3,
     /// Its process is gone and no close was seen (never sent by the kernel side).
     ProcessGone = 4,
+    /// Another process moved bytes on the socket and took it over (a
+    /// pre-fork server's child serving what its parent accepted).
+    HandedOver = 5,
 }
 
 /// A connection opened or closed.
@@ -240,6 +216,9 @@ pub enum Syscall {
     SendMsg = 8,
     /// Only the length is known: the bytes came from a file.
     SendFile = 9,
+    /// A call whose buffers are not followed (sendmmsg, recvmmsg, splice,
+    /// io_uring): only the length is known.
+    Other = 10,
 }
 
 impl Syscall {
@@ -254,6 +233,7 @@ impl Syscall {
             7 => Self::RecvMsg,
             8 => Self::SendMsg,
             9 => Self::SendFile,
+            10 => Self::Other,
             _ => return None,
         })
     }
@@ -269,6 +249,7 @@ impl Syscall {
             Self::RecvMsg => "recvmsg",
             Self::SendMsg => "sendmsg",
             Self::SendFile => "sendfile",
+            Self::Other => "other",
         }
     }
 }
@@ -295,12 +276,9 @@ pub struct DataHeader {
     /// the connection see the same number for the same byte.
     pub seq: u32,
     pub conn_id: u64,
-    /// `bpf_ktime_get_ns` at the end of the syscall.
+    /// `bpf_ktime_get_ns` when the transfer was done.
     pub ts_ns: u64,
-    /// `bpf_ktime_get_ns` at the start of the syscall.
-    pub start_ns: u64,
-    pub cgroup_id: u64,
-    /// The whole transfer's length (the syscall's return value).
+    /// The whole transfer's length (what the socket call returned).
     pub total_len: u64,
 }
 
@@ -313,24 +291,21 @@ pub struct DataEvent {
 }
 
 /// Byte offsets of kernel struct members, read from BTF by the agent, so the
-/// eBPF side can find a socket from an fd without CO-RE.
+/// eBPF side needs no CO-RE.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct KernelOffsets {
+    /// The walk from a task's fd to its socket:
+    /// `task->files->fdt->fd[fd]->private_data->sk`.
     pub task_files: u32,
     pub files_fdt: u32,
     pub fdt_max_fds: u32,
     pub fdt_fd: u32,
     pub file_private_data: u32,
     pub socket_sk: u32,
-    pub sk_family: u32,
-    pub sk_protocol: u32,
-    pub sk_num: u32,
-    pub sk_dport: u32,
-    pub sk_daddr: u32,
-    pub sk_rcv_saddr: u32,
-    pub sk_v6_daddr: u32,
-    pub sk_v6_rcv_saddr: u32,
+    /// `task_struct.flags` (`PF_KTHREAD`).
+    pub task_flags: u32,
+    pub _pad2: u32,
     /// `sock_common.skc_net` (a `struct net *`).
     pub sk_net: u32,
     /// `net.ns.inum`: the network namespace's inode number.
@@ -339,6 +314,38 @@ pub struct KernelOffsets {
     pub tcp_write_seq: u32,
     /// `tcp_sock.copied_seq`: the sequence number after the last byte read.
     pub tcp_copied_seq: u32,
+    /// Where, in `struct pt_regs` (the task's saved user registers), the
+    /// registers [`SyscallRegs`] lists start, in its order.
+    pub regs_syscall: u32,
+    pub _pad: u32,
+}
+
+/// The registers holding a syscall's number and first three arguments,
+/// as they lie in x86-64's `struct pt_regs` (`dx`, `si`, `di`, `orig_ax`):
+/// one read takes them all.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SyscallRegs {
+    pub arg2: u64,
+    pub arg1: u64,
+    pub arg0: u64,
+    pub nr: u64,
+}
+
+/// This architecture's numbers of the syscalls whose buffers are followed.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SyscallNumbers {
+    pub read: u32,
+    pub write: u32,
+    pub readv: u32,
+    pub writev: u32,
+    pub sendto: u32,
+    pub recvfrom: u32,
+    pub sendmsg: u32,
+    pub recvmsg: u32,
+    pub sendfile: u32,
+    pub _pad: u32,
 }
 
 /// Runtime settings of the eBPF programs, element 0 of the `CONFIG` map.
@@ -365,6 +372,7 @@ pub struct Config {
     /// so ids stay unique on the node across restarts.
     pub id_base: u64,
     pub offsets: KernelOffsets,
+    pub syscalls: SyscallNumbers,
 }
 
 /// Counters kept per CPU in the `STATS` map; the index of each.
@@ -381,36 +389,28 @@ pub enum Stat {
     ConnEvents = 3,
     /// Reads of user or kernel memory that failed.
     ReadFaults = 4,
-    /// Syscalls not followed because the in-flight table was full.
-    InFlightFull = 5,
     /// Connections added to the connection table.
-    ConnInserted = 6,
+    ConnInserted = 5,
     /// Connections removed from the connection table by the programs (the
     /// rest of those added are there now, or were evicted by the LRU table
     /// to make room: the agent counts those as the difference).
-    ConnRemoved = 7,
+    ConnRemoved = 6,
     /// Connections not tracked because their process or endpoint is
     /// Tangle's own.
-    Ignored = 8,
+    Ignored = 7,
 }
 
 /// The number of `Stat` counters.
-pub const STAT_COUNT: u32 = 9;
+pub const STAT_COUNT: u32 = 8;
 
 #[cfg(feature = "user")]
 mod pod {
     use super::*;
     // SAFETY: all of these are #[repr(C)], made only of integers and byte
     // arrays, with explicit padding fields, so any bit pattern is valid.
-    unsafe impl aya::Pod for ConnKey {}
-    // SAFETY: as above.
     unsafe impl aya::Pod for ConnInfo {}
     // SAFETY: as above.
     unsafe impl aya::Pod for Config {}
-    // SAFETY: as above.
-    unsafe impl aya::Pod for SockOwner {}
-    // SAFETY: as above.
-    unsafe impl aya::Pod for PendingIo {}
     // SAFETY: as above.
     unsafe impl aya::Pod for KernelOffsets {}
     // SAFETY: as above.

@@ -52,6 +52,9 @@ impl TraceContext {
     /// `b3` holds the single-header form, `TRACEID-SPANID[-...]`; the
     /// multi-header form is folded into it. Returns false for other names.
     pub fn add_b3_header(&mut self, name: &str, value: &str) -> bool {
+        if !matches!(name, "b3" | "x-b3-traceid" | "x-b3-spanid") {
+            return false;
+        }
         let value = &crate::kept(value, crate::MAX_HEADER_VALUE);
         let b3 = self.b3.take();
         self.b3 = Some(match (name, b3) {

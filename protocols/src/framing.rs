@@ -120,9 +120,16 @@ impl<M, S: Default> SideStream<M, S> {
             self.desync();
             return;
         }
-        self.buf.extend_from_slice(bytes);
+        // With nothing buffered, heads are read from the transfer itself:
+        // only what is left of it is copied.
+        let mut buf = std::mem::take(&mut self.buf);
+        let from_chunk = buf.is_empty();
+        if !from_chunk {
+            buf.extend_from_slice(bytes);
+        }
+        let data: &[u8] = if from_chunk { bytes } else { &buf };
         let mut at = 0;
-        while let Some(front) = self.buf.get(at..).filter(|f| !f.is_empty()) {
+        while let Some(front) = data.get(at..).filter(|f| !f.is_empty()) {
             match parse(front, &mut self.scan) {
                 Frame::Incomplete => break,
                 Frame::Invalid => {
@@ -132,7 +139,7 @@ impl<M, S: Default> SideStream<M, S> {
                 }
                 Frame::Message { head, body, msg } => {
                     self.scan = S::default();
-                    let head = head.max(1).min(self.buf.len() - at);
+                    let head = head.max(1).min(data.len() - at);
                     let start_seq = self.buf_start_seq.map(|s| s.wrapping_add(at as u32));
                     at += head;
                     self.in_body = Some(InBody {
@@ -143,7 +150,7 @@ impl<M, S: Default> SideStream<M, S> {
                         truncated: false,
                     });
                     self.skip = body;
-                    let from_buf = body.min((self.buf.len() - at) as u64);
+                    let from_buf = body.min((data.len() - at) as u64);
                     self.pass_body(from_buf);
                     at += from_buf as usize;
                     self.buf_start_ns = ts;
@@ -154,7 +161,12 @@ impl<M, S: Default> SideStream<M, S> {
                 }
             }
         }
-        self.buf.drain(..at);
+        if from_chunk {
+            buf.extend_from_slice(bytes.get(at..).unwrap_or_default());
+        } else {
+            buf.drain(..at);
+        }
+        self.buf = buf;
         self.buf_start_seq = self.buf_start_seq.map(|s| s.wrapping_add(at as u32));
         if self.buf.is_empty() && self.buf.capacity() > IDLE_BUF {
             // An idle connection keeps no large head buffer.

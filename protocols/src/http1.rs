@@ -103,11 +103,28 @@ fn head_end(b: &[u8], searched: &mut usize) -> Option<usize> {
     }
 }
 
+/// The head's lines after the first; a head ends each line with CRLF.
+fn lines(head: &str) -> impl Iterator<Item = &str> {
+    head.split('\n').map(|l| l.strip_suffix('\r').unwrap_or(l))
+}
+
 fn headers(head: &str) -> impl Iterator<Item = (&str, &str)> {
-    head.split("\r\n").skip(1).filter_map(|line| {
+    lines(head).skip(1).filter_map(|line| {
         let (name, value) = line.split_once(':')?;
         Some((name.trim(), value.trim()))
     })
+}
+
+/// A header name in lower case, without allocating; names longer than any
+/// the parser reads come back empty.
+fn lower<'a>(name: &str, buf: &'a mut [u8; 32]) -> &'a str {
+    let Some(out) = buf.get_mut(..name.len()) else {
+        return "";
+    };
+    for (o, b) in out.iter_mut().zip(name.bytes()) {
+        *o = b.to_ascii_lowercase();
+    }
+    std::str::from_utf8(out).unwrap_or_default()
 }
 
 fn is_chunked(value: &str) -> bool {
@@ -128,7 +145,7 @@ fn parse_request(b: &[u8], searched: &mut usize) -> Frame<RequestHead> {
     let Ok(head) = std::str::from_utf8(b.get(..end - 4).unwrap_or_default()) else {
         return Frame::Invalid;
     };
-    let mut line = head.split("\r\n").next().unwrap_or_default().split(' ');
+    let mut line = lines(head).next().unwrap_or_default().split(' ');
     let (Some(method), Some(target), Some(version)) = (line.next(), line.next(), line.next())
     else {
         return Frame::Invalid;
@@ -143,11 +160,12 @@ fn parse_request(b: &[u8], searched: &mut usize) -> Frame<RequestHead> {
     };
     let mut chunked = false;
     for (name, value) in headers(head) {
-        let name = name.to_ascii_lowercase();
-        if fields.trace.add_b3_header(&name, value) {
+        let mut lowered = [0u8; 32];
+        let name = lower(name, &mut lowered);
+        if fields.trace.add_b3_header(name, value) {
             continue;
         }
-        match name.as_str() {
+        match name {
             "host" => fields.host = Some(kept(value, MAX_HEADER_VALUE)),
             "content-length" => fields.request_content_length = value.parse().ok(),
             "transfer-encoding" => chunked = is_chunked(value),
@@ -184,7 +202,7 @@ fn parse_response(
     let Ok(head) = std::str::from_utf8(b.get(..end - 4).unwrap_or_default()) else {
         return Frame::Invalid;
     };
-    let mut line = head.split("\r\n").next().unwrap_or_default().splitn(3, ' ');
+    let mut line = lines(head).next().unwrap_or_default().splitn(3, ' ');
     let (Some(version), Some(code)) = (line.next(), line.next()) else {
         return Frame::Invalid;
     };
@@ -197,7 +215,8 @@ fn parse_response(
     let mut content_length = None;
     let mut chunked = false;
     for (name, value) in headers(head) {
-        match name.to_ascii_lowercase().as_str() {
+        let mut lowered = [0u8; 32];
+        match lower(name, &mut lowered) {
             "content-length" => content_length = value.parse().ok(),
             "transfer-encoding" => chunked = is_chunked(value),
             _ => {}

@@ -218,3 +218,61 @@ mod outcome_tests {
         }
     }
 }
+
+/// The OpenTelemetry semantic-convention attribute names Tangle writes and
+/// reads (the collector also reads older spellings of some).
+pub mod attr {
+    pub const SERVICE_NAME: &str = "service.name";
+    pub const SERVER_ADDRESS: &str = "server.address";
+    pub const SERVER_PORT: &str = "server.port";
+    pub const CLIENT_ADDRESS: &str = "client.address";
+    pub const CLIENT_PORT: &str = "client.port";
+    pub const NETWORK_TRANSPORT: &str = "network.transport";
+    pub const PROCESS_PID: &str = "process.pid";
+    pub const PEER_SERVICE: &str = "peer.service";
+    pub const HTTP_REQUEST_METHOD: &str = "http.request.method";
+    pub const URL_PATH: &str = "url.path";
+    pub const HTTP_ROUTE: &str = "http.route";
+    pub const HTTP_RESPONSE_STATUS_CODE: &str = "http.response.status_code";
+    pub const RPC_SYSTEM: &str = "rpc.system";
+    pub const RPC_SERVICE: &str = "rpc.service";
+    pub const RPC_METHOD: &str = "rpc.method";
+    pub const DB_SYSTEM_NAME: &str = "db.system.name";
+    pub const DB_NAMESPACE: &str = "db.namespace";
+    pub const DB_QUERY_TEXT: &str = "db.query.text";
+    pub const DB_OPERATION_NAME: &str = "db.operation.name";
+    pub const MESSAGING_SYSTEM: &str = "messaging.system";
+    pub const MESSAGING_DESTINATION_NAME: &str = "messaging.destination.name";
+    pub const MESSAGING_OPERATION_TYPE: &str = "messaging.operation.type";
+    /// How many calls the agent linked under a server span.
+    pub const TANGLE_CHILDREN: &str = "tangle.children";
+}
+
+/// OTLP's span kinds, as `Span.kind` numbers them.
+#[repr(i32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum SpanKind {
+    Unspecified = 0,
+    Internal = 1,
+    /// Handles an incoming request.
+    Server = 2,
+    /// Makes an outgoing request.
+    Client = 3,
+    /// Publishes a message (asynchronous).
+    Producer = 4,
+    /// Handles a message.
+    Consumer = 5,
+}
+
+impl SpanKind {
+    pub fn from_i32(v: i32) -> Self {
+        match v {
+            1 => Self::Internal,
+            2 => Self::Server,
+            3 => Self::Client,
+            4 => Self::Producer,
+            5 => Self::Consumer,
+            _ => Self::Unspecified,
+        }
+    }
+}

@@ -63,25 +63,31 @@ enum Command {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
-    /// Measure the agent's overhead: wrk against nginx, without and with the agent.
+    /// Measure what Tangle costs: the node's other work (`dd bs=1` with and
+    /// without the agent), the capture (wrk against nginx) and the whole
+    /// pipeline (agent and collector), then one table of the figures
+    /// against their goals.
     Bench {
-        /// Length of each wrk run.
+        /// Length of each wrk run (capture and pipeline stages).
         #[arg(long, default_value = "10s", value_parser = humantime_secs)]
         duration: Duration,
-        /// Concurrent wrk connections.
+        /// Concurrent wrk connections (capture and pipeline stages).
         #[arg(long, default_value_t = 50)]
         connections: u32,
         /// Rounds of (baseline, with agent) pairs.
         #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..))]
         rounds: u32,
-        /// Run the whole pipeline (`tangle-agent run`: parse, link, export
-        /// to a local `tangle-collector`) instead of the capture alone.
-        #[arg(long)]
-        export: bool,
-        /// Measure instead what the agent costs processes that never touch
-        /// a socket: `dd bs=1` without and with the agent on the whole node.
-        #[arg(long, conflicts_with = "export")]
+        /// Run only the pipeline stage (`tangle-agent run`: parse, link,
+        /// export to a local `tangle-collector`).
+        #[arg(long, alias = "export")]
+        pipeline: bool,
+        /// Run only the node-tax stage (`dd bs=1` with and without the agent).
+        #[arg(long, conflicts_with = "pipeline")]
         node_tax: bool,
+        /// Run only the capture stage (wrk against nginx with `tangle-agent
+        /// capture`, then one round with the eBPF programs timed).
+        #[arg(long, conflicts_with_all = ["pipeline", "node_tax"])]
+        capture: bool,
     },
 }
 
@@ -140,14 +146,19 @@ fn main() -> anyhow::Result<()> {
             duration,
             connections,
             rounds,
-            export,
+            pipeline,
             node_tax,
+            capture,
         } => {
-            if node_tax {
-                bench::node_tax(rounds)
-            } else {
-                bench::run(duration, connections, rounds, export)
-            }
+            let all = !(pipeline || node_tax || capture);
+            bench::run(&bench::Plan {
+                duration,
+                connections,
+                rounds,
+                node_tax: all || node_tax,
+                capture: all || capture,
+                pipeline: all || pipeline,
+            })
         }
     }
 }
