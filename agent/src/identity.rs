@@ -110,7 +110,7 @@ impl Identity {
     /// OpenTelemetry resource attributes (semantic conventions).
     pub fn resource_attributes(&self) -> Vec<(&'static str, String)> {
         let mut a = vec![
-            ("service.name", self.service.clone()),
+            (tangle_wire::attr::SERVICE_NAME, self.service.clone()),
             ("process.executable.name", self.exe.clone()),
             (
                 "tangle.service.name.source",

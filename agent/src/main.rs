@@ -67,7 +67,7 @@ enum Command {
 
 #[derive(Args)]
 struct RunArgs {
-    /// The configuration file (TOML; see the README). Without one the agent
+    /// The configuration file (TOML; see docs/agent.md). Without one the agent
     /// exports to a collector on this machine (http://localhost:4317).
     #[arg(long, env = "TANGLE_CONFIG")]
     config: Option<PathBuf>,

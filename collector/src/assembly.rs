@@ -9,13 +9,26 @@
 //! server's trace moves under the client span. Every step costs time in
 //! the spans it touches, never in the size of the traces they are in.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{HashSet, VecDeque};
 
 use serde::Serialize;
 
 use tangle_wire::JoinKey;
 
 use crate::span::{Span, SpanId, SpanKind, TraceId};
+
+/// Hash maps keyed by ids: a fast hasher, seeded at random per process
+/// (ids come from the network).
+type Map<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;
+
+/// A trace's age is kept to this step, rounded up: spans of one trace
+/// arriving within one step cost no reordering of the traces by age, and a
+/// trace never closes before its whole idle time (at most a step after).
+const AGE_STEP_NS: u64 = 50_000_000;
+
+fn age_stamp(now_ns: u64) -> u64 {
+    now_ns.div_ceil(AGE_STEP_NS).saturating_mul(AGE_STEP_NS)
+}
 
 /// Spans one trace may hold, by default.
 pub const DEFAULT_MAX_TRACE_SPANS: usize = 10_000;
@@ -47,7 +60,7 @@ struct Pending {
     spans: Vec<Span>,
     /// Where each span is in `spans`, once there are more than
     /// [`UNINDEXED`] (empty before).
-    index: HashMap<SpanId, usize>,
+    index: Map<SpanId, usize>,
     last_ns: u64,
     /// Join keys first seen in this trace, and traces merged into it.
     keys: Vec<JoinKey>,
@@ -86,7 +99,7 @@ impl Pending {
     fn new(now_ns: u64) -> Self {
         Self {
             spans: Vec::new(),
-            index: HashMap::new(),
+            index: Map::default(),
             last_ns: now_ns,
             keys: Vec::new(),
             aliases: Vec::new(),
@@ -99,14 +112,20 @@ pub struct Assembler {
     idle_ns: u64,
     max_spans: usize,
     max_trace_spans: usize,
-    pending: HashMap<TraceId, Pending>,
+    pending: Map<TraceId, Pending>,
     /// (last update, trace) for finding the idle and the oldest.
-    by_age: BTreeMap<(u64, TraceId), ()>,
+    /// (age stamp, trace) in the order the stamps were given, oldest
+    /// first: a trace's entry is live while the trace is pending with that
+    /// stamp; older entries of it are passed over (no removal from the
+    /// middle, no ordered map to keep up per span).
+    by_age: VecDeque<(u64, TraceId)>,
+    /// The latest stamp given: stamps never go back, even if the clock does.
+    latest: u64,
     in_flight: usize,
     /// The first span seen with each join key: (trace, span, kind).
-    joins: HashMap<JoinKey, (TraceId, SpanId, SpanKind)>,
+    joins: Map<JoinKey, (TraceId, SpanId, SpanKind)>,
     /// Traces merged into another: their spans go there.
-    alias: HashMap<TraceId, TraceId>,
+    alias: Map<TraceId, TraceId>,
     pub stats: AssemblyStats,
 }
 
@@ -121,26 +140,30 @@ impl Assembler {
             idle_ns,
             max_spans: max_spans.max(1),
             max_trace_spans: max_trace_spans.max(1),
-            pending: HashMap::new(),
-            by_age: BTreeMap::new(),
+            pending: Map::default(),
+            by_age: VecDeque::new(),
+            latest: 0,
             in_flight: 0,
-            joins: HashMap::new(),
-            alias: HashMap::new(),
+            joins: Map::default(),
+            alias: Map::default(),
             stats: AssemblyStats::default(),
         }
     }
 
     /// Adds a span received at `now_ns`; returns traces closed early to make room.
     pub fn add(&mut self, mut span: Span, now_ns: u64) -> Vec<Vec<Span>> {
+        let now_ns = age_stamp(now_ns).max(self.latest);
+        self.latest = now_ns;
         self.stats.spans += 1;
         if let Some(&to) = self.alias.get(&span.trace_id) {
             span.trace_id = to;
         }
         let id = span.trace_id;
-        let p = self
-            .pending
-            .entry(id)
-            .or_insert_with(|| Pending::new(now_ns));
+        let mut fresh = false;
+        let p = self.pending.entry(id).or_insert_with(|| {
+            fresh = true;
+            Pending::new(now_ns)
+        });
         if p.position(&span.span_id).is_some() {
             self.stats.duplicates += 1;
             return Vec::new();
@@ -149,19 +172,20 @@ impl Assembler {
             self.stats.over_trace_limit += 1;
             return Vec::new();
         }
-        self.by_age.remove(&(p.last_ns, id));
-        p.last_ns = now_ns;
-        let join = span.join.clone();
+        if fresh || p.last_ns != now_ns {
+            p.last_ns = now_ns;
+            self.by_age.push_back((now_ns, id));
+        }
+        let join = span.join;
         let (span_id, kind) = (span.span_id, span.kind);
         p.push(span);
-        self.by_age.insert((now_ns, id), ());
         self.in_flight += 1;
         if let Some(key) = join {
             self.join(key, id, span_id, kind, now_ns);
         }
         let mut closed = Vec::new();
         while self.in_flight > self.max_spans {
-            let Some((&(_, oldest), _)) = self.by_age.first_key_value() else {
+            let Some((_, oldest)) = self.oldest() else {
                 break;
             };
             if let Some(t) = self.close(oldest) {
@@ -170,14 +194,33 @@ impl Assembler {
             }
         }
         self.stats.spans_in_flight = self.in_flight as u64;
+        // Entries passed over pile up behind a long-lived trace: cleared
+        // once they outnumber the traces.
+        if self.by_age.len() > 4 * self.pending.len() + 4096 {
+            let pending = &self.pending;
+            self.by_age
+                .retain(|(stamp, id)| pending.get(id).is_some_and(|p| p.last_ns == *stamp));
+        }
         closed
+    }
+
+    /// The trace whose last span is the oldest, and its stamp; drops the
+    /// entries passed over on the way.
+    fn oldest(&mut self) -> Option<(u64, TraceId)> {
+        while let Some(&(stamp, id)) = self.by_age.front() {
+            if self.pending.get(&id).is_some_and(|p| p.last_ns == stamp) {
+                return Some((stamp, id));
+            }
+            self.by_age.pop_front();
+        }
+        None
     }
 
     /// Links the two ends of one call: the server span goes under the client
     /// span, and the server's trace into the client's.
     fn join(&mut self, key: JoinKey, trace: TraceId, span: SpanId, kind: SpanKind, now_ns: u64) {
         let Some(&(other_trace, other_span, other_kind)) = self.joins.get(&key) else {
-            self.joins.insert(key.clone(), (trace, span, kind));
+            self.joins.insert(key, (trace, span, kind));
             if let Some(p) = self.pending.get_mut(&trace) {
                 p.keys.push(key);
             }
@@ -218,14 +261,12 @@ impl Assembler {
         let Some(mut from) = self.pending.remove(&server_trace) else {
             return;
         };
-        self.by_age.remove(&(from.last_ns, server_trace));
         let Some(to) = self.pending.get_mut(&client_trace) else {
-            // The client's trace already closed: keep the server's as it was.
-            self.by_age.insert((from.last_ns, server_trace), ());
+            // The client's trace already closed: keep the server's as it
+            // was (its age entry is still live).
             self.pending.insert(server_trace, from);
             return;
         };
-        self.by_age.remove(&(to.last_ns, client_trace));
         // The smaller moves into the larger: a span moves O(log n) times at
         // most, however traces are joined. Trace ids are set at close.
         if from.spans.len() > to.spans.len() {
@@ -254,14 +295,16 @@ impl Assembler {
         to.keys.append(&mut from.keys);
         to.aliases.push(server_trace);
         to.aliases.append(&mut from.aliases);
-        to.last_ns = to.last_ns.max(from.last_ns).max(now_ns);
-        self.by_age.insert((to.last_ns, client_trace), ());
+        let last = to.last_ns.max(from.last_ns).max(now_ns);
+        if last != to.last_ns {
+            to.last_ns = last;
+            self.by_age.push_back((last, client_trace));
+        }
         self.stats.spans_in_flight = self.in_flight as u64;
     }
 
     fn close(&mut self, id: TraceId) -> Option<Vec<Span>> {
         let mut p = self.pending.remove(&id)?;
-        self.by_age.remove(&(p.last_ns, id));
         let members: HashSet<TraceId> = p.aliases.iter().copied().chain([id]).collect();
         // Keys whose server span found its client.
         let met: HashSet<&JoinKey> = p
@@ -297,7 +340,7 @@ impl Assembler {
     /// Traces with no new span for the idle time, as of `now_ns`.
     pub fn flush(&mut self, now_ns: u64) -> Vec<Vec<Span>> {
         let mut out = Vec::new();
-        while let Some((&(last, id), _)) = self.by_age.first_key_value() {
+        while let Some((last, id)) = self.oldest() {
             if now_ns.saturating_sub(last) < self.idle_ns {
                 break;
             }
@@ -353,11 +396,38 @@ mod tests {
         assert_eq!(a.stats.spans_in_flight, 0);
     }
 
+    /// A trace closes its idle time after its last span, not its first;
+    /// the oldest by last span goes first when memory is full.
+    #[test]
+    fn traces_age_by_their_last_span() {
+        const S: u64 = 1_000_000_000;
+        let mut a = Assembler::new(S, 1_000);
+        a.add(span(1, 1, None, SpanKind::Server), 0);
+        a.add(span(2, 2, None, SpanKind::Server), S);
+        a.add(span(1, 3, Some(1), SpanKind::Client), 2 * S);
+        let closed = a.flush(2 * S + S / 2);
+        assert_eq!(closed.len(), 1, "only trace 2 is idle");
+        assert_eq!(closed[0][0].trace_id, [2; 16]);
+        assert!(a.flush(3 * S - 1).is_empty(), "trace 1 is not idle yet");
+        let closed = a.flush(3 * S + AGE_STEP_NS);
+        assert_eq!(closed.len(), 1);
+        assert_eq!(closed[0].len(), 2);
+        // Full: the trace whose last span is oldest is closed first.
+        let mut a = Assembler::new(S, 3);
+        a.add(span(1, 1, None, SpanKind::Server), 0);
+        a.add(span(2, 2, None, SpanKind::Server), S);
+        a.add(span(1, 3, Some(1), SpanKind::Client), 2 * S);
+        let evicted = a.add(span(3, 4, None, SpanKind::Server), 3 * S);
+        assert_eq!(evicted.len(), 1);
+        assert_eq!(evicted[0][0].trace_id, [2; 16]);
+        assert_eq!(a.stats.spans_in_flight, 3);
+    }
+
     #[test]
     fn joining_a_large_trace_into_a_small_one_keeps_the_client_trace() {
         let mut a = Assembler::new(1_000, 1_000_000);
         let key = JoinKey {
-            client: "10.0.0.1:1".into(),
+            client: "10.0.0.1:1".parse().unwrap(),
             seq: 0,
         };
         // The server's trace comes first, and is the larger: it is the one
@@ -366,7 +436,7 @@ mod tests {
             a.add(span(2, 200 + i, Some(100), SpanKind::Client), 0);
         }
         let mut server = span(2, 100, None, SpanKind::Server);
-        server.join = Some(key.clone());
+        server.join = Some(key);
         a.add(server, 0);
         let mut client = span(1, 1, None, SpanKind::Client);
         client.join = Some(key);

@@ -354,14 +354,13 @@ mod tests {
         .unwrap();
     }
 
-    /// The README's example shows the defaults: they must be the code's.
+    /// The documentation's example shows the defaults: they must be the code's.
     #[test]
-    fn the_readme_example_parses_and_shows_the_defaults() {
-        let readme = include_str!("../../README.md");
-        let collector = &readme[readme.find("## Collector").unwrap()..];
+    fn the_documented_example_parses_and_shows_the_defaults() {
+        let collector = include_str!("../../docs/collector.md");
         let start = collector.find("```toml\n").unwrap() + "```toml\n".len();
         let example = &collector[start..start + collector[start..].find("```").unwrap()];
-        let c = Config::parse(example, "README.md").unwrap();
+        let c = Config::parse(example, "docs/collector.md").unwrap();
         let d = Config::default();
         assert_eq!(c.intake, d.intake);
         assert_eq!(c.limits, d.limits);

@@ -10,6 +10,7 @@ use tangle_protocols::{
     normalize::{route, words},
     redis, sql,
 };
+use tangle_wire::attr as key;
 
 use crate::{
     names::{cut, cut_span},
@@ -53,12 +54,13 @@ fn id<const N: usize>(bytes: &[u8]) -> Option<[u8; N]> {
 }
 
 fn kind(k: i32) -> SpanKind {
-    match k {
-        2 => SpanKind::Server,
-        3 => SpanKind::Client,
-        4 => SpanKind::Producer,
-        5 => SpanKind::Consumer,
-        _ => SpanKind::Internal,
+    use tangle_wire::SpanKind as Otlp;
+    match Otlp::from_i32(k) {
+        Otlp::Server => SpanKind::Server,
+        Otlp::Client => SpanKind::Client,
+        Otlp::Producer => SpanKind::Producer,
+        Otlp::Consumer => SpanKind::Consumer,
+        Otlp::Internal | Otlp::Unspecified => SpanKind::Internal,
     }
 }
 
@@ -66,7 +68,7 @@ fn kind(k: i32) -> SpanKind {
 fn join_key(attrs: &[KeyValue]) -> Option<tangle_wire::JoinKey> {
     let client = attr(attrs, &[tangle_wire::JOIN_CLIENT])?;
     let seq = attr(attrs, &[tangle_wire::JOIN_SEQ])?.parse().ok()?;
-    Some(tangle_wire::JoinKey::new(&client, seq))
+    tangle_wire::JoinKey::new(&client, seq)
 }
 
 /// Redis commands that set up or keep up a connection: the handshake
@@ -182,25 +184,25 @@ pub fn map_span(service: &str, s: &OtlpSpan) -> Option<Span> {
     let a = &s.attributes;
     let kind = kind(s.kind);
     let name = |keys: &[&str]| attr(a, keys);
-    let db_system = name(&["db.system.name", "db.system"]);
-    let query = attr(a, &["db.query.text", "db.statement"]);
-    let namespace = name(&["db.namespace", "db.name"]);
+    let db_system = name(&[key::DB_SYSTEM_NAME, "db.system"]);
+    let query = attr(a, &[key::DB_QUERY_TEXT, "db.statement"]);
+    let namespace = name(&[key::DB_NAMESPACE, "db.name"]);
     let server = match (
-        name(&["server.address", "net.peer.name"]),
-        name(&["server.port", "net.peer.port"]),
+        name(&[key::SERVER_ADDRESS, "net.peer.name"]),
+        name(&[key::SERVER_PORT, "net.peer.port"]),
     ) {
         (Some(h), Some(p)) => Some(format!("{h}:{p}")),
         (h, _) => h,
     };
-    let method = name(&["http.request.method", "http.method"]);
+    let method = name(&[key::HTTP_REQUEST_METHOD, "http.method"]);
     let status_code: Option<u16> =
-        attr(a, &["http.response.status_code", "http.status_code"]).and_then(|c| c.parse().ok());
+        attr(a, &[key::HTTP_RESPONSE_STATUS_CODE, "http.status_code"]).and_then(|c| c.parse().ok());
     let dialect = sql::Dialect::of_system(db_system.as_deref().unwrap_or_default());
     let parsed = query.as_deref().map(|q| sql::parse(q, dialect));
     let operation = if let Some(m) = &method {
         // A route as the app names it (`/orders/{id}`), else the path;
         // templated here either way: nothing else of a URL is kept.
-        let path = attr(a, &["http.route", "url.path", "http.target"])
+        let path = attr(a, &[key::HTTP_ROUTE, key::URL_PATH, "http.target"])
             .map(|p| route(&p))
             .unwrap_or_else(|| "/".into());
         format!("{m} {path}")
@@ -209,7 +211,7 @@ pub fn map_span(service: &str, s: &OtlpSpan) -> Option<Span> {
         sql::operation(&st.verb, &tables)
     } else if db_system.as_deref() == Some("redis") {
         // A command, not a statement: `redis GET`.
-        name(&["db.operation.name"]).map_or_else(
+        name(&[key::DB_OPERATION_NAME]).map_or_else(
             || words(&s.name),
             |op| format!("redis {}", op.to_ascii_uppercase()),
         )
@@ -220,8 +222,8 @@ pub fn map_span(service: &str, s: &OtlpSpan) -> Option<Span> {
     } else {
         words(&s.name)
     };
-    let destination = name(&["messaging.destination.name", "messaging.destination"]);
-    let messaging = name(&["messaging.system"]);
+    let destination = name(&[key::MESSAGING_DESTINATION_NAME, "messaging.destination"]);
+    let messaging = name(&[key::MESSAGING_SYSTEM]);
     let peer = if let Some(dest) = &destination {
         Peer::Topic {
             system: messaging.clone().unwrap_or_default(),
@@ -234,7 +236,7 @@ pub fn map_span(service: &str, s: &OtlpSpan) -> Option<Span> {
             server: server.clone().unwrap_or_default(),
             namespace: namespace.clone(),
         }
-    } else if let Some(name) = name(&["peer.service"]) {
+    } else if let Some(name) = name(&[key::PEER_SERVICE]) {
         Peer::Service { name }
     } else if let Some(address) = server {
         Peer::Address { address }
@@ -285,7 +287,7 @@ pub fn map_span(service: &str, s: &OtlpSpan) -> Option<Span> {
         peer,
         tables,
         writes,
-        protocol: if attr(a, &["rpc.system"]).as_deref() == Some("grpc") {
+        protocol: if attr(a, &[key::RPC_SYSTEM]).as_deref() == Some("grpc") {
             Some("grpc".into())
         } else if method.is_some() {
             Some("http".into())
@@ -309,7 +311,7 @@ pub fn map_request(
         let service = rs
             .resource
             .as_ref()
-            .and_then(|r| attr(&r.attributes, &["service.name"]))
+            .and_then(|r| attr(&r.attributes, &[key::SERVICE_NAME]))
             .map_or_else(
                 || "unknown_service".into(),
                 |mut s| {

@@ -364,14 +364,14 @@ fn join_keys_stitch_the_two_ends_of_a_call() {
             1_050,
         );
         let key = JoinKey {
-            client: "10.0.0.5:43210".into(),
+            client: "10.0.0.5:43210".parse().unwrap(),
             seq: 0,
         };
         a.spans
             .iter_mut()
             .find(|s| s.kind == SpanKind::Client)
             .unwrap()
-            .join = Some(key.clone());
+            .join = Some(key);
         let orders = b
             .spans
             .iter_mut()
@@ -413,7 +413,7 @@ fn join_keys_stitch_the_two_ends_of_a_call() {
         .find(|s| s.kind == SpanKind::Client)
         .unwrap()
         .join = Some(JoinKey {
-        client: "10.0.0.5:5555".into(),
+        client: "10.0.0.5:5555".parse().unwrap(),
         seq: 0,
     });
     let mut asm = Assembler::new(1_000, 10_000);

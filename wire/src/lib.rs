@@ -54,23 +54,25 @@ pub const LINK_INFERRED: &str = "tangle.link.inferred";
 /// entry, and it starts no chain.
 pub const LINK_LOST: &str = "tangle.link.lost";
 
-/// Two spans with equal keys are the two ends of one call.
-#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+/// Two spans with equal keys are the two ends of one call. Fixed-size:
+/// a collector keeps one per call in flight.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct JoinKey {
-    pub client: String,
-    pub seq: u64,
+    pub client: std::net::SocketAddr,
+    pub seq: u32,
 }
 
 impl JoinKey {
     /// The key of a span's attributes: the client address in one spelling
     /// (an IPv4-mapped IPv6 address as IPv4), so either end may send it
-    /// as its socket gave it.
-    pub fn new(client: &str, seq: u64) -> Self {
-        let client = match client.parse::<std::net::SocketAddr>() {
-            Ok(a) => std::net::SocketAddr::new(a.ip().to_canonical(), a.port()).to_string(),
-            Err(_) => client.to_owned(),
-        };
-        Self { client, seq }
+    /// as its socket gave it. None for what is not an address and a
+    /// 32-bit sequence number.
+    pub fn new(client: &str, seq: u64) -> Option<Self> {
+        let a = client.parse::<std::net::SocketAddr>().ok()?;
+        Some(Self {
+            client: std::net::SocketAddr::new(a.ip().to_canonical(), a.port()),
+            seq: u32::try_from(seq).ok()?,
+        })
     }
 }
 
@@ -84,8 +86,13 @@ mod tests {
             JoinKey::new("[::ffff:10.1.2.3]:4000", 7),
             JoinKey::new("10.1.2.3:4000", 7)
         );
-        assert_eq!(JoinKey::new("[::1]:4000", 7).client, "[::1]:4000");
-        assert_eq!(JoinKey::new("garbage", 7).client, "garbage");
+        assert!(JoinKey::new("10.1.2.3:4000", 7).is_some());
+        assert_eq!(
+            JoinKey::new("[::1]:4000", 7).map(|k| k.client.to_string()),
+            Some("[::1]:4000".into())
+        );
+        assert_eq!(JoinKey::new("garbage", 7), None);
+        assert_eq!(JoinKey::new("10.1.2.3:4000", 1 << 32), None);
     }
 }
 
