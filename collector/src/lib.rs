@@ -10,12 +10,15 @@
 //!   that a new synchronous chain is reported once;
 //! - [`intake`]: the OTLP receivers, and what they refuse;
 //! - [`ingest`]: the thread that puts spans into the model;
+//! - [`model`]: services, edges, chains and databases, counted;
+//! - [`findings`]: the rules that make the model's measurements findings;
 //! - [`names`]: names bounded, the excess folded into `{other}`.
 
 pub mod assembly;
 pub mod baseline;
 pub mod chains;
 pub mod config;
+pub mod findings;
 pub mod ingest;
 pub mod intake;
 pub mod metrics;
