@@ -65,7 +65,7 @@ struct Figure {
     what: &'static str,
     value: String,
     goal: &'static str,
-    met: Option<bool>,
+    met: bool,
 }
 
 fn micros(v: &str) -> Option<f64> {
@@ -274,7 +274,7 @@ fn node_tax(agent: &Path, dir: &Path, rounds: u32) -> anyhow::Result<Vec<Figure>
         what: "dd bs=1 throughput, with the agent / without",
         value: format!("{ratio:.2} ({added:.0} ns per syscall)"),
         goal: "≥ 0.95",
-        met: Some(ratio >= 0.95),
+        met: ratio >= 0.95,
     }])
 }
 
@@ -390,7 +390,7 @@ fn capture(plan: &Plan, agent: &Path, dir: &Path) -> anyhow::Result<Vec<Figure>>
             what: "wrk → nginx throughput, with the agent / without",
             value: format!("{:.2}", r.throughput),
             goal: "≥ 0.9",
-            met: Some(r.throughput >= 0.9),
+            met: r.throughput >= 0.9,
         },
         Figure {
             stage: "capture",
@@ -400,7 +400,7 @@ fn capture(plan: &Plan, agent: &Path, dir: &Path) -> anyhow::Result<Vec<Figure>>
                 kernel_ns + user_ns
             ),
             goal: "≤ 300 ns",
-            met: Some(kernel_ns + user_ns <= 300.0),
+            met: kernel_ns + user_ns <= 300.0,
         },
     ])
 }
@@ -415,28 +415,28 @@ fn pipeline(plan: &Plan, agent: &Path, dir: &Path) -> anyhow::Result<Vec<Figure>
             what: "wrk → nginx throughput, with agent and collector / without",
             value: format!("{:.2}", r.throughput),
             goal: "≥ 0.8",
-            met: Some(r.throughput >= 0.8),
+            met: r.throughput >= 0.8,
         },
         Figure {
             stage: "pipeline",
             what: "agent CPU per exchange (capture, parse, link, encode, send)",
             value: format!("{:.2} µs", r.agent_cpu_per_exchange_ns / 1000.0),
             goal: "≤ 1 µs",
-            met: Some(r.agent_cpu_per_exchange_ns <= 1000.0),
+            met: r.agent_cpu_per_exchange_ns <= 1000.0,
         },
         Figure {
             stage: "pipeline",
             what: "collector spans per second per core, through its OTLP intake",
             value: format!("{:.0}", r.collector_spans_per_core_s),
             goal: "≥ 1,000,000",
-            met: Some(r.collector_spans_per_core_s >= 1e6),
+            met: r.collector_spans_per_core_s >= 1e6,
         },
         Figure {
             stage: "pipeline",
             what: "spans dropped per round",
             value: format!("{:.0} at {:.0} exchanges/s", r.dropped, r.exchanges_per_s),
             goal: "0 at 100,000/s",
-            met: Some(r.dropped == 0.0 && r.exchanges_per_s >= 100_000.0),
+            met: r.dropped == 0.0 && r.exchanges_per_s >= 100_000.0,
         },
     ])
 }
@@ -467,11 +467,7 @@ pub fn run(plan: &Plan) -> anyhow::Result<()> {
     println!("| stage | figure | measured (median) | goal | met |");
     println!("| --- | --- | --- | --- | --- |");
     for f in &figures {
-        let met = match f.met {
-            Some(true) => "yes",
-            Some(false) => "no",
-            None => "",
-        };
+        let met = if f.met { "yes" } else { "no" };
         println!(
             "| {} | {} | {} | {} | {met} |",
             f.stage, f.what, f.value, f.goal
