@@ -422,12 +422,16 @@ fn sock_of_fd(fd: u32, off: &KernelOffsets) -> Option<u64> {
     read_kernel(socket + off.socket_sk as u64)
 }
 
-/// Whether the current task is a kernel thread.
+/// Whether the current task may own a connection: a process followed,
+/// not a kernel thread.
 #[inline(always)]
-fn kernel_thread(off: &KernelOffsets) -> bool {
+fn may_claim(cfg: &Config, tgid: u32) -> bool {
+    if !process_followed(cfg, tgid) {
+        return false;
+    }
     // SAFETY: returns the current task pointer; only read through helpers.
     let task = unsafe { bpf_get_current_task() };
-    read_kernel::<u32>(task + off.task_flags as u64).is_none_or(|f| f & PF_KTHREAD != 0)
+    read_kernel::<u32>(task + cfg.offsets.task_flags as u64).is_some_and(|f| f & PF_KTHREAD == 0)
 }
 
 /// `fd` if the syscall's fd is checked to hold socket `sk`, else [`NO_FD`]:
@@ -448,7 +452,7 @@ fn checked_fd(sk: u64, fd: u32, off: &KernelOffsets) -> u32 {
 /// socket went meanwhile.
 #[inline(always)]
 fn claim(sk: u64, pending: &ConnInfo, cfg: &Config, tgid: u32, fd: u32, now: u64) -> bool {
-    if !process_followed(cfg, tgid) || kernel_thread(&cfg.offsets) {
+    if !may_claim(cfg, tgid) {
         // Nobody followed holds it: later transfers cost two lookups.
         let _ = PENDING.remove(&sk);
         return false;
@@ -479,7 +483,7 @@ fn claim(sk: u64, pending: &ConnInfo, cfg: &Config, tgid: u32, fd: u32, now: u64
 /// process is not followed.
 #[inline(always)]
 fn hand_over(sk: u64, conn: *mut ConnInfo, cfg: &Config, tgid: u32, fd: u32, now: u64) -> bool {
-    if !process_followed(cfg, tgid) || kernel_thread(&cfg.offsets) {
+    if !may_claim(cfg, tgid) {
         return false;
     }
     // SAFETY: a valid map value pointer; another CPU may write it at once
@@ -530,6 +534,7 @@ fn user_regs() -> u64 {
 }
 
 /// Where a transfer's bytes are in user memory, from the syscall in progress.
+#[derive(Clone, Copy)]
 struct Buffers {
     syscall: Syscall,
     fd: u32,
@@ -538,104 +543,89 @@ struct Buffers {
     iov_count: u64,
 }
 
-/// The transfer's buffers, from the registers of the syscall in progress,
-/// trusted only for a call of the transfer's direction on an fd that holds
-/// the socket: `conn.fd`, or one checked now (then remembered).
-#[inline(always)]
-fn buffers(cfg: &Config, sk: u64, conn: *mut ConnInfo, direction: Direction) -> Buffers {
-    let b = syscall_buffers(cfg);
-    let call_direction = if b.syscall == Syscall::Read
-        || b.syscall == Syscall::RecvFrom
-        || b.syscall == Syscall::ReadV
-        || b.syscall == Syscall::RecvMsg
-    {
-        Direction::Ingress
-    } else {
-        Direction::Egress
-    };
-    let untrusted = Buffers {
+impl Buffers {
+    /// Only the length is known.
+    const NONE: Self = Self {
         syscall: Syscall::Other,
         fd: NO_FD,
         ptr: 0,
         iov_count: 0,
     };
-    if b.syscall == Syscall::Other || call_direction != direction {
-        return untrusted;
-    }
-    // SAFETY: a valid map value pointer; `fd` is advisory (a race only
-    // costs a check).
-    let known = unsafe { (*conn).fd };
-    if b.fd != known {
-        if checked_fd(sk, b.fd, &cfg.offsets) == NO_FD {
-            return untrusted;
-        }
-        // SAFETY: as above.
-        unsafe { (*conn).fd = b.fd };
-    }
-    b
 }
 
 /// Where the syscall in progress says its buffers are.
 #[inline(always)]
 fn syscall_buffers(cfg: &Config) -> Buffers {
     let nr = &cfg.syscalls;
-    let none = Buffers {
-        syscall: Syscall::Other,
-        fd: u32::MAX,
-        ptr: 0,
-        iov_count: 0,
-    };
     let Some(regs) = read_kernel::<SyscallRegs>(user_regs() + cfg.offsets.regs_syscall as u64)
     else {
-        return none;
+        return Buffers::NONE;
     };
-    let (call, fd) = (regs.nr as u32, regs.arg0 as u32);
-    let plain = |syscall| Buffers {
-        syscall,
-        fd,
-        ptr: regs.arg1,
-        iov_count: 0,
-    };
-    if call == nr.read {
-        plain(Syscall::Read)
+    let call = regs.nr as u32;
+    let syscall = if call == nr.read {
+        Syscall::Read
     } else if call == nr.write {
-        plain(Syscall::Write)
+        Syscall::Write
     } else if call == nr.recvfrom {
-        plain(Syscall::RecvFrom)
+        Syscall::RecvFrom
     } else if call == nr.sendto {
-        plain(Syscall::SendTo)
-    } else if call == nr.readv || call == nr.writev {
-        Buffers {
-            syscall: if call == nr.readv {
-                Syscall::ReadV
-            } else {
-                Syscall::WriteV
-            },
-            fd,
-            ptr: regs.arg1,
-            iov_count: regs.arg2,
-        }
-    } else if call == nr.recvmsg || call == nr.sendmsg {
-        Buffers {
-            syscall: if call == nr.recvmsg {
-                Syscall::RecvMsg
-            } else {
-                Syscall::SendMsg
-            },
-            fd,
-            ptr: read_user::<u64>(regs.arg1 + MSG_IOV).unwrap_or(0),
-            iov_count: read_user::<u64>(regs.arg1 + MSG_IOVLEN).unwrap_or(0),
-        }
+        Syscall::SendTo
+    } else if call == nr.readv {
+        Syscall::ReadV
+    } else if call == nr.writev {
+        Syscall::WriteV
+    } else if call == nr.recvmsg {
+        Syscall::RecvMsg
+    } else if call == nr.sendmsg {
+        Syscall::SendMsg
     } else if call == nr.sendfile {
-        Buffers {
-            syscall: Syscall::SendFile,
-            fd,
-            ptr: 0,
-            iov_count: 0,
-        }
+        Syscall::SendFile
     } else {
-        none
+        return Buffers::NONE;
+    };
+    let (ptr, iov_count) = match syscall {
+        Syscall::ReadV | Syscall::WriteV => (regs.arg1, regs.arg2),
+        Syscall::RecvMsg | Syscall::SendMsg => (
+            read_user::<u64>(regs.arg1 + MSG_IOV).unwrap_or(0),
+            read_user::<u64>(regs.arg1 + MSG_IOVLEN).unwrap_or(0),
+        ),
+        // The bytes come from a file.
+        Syscall::SendFile => (0, 0),
+        _ => (regs.arg1, 0),
+    };
+    Buffers {
+        syscall,
+        fd: regs.arg0 as u32,
+        ptr,
+        iov_count,
     }
+}
+
+/// `b`, the syscall's buffers, if they are the transfer's: a call of the
+/// transfer's direction on an fd that holds the socket (`conn.fd`, or one
+/// checked now, then remembered); else [`Buffers::NONE`].
+#[inline(always)]
+fn trusted(
+    cfg: &Config,
+    sk: u64,
+    conn: *mut ConnInfo,
+    direction: Direction,
+    b: Buffers,
+) -> Buffers {
+    if b.syscall.direction() != Some(direction) {
+        return Buffers::NONE;
+    }
+    // SAFETY: a valid map value pointer; `fd` is advisory (a race only
+    // costs a check).
+    let known = unsafe { (*conn).fd };
+    if b.fd != known {
+        if checked_fd(sk, b.fd, &cfg.offsets) == NO_FD {
+            return Buffers::NONE;
+        }
+        // SAFETY: as above.
+        unsafe { (*conn).fd = b.fd };
+    }
+    b
 }
 
 /// Copies `len` (at most `MAX_CAPTURE`) bytes of user memory to `dst + off`.
@@ -732,12 +722,16 @@ fn transfer(ctx: &TracePointContext, direction: Direction) {
     let total = ret as u64;
     // SAFETY: no arguments.
     let now = unsafe { bpf_ktime_get_ns() };
-    let conn = match CONNS.get_ptr_mut(&sk) {
+    let tracked = CONNS.get_ptr_mut(&sk);
+    if tracked.is_none() && PENDING.get_ptr(&sk).is_none() {
+        return;
+    }
+    let raw = syscall_buffers(cfg);
+    let conn = match tracked {
         // SAFETY: a valid map value pointer.
         Some(c) if unsafe { (*c).tgid } == tgid => c,
         Some(c) => {
-            let fd = syscall_buffers(cfg).fd;
-            if !hand_over(sk, c, cfg, tgid, fd, now) {
+            if !hand_over(sk, c, cfg, tgid, raw.fd, now) {
                 return;
             }
             c
@@ -748,8 +742,7 @@ fn transfer(ctx: &TracePointContext, direction: Direction) {
             };
             // SAFETY: a valid map value pointer, copied at once.
             let pending = unsafe { *p };
-            let fd = syscall_buffers(cfg).fd;
-            if !claim(sk, &pending, cfg, tgid, fd, now) {
+            if !claim(sk, &pending, cfg, tgid, raw.fd, now) {
                 return;
             }
             match CONNS.get_ptr_mut(&sk) {
@@ -758,7 +751,7 @@ fn transfer(ctx: &TracePointContext, direction: Direction) {
             }
         }
     };
-    let bufs = buffers(cfg, sk, conn, direction);
+    let bufs = trusted(cfg, sk, conn, direction, raw);
     let egress = direction == Direction::Egress;
     // SAFETY: a valid map value pointer. Counters are advisory: a lost update
     // between two threads on one socket only skews totals.
@@ -795,8 +788,8 @@ fn transfer(ctx: &TracePointContext, direction: Direction) {
     let data = event.data.as_mut_ptr();
     let mut captured: u64 = 0;
     if bufs.ptr == 0 {
-        // The bytes come from a file, or a call whose buffers we do not
-        // follow: only the length is known.
+        // The bytes come from a file, or a call whose buffers are not
+        // followed or not trusted: only the length is known.
     } else if bufs.iov_count == 0 {
         captured = copy_user(data, 0, bufs.ptr, want);
     } else {

@@ -7,12 +7,10 @@
 use std::{
     sync::{
         Arc,
-        atomic::{AtomicU64, Ordering},
+        atomic::{AtomicU64, AtomicUsize, Ordering},
     },
     time::Duration,
 };
-
-use std::sync::atomic::AtomicUsize;
 
 use tangle_protocols::Exchange;
 use tangle_throttle::Throttled;

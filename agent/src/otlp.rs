@@ -239,29 +239,23 @@ impl Batch {
             text: &mut enc.text,
         }
         .span(&o.span);
-        if !self
+        // Few processes to a batch, the latest most likely.
+        let at = match self
             .groups
-            .last()
-            .is_some_and(|g| Arc::ptr_eq(&g.identity, &o.identity))
+            .iter()
+            .rposition(|g| Arc::ptr_eq(&g.identity, &o.identity))
         {
-            // Most batches hold few processes: find its group, else start one.
-            match self
-                .groups
-                .iter()
-                .position(|g| Arc::ptr_eq(&g.identity, &o.identity))
-            {
-                Some(i) => {
-                    let g = self.groups.remove(i);
-                    self.groups.push(g);
-                }
-                None => self.groups.push(Group {
+            Some(at) => at,
+            None => {
+                self.groups.push(Group {
                     identity: o.identity,
                     bytes: Vec::new(),
                     ends: Vec::new(),
-                }),
+                });
+                self.groups.len() - 1
             }
-        }
-        let Some(group) = self.groups.last_mut() else {
+        };
+        let Some(group) = self.groups.get_mut(at) else {
             return;
         };
         let before = group.bytes.len();

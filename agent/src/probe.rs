@@ -32,6 +32,8 @@ const ATTACHMENTS: &[(&str, &str, &str)] = &[
 
 /// Where tracefs is mounted when nothing else has mounted it.
 const TRACEFS: &str = "/sys/kernel/tracing";
+/// Where tracefs may be mounted already.
+const TRACEFS_DIRS: [&str; 2] = [TRACEFS, "/sys/kernel/debug/tracing"];
 
 /// Why the probe could not start.
 #[derive(Debug, thiserror::Error)]
@@ -193,7 +195,7 @@ fn preflight() -> Result<(), ProbeError> {
     }
     ensure_tracefs()?;
     for &(_, category, name) in ATTACHMENTS {
-        let known = [TRACEFS, "/sys/kernel/debug/tracing"].iter().any(|dir| {
+        let known = TRACEFS_DIRS.iter().any(|dir| {
             Path::new(dir)
                 .join("events")
                 .join(category)
@@ -232,7 +234,7 @@ fn effective_caps() -> u64 {
 }
 
 fn ensure_tracefs() -> Result<(), ProbeError> {
-    for dir in [TRACEFS, "/sys/kernel/debug/tracing"] {
+    for dir in TRACEFS_DIRS {
         if Path::new(dir).join("events/sock").exists() {
             return Ok(());
         }

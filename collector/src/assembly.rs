@@ -30,6 +30,11 @@ fn age_stamp(now_ns: u64) -> u64 {
     now_ns.div_ceil(AGE_STEP_NS).saturating_mul(AGE_STEP_NS)
 }
 
+/// Whether an age entry (stamp, trace) is the trace's current one.
+fn live(pending: &Map<TraceId, Pending>, stamp: u64, id: &TraceId) -> bool {
+    pending.get(id).is_some_and(|p| p.last_ns == stamp)
+}
+
 /// Spans one trace may hold, by default.
 pub const DEFAULT_MAX_TRACE_SPANS: usize = 10_000;
 
@@ -198,8 +203,7 @@ impl Assembler {
         // once they outnumber the traces.
         if self.by_age.len() > 4 * self.pending.len() + 4096 {
             let pending = &self.pending;
-            self.by_age
-                .retain(|(stamp, id)| pending.get(id).is_some_and(|p| p.last_ns == *stamp));
+            self.by_age.retain(|&(stamp, id)| live(pending, stamp, &id));
         }
         closed
     }
@@ -208,7 +212,7 @@ impl Assembler {
     /// entries passed over on the way.
     fn oldest(&mut self) -> Option<(u64, TraceId)> {
         while let Some(&(stamp, id)) = self.by_age.front() {
-            if self.pending.get(&id).is_some_and(|p| p.last_ns == stamp) {
+            if live(&self.pending, stamp, &id) {
                 return Some((stamp, id));
             }
             self.by_age.pop_front();

@@ -222,6 +222,17 @@ pub enum Syscall {
 }
 
 impl Syscall {
+    /// Which way a call of this family moves bytes; None for `Other`.
+    pub fn direction(self) -> Option<Direction> {
+        match self {
+            Self::Read | Self::RecvFrom | Self::ReadV | Self::RecvMsg => Some(Direction::Ingress),
+            Self::Write | Self::SendTo | Self::WriteV | Self::SendMsg | Self::SendFile => {
+                Some(Direction::Egress)
+            }
+            Self::Other => None,
+        }
+    }
+
     pub fn from_u8(v: u8) -> Option<Self> {
         Some(match v {
             1 => Self::Read,
