@@ -31,7 +31,7 @@ fn age_stamp(now_ns: u64) -> u64 {
 }
 
 /// Whether an age entry (stamp, trace) is the trace's current one.
-fn live(pending: &Map<TraceId, Pending>, stamp: u64, id: &TraceId) -> bool {
+fn live(pending: &Map<TraceId, Box<Pending>>, stamp: u64, id: &TraceId) -> bool {
     pending.get(id).is_some_and(|p| p.last_ns == stamp)
 }
 
@@ -55,6 +55,15 @@ pub struct AssemblyStats {
     pub unjoined_calls: u64,
     /// Spans dropped because their trace already held the most a trace may.
     pub over_trace_limit: u64,
+}
+
+/// Pushes `v` onto `to`, doubling from one: most traces hold a span or two
+/// and a join key while they wait, and a vector starts with room for four.
+fn push_exact<T>(to: &mut Vec<T>, v: T) {
+    if to.len() == to.capacity() {
+        to.reserve_exact(to.len().max(1));
+    }
+    to.push(v);
 }
 
 /// Spans a trace holds before its spans are indexed: a scan of a few is
@@ -84,7 +93,7 @@ impl Pending {
 
     fn push(&mut self, span: Span) {
         let id = span.span_id;
-        self.spans.push(span);
+        push_exact(&mut self.spans, span);
         match self.spans.len() {
             n if n == UNINDEXED + 1 => {
                 self.index = self
@@ -117,7 +126,8 @@ pub struct Assembler {
     idle_ns: u64,
     max_spans: usize,
     max_trace_spans: usize,
-    pending: Map<TraceId, Pending>,
+    /// Boxed: the table moves its entries when it grows or rehashes.
+    pending: Map<TraceId, Box<Pending>>,
     /// (last update, trace) for finding the idle and the oldest.
     /// (age stamp, trace) in the order the stamps were given, oldest
     /// first: a trace's entry is live while the trace is pending with that
@@ -167,7 +177,7 @@ impl Assembler {
         let mut fresh = false;
         let p = self.pending.entry(id).or_insert_with(|| {
             fresh = true;
-            Pending::new(now_ns)
+            Box::new(Pending::new(now_ns))
         });
         if p.position(&span.span_id).is_some() {
             self.stats.duplicates += 1;
@@ -226,7 +236,7 @@ impl Assembler {
         let Some(&(other_trace, other_span, other_kind)) = self.joins.get(&key) else {
             self.joins.insert(key, (trace, span, kind));
             if let Some(p) = self.pending.get_mut(&trace) {
-                p.keys.push(key);
+                push_exact(&mut p.keys, key);
             }
             return;
         };

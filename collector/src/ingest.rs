@@ -153,7 +153,7 @@ impl State {
     }
 
     /// Takes one batch of mapped spans.
-    pub fn add(&mut self, spans: Vec<Span>, mapping: MappingStats) {
+    pub fn add(&mut self, spans: impl IntoIterator<Item = Span>, mapping: MappingStats) {
         self.mapping.accepted += mapping.accepted;
         self.mapping.bad_ids += mapping.bad_ids;
         self.mapping.names_cut += mapping.names_cut;
@@ -222,7 +222,7 @@ pub fn start(
                 match batches.recv_timeout(TICK) {
                     Ok(mut batch) => {
                         let spans = std::mem::take(&mut batch.spans);
-                        lock(&state).add(spans, batch.mapping);
+                        lock(&state).add(spans.into_iter().flatten(), batch.mapping);
                         // Its place in the queue is given back now.
                         drop(batch);
                     }

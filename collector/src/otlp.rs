@@ -1,9 +1,16 @@
 //! OTLP spans into the collector's spans, by OpenTelemetry semantic
 //! conventions (current and the older names instrumented apps still send).
+//!
+//! Mapping works on a borrowed [`SpanView`]: the protobuf intake reads it
+//! in place from the request's bytes (`intake::decode`), the JSON intake
+//! from a decoded request; either way one pass over a span's attributes
+//! keeps only the values the mapping reads, and nothing else is copied.
+
+use std::borrow::Cow;
 
 use opentelemetry_proto::tonic::{
     collector::trace::v1::ExportTraceServiceRequest,
-    common::v1::{AnyValue, KeyValue, any_value::Value},
+    common::v1::{AnyValue, KeyValue, any_value},
     trace::v1::{Span as OtlpSpan, status::StatusCode},
 };
 use tangle_protocols::{
@@ -27,25 +34,195 @@ pub struct MappingStats {
     pub names_cut: u64,
 }
 
-fn text(v: &AnyValue) -> Option<String> {
-    match v.value.as_ref()? {
-        Value::StringValue(s) => Some(s.clone()),
-        Value::IntValue(i) => Some(i.to_string()),
-        Value::BoolValue(b) => Some(b.to_string()),
-        Value::DoubleValue(d) => Some(d.to_string()),
-        _ => None,
+/// An attribute's value as sent, borrowed from the request.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Value<'a> {
+    Str(&'a str),
+    Int(i64),
+    Bool(bool),
+    Double(f64),
+    /// Bytes, an array, a list, or nothing: never read as text.
+    Other,
+}
+
+impl<'a> Value<'a> {
+    fn text(self) -> Option<Cow<'a, str>> {
+        match self {
+            Self::Str(s) => Some(Cow::Borrowed(s)),
+            Self::Int(i) => Some(Cow::Owned(i.to_string())),
+            Self::Bool(b) => Some(Cow::Borrowed(if b { "true" } else { "false" })),
+            Self::Double(d) => Some(Cow::Owned(d.to_string())),
+            Self::Other => None,
+        }
+    }
+
+    fn of(v: Option<&'a AnyValue>) -> Self {
+        match v.and_then(|v| v.value.as_ref()) {
+            Some(any_value::Value::StringValue(s)) => Self::Str(s),
+            Some(any_value::Value::IntValue(i)) => Self::Int(*i),
+            Some(any_value::Value::BoolValue(b)) => Self::Bool(*b),
+            Some(any_value::Value::DoubleValue(d)) => Self::Double(*d),
+            _ => Self::Other,
+        }
     }
 }
 
-/// The first of `keys` present among `attrs`.
-fn attr(attrs: &[KeyValue], keys: &[&str]) -> Option<String> {
-    keys.iter().find_map(|k| {
-        attrs
+/// The attributes the mapping reads: current names and the older ones.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Slot {
+    ServiceName,
+    DbSystem,
+    DbSystemOld,
+    Query,
+    QueryOld,
+    Namespace,
+    NamespaceOld,
+    ServerAddress,
+    NetPeerName,
+    ServerPort,
+    NetPeerPort,
+    Method,
+    MethodOld,
+    StatusCode,
+    StatusCodeOld,
+    Route,
+    UrlPath,
+    HttpTarget,
+    DbOperation,
+    Destination,
+    DestinationOld,
+    MessagingSystem,
+    PeerService,
+    Outcome,
+    GrpcStatus,
+    DbStatus,
+    LinkInferred,
+    LinkLost,
+    RpcSystem,
+    JoinClient,
+    JoinSeq,
+}
+
+const SLOTS: usize = Slot::JoinSeq as usize + 1;
+
+impl Slot {
+    /// The slot of attribute `name`, if the mapping reads it.
+    pub fn of(name: &[u8]) -> Option<Self> {
+        let name = std::str::from_utf8(name).ok()?;
+        Some(match name {
+            key::SERVICE_NAME => Self::ServiceName,
+            key::DB_SYSTEM_NAME => Self::DbSystem,
+            "db.system" => Self::DbSystemOld,
+            key::DB_QUERY_TEXT => Self::Query,
+            "db.statement" => Self::QueryOld,
+            key::DB_NAMESPACE => Self::Namespace,
+            "db.name" => Self::NamespaceOld,
+            key::SERVER_ADDRESS => Self::ServerAddress,
+            "net.peer.name" => Self::NetPeerName,
+            key::SERVER_PORT => Self::ServerPort,
+            "net.peer.port" => Self::NetPeerPort,
+            key::HTTP_REQUEST_METHOD => Self::Method,
+            "http.method" => Self::MethodOld,
+            key::HTTP_RESPONSE_STATUS_CODE => Self::StatusCode,
+            "http.status_code" => Self::StatusCodeOld,
+            key::HTTP_ROUTE => Self::Route,
+            key::URL_PATH => Self::UrlPath,
+            "http.target" => Self::HttpTarget,
+            key::DB_OPERATION_NAME => Self::DbOperation,
+            key::MESSAGING_DESTINATION_NAME => Self::Destination,
+            "messaging.destination" => Self::DestinationOld,
+            key::MESSAGING_SYSTEM => Self::MessagingSystem,
+            key::PEER_SERVICE => Self::PeerService,
+            tangle_wire::OUTCOME => Self::Outcome,
+            "rpc.grpc.status_code" => Self::GrpcStatus,
+            "db.response.status_code" => Self::DbStatus,
+            tangle_wire::LINK_INFERRED => Self::LinkInferred,
+            tangle_wire::LINK_LOST => Self::LinkLost,
+            key::RPC_SYSTEM => Self::RpcSystem,
+            tangle_wire::JOIN_CLIENT => Self::JoinClient,
+            tangle_wire::JOIN_SEQ => Self::JoinSeq,
+            _ => return None,
+        })
+    }
+}
+
+/// The values of a span's (or a resource's) attributes that the mapping
+/// reads: under each name, the first one sent.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct Attrs<'a>([Option<Value<'a>>; SLOTS]);
+
+impl<'a> Attrs<'a> {
+    /// Whether `slot` still waits for its value (a later one is ignored).
+    pub fn wants(&self, slot: Slot) -> bool {
+        self.0.get(slot as usize).is_some_and(Option::is_none)
+    }
+
+    pub fn set(&mut self, slot: Slot, value: Value<'a>) {
+        if let Some(v @ None) = self.0.get_mut(slot as usize) {
+            *v = Some(value);
+        }
+    }
+
+    /// From a decoded request's attributes.
+    pub fn of(attrs: &'a [KeyValue]) -> Self {
+        let mut out = Self::default();
+        for kv in attrs {
+            if let Some(slot) = Slot::of(kv.key.as_bytes()) {
+                out.set(slot, Value::of(kv.value.as_ref()));
+            }
+        }
+        out
+    }
+
+    /// The first of `slots` present, as text.
+    fn text(&self, slots: &[Slot]) -> Option<Cow<'a, str>> {
+        slots
             .iter()
-            .find(|kv| kv.key == *k)
-            .and_then(|kv| kv.value.as_ref())
-            .and_then(text)
-    })
+            .find_map(|s| self.0.get(*s as usize).copied().flatten()?.text())
+    }
+
+    fn string(&self, slots: &[Slot]) -> Option<String> {
+        self.text(slots).map(Cow::into_owned)
+    }
+
+    fn is_true(&self, slot: Slot) -> bool {
+        self.text(&[slot]).as_deref() == Some("true")
+    }
+}
+
+/// A span as sent, borrowed from the request.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct SpanView<'a> {
+    pub trace_id: &'a [u8],
+    pub span_id: &'a [u8],
+    pub parent_span_id: &'a [u8],
+    pub name: &'a str,
+    pub kind: i32,
+    pub start_ns: u64,
+    pub end_ns: u64,
+    /// Its status code is `ERROR`.
+    pub failed: bool,
+    pub attrs: Attrs<'a>,
+}
+
+impl<'a> SpanView<'a> {
+    /// From a decoded request's span.
+    pub fn of(s: &'a OtlpSpan) -> Self {
+        Self {
+            trace_id: &s.trace_id,
+            span_id: &s.span_id,
+            parent_span_id: &s.parent_span_id,
+            name: &s.name,
+            kind: s.kind,
+            start_ns: s.start_time_unix_nano,
+            end_ns: s.end_time_unix_nano,
+            failed: s
+                .status
+                .as_ref()
+                .is_some_and(|st| st.code == StatusCode::Error as i32),
+            attrs: Attrs::of(&s.attributes),
+        }
+    }
 }
 
 fn id<const N: usize>(bytes: &[u8]) -> Option<[u8; N]> {
@@ -65,9 +242,9 @@ fn kind(k: i32) -> SpanKind {
 }
 
 /// The agent's join key, when the span has one.
-fn join_key(attrs: &[KeyValue]) -> Option<tangle_wire::JoinKey> {
-    let client = attr(attrs, &[tangle_wire::JOIN_CLIENT])?;
-    let seq = attr(attrs, &[tangle_wire::JOIN_SEQ])?.parse().ok()?;
+fn join_key(a: &Attrs) -> Option<tangle_wire::JoinKey> {
+    let client = a.text(&[Slot::JoinClient])?;
+    let seq = a.text(&[Slot::JoinSeq])?.parse().ok()?;
     tangle_wire::JoinKey::new(&client, seq)
 }
 
@@ -176,33 +353,35 @@ fn is_subscription(operation: &str) -> bool {
         .is_some_and(|c| c.ends_with("SUBSCRIBE"))
 }
 
-/// One OTLP span, with its resource's `service.name`.
-pub fn map_span(service: &str, s: &OtlpSpan) -> Option<Span> {
-    let trace_id = id::<16>(&s.trace_id)?;
-    let span_id = id::<8>(&s.span_id)?;
-    let parent = id::<8>(&s.parent_span_id);
-    let a = &s.attributes;
+/// One span, with its resource's `service.name`.
+pub fn map_span(service: &str, s: &SpanView) -> Option<Span> {
+    use Slot as S;
+    let trace_id = id::<16>(s.trace_id)?;
+    let span_id = id::<8>(s.span_id)?;
+    let parent = id::<8>(s.parent_span_id);
+    let a = &s.attrs;
     let kind = kind(s.kind);
-    let name = |keys: &[&str]| attr(a, keys);
-    let db_system = name(&[key::DB_SYSTEM_NAME, "db.system"]);
-    let query = attr(a, &[key::DB_QUERY_TEXT, "db.statement"]);
-    let namespace = name(&[key::DB_NAMESPACE, "db.name"]);
+    let db_system = a.string(&[S::DbSystem, S::DbSystemOld]);
+    let query = a.text(&[S::Query, S::QueryOld]);
+    let namespace = a.string(&[S::Namespace, S::NamespaceOld]);
     let server = match (
-        name(&[key::SERVER_ADDRESS, "net.peer.name"]),
-        name(&[key::SERVER_PORT, "net.peer.port"]),
+        a.text(&[S::ServerAddress, S::NetPeerName]),
+        a.text(&[S::ServerPort, S::NetPeerPort]),
     ) {
         (Some(h), Some(p)) => Some(format!("{h}:{p}")),
-        (h, _) => h,
+        (h, _) => h.map(Cow::into_owned),
     };
-    let method = name(&[key::HTTP_REQUEST_METHOD, "http.method"]);
-    let status_code: Option<u16> =
-        attr(a, &[key::HTTP_RESPONSE_STATUS_CODE, "http.status_code"]).and_then(|c| c.parse().ok());
+    let method = a.text(&[S::Method, S::MethodOld]);
+    let status_code: Option<u16> = a
+        .text(&[S::StatusCode, S::StatusCodeOld])
+        .and_then(|c| c.parse().ok());
     let dialect = sql::Dialect::of_system(db_system.as_deref().unwrap_or_default());
     let parsed = query.as_deref().map(|q| sql::parse(q, dialect));
     let operation = if let Some(m) = &method {
         // A route as the app names it (`/orders/{id}`), else the path;
         // templated here either way: nothing else of a URL is kept.
-        let path = attr(a, &[key::HTTP_ROUTE, key::URL_PATH, "http.target"])
+        let path = a
+            .text(&[S::Route, S::UrlPath, S::HttpTarget])
             .map(|p| route(&p))
             .unwrap_or_else(|| "/".into());
         format!("{m} {path}")
@@ -211,19 +390,19 @@ pub fn map_span(service: &str, s: &OtlpSpan) -> Option<Span> {
         sql::operation(&st.verb, &tables)
     } else if db_system.as_deref() == Some("redis") {
         // A command, not a statement: `redis GET`.
-        name(&[key::DB_OPERATION_NAME]).map_or_else(
-            || words(&s.name),
+        a.text(&[S::DbOperation]).map_or_else(
+            || words(s.name),
             |op| format!("redis {}", op.to_ascii_uppercase()),
         )
     } else if db_system.is_some() {
         // A database call named by its statement: its verb and tables only.
-        let st = sql::parse(&s.name, dialect);
+        let st = sql::parse(s.name, dialect);
         sql::operation(&st.verb, &st.qualified_tables(namespace.as_deref(), true))
     } else {
-        words(&s.name)
+        words(s.name)
     };
-    let destination = name(&[key::MESSAGING_DESTINATION_NAME, "messaging.destination"]);
-    let messaging = name(&[key::MESSAGING_SYSTEM]);
+    let destination = a.string(&[S::Destination, S::DestinationOld]);
+    let messaging = a.string(&[S::MessagingSystem]);
     let peer = if let Some(dest) = &destination {
         Peer::Topic {
             system: messaging.clone().unwrap_or_default(),
@@ -236,30 +415,30 @@ pub fn map_span(service: &str, s: &OtlpSpan) -> Option<Span> {
             server: server.clone().unwrap_or_default(),
             namespace: namespace.clone(),
         }
-    } else if let Some(name) = name(&[key::PEER_SERVICE]) {
+    } else if let Some(name) = a.string(&[S::PeerService]) {
         Peer::Service { name }
     } else if let Some(address) = server {
         Peer::Address { address }
     } else {
         Peer::Unknown
     };
-    let failed_status = s
-        .status
-        .as_ref()
-        .is_some_and(|st| st.code == StatusCode::Error as i32);
-    let outcome = attr(a, &[tangle_wire::OUTCOME])
+    let outcome = a
+        .text(&[S::Outcome])
         .and_then(|o| tangle_wire::Outcome::parse(&o))
-        .or_else(|| attr(a, &["rpc.grpc.status_code"]).map(|c| tangle_wire::Outcome::of_grpc(&c)))
+        .or_else(|| {
+            a.text(&[S::GrpcStatus])
+                .map(|c| tangle_wire::Outcome::of_grpc(&c))
+        })
         .or_else(|| status_code.map(tangle_wire::Outcome::of_http))
         .or_else(|| {
-            attr(a, &["db.response.status_code"])
-                .filter(|_| failed_status)
+            a.text(&[S::DbStatus])
+                .filter(|_| s.failed)
                 .map(|c| tangle_wire::Outcome::of_sql(&c))
         });
     // An error status with no code to judge it by is the callee's fault.
     let fault = match outcome {
         Some(o) => o == tangle_wire::Outcome::Fault,
-        None => failed_status,
+        None => s.failed,
     };
     let (tables, writes) = match &parsed {
         Some(st) if db_system.is_some() => (
@@ -277,29 +456,57 @@ pub fn map_span(service: &str, s: &OtlpSpan) -> Option<Span> {
         service: service.to_owned(),
         kind,
         operation,
-        start_ns: s.start_time_unix_nano,
-        end_ns: s.end_time_unix_nano.max(s.start_time_unix_nano),
+        start_ns: s.start_ns,
+        end_ns: s.end_ns.max(s.start_ns),
         fault,
         data_node: kind == SpanKind::Server && (db_system.is_some() || destination.is_some()),
         housekeeping,
-        link_inferred: attr(a, &[tangle_wire::LINK_INFERRED]).as_deref() == Some("true"),
-        link_lost: attr(a, &[tangle_wire::LINK_LOST]).as_deref() == Some("true"),
+        link_inferred: a.is_true(S::LinkInferred),
+        link_lost: a.is_true(S::LinkLost),
         peer,
         tables,
         writes,
-        protocol: if attr(a, &[key::RPC_SYSTEM]).as_deref() == Some("grpc") {
+        protocol: if a.text(&[S::RpcSystem]).as_deref() == Some("grpc") {
             Some("grpc".into())
         } else if method.is_some() {
             Some("http".into())
         } else {
-            db_system.clone().or(messaging)
+            db_system.or(messaging)
         },
         join: join_key(a),
     })
 }
 
-/// Every span of an export request, its names at most `max_name` bytes:
-/// what waits for assembly stays small whatever the export held.
+/// A resource's `service.name`, cut to `max_name` bytes once, before it
+/// is copied into each of its spans.
+pub fn service_name(resource: &Attrs, stats: &mut MappingStats, max_name: usize) -> String {
+    let mut service = resource
+        .string(&[Slot::ServiceName])
+        .unwrap_or_else(|| "unknown_service".into());
+    cut(&mut service, max_name, &mut stats.names_cut);
+    service
+}
+
+/// Maps one span into `out`, its names at most `max_name` bytes: what
+/// waits for assembly stays small whatever the export held.
+pub fn map_into(
+    service: &str,
+    s: &SpanView,
+    out: &mut Vec<Span>,
+    stats: &mut MappingStats,
+    max_name: usize,
+) {
+    match map_span(service, s) {
+        Some(mut span) => {
+            cut_span(&mut span, max_name, &mut stats.names_cut);
+            stats.accepted += 1;
+            out.push(span);
+        }
+        None => stats.bad_ids += 1,
+    }
+}
+
+/// Every span of a decoded export request (OTLP/JSON, or a test's).
 pub fn map_request(
     req: &ExportTraceServiceRequest,
     stats: &mut MappingStats,
@@ -307,28 +514,15 @@ pub fn map_request(
 ) -> Vec<Span> {
     let mut out = Vec::new();
     for rs in &req.resource_spans {
-        // Cut once, before it is copied into each span.
-        let service = rs
+        let resource = rs
             .resource
             .as_ref()
-            .and_then(|r| attr(&r.attributes, &[key::SERVICE_NAME]))
-            .map_or_else(
-                || "unknown_service".into(),
-                |mut s| {
-                    cut(&mut s, max_name, &mut stats.names_cut);
-                    s
-                },
-            );
+            .map(|r| Attrs::of(&r.attributes))
+            .unwrap_or_default();
+        let service = service_name(&resource, stats, max_name);
         for ss in &rs.scope_spans {
             for s in &ss.spans {
-                match map_span(&service, s) {
-                    Some(mut span) => {
-                        cut_span(&mut span, max_name, &mut stats.names_cut);
-                        stats.accepted += 1;
-                        out.push(span);
-                    }
-                    None => stats.bad_ids += 1,
-                }
+                map_into(&service, &SpanView::of(s), &mut out, stats, max_name);
             }
         }
     }

@@ -25,6 +25,8 @@ use crate::util::{
 };
 
 const PORT: u16 = 18090;
+/// The shortest pipeline round: twice the collector's trace window.
+const PIPELINE_MIN_ROUND: Duration = Duration::from_secs(20);
 /// The collector's ports with `--export` (OTLP/gRPC, OTLP/HTTP, API).
 const COLLECTOR_PORTS: [u16; 3] = [19317, 19318, 19465];
 
@@ -47,9 +49,14 @@ struct AgentResult {
     /// `--program-stats`).
     transfer_runs: f64,
     transfer_run_ns: f64,
+    /// The collector's spans received per CPU second over the second half
+    /// of the load (with a collector): its steady state, once its trace
+    /// window has filled and its memory is in use.
+    collector_steady: f64,
 }
 
 /// What to measure.
+#[derive(Clone, Copy)]
 pub struct Plan {
     pub duration: Duration,
     pub connections: u32,
@@ -145,14 +152,30 @@ fn start_nginx(dir: &Path) -> anyhow::Result<Child> {
     Ok(child)
 }
 
+/// The collector's CPU seconds and spans received so far.
+fn collector_sample(collector: &Child) -> (f64, f64) {
+    let page = output(Command::new("curl").args([
+        "-sf",
+        &format!("http://127.0.0.1:{}/metrics", COLLECTOR_PORTS[2]),
+    ]))
+    .unwrap_or_default();
+    let received = page
+        .lines()
+        .find_map(|l| l.strip_prefix("tangle_spans_received_total "))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0.0);
+    (cpu_seconds(collector.0.id()), received)
+}
+
 fn with_agent(
     agent: &Path,
     dir: &Path,
     duration: Duration,
     connections: u32,
-    export: bool,
+    collector: Option<&Child>,
     program_stats: bool,
 ) -> anyhow::Result<(WrkResult, AgentResult)> {
+    let export = collector.is_some();
     let ready = dir.join("ready");
     let _ = std::fs::remove_file(&ready);
     let mut cmd = Command::new(agent);
@@ -176,7 +199,19 @@ fn with_agent(
     )?;
     wait_file(&ready, "the agent")?;
     let cpu_before = cpu_seconds(proc.0.id());
-    let result = wrk(duration, connections);
+    let (result, collector_steady) = std::thread::scope(|scope| {
+        let steady = collector.map(|c| {
+            scope.spawn(move || {
+                std::thread::sleep(duration / 2);
+                let (cpu_a, spans_a) = collector_sample(c);
+                std::thread::sleep((duration / 2).saturating_sub(Duration::from_millis(500)));
+                let (cpu_b, spans_b) = collector_sample(c);
+                (spans_b - spans_a) / (cpu_b - cpu_a).max(1e-9)
+            })
+        });
+        let result = wrk(duration, connections);
+        (result, steady.and_then(|t| t.join().ok()).unwrap_or(0.0))
+    });
     let cpu_s = cpu_seconds(proc.0.id()) - cpu_before;
     proc.terminate();
     let mut stdout = String::new();
@@ -208,6 +243,7 @@ fn with_agent(
             dropped: n(&stats["parsers"]["export"]["dropped"]),
             transfer_runs: transfer_programs().map(|p| n(&p["runs"])).sum(),
             transfer_run_ns: transfer_programs().map(|p| n(&p["run_ns"])).sum(),
+            collector_steady,
         },
     ))
 }
@@ -308,6 +344,7 @@ struct Rounds {
     exchanges_per_s: f64,
     dropped: f64,
     collector_spans_per_core_s: f64,
+    collector_steady_spans_per_core_s: f64,
 }
 
 /// wrk rounds without and with the agent (`capture`, or with `collector`
@@ -330,19 +367,19 @@ fn wrk_rounds(
         }
     );
     println!(
-        "| round | baseline req/s | with agent req/s | ratio | baseline p99 | with agent p99 | events/s | lost | agent CPU | exchanges/s | dropped | collector CPU |"
+        "| round | baseline req/s | with agent req/s | ratio | baseline p99 | with agent p99 | events/s | lost | agent CPU | exchanges/s | dropped | collector CPU | collector spans/s per core: round, second half |"
     );
-    println!("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |");
-    let mut m: [Vec<f64>; 5] = Default::default();
+    println!("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |");
+    let mut m: [Vec<f64>; 6] = Default::default();
     for round in 1..=rounds {
         let base = wrk(duration, connections)?;
         let collector_before = collector.map_or(0.0, |c| cpu_seconds(c.0.id()));
-        let (with, a) = with_agent(agent, dir, duration, connections, export, false)?;
+        let (with, a) = with_agent(agent, dir, duration, connections, collector, false)?;
         let collector_s = collector.map_or(0.0, |c| cpu_seconds(c.0.id())) - collector_before;
         let secs = duration.as_secs_f64();
         let ratio = with.requests_per_s / base.requests_per_s;
         println!(
-            "| {round} | {:.0} | {:.0} | {ratio:.3} | {:.0} us | {:.0} us | {:.0} | {} | {:.1}% | {:.0} | {} | {:.1}% |",
+            "| {round} | {:.0} | {:.0} | {ratio:.3} | {:.0} us | {:.0} us | {:.0} | {} | {:.1}% | {:.0} | {} | {:.1}% | {:.0}, {:.0} |",
             base.requests_per_s,
             with.requests_per_s,
             base.p99_latency_us,
@@ -353,14 +390,17 @@ fn wrk_rounds(
             a.exchanges / secs,
             a.dropped,
             collector_s / secs * 100.0,
+            a.exported / collector_s.max(1e-9),
+            a.collector_steady,
         );
         m[0].push(ratio);
         m[1].push(a.cpu_s * 1e9 / a.exchanges.max(1.0));
         m[2].push(a.exchanges / secs);
         m[3].push(a.dropped);
         m[4].push(a.exported / collector_s.max(1e-9));
+        m[5].push(a.collector_steady);
     }
-    let [t, ex, xps, dropped, spc] = m.map(median);
+    let [t, ex, xps, dropped, spc, steady] = m.map(median);
     println!();
     Ok(Rounds {
         throughput: t,
@@ -368,6 +408,7 @@ fn wrk_rounds(
         exchanges_per_s: xps,
         dropped,
         collector_spans_per_core_s: spc,
+        collector_steady_spans_per_core_s: steady,
     })
 }
 
@@ -376,7 +417,7 @@ fn wrk_rounds(
 /// of the throughput figure).
 fn capture(plan: &Plan, agent: &Path, dir: &Path) -> anyhow::Result<Vec<Figure>> {
     let r = wrk_rounds(plan, agent, dir, None)?;
-    let (_, a) = with_agent(agent, dir, plan.duration, plan.connections, false, true)?;
+    let (_, a) = with_agent(agent, dir, plan.duration, plan.connections, None, true)?;
     let kernel_ns = a.transfer_run_ns / a.transfer_runs.max(1.0);
     let user_ns = a.cpu_s * 1e9 / a.events.max(1.0);
     println!(
@@ -407,6 +448,12 @@ fn capture(plan: &Plan, agent: &Path, dir: &Path) -> anyhow::Result<Vec<Figure>>
 
 /// The whole pipeline's cost.
 fn pipeline(plan: &Plan, agent: &Path, dir: &Path) -> anyhow::Result<Vec<Figure>> {
+    // The collector's steady state is measured over a round's second half:
+    // past its trace window (8 s), once the spans it holds stop growing.
+    let plan = &Plan {
+        duration: plan.duration.max(PIPELINE_MIN_ROUND),
+        ..*plan
+    };
     let collector = start_collector(dir)?;
     let r = wrk_rounds(plan, agent, dir, Some(&collector))?;
     Ok(vec![
@@ -426,10 +473,13 @@ fn pipeline(plan: &Plan, agent: &Path, dir: &Path) -> anyhow::Result<Vec<Figure>
         },
         Figure {
             stage: "pipeline",
-            what: "collector spans per second per core, through its OTLP intake",
-            value: format!("{:.0}", r.collector_spans_per_core_s),
+            what: "collector spans per second per core, through its OTLP intake: steady (second half of a round)",
+            value: format!(
+                "{:.0} (whole round, filling its window: {:.0})",
+                r.collector_steady_spans_per_core_s, r.collector_spans_per_core_s
+            ),
             goal: "≥ 1,000,000",
-            met: r.collector_spans_per_core_s >= 1e6,
+            met: r.collector_steady_spans_per_core_s >= 1e6,
         },
         Figure {
             stage: "pipeline",

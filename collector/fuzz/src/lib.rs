@@ -7,11 +7,17 @@ use tangle_collector::{
     chains::analyze,
     names::Names,
     otlp::{MappingStats, map_request},
+    span::Span,
 };
 
-pub fn ingest(req: &ExportTraceServiceRequest) {
+/// Maps a decoded request, then assembles and analyses its spans.
+pub fn ingest_request(req: &ExportTraceServiceRequest) {
     let mut stats = MappingStats::default();
-    let spans = map_request(req, &mut stats, 256);
+    ingest(map_request(req, &mut stats, 256));
+}
+
+/// Assembles and analyses mapped spans.
+pub fn ingest(spans: Vec<Span>) {
     let mut names = Names::default();
     let mut asm = Assembler::with_trace_limit(1_000, 100_000, 1_000);
     for s in spans {

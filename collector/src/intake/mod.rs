@@ -233,7 +233,8 @@ impl Default for IntakeStats {
 
 /// Mapped spans on their way to assembly, holding their place in the queue.
 pub struct Batch {
-    pub spans: Vec<Span>,
+    /// In chunks of at most [`decode::CHUNK`].
+    pub spans: Vec<Vec<Span>>,
     pub mapping: MappingStats,
     _queued: OwnedSemaphorePermit,
 }
@@ -329,14 +330,14 @@ impl Intake {
         };
         let decoded = tokio::task::spawn_blocking(move || {
             let _turn = turn;
-            let request = if json {
-                decode::decode_json(&body, limit)
+            if json {
+                let request = decode::decode_json(&body, limit)?;
+                let mut mapping = MappingStats::default();
+                let spans = map_request(&request, &mut mapping, max_name);
+                Ok((vec![spans], mapping))
             } else {
-                decode::decode_protobuf(&body, limit)
-            }?;
-            let mut mapping = MappingStats::default();
-            let spans = map_request(&request, &mut mapping, max_name);
-            Ok::<_, decode::DecodeError>((spans, mapping))
+                decode::decode_protobuf(&body, limit, max_name)
+            }
         })
         .await;
         let (spans, mapping) = match decoded {
@@ -353,7 +354,7 @@ impl Intake {
                 ));
             }
         };
-        let n = spans.len();
+        let n = spans.iter().map(Vec::len).sum::<usize>();
         if n > self.limits.max_queued_spans {
             return Err(Refusal::TooLarge(format!(
                 "request too large: {n} spans, more than the {} the collector queues",
