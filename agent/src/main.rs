@@ -484,6 +484,11 @@ async fn capture_loop(
         tokio::time::interval(args.stats_interval.unwrap_or(Duration::from_secs(3600)));
     stats_tick.tick().await;
     let mut sweep_tick = tokio::time::interval(Duration::from_secs(5));
+    // The kernel's counters for the page, read off this thread.
+    let kernel_stats = match &metrics {
+        Some(_) => Some(probe.watch_stats(Duration::from_secs(1))?),
+        None => None,
+    };
     let not_ignored = tangle_throttle::Throttled::default();
     let ctrl_c = tokio::signal::ctrl_c();
     tokio::pin!(ctrl_c);
@@ -509,7 +514,8 @@ async fn capture_loop(
             _ = stats_tick.tick() => print_stats(probe, reader, out, started)?,
             _ = metrics_tick.tick(), if metrics.is_some() => {
                 let mut page = tangle_agent::metrics::Page::default();
-                page.capture(&probe.stats()?, &reader.stats());
+                let kernel = kernel_stats.as_ref().and_then(|k| k.latest()).unwrap_or_default();
+                page.capture(&kernel, &reader.stats());
                 out.metrics(&mut page);
                 if let Some(shared) = &metrics {
                     shared.publish(page);

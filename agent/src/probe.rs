@@ -3,7 +3,13 @@
 
 use std::{
     io,
+    os::fd::AsFd as _,
     path::{Path, PathBuf},
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::Duration,
 };
 
 use aya::{
@@ -160,15 +166,105 @@ pub struct Probe {
     ebpf: Ebpf,
     /// While held, the kernel times every eBPF program's runs.
     timing: Option<std::os::fd::OwnedFd>,
-    stats: PerCpuArray<MapData, u64>,
-    /// Connections removed from the kernel's table from here (not evicted).
-    swept: u64,
+    counters: KernelCounters,
     /// Processes in `IGNORED_TGIDS`, by their start time: once one exits,
     /// its id is taken out before another process can be given it.
     ignored: std::collections::HashMap<u32, u64>,
-    /// The kernel's evictions last reported: the estimate below is taken
-    /// from counters read one after another, and must never go down.
-    evicted_reported: std::cell::Cell<u64>,
+}
+
+/// What [`KernelStats`] is read from, by handles of its own: the probe
+/// reads it when asked, and [`Probe::watch_stats`] on a thread of its own,
+/// since counting a table's entries is a syscall per entry.
+struct KernelCounters {
+    stats: PerCpuArray<MapData, u64>,
+    conns: HashMap<MapData, u64, ConnInfo>,
+    pending: HashMap<MapData, u64, ConnInfo>,
+    /// Connections removed from the kernel's table by the agent (not evicted).
+    swept: Arc<AtomicU64>,
+    /// The kernel's evictions last reported: the estimate is taken from
+    /// counters read one after another, and must never go down.
+    evicted_reported: Arc<AtomicU64>,
+}
+
+/// A handle of its own on map `name` of `ebpf`.
+fn map_handle(ebpf: &Ebpf, name: &'static str) -> Result<aya::maps::Map, ProbeError> {
+    use aya::maps::Map;
+    let map = ebpf
+        .map(name)
+        .ok_or_else(|| ProbeError::Missing(format!("map {name}")))?;
+    let (Map::HashMap(data) | Map::LruHashMap(data) | Map::PerCpuArray(data)) = map else {
+        return Err(ProbeError::Missing(format!("map {name} of a counted kind")));
+    };
+    let fd = data
+        .fd()
+        .as_fd()
+        .try_clone_to_owned()
+        .map_err(|e| ProbeError::Io("duplicating a map's descriptor", e))?;
+    let data = MapData::from_fd(fd).map_err(map_error(name))?;
+    Ok(match map {
+        Map::HashMap(_) => Map::HashMap(data),
+        Map::LruHashMap(_) => Map::LruHashMap(data),
+        _ => Map::PerCpuArray(data),
+    })
+}
+
+impl KernelCounters {
+    fn open(
+        ebpf: &Ebpf,
+        swept: Arc<AtomicU64>,
+        evicted_reported: Arc<AtomicU64>,
+    ) -> Result<Self, ProbeError> {
+        let table = |name| HashMap::try_from(map_handle(ebpf, name)?).map_err(map_error(name));
+        Ok(Self {
+            stats: PerCpuArray::try_from(map_handle(ebpf, "STATS")?).map_err(map_error("STATS"))?,
+            conns: table("CONNS")?,
+            pending: table("PENDING")?,
+            swept,
+            evicted_reported,
+        })
+    }
+
+    fn read(&self) -> Result<KernelStats, ProbeError> {
+        let conns_tracked = self.conns.keys().count() as u64;
+        let sum = |stat: Stat| -> Result<u64, ProbeError> {
+            let values = self
+                .stats
+                .get(&(stat as u32), 0)
+                .map_err(map_error("STATS"))?;
+            Ok(values.iter().sum())
+        };
+        debug_assert_eq!(STAT_COUNT, 8);
+        let swept = self.swept.load(Ordering::Relaxed);
+        let evicted = sum(Stat::ConnInserted)?
+            .saturating_sub(sum(Stat::ConnRemoved)? + swept + conns_tracked);
+        let evicted = self
+            .evicted_reported
+            .fetch_max(evicted, Ordering::Relaxed)
+            .max(evicted);
+        Ok(KernelStats {
+            events_lost: sum(Stat::EventsLost)?,
+            conn_table_full: sum(Stat::ConnTableFull)?,
+            data_events: sum(Stat::DataEvents)?,
+            conn_events: sum(Stat::ConnEvents)?,
+            read_faults: sum(Stat::ReadFaults)?,
+            ignored: sum(Stat::Ignored)?,
+            conns_tracked,
+            conns_evicted: evicted,
+            conns_pending: self.pending.keys().count() as u64,
+        })
+    }
+}
+
+/// The kernel's counters as a thread reads them, every so often.
+pub struct StatsWatch {
+    latest: Arc<Mutex<Option<KernelStats>>>,
+}
+
+impl StatsWatch {
+    /// The last reading; none before the first.
+    pub fn latest(&self) -> Option<KernelStats> {
+        *self.latest.lock().unwrap_or_else(|e| e.into_inner())
+    }
 }
 
 /// When process `tgid` started (clock ticks after boot, `/proc/PID/stat`
@@ -304,8 +400,7 @@ impl Probe {
             }
             program.attach(category, tracepoint).map_err(err)?;
         }
-        let stats =
-            PerCpuArray::try_from(take_map(&mut ebpf, "STATS")?).map_err(map_error("STATS"))?;
+        let counters = KernelCounters::open(&ebpf, Default::default(), Default::default())?;
         log::info!(
             "eBPF programs attached to {} tracepoints (capture {} bytes, ring buffer {} KiB)",
             ATTACHMENTS.len(),
@@ -323,10 +418,8 @@ impl Probe {
         Ok(Self {
             ebpf,
             timing,
-            stats,
-            swept: 0,
+            counters,
             ignored: Default::default(),
-            evicted_reported: Default::default(),
         })
     }
 
@@ -335,32 +428,40 @@ impl Probe {
         RingBuf::try_from(take_map(&mut self.ebpf, "EVENTS")?).map_err(map_error("EVENTS"))
     }
 
-    /// The kernel's counters and map sizes now.
+    /// The kernel's counters and map sizes now: a walk of the connection
+    /// tables, a syscall per entry (see [`Probe::watch_stats`]).
     pub fn stats(&self) -> Result<KernelStats, ProbeError> {
-        let conns_tracked = self.map_len::<u64, ConnInfo>("CONNS")?;
-        let sum = |stat: Stat| -> Result<u64, ProbeError> {
-            let values = self
-                .stats
-                .get(&(stat as u32), 0)
-                .map_err(map_error("STATS"))?;
-            Ok(values.iter().sum())
-        };
-        debug_assert_eq!(STAT_COUNT, 8);
-        let evicted = sum(Stat::ConnInserted)?
-            .saturating_sub(sum(Stat::ConnRemoved)? + self.swept + conns_tracked)
-            .max(self.evicted_reported.get());
-        self.evicted_reported.set(evicted);
-        Ok(KernelStats {
-            events_lost: sum(Stat::EventsLost)?,
-            conn_table_full: sum(Stat::ConnTableFull)?,
-            data_events: sum(Stat::DataEvents)?,
-            conn_events: sum(Stat::ConnEvents)?,
-            read_faults: sum(Stat::ReadFaults)?,
-            ignored: sum(Stat::Ignored)?,
-            conns_tracked,
-            conns_evicted: evicted,
-            conns_pending: self.map_len::<u64, ConnInfo>("PENDING")?,
-        })
+        self.counters.read()
+    }
+
+    /// Reads the kernel's counters every `every` on a thread of its own,
+    /// so that a node's many connections cost the capture nothing; the
+    /// thread ends when the watch is dropped.
+    pub fn watch_stats(&self, every: Duration) -> Result<StatsWatch, ProbeError> {
+        let counters = KernelCounters::open(
+            &self.ebpf,
+            self.counters.swept.clone(),
+            self.counters.evicted_reported.clone(),
+        )?;
+        let latest = Arc::new(Mutex::new(None));
+        let shared = Arc::downgrade(&latest);
+        let warned = tangle_throttle::Throttled::default();
+        std::thread::Builder::new()
+            .name("tangle-kstats".into())
+            .spawn(move || {
+                while let Some(latest) = shared.upgrade() {
+                    match counters.read() {
+                        Ok(read) => *latest.lock().unwrap_or_else(|e| e.into_inner()) = Some(read),
+                        Err(e) => {
+                            tangle_throttle::warn!(warned, "reading the kernel's counters: {e}");
+                        }
+                    }
+                    drop(latest);
+                    std::thread::sleep(every);
+                }
+            })
+            .map_err(|e| ProbeError::Io("starting the kernel counters' thread", e))?;
+        Ok(StatsWatch { latest })
     }
 
     /// Each program's runs and run time so far, when the probe was loaded
@@ -380,15 +481,6 @@ impl Probe {
                 })
             })
             .collect()
-    }
-
-    fn map_len<K: aya::Pod, V: aya::Pod>(&self, name: &'static str) -> Result<u64, ProbeError> {
-        let map = self
-            .ebpf
-            .map(name)
-            .ok_or_else(|| ProbeError::Missing(format!("map {name}")))?;
-        let map = HashMap::<_, K, V>::try_from(map).map_err(map_error(name))?;
-        Ok(map.keys().count() as u64)
     }
 
     /// Gives back the connections of processes that no longer exist (a
@@ -436,7 +528,9 @@ impl Probe {
                 removed.push((sk, info));
             }
         }
-        self.swept += removed.len() as u64;
+        self.counters
+            .swept
+            .fetch_add(removed.len() as u64, Ordering::Relaxed);
         Ok(removed)
     }
 

@@ -113,7 +113,9 @@ fn thread_rule_links_calls_to_their_request_under_concurrency() {
         ));
     }
     let pids: Vec<String> = services.iter().map(|p| p.pid().to_string()).collect();
-    let (agent, ready) = run_agent(otlp_port, &["--duration", "12s"]);
+    // Stopped once the last request is answered, not at a fixed time: a
+    // slow machine still gets every request in.
+    let (agent, ready) = run_agent(otlp_port, &["--duration", "120s"]);
     // 60 concurrent requests, each for its own item.
     let mut curls: Vec<_> = (1..=60)
         .map(|i| {
@@ -131,6 +133,10 @@ fn thread_rule_links_calls_to_their_request_under_concurrency() {
     for c in &mut curls {
         assert!(c.wait().unwrap().success());
     }
+    // The agent exports what it holds when it stops.
+    std::thread::sleep(Duration::from_millis(500));
+    // SAFETY: signals our own child, not yet reaped.
+    unsafe { libc::kill(agent.id() as i32, libc::SIGTERM) };
     let out = agent.wait_with_output().unwrap();
     assert!(out.status.success());
     drop(services);
