@@ -108,6 +108,10 @@ pub struct IdentityConfig {
     pub kubernetes: Toggle,
     /// The Kubernetes API's address, if not the in-cluster one.
     pub kubernetes_api: Option<String>,
+    /// The node this agent runs on (a DaemonSet gives it from `spec.nodeName`
+    /// as `TANGLE_NODE_NAME`): only this node's pods are listed and watched.
+    /// Unset: every node's.
+    pub node_name: Option<String>,
     /// Naming rules, tried in order; the first that matches names the service.
     pub rules: Vec<NamingRule>,
 }
@@ -117,6 +121,7 @@ impl Default for IdentityConfig {
         Self {
             kubernetes: Toggle::Auto,
             kubernetes_api: None,
+            node_name: None,
             rules: Vec::new(),
         }
     }

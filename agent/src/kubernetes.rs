@@ -1,7 +1,10 @@
 //! Pods and services from the Kubernetes API: the pod a container's cgroup
 //! names (uid -> name, namespace, node, workload), and the service at an
-//! address (pod IPs and ClusterIPs, on any node) for calls whose other end
-//! this agent does not see. Listed at start and then every `REFRESH`.
+//! address (pod IPs and ClusterIPs) for calls whose other end this agent
+//! does not see. Listed at start, then watched: the API sends each change,
+//! so a node's agent costs the API server one request per change, not a
+//! list of the whole cluster every so often. With the node's name given,
+//! only that node's pods are listed and watched (a field selector).
 
 use std::{
     collections::{BTreeMap, HashMap},
@@ -11,10 +14,15 @@ use std::{
     time::Duration,
 };
 
-use serde::Deserialize;
+use serde::{Deserialize, de::DeserializeOwned};
 
-/// How often pods and services are listed again.
-pub const REFRESH: Duration = Duration::from_secs(30);
+/// How long one watch request lasts before it is made again from where it
+/// ended (the API server ends it then; a watch cannot be held forever).
+const WATCH_SECONDS: u64 = 290;
+/// Bytes of one watch event, at most.
+const MAX_EVENT: u64 = 16 << 20;
+/// The wait before listing again after a failure.
+const RETRY: Duration = Duration::from_secs(5);
 const SERVICE_ACCOUNT: &str = "/var/run/secrets/kubernetes.io/serviceaccount";
 
 /// The Kubernetes API could not be used.
@@ -96,10 +104,27 @@ impl PodMeta {
 
 #[derive(Deserialize)]
 struct List<T> {
+    #[serde(default)]
+    metadata: ListMeta,
     items: Vec<T>,
 }
 
+#[derive(Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct ListMeta {
+    #[serde(default)]
+    resource_version: String,
+}
+
+/// One line of a watch: a change to an object.
 #[derive(Deserialize)]
+struct WatchEvent {
+    #[serde(rename = "type")]
+    kind: String,
+    object: serde_json::Value,
+}
+
+#[derive(Clone, Deserialize)]
 #[serde(rename_all = "camelCase")]
 struct ObjectMeta {
     name: String,
@@ -113,7 +138,7 @@ struct ObjectMeta {
     owner_references: Vec<OwnerReference>,
 }
 
-#[derive(Deserialize)]
+#[derive(Clone, Deserialize)]
 struct OwnerReference {
     kind: String,
     name: String,
@@ -121,7 +146,7 @@ struct OwnerReference {
     controller: bool,
 }
 
-#[derive(Deserialize)]
+#[derive(Clone, Deserialize)]
 struct Pod {
     metadata: ObjectMeta,
     #[serde(default)]
@@ -130,7 +155,7 @@ struct Pod {
     status: PodStatus,
 }
 
-#[derive(Default, Deserialize)]
+#[derive(Clone, Default, Deserialize)]
 #[serde(rename_all = "camelCase")]
 struct PodSpec {
     node_name: Option<String>,
@@ -138,7 +163,7 @@ struct PodSpec {
     host_network: bool,
 }
 
-#[derive(Default, Deserialize)]
+#[derive(Clone, Default, Deserialize)]
 #[serde(rename_all = "camelCase")]
 struct PodStatus {
     #[serde(default, rename = "podIPs")]
@@ -151,7 +176,7 @@ struct PodStatus {
     init_container_statuses: Vec<ContainerStatus>,
 }
 
-#[derive(Deserialize)]
+#[derive(Clone, Deserialize)]
 #[serde(rename_all = "camelCase")]
 struct ContainerStatus {
     /// `RUNTIME://ID`, once the container was created.
@@ -159,19 +184,19 @@ struct ContainerStatus {
     container_id: Option<String>,
 }
 
-#[derive(Deserialize)]
+#[derive(Clone, Deserialize)]
 struct PodIp {
     ip: String,
 }
 
-#[derive(Deserialize)]
+#[derive(Clone, Deserialize)]
 struct Service {
     metadata: ObjectMeta,
     #[serde(default)]
     spec: ServiceSpec,
 }
 
-#[derive(Default, Deserialize)]
+#[derive(Clone, Default, Deserialize)]
 #[serde(rename_all = "camelCase")]
 struct ServiceSpec {
     #[serde(default, rename = "clusterIPs")]
@@ -226,9 +251,16 @@ impl Cluster {
     pub fn from_lists(pods: &[u8], services: &[u8]) -> Result<Self, serde_json::Error> {
         let pods: List<Pod> = serde_json::from_slice(pods)?;
         let services: List<Service> = serde_json::from_slice(services)?;
+        Ok(Self::build(pods.items.iter(), services.items.iter()))
+    }
+
+    fn build<'a>(
+        pods: impl Iterator<Item = &'a Pod>,
+        services: impl Iterator<Item = &'a Service>,
+    ) -> Self {
         let mut c = Cluster::default();
         let mut labelled = Vec::new();
-        for p in pods.items {
+        for p in pods {
             let meta = Arc::new(PodMeta {
                 uid: p.metadata.uid.clone(),
                 name: p.metadata.name.clone(),
@@ -256,10 +288,10 @@ impl Cluster {
                     c.containers.insert(id.to_owned(), meta.clone());
                 }
             }
-            labelled.push((p.metadata.labels, meta.clone()));
+            labelled.push((&p.metadata.labels, meta.clone()));
             c.pods.insert(meta.uid.clone(), meta);
         }
-        for s in services.items {
+        for s in services {
             // Named like the pods it selects, so both ends agree; else the Service's name.
             let selected = (!s.spec.selector.is_empty())
                 .then(|| {
@@ -282,7 +314,7 @@ impl Cluster {
                 }
             }
         }
-        Ok(c)
+        c
     }
 
     pub fn pod(&self, uid: &str) -> Option<Arc<PodMeta>> {
@@ -375,64 +407,294 @@ impl KubeClient {
         )
     }
 
-    fn get(&self, path: &str) -> Result<Vec<u8>, KubeError> {
+    fn request(&self, path: &str, timeout: Duration) -> Result<ureq::Response, KubeError> {
         let url = format!("{}{path}", self.base);
-        let mut req = self.agent.get(&url);
+        let mut req = self.agent.get(&url).timeout(timeout);
         if let Some(t) = &self.token {
             req = req.set("Authorization", &format!("Bearer {t}"));
         }
-        let resp = req.call().map_err(|e| KubeError::Request {
-            url: url.clone(),
+        req.call().map_err(|e| KubeError::Request {
+            url,
             message: e.to_string(),
-        })?;
-        let mut body = Vec::new();
-        std::io::Read::read_to_end(&mut resp.into_reader(), &mut body).map_err(|e| {
-            KubeError::Request {
-                url,
-                message: e.to_string(),
-            }
-        })?;
-        Ok(body)
+        })
     }
 
-    /// Lists pods and services cluster-wide.
-    pub fn list(&self) -> Result<Cluster, KubeError> {
-        let pods = self.get("/api/v1/pods")?;
-        let services = self.get("/api/v1/services")?;
-        Cluster::from_lists(&pods, &services).map_err(|source| KubeError::Decode {
-            url: self.base.clone(),
-            what: "pods and services",
+    /// A list of `what` at `path`, decoded.
+    fn list<T: DeserializeOwned>(
+        &self,
+        path: &str,
+        what: &'static str,
+    ) -> Result<List<T>, KubeError> {
+        let url = format!("{}{path}", self.base);
+        let body = self.request(path, Duration::from_secs(30))?.into_reader();
+        serde_json::from_reader(std::io::BufReader::new(body)).map_err(|source| KubeError::Decode {
+            url,
+            what,
             source,
         })
     }
 }
 
-/// Lists the cluster now (so the first processes are named), then every
-/// [`REFRESH`] in a thread of its own; failures are logged and keep the
-/// last good listing.
-pub fn watch(client: KubeClient) -> Arc<RwLock<Cluster>> {
-    let cluster = Arc::new(RwLock::new(Cluster::default()));
-    let shared = cluster.clone();
-    let refresh = move |first: bool| match client.list() {
-        Ok(c) => {
-            let (pods, addresses) = c.len();
-            if first {
-                log::info!("kubernetes: {pods} pods, {addresses} addresses");
-            }
-            if let Ok(mut w) = shared.write() {
-                *w = c;
-            }
+/// Where a kind of object is listed and watched, and what is kept of it.
+trait Watched: DeserializeOwned + Clone + Send + 'static {
+    const WHAT: &'static str;
+    fn key(&self) -> String;
+}
+
+impl Watched for Pod {
+    const WHAT: &'static str = "pods";
+    fn key(&self) -> String {
+        self.metadata.uid.clone()
+    }
+}
+
+impl Watched for Service {
+    const WHAT: &'static str = "services";
+    fn key(&self) -> String {
+        format!("{}/{}", self.metadata.namespace, self.metadata.name)
+    }
+}
+
+/// The objects as last listed and changed since, from which [`Cluster`]
+/// is made again after each change.
+#[derive(Default)]
+struct Objects {
+    pods: HashMap<String, Pod>,
+    services: HashMap<String, Service>,
+}
+
+impl Objects {
+    fn of<T: Watched>(&mut self) -> &mut HashMap<String, T>
+    where
+        Self: Holds<T>,
+    {
+        Holds::held(self)
+    }
+}
+
+trait Holds<T> {
+    fn held(&mut self) -> &mut HashMap<String, T>;
+}
+
+impl Holds<Pod> for Objects {
+    fn held(&mut self) -> &mut HashMap<String, Pod> {
+        &mut self.pods
+    }
+}
+
+impl Holds<Service> for Objects {
+    fn held(&mut self) -> &mut HashMap<String, Service> {
+        &mut self.services
+    }
+}
+
+/// The cluster as the watches know it, shared with the identities.
+#[derive(Clone)]
+struct Shared {
+    objects: Arc<std::sync::Mutex<Objects>>,
+    cluster: Arc<RwLock<Cluster>>,
+}
+
+impl Shared {
+    /// Applies `change` to the objects and makes the cluster again.
+    fn change(&self, change: impl FnOnce(&mut Objects)) {
+        let Ok(mut objects) = self.objects.lock() else {
+            return;
+        };
+        change(&mut objects);
+        let fresh = Cluster::build(objects.pods.values(), objects.services.values());
+        drop(objects);
+        if let Ok(mut w) = self.cluster.write() {
+            *w = fresh;
         }
-        Err(e) => log::warn!("kubernetes: {e}"),
-    };
-    refresh(true);
-    std::thread::spawn(move || {
-        loop {
-            std::thread::sleep(REFRESH);
-            refresh(false);
-        }
+    }
+}
+
+/// Lists `T` (with `selector`, a field selector), replacing what was
+/// known of them; returns the list's resource version.
+fn relist<T: Watched>(
+    client: &KubeClient,
+    shared: &Shared,
+    selector: &str,
+) -> Result<String, KubeError>
+where
+    Objects: Holds<T>,
+{
+    let list: List<T> = client.list(&format!("/api/v1/{}{selector}", T::WHAT), T::WHAT)?;
+    let version = list.metadata.resource_version;
+    shared.change(|o| {
+        *o.of::<T>() = list.items.into_iter().map(|t| (t.key(), t)).collect();
     });
+    Ok(version)
+}
+
+/// Follows changes to `T` from `version` until the watch ends; returns
+/// the version reached, or `None` when the objects must be listed again
+/// (the version is too old, or the stream broke).
+fn follow<T: Watched>(
+    client: &KubeClient,
+    shared: &Shared,
+    selector: &str,
+    mut version: String,
+) -> Result<Option<String>, KubeError>
+where
+    Objects: Holds<T>,
+{
+    use std::io::BufRead as _;
+    let sep = if selector.is_empty() { '?' } else { '&' };
+    let path = format!(
+        "/api/v1/{}{selector}{sep}watch=1&allowWatchBookmarks=true&timeoutSeconds={WATCH_SECONDS}&resourceVersion={version}",
+        T::WHAT
+    );
+    let response = client.request(&path, Duration::from_secs(WATCH_SECONDS + 30))?;
+    let mut lines = std::io::BufReader::new(response.into_reader());
+    let mut line = Vec::new();
+    loop {
+        line.clear();
+        // One event per line, each at most MAX_EVENT bytes: past it, the
+        // stream is dropped and the objects listed again.
+        match std::io::Read::take(&mut lines, MAX_EVENT).read_until(b'\n', &mut line) {
+            Ok(0) => return Ok(Some(version)),
+            Ok(n) if n as u64 == MAX_EVENT && line.last() != Some(&b'\n') => {
+                log::debug!(
+                    "kubernetes: watching {}: an event past {MAX_EVENT} bytes",
+                    T::WHAT
+                );
+                return Ok(None);
+            }
+            Ok(_) => {}
+            Err(e) => {
+                log::debug!("kubernetes: watching {}: {e}", T::WHAT);
+                return Ok(None);
+            }
+        }
+        if line.iter().all(u8::is_ascii_whitespace) {
+            continue;
+        }
+        let Ok(event) = serde_json::from_slice::<WatchEvent>(&line) else {
+            log::debug!("kubernetes: watching {}: a line that is no event", T::WHAT);
+            return Ok(None);
+        };
+        let seen = event
+            .object
+            .pointer("/metadata/resourceVersion")
+            .and_then(serde_json::Value::as_str)
+            .map(str::to_owned);
+        match event.kind.as_str() {
+            "ADDED" | "MODIFIED" | "DELETED" => {
+                let Ok(object) = serde_json::from_value::<T>(event.object) else {
+                    return Ok(None);
+                };
+                let gone = event.kind == "DELETED";
+                shared.change(|o| {
+                    let held = o.of::<T>();
+                    if gone {
+                        held.remove(&object.key());
+                    } else {
+                        held.insert(object.key(), object);
+                    }
+                });
+            }
+            "BOOKMARK" => {}
+            // 410 Gone: the version is too old to watch from.
+            _ => return Ok(None),
+        }
+        if let Some(seen) = seen {
+            version = seen;
+        }
+    }
+}
+
+/// Lists then watches `T` forever (a thread of its own); failures are
+/// logged, and the last good view kept.
+fn keep_watching<T: Watched>(
+    client: Arc<KubeClient>,
+    shared: Shared,
+    selector: String,
+    mut version: Option<String>,
+) where
+    Objects: Holds<T>,
+{
+    let warned = tangle_throttle::Throttled::default();
+    loop {
+        let at = match version.take() {
+            Some(v) => v,
+            None => match relist::<T>(&client, &shared, &selector) {
+                Ok(v) => v,
+                Err(e) => {
+                    tangle_throttle::warn!(warned, "kubernetes: {e}");
+                    std::thread::sleep(RETRY);
+                    continue;
+                }
+            },
+        };
+        match follow::<T>(&client, &shared, &selector, at) {
+            Ok(Some(next)) => version = Some(next),
+            Ok(None) => {
+                // Listed again, but not in a loop against a failing server.
+                std::thread::sleep(RETRY / 5);
+            }
+            Err(e) => {
+                tangle_throttle::warn!(warned, "kubernetes: {e}");
+                std::thread::sleep(RETRY);
+            }
+        }
+    }
+}
+
+/// Lists the cluster now (so the first processes are named), then
+/// watches pods and services in threads of their own. With `node`, only
+/// that node's pods (services are cluster-wide: a ClusterIP names a call
+/// to any node). Failures are logged and keep the last good view.
+pub fn watch(client: KubeClient, node: Option<&str>) -> Arc<RwLock<Cluster>> {
+    let client = Arc::new(client);
+    let shared = Shared {
+        objects: Default::default(),
+        cluster: Default::default(),
+    };
+    let pod_selector = node.map_or_else(String::new, |n| {
+        format!("?fieldSelector=spec.nodeName%3D{}", encode_query(n))
+    });
+    let pods = relist::<Pod>(&client, &shared, &pod_selector);
+    let services = relist::<Service>(&client, &shared, "");
+    match (&pods, &services) {
+        (Ok(_), Ok(_)) => {
+            let (pods, addresses) = shared.cluster.read().map(|c| c.len()).unwrap_or_default();
+            let scope = node.map_or_else(|| "every node".to_owned(), |n| format!("node {n}"));
+            log::info!("kubernetes: {pods} pods ({scope}), {addresses} addresses; watching");
+        }
+        (Err(e), _) | (_, Err(e)) => log::warn!("kubernetes: {e}"),
+    }
+    let cluster = shared.cluster.clone();
+    let (c, s) = (client.clone(), shared.clone());
+    let spawned = std::thread::Builder::new()
+        .name("tangle-k8s-pods".into())
+        .spawn(move || keep_watching::<Pod>(c, s, pod_selector, pods.ok()))
+        .and_then(|_| {
+            std::thread::Builder::new()
+                .name("tangle-k8s-svcs".into())
+                .spawn(move || {
+                    keep_watching::<Service>(client, shared, String::new(), services.ok())
+                })
+        });
+    if let Err(e) = spawned {
+        log::warn!("kubernetes: cannot start watching: {e}; the first listing stays");
+    }
     cluster
+}
+
+/// `text` for a URL's query: what is not unreserved, percent-encoded.
+fn encode_query(text: &str) -> String {
+    use std::fmt::Write as _;
+    let mut out = String::with_capacity(text.len());
+    for b in text.bytes() {
+        if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+            out.push(char::from(b));
+        } else {
+            let _ = write!(out, "%{b:02X}");
+        }
+    }
+    out
 }
 
 #[cfg(test)]

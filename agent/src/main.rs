@@ -81,6 +81,10 @@ struct RunArgs {
     /// Serve the agent's own metrics at http://ADDR/metrics; overrides metrics.listen.
     #[arg(long, env = "TANGLE_METRICS_LISTEN")]
     metrics_listen: Option<std::net::SocketAddr>,
+    /// The node this agent runs on: only its pods are asked of the
+    /// Kubernetes API; overrides identity.node_name.
+    #[arg(long, env = "TANGLE_NODE_NAME")]
+    node_name: Option<String>,
     #[command(flatten)]
     capture: CaptureArgs,
 }
@@ -209,6 +213,9 @@ fn run_config(run: &RunArgs) -> anyhow::Result<tangle_agent::config::Config> {
     }
     if run.metrics_listen.is_some() {
         config.metrics.listen = run.metrics_listen;
+    }
+    if run.node_name.is_some() {
+        config.identity.node_name = run.node_name.clone();
     }
     // The flags pass the same checks as the file.
     let shown = run
@@ -353,6 +360,7 @@ fn capture(args: CaptureArgs, mode: Mode) -> anyhow::Result<()> {
         // What `run` needs is checked before the programs load.
         let (kube, metrics, target) = match &mode {
             Mode::Export(config) => {
+                privileges::require_naming()?;
                 let target = tangle_agent::export::Target::from_config(config)?;
                 let metrics = match config.metrics.listen {
                     Some(addr) => {
@@ -413,7 +421,9 @@ fn capture(args: CaptureArgs, mode: Mode) -> anyhow::Result<()> {
         let identities = match &mode {
             Mode::Export(config) => Identities::new(
                 config.identity.rules.clone(),
-                kube.map(tangle_agent::kubernetes::watch),
+                kube.map(|k| {
+                    tangle_agent::kubernetes::watch(k, config.identity.node_name.as_deref())
+                }),
             ),
             _ => Identities::default(),
         };

@@ -223,6 +223,9 @@ impl Page {
 pub struct Shared {
     page: Arc<Mutex<bytes::Bytes>>,
     conns: Arc<tangle_listener::ConnStats>,
+    /// A page was published: the programs are attached and the capture
+    /// runs (`/healthz` answers 503 until then).
+    ready: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl Shared {
@@ -237,10 +240,12 @@ impl Shared {
         if let Ok(mut p) = self.page.lock() {
             *p = page.0.into();
         }
+        self.ready.store(true, std::sync::atomic::Ordering::Relaxed);
     }
 }
 
-/// Serves `GET /metrics` (and `/healthz`) on `addr` from `page`.
+/// Serves `GET /metrics` (and `/healthz`: 200 once the capture runs, 503
+/// before) on `addr` from `page`.
 pub async fn serve(addr: SocketAddr, page: Shared) -> Result<(), MetricsError> {
     use axum::{Router, routing::get};
     let listener = tokio::net::TcpListener::bind(addr)
@@ -250,6 +255,7 @@ pub async fn serve(addr: SocketAddr, page: Shared) -> Result<(), MetricsError> {
         "metrics on http://{}/metrics",
         listener.local_addr().map_or(addr, |a| a)
     );
+    let ready = page.ready.clone();
     let app = Router::new()
         .route(
             "/metrics",
@@ -267,7 +273,19 @@ pub async fn serve(addr: SocketAddr, page: Shared) -> Result<(), MetricsError> {
                 }
             }),
         )
-        .route("/healthz", get(|| async { "ok\n" }));
+        .route(
+            "/healthz",
+            get(move || {
+                let ready = ready.load(std::sync::atomic::Ordering::Relaxed);
+                async move {
+                    if ready {
+                        (axum::http::StatusCode::OK, "ok\n")
+                    } else {
+                        (axum::http::StatusCode::SERVICE_UNAVAILABLE, "starting\n")
+                    }
+                }
+            }),
+        );
     // The page is for a scraper or two: a few connections, four from one
     // address, quick headers, nothing held open for long (the agent is
     // privileged and on every node).

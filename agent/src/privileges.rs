@@ -34,9 +34,16 @@ struct CapData {
     inheritable: u32,
 }
 
-/// Privileges could not be dropped.
+/// Privileges could not be dropped, or the agent lacks some it needs.
 #[derive(Debug, thiserror::Error)]
 pub enum PrivilegeError {
+    /// Naming the process behind each connection needs these capabilities.
+    #[error(
+        "missing {missing}: naming the process behind each connection reads other users' \
+         /proc/PID/exe and /proc/PID/environ (grant CAP_SYS_PTRACE and CAP_DAC_READ_SEARCH, \
+         or run as root)"
+    )]
+    NamingNotAllowed { missing: String },
     /// The kernel refused a call that drops privileges.
     #[error("cannot drop privileges after attaching ({what})")]
     Refused {
@@ -112,6 +119,33 @@ pub fn drop_after_attach() -> Result<(), PrivilegeError> {
     // SAFETY: capset reads the header and two `CapData` we own.
     let rc = unsafe { libc::syscall(libc::SYS_capset, &header, data.as_ptr()) };
     check(rc, "setting capabilities")
+}
+
+/// The names of `wanted` (number, name) missing from the effective set
+/// `effective`, joined with " and ".
+pub fn missing(effective: u64, wanted: &[(u32, &str)]) -> Option<String> {
+    let names: Vec<&str> = wanted
+        .iter()
+        .filter(|(cap, _)| effective & (1 << cap) == 0)
+        .map(|(_, name)| *name)
+        .collect();
+    (!names.is_empty()).then(|| names.join(" and "))
+}
+
+/// Fails, naming them, when the capabilities naming processes needs are
+/// not effective.
+pub fn require_naming() -> Result<(), PrivilegeError> {
+    let effective = current().map_or(0, |(e, _, _)| e);
+    match missing(
+        effective,
+        &[
+            (CAP_SYS_PTRACE, "CAP_SYS_PTRACE"),
+            (CAP_DAC_READ_SEARCH, "CAP_DAC_READ_SEARCH"),
+        ],
+    ) {
+        Some(missing) => Err(PrivilegeError::NamingNotAllowed { missing }),
+        None => Ok(()),
+    }
 }
 
 /// This thread's capability sets, as `/proc/self/status` shows them:

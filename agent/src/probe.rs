@@ -46,10 +46,10 @@ const TRACEFS_DIRS: [&str; 2] = [TRACEFS, "/sys/kernel/debug/tracing"];
 pub enum ProbeError {
     /// The process lacks the capabilities to load eBPF programs.
     #[error(
-        "not allowed to load eBPF programs: run as root, or grant CAP_BPF and CAP_PERFMON \
-         (effective capabilities here: {caps:#x})"
+        "not allowed to load eBPF programs: missing {missing} (run as root, or grant CAP_BPF \
+         and CAP_PERFMON; effective capabilities here: {caps:#x})"
     )]
-    NotPrivileged { caps: u64 },
+    NotPrivileged { missing: String, caps: u64 },
     /// The kernel publishes no BTF, which the agent needs to find sockets.
     #[error("the kernel has no BTF at {VMLINUX_BTF} (needs CONFIG_DEBUG_INFO_BTF=y)")]
     NoBtf,
@@ -280,11 +280,14 @@ fn process_start(tgid: u32) -> Option<u64> {
 /// Checks the things whose absence gives an obscure error later.
 fn preflight() -> Result<(), ProbeError> {
     let caps = effective_caps();
-    const CAP_SYS_ADMIN: u64 = 1 << 21;
-    const CAP_PERFMON: u64 = 1 << 38;
-    const CAP_BPF: u64 = 1 << 39;
-    if caps & CAP_SYS_ADMIN == 0 && (caps & CAP_BPF == 0 || caps & CAP_PERFMON == 0) {
-        return Err(ProbeError::NotPrivileged { caps });
+    const CAP_SYS_ADMIN: u32 = 21;
+    const CAP_PERFMON: u32 = 38;
+    const CAP_BPF: u32 = 39;
+    if caps & (1 << CAP_SYS_ADMIN) == 0
+        && let Some(missing) =
+            crate::privileges::missing(caps, &[(CAP_BPF, "CAP_BPF"), (CAP_PERFMON, "CAP_PERFMON")])
+    {
+        return Err(ProbeError::NotPrivileged { missing, caps });
     }
     if !Path::new(VMLINUX_BTF).exists() {
         return Err(ProbeError::NoBtf);

@@ -240,6 +240,25 @@ fn collector_away_under_load_memory_bounded_drops_counted_then_resumes() {
         round();
     }
     let rss_4 = rss_kib(pid);
+    // Ready: the capture runs, whatever the collector does.
+    let health = Command::new("curl")
+        .args([
+            "-s",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+            "--max-time",
+            "5",
+        ])
+        .arg(format!("http://127.0.0.1:{metrics_port}/healthz"))
+        .output()
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&health.stdout),
+        "200",
+        "/healthz once capturing"
+    );
     let page = scrape(metrics_port);
     let dropped = sample(&page, "tangle_agent_spans_dropped_total").unwrap();
     let exchanges = sample(&page, "tangle_agent_exchanges_total").unwrap();

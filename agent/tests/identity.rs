@@ -146,10 +146,12 @@ fn services_named_from_systemd_containers_environment_and_rules() {
     );
 }
 
-/// A process in a Kubernetes pod's cgroup (containerd under the systemd
-/// driver) is named from the pod the API lists: here the API is a local
-/// HTTP server answering `GET /api/v1/pods` and `/api/v1/services` with
-/// lists in the API's format (no API server can run on this machine).
+/// A process in a pod's cgroup (the systemd cgroup driver's layout) is
+/// named from the pod the Kubernetes API lists for this agent's node, and a
+/// process in a pod that appears later from the API's watch. The API is
+/// `fixtures/kube_api.py` (no API server can run on this machine): the real
+/// list and watch formats, with the field selector honoured and every
+/// request logged, so the test also sees what the agent asked.
 #[test]
 fn pods_named_from_the_kubernetes_api() {
     let name = "pods_named_from_the_kubernetes_api";
@@ -159,47 +161,58 @@ fn pods_named_from_the_kubernetes_api() {
     let Some(root) = cgroup2_root_or_skip(name) else {
         return;
     };
-    let port = free_port();
-    // The API's answers, laid out as paths.
+    let (port, later_port) = (free_port(), free_port());
     let api_dir = std::env::temp_dir().join(format!("tangle-k8s-api-{port}"));
-    let v1 = api_dir.join("api/v1");
-    std::fs::create_dir_all(&v1).unwrap();
+    std::fs::create_dir_all(api_dir.join("events")).unwrap();
     let fixtures =
         std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/kubernetes");
-    std::fs::copy(fixtures.join("pods.json"), v1.join("pods")).unwrap();
-    std::fs::copy(fixtures.join("services.json"), v1.join("services")).unwrap();
+    std::fs::copy(fixtures.join("pods.json"), api_dir.join("pods.json")).unwrap();
+    std::fs::copy(
+        fixtures.join("services.json"),
+        api_dir.join("services.json"),
+    )
+    .unwrap();
     let api_port = free_port();
     let _api = Proc::spawn_ready(
         Command::new("python3")
-            .args([
-                "-u",
-                "-m",
-                "http.server",
-                &api_port.to_string(),
-                "--bind",
-                "127.0.0.1",
-            ])
-            .current_dir(&api_dir),
-        "Serving HTTP",
+            .arg("-u")
+            .arg(
+                std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/kube_api.py"),
+            )
+            .arg(api_port.to_string())
+            .arg(&api_dir),
+        "kubernetes api on",
     );
     let slice = root.join(format!("tangle-test-{port}.slice"));
-    let pod = slice
+    let pods = slice
         .join("kubepods.slice")
-        .join("kubepods-burstable.slice")
-        .join("kubepods-burstable-pod5c1e4b7a_2f3d_4e8a_9b6c_1d2e3f4a5b6c.slice");
+        .join("kubepods-burstable.slice");
+    let pod = pods.join("kubepods-burstable-pod5c1e4b7a_2f3d_4e8a_9b6c_1d2e3f4a5b6c.slice");
     let container = pod.join(format!("cri-containerd-{CONTAINER_ID}.scope"));
+    let later_pod = pods.join(format!(
+        "kubepods-burstable-pod{}.slice",
+        LATER_POD.replace('-', "_")
+    ));
+    let later_container = later_pod.join(format!("cri-containerd-{LATER_CONTAINER}.scope"));
     let mut made = vec![slice.clone()];
-    let mut at = slice.clone();
-    for part in container.strip_prefix(&slice).unwrap() {
-        at = at.join(part);
-        made.push(at.clone());
+    for leaf in [&container, &later_container] {
+        let mut at = slice.clone();
+        for part in leaf.strip_prefix(&slice).unwrap() {
+            at = at.join(part);
+            if !made.contains(&at) {
+                made.push(at.clone());
+            }
+        }
     }
     let _groups = Groups(made);
     std::fs::create_dir_all(&container).unwrap();
+    std::fs::create_dir_all(&later_container).unwrap();
     let config = api_dir.join("agent.toml");
     std::fs::write(
         &config,
-        format!("[identity]\nkubernetes_api = \"http://127.0.0.1:{api_port}\"\n"),
+        format!(
+            "[identity]\nkubernetes_api = \"http://127.0.0.1:{api_port}\"\nnode_name = \"node-a\"\n"
+        ),
     )
     .unwrap();
     let otlp_port = free_port();
@@ -213,20 +226,72 @@ fn pods_named_from_the_kubernetes_api() {
     );
     let (agent, ready) = run_agent(
         otlp_port,
-        &[
-            "--duration",
-            "6s",
-            "--port",
-            &port.to_string(),
-            "--config",
-            config.to_str().unwrap(),
-        ],
+        &["--duration", "10s", "--config", config.to_str().unwrap()],
     );
+    // A pod scheduled after the agent started, as the API's watch tells it.
+    let event = serde_json::json!({
+        "type": "ADDED",
+        "object": {
+            "metadata": {
+                "name": "payments-5f6b7c8d9-q7r8s", "namespace": "shop", "uid": LATER_POD,
+                "resourceVersion": "184470",
+                "labels": {"pod-template-hash": "5f6b7c8d9"},
+                "ownerReferences": [{"kind": "ReplicaSet", "name": "payments-5f6b7c8d9", "controller": true}]
+            },
+            "spec": {"nodeName": "node-a"},
+            "status": {"podIP": "10.244.1.9", "containerStatuses": [{"containerID": format!("containerd://{LATER_CONTAINER}")}]}
+        }
+    });
+    let events = api_dir.join("events");
+    std::fs::write(events.join(".pods-1.json"), event.to_string()).unwrap();
+    std::fs::rename(events.join(".pods-1.json"), events.join("pods-1.json")).unwrap();
+    let log = || std::fs::read_to_string(api_dir.join("requests.log")).unwrap_or_default();
+    wait_for(
+        "a watch of this node's pods",
+        Duration::from_secs(10),
+        || {
+            log()
+                .lines()
+                .any(|l| l.starts_with("/api/v1/pods?") && l.contains("watch=1"))
+        },
+    );
+    let _later = Proc::spawn_ready(
+        &mut in_cgroup(
+            &later_container,
+            &format!("python3 -u -m http.server {later_port} --bind 127.0.0.1"),
+        ),
+        "Serving HTTP",
+    );
+    // The watch event may land a moment after the watch begins.
+    std::thread::sleep(Duration::from_millis(500));
     curl(&format!("http://127.0.0.1:{port}/cart"), &[]);
-    wait_for("two spans", Duration::from_secs(20), || received.len() >= 2);
+    curl(&format!("http://127.0.0.1:{later_port}/pay"), &[]);
+    wait_for("both servers' spans", Duration::from_secs(20), || {
+        let r = received.resources.lock().unwrap();
+        r.contains_key("checkout") && r.contains_key("payments")
+    });
     assert!(agent.wait_with_output().unwrap().status.success());
     let _ = std::fs::remove_file(&ready);
+    let requests = log();
     let _ = std::fs::remove_dir_all(&api_dir);
+    // Only this node's pods asked for, listed and watched; services of
+    // every node (a ClusterIP names a call to any node).
+    let pod_requests: Vec<&str> = requests
+        .lines()
+        .filter(|l| l.starts_with("/api/v1/pods"))
+        .collect();
+    assert!(pod_requests.len() >= 2, "a list and a watch: {requests}");
+    for r in &pod_requests {
+        assert!(
+            r.contains("fieldSelector=spec.nodeName%3Dnode-a"),
+            "not node-scoped: {r}"
+        );
+    }
+    assert!(
+        requests
+            .lines()
+            .any(|l| l.starts_with("/api/v1/services?") && l.contains("watch=1"))
+    );
     let resources = received.resources.lock().unwrap().clone();
     let checkout = resources
         .get("checkout")
@@ -243,4 +308,19 @@ fn pods_named_from_the_kubernetes_api() {
     ] {
         assert_eq!(checkout.get(key).map(String::as_str), Some(value), "{key}");
     }
+    let payments = resources
+        .get("payments")
+        .unwrap_or_else(|| panic!("the watched pod's process is `payments`: {resources:#?}"));
+    for (key, value) in [
+        ("k8s.pod.name", "payments-5f6b7c8d9-q7r8s"),
+        ("k8s.pod.uid", LATER_POD),
+        ("k8s.deployment.name", "payments"),
+        ("container.id", LATER_CONTAINER),
+    ] {
+        assert_eq!(payments.get(key).map(String::as_str), Some(value), "{key}");
+    }
 }
+
+/// The pod the API's watch adds after the agent started, and its container.
+const LATER_POD: &str = "7e8f9a0b-1c2d-4e3f-8a4b-5c6d7e8f9a0b";
+const LATER_CONTAINER: &str = "9d8c7b6a5f4e3d2c1b0a9f8e7d6c5b4a3f2e1d0c9b8a7f6e5d4c3b2a1f0e9d8c";

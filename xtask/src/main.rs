@@ -5,6 +5,7 @@
 
 mod bench;
 mod demo;
+mod images;
 mod setup;
 mod util;
 
@@ -56,6 +57,20 @@ enum Command {
         /// --check then does not require every closure up before tax fails.
         #[arg(long, value_parser = port_range)]
         port_range: Option<(u16, u16)>,
+    },
+    /// Build the agent's and the collector's container images with podman,
+    /// FROM scratch (release binaries, each with the libraries it loads):
+    /// `tangle-agent:TAG` and `tangle-collector:TAG`. Push them with
+    /// `podman push` (docs/kubernetes.md).
+    Images {
+        /// The images' tag.
+        #[arg(long, default_value = env!("CARGO_PKG_VERSION"))]
+        tag: String,
+        /// Instead: build test images from the debug binaries (`cargo
+        /// build`), export their file systems and run the binaries from
+        /// them (chroot), as the test run does.
+        #[arg(long)]
+        check: bool,
     },
     /// Run the test suite (eBPF tests need root; they say so when skipped).
     Test {
@@ -138,6 +153,16 @@ fn main() -> anyhow::Result<()> {
                     check,
                     port_range,
                 })?;
+            }
+            Ok(())
+        }
+        Command::Images { check: true, .. } => images::check(),
+        Command::Images { tag, .. } => {
+            util::build_agent()?;
+            let collector = util::build_collector()?;
+            let bin_dir = collector.parent().context("the release folder")?;
+            for name in images::build(bin_dir, &tag)? {
+                println!("{name}");
             }
             Ok(())
         }
@@ -226,6 +251,7 @@ fn test(args: &[String]) -> anyhow::Result<()> {
         anyhow::bail!("cargo test failed ({status})");
     }
     if args.is_empty() {
+        images::check().context("container images check")?;
         shop_check()?;
     }
     Ok(())

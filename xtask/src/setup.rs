@@ -33,6 +33,7 @@ const TEST_PACKAGES: &[(&str, &str)] = &[
     ("default-jdk-headless", "java"),
     ("nftables", "nft"),
     ("openssl", "openssl"),
+    ("podman", "podman"),
 ];
 
 fn run_step(name: &str, f: impl FnOnce() -> anyhow::Result<()>) -> anyhow::Result<()> {

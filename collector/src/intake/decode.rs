@@ -357,7 +357,11 @@ mod tests {
         OtlpSpan {
             trace_id: vec![n; 16],
             span_id: vec![n + 1; 8],
-            parent_span_id: if n.is_multiple_of(2) { vec![n + 2; 8] } else { vec![] },
+            parent_span_id: if n.is_multiple_of(2) {
+                vec![n + 2; 8]
+            } else {
+                vec![]
+            },
             name: format!("span {n}"),
             kind,
             start_time_unix_nano: 1_000 + u64::from(n),
