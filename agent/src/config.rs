@@ -142,7 +142,8 @@ pub enum Toggle {
 pub struct NamingRule {
     /// The service name to use.
     pub name: String,
-    /// The executable name (the process's `comm`).
+    /// The executable name as found: `argv[0]`'s file name, else the
+    /// executable file's, else the process's `comm`.
     pub exe: Option<String>,
     /// The command line, arguments joined by spaces.
     pub cmdline: Option<String>,

@@ -196,7 +196,7 @@ impl Page {
         );
         self.counter(
             "tangle_agent_export_failures_total",
-            "Export attempts that failed (collector away, refused, or not authorised).",
+            "Export attempts that failed (collector away, busy, refused, or not authorised).",
             e.failed_attempts.load(Ordering::Relaxed),
         );
         self.counter(

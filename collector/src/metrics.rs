@@ -165,7 +165,7 @@ pub fn render(state: &State) -> String {
     o.head(
         "tangle_traces_evicted_total",
         "counter",
-        "Traces closed early because the spans in flight reached [limits] max_spans_in_flight (oldest first).",
+        "Traces closed early because the spans in flight reached max_spans_in_flight (oldest first).",
     );
     o.line("tangle_traces_evicted_total", &[], assembly.evicted);
     o.head(
