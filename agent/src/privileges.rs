@@ -11,8 +11,8 @@ use std::io;
 /// Reading other users' `/proc/PID/environ` (`OTEL_SERVICE_NAME`), which is
 /// mode 0400 of the process's owner.
 const CAP_DAC_READ_SEARCH: u32 = 2;
-/// `/proc/PID/environ` and `/proc/PID/exe` of other users' processes also
-/// need ptrace-read access.
+/// Reading other users' `/proc/PID/exe` (the executable's name) and
+/// `/proc/PID/environ` needs ptrace-read access (environ needs both).
 const CAP_SYS_PTRACE: u32 = 19;
 
 /// What the running agent keeps.
@@ -40,8 +40,8 @@ pub enum PrivilegeError {
     /// Naming the process behind each connection needs these capabilities.
     #[error(
         "missing {missing}: naming the process behind each connection reads other users' \
-         /proc/PID/exe and /proc/PID/environ (grant CAP_SYS_PTRACE and CAP_DAC_READ_SEARCH, \
-         or run as root)"
+         /proc/PID/exe (CAP_SYS_PTRACE) and /proc/PID/environ (CAP_SYS_PTRACE and \
+         CAP_DAC_READ_SEARCH); grant both, or run as root"
     )]
     NamingNotAllowed { missing: String },
     /// The kernel refused a call that drops privileges.

@@ -251,9 +251,24 @@ fn test(args: &[String]) -> anyhow::Result<()> {
         anyhow::bail!("cargo test failed ({status})");
     }
     if args.is_empty() {
+        deploy_check()?;
         images::check().context("container images check")?;
         shop_check()?;
     }
+    Ok(())
+}
+
+/// The Kubernetes install, rendered and checked without a cluster
+/// (`deploy/check.py`: schemas, capabilities, configurations, rules and
+/// their unit tests, dashboards).
+fn deploy_check() -> anyhow::Result<()> {
+    if util::which("kubectl").is_none() {
+        println!("SKIPPED deploy/ checks: kubectl is not installed");
+        return Ok(());
+    }
+    util::run(std::process::Command::new("python3").arg(util::root().join("deploy/check.py")))
+        .context("deploy/check.py failed")?;
+    println!("tests: the deploy/ checks passed");
     Ok(())
 }
 

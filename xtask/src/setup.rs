@@ -58,6 +58,7 @@ pub fn run(test_deps: bool) -> anyhow::Result<()> {
     if test_deps {
         run_step("Debian packages for tests", debian_packages)?;
         run_step("Python drivers of the example shop", python_packages)?;
+        run_step("Python tools of the deploy/ checks", deploy_tools)?;
     }
     eprintln!("setup: done");
     Ok(())
@@ -204,6 +205,34 @@ pub fn python_packages() -> anyhow::Result<()> {
     }
     if !importable() {
         bail!("python3 cannot import psycopg and redis, even after installing them");
+    }
+    Ok(())
+}
+
+/// What `deploy/check.py` and the capability test import (PyYAML, the
+/// Kubernetes schemas), from `deploy/requirements.txt`; kubectl itself is
+/// not packaged by Debian (its `kubernetes-client` does not install here).
+fn deploy_tools() -> anyhow::Result<()> {
+    let importable = || {
+        Command::new("python3")
+            .args(["-c", "import yaml, kubernetes_validate"])
+            .stderr(std::process::Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+    };
+    if !importable() {
+        eprintln!("setup: installing deploy/requirements.txt from PyPI");
+        util::run(
+            Command::new("python3")
+                .args(["-m", "pip", "install", "-q", "-r"])
+                .arg(util::root().join("deploy/requirements.txt")),
+        )?;
+    }
+    if which("kubectl").is_none() {
+        eprintln!(
+            "setup: kubectl is not installed: the deploy/ checks need it (kustomize v5; \
+             the Google Cloud CLI packages ship it)"
+        );
     }
     Ok(())
 }
