@@ -19,10 +19,19 @@ use serde::{Deserialize, de::DeserializeOwned};
 /// How long one watch request lasts before it is made again from where it
 /// ended (the API server ends it then; a watch cannot be held forever).
 const WATCH_SECONDS: u64 = 290;
-/// Bytes of one watch event, at most.
-const MAX_EVENT: u64 = 16 << 20;
-/// The wait before listing again after a failure.
-const RETRY: Duration = Duration::from_secs(5);
+/// Bytes of one watch event, at most: past it the stream is dropped.
+const MAX_EVENT: u64 = 4 << 20;
+/// Bytes of one list, at most: past it the list is refused.
+const MAX_LIST: u64 = 256 << 20;
+/// Objects of one kind kept, at most: past it new ones are left out.
+const MAX_OBJECTS: usize = 100_000;
+/// A Service's selector, entries at most, for naming it.
+const MAX_SELECTOR: usize = 32;
+/// The first wait after a failure, doubled up to [`MAX_RETRY`] (with jitter).
+const RETRY: Duration = Duration::from_secs(1);
+const MAX_RETRY: Duration = Duration::from_secs(60);
+/// The cluster view is made again at most this often.
+const REBUILD: Duration = Duration::from_secs(1);
 const SERVICE_ACCOUNT: &str = "/var/run/secrets/kubernetes.io/serviceaccount";
 
 /// The Kubernetes API could not be used.
@@ -116,12 +125,27 @@ struct ListMeta {
     resource_version: String,
 }
 
-/// One line of a watch: a change to an object.
+/// One line of a watch: a change to an object, decoded once its type says how.
 #[derive(Deserialize)]
-struct WatchEvent {
+struct WatchEvent<'a> {
     #[serde(rename = "type")]
     kind: String,
-    object: serde_json::Value,
+    #[serde(borrow)]
+    object: &'a serde_json::value::RawValue,
+}
+
+/// What any object (a bookmark's too) says of where the watch is.
+#[derive(Deserialize)]
+struct Versioned {
+    #[serde(default)]
+    metadata: VersionMeta,
+}
+
+#[derive(Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct VersionMeta {
+    #[serde(default)]
+    resource_version: String,
 }
 
 #[derive(Clone, Deserialize)]
@@ -166,6 +190,9 @@ struct PodSpec {
 #[derive(Clone, Default, Deserialize)]
 #[serde(rename_all = "camelCase")]
 struct PodStatus {
+    /// `Succeeded` and `Failed` pods hold no address: it may be another's now.
+    #[serde(default)]
+    phase: String,
     #[serde(default, rename = "podIPs")]
     pod_ips: Vec<PodIp>,
     #[serde(rename = "podIP")]
@@ -189,9 +216,18 @@ struct PodIp {
     ip: String,
 }
 
+/// What naming takes of a Service's metadata (labels and owners are not
+/// kept: the Services of every namespace are watched).
+#[derive(Clone, Deserialize)]
+struct ServiceMeta {
+    name: String,
+    #[serde(default)]
+    namespace: String,
+}
+
 #[derive(Clone, Deserialize)]
 struct Service {
-    metadata: ObjectMeta,
+    metadata: ServiceMeta,
     #[serde(default)]
     spec: ServiceSpec,
 }
@@ -236,6 +272,23 @@ fn workload(meta: &ObjectMeta) -> Option<(WorkloadKind, String)> {
     Some((kind, owner.name.clone()))
 }
 
+/// The name of a Service's ClusterIPs, from the Service alone, so that
+/// every node's agent names it alike (each knows only its own node's
+/// pods): the `app.kubernetes.io/name` its selector picks (what the pods'
+/// processes are named), else its `app`, else the Service's own name.
+fn service_name(s: &Service) -> String {
+    let selector = &s.spec.selector;
+    (selector.len() <= MAX_SELECTOR)
+        .then(|| {
+            selector
+                .get("app.kubernetes.io/name")
+                .or_else(|| selector.get("app"))
+        })
+        .flatten()
+        .unwrap_or(&s.metadata.name)
+        .clone()
+}
+
 /// The cluster as last listed.
 #[derive(Debug, Default)]
 pub struct Cluster {
@@ -259,7 +312,6 @@ impl Cluster {
         services: impl Iterator<Item = &'a Service>,
     ) -> Self {
         let mut c = Cluster::default();
-        let mut labelled = Vec::new();
         for p in pods {
             let meta = Arc::new(PodMeta {
                 uid: p.metadata.uid.clone(),
@@ -269,8 +321,10 @@ impl Cluster {
                 workload: workload(&p.metadata),
                 app_name: p.metadata.labels.get("app.kubernetes.io/name").cloned(),
             });
-            // Host-network pods share the node's address: it names none of them.
-            if !p.spec.host_network {
+            // Host-network pods share the node's address: it names none of
+            // them; a finished pod's address may be another pod's now.
+            let finished = matches!(p.status.phase.as_str(), "Succeeded" | "Failed");
+            if !p.spec.host_network && !finished {
                 let ips = p.status.pod_ips.iter().map(|i| i.ip.as_str());
                 for ip in ips.chain(p.status.pod_ip.as_deref()) {
                     if let Ok(ip) = ip.parse() {
@@ -288,25 +342,10 @@ impl Cluster {
                     c.containers.insert(id.to_owned(), meta.clone());
                 }
             }
-            labelled.push((&p.metadata.labels, meta.clone()));
             c.pods.insert(meta.uid.clone(), meta);
         }
         for s in services {
-            // Named like the pods it selects, so both ends agree; else the Service's name.
-            let selected = (!s.spec.selector.is_empty())
-                .then(|| {
-                    labelled.iter().find(|(labels, meta)| {
-                        meta.namespace == s.metadata.namespace
-                            && s.spec
-                                .selector
-                                .iter()
-                                .all(|(k, v)| labels.get(k) == Some(v))
-                    })
-                })
-                .flatten();
-            let name = selected.map_or(s.metadata.name.clone(), |(_, m)| {
-                m.service_name().to_owned()
-            });
+            let name = service_name(s);
             let ips = s.spec.cluster_ips.iter().map(String::as_str);
             for ip in ips.chain(s.spec.cluster_ip.as_deref()) {
                 if let Ok(ip) = ip.parse() {
@@ -426,7 +465,9 @@ impl KubeClient {
         what: &'static str,
     ) -> Result<List<T>, KubeError> {
         let url = format!("{}{path}", self.base);
-        let body = self.request(path, Duration::from_secs(30))?.into_reader();
+        let body = self.request(path, Duration::from_secs(120))?.into_reader();
+        // Past MAX_LIST the JSON ends early: refused as not a list.
+        let body = std::io::Read::take(body, MAX_LIST);
         serde_json::from_reader(std::io::BufReader::new(body)).map_err(|source| KubeError::Decode {
             url,
             what,
@@ -493,19 +534,50 @@ impl Holds<Service> for Objects {
 struct Shared {
     objects: Arc<std::sync::Mutex<Objects>>,
     cluster: Arc<RwLock<Cluster>>,
+    /// Objects changed since the cluster was last made.
+    dirty: Arc<std::sync::atomic::AtomicBool>,
+    /// When the cluster was last made.
+    made: Arc<std::sync::Mutex<Option<std::time::Instant>>>,
 }
 
 impl Shared {
-    /// Applies `change` to the objects and makes the cluster again.
+    /// Applies `change` to the objects. The cluster is made again at once
+    /// if it was not in the last [`REBUILD`], else within it (by the
+    /// thread that calls [`Shared::rebuild`]): a lone change is seen at
+    /// once, a burst costs one rebuild a second.
     fn change(&self, change: impl FnOnce(&mut Objects)) {
         let Ok(mut objects) = self.objects.lock() else {
             return;
         };
         change(&mut objects);
+        drop(objects);
+        self.dirty.store(true, std::sync::atomic::Ordering::Release);
+        let recent = self
+            .made
+            .lock()
+            .ok()
+            .and_then(|m| *m)
+            .is_some_and(|at| at.elapsed() < REBUILD);
+        if !recent {
+            self.rebuild();
+        }
+    }
+
+    /// Makes the cluster again from the objects, if they changed.
+    fn rebuild(&self) {
+        if !self.dirty.swap(false, std::sync::atomic::Ordering::AcqRel) {
+            return;
+        }
+        let Ok(objects) = self.objects.lock() else {
+            return;
+        };
         let fresh = Cluster::build(objects.pods.values(), objects.services.values());
         drop(objects);
         if let Ok(mut w) = self.cluster.write() {
             *w = fresh;
+        }
+        if let Ok(mut m) = self.made.lock() {
+            *m = Some(std::time::Instant::now());
         }
     }
 }
@@ -522,50 +594,70 @@ where
 {
     let list: List<T> = client.list(&format!("/api/v1/{}{selector}", T::WHAT), T::WHAT)?;
     let version = list.metadata.resource_version;
+    if list.items.len() > MAX_OBJECTS {
+        log::warn!(
+            "kubernetes: {} {}, more than the {MAX_OBJECTS} kept: the rest are not used for naming",
+            list.items.len(),
+            T::WHAT
+        );
+    }
     shared.change(|o| {
-        *o.of::<T>() = list.items.into_iter().map(|t| (t.key(), t)).collect();
+        *o.of::<T>() = list
+            .items
+            .into_iter()
+            .take(MAX_OBJECTS)
+            .map(|t| (t.key(), t))
+            .collect();
     });
     Ok(version)
 }
 
-/// Follows changes to `T` from `version` until the watch ends; returns
-/// the version reached, or `None` when the objects must be listed again
-/// (the version is too old, or the stream broke).
+/// How a watch ended.
+enum Ended {
+    /// The server ended it (its timeout): go on from this version.
+    At(String),
+    /// The stream broke: go on from this version after a wait.
+    Broken(String),
+    /// The version is too old, or the stream made no sense: list again.
+    Relist,
+}
+
+/// Follows changes to `T` from `version` until the watch ends.
 fn follow<T: Watched>(
     client: &KubeClient,
     shared: &Shared,
     selector: &str,
     mut version: String,
-) -> Result<Option<String>, KubeError>
+) -> Result<Ended, KubeError>
 where
     Objects: Holds<T>,
 {
     use std::io::BufRead as _;
     let sep = if selector.is_empty() { '?' } else { '&' };
     let path = format!(
-        "/api/v1/{}{selector}{sep}watch=1&allowWatchBookmarks=true&timeoutSeconds={WATCH_SECONDS}&resourceVersion={version}",
-        T::WHAT
+        "/api/v1/{}{selector}{sep}watch=1&allowWatchBookmarks=true&timeoutSeconds={WATCH_SECONDS}&resourceVersion={}",
+        T::WHAT,
+        encode_query(&version)
     );
     let response = client.request(&path, Duration::from_secs(WATCH_SECONDS + 30))?;
     let mut lines = std::io::BufReader::new(response.into_reader());
     let mut line = Vec::new();
     loop {
         line.clear();
-        // One event per line, each at most MAX_EVENT bytes: past it, the
-        // stream is dropped and the objects listed again.
+        // One event per line, each at most MAX_EVENT bytes.
         match std::io::Read::take(&mut lines, MAX_EVENT).read_until(b'\n', &mut line) {
-            Ok(0) => return Ok(Some(version)),
+            Ok(0) => return Ok(Ended::At(version)),
             Ok(n) if n as u64 == MAX_EVENT && line.last() != Some(&b'\n') => {
                 log::debug!(
                     "kubernetes: watching {}: an event past {MAX_EVENT} bytes",
                     T::WHAT
                 );
-                return Ok(None);
+                return Ok(Ended::Relist);
             }
             Ok(_) => {}
             Err(e) => {
                 log::debug!("kubernetes: watching {}: {e}", T::WHAT);
-                return Ok(None);
+                return Ok(Ended::Broken(version));
             }
         }
         if line.iter().all(u8::is_ascii_whitespace) {
@@ -573,40 +665,51 @@ where
         }
         let Ok(event) = serde_json::from_slice::<WatchEvent>(&line) else {
             log::debug!("kubernetes: watching {}: a line that is no event", T::WHAT);
-            return Ok(None);
+            return Ok(Ended::Relist);
         };
-        let seen = event
-            .object
-            .pointer("/metadata/resourceVersion")
-            .and_then(serde_json::Value::as_str)
-            .map(str::to_owned);
         match event.kind.as_str() {
             "ADDED" | "MODIFIED" | "DELETED" => {
-                let Ok(object) = serde_json::from_value::<T>(event.object) else {
-                    return Ok(None);
+                let Ok(object) = serde_json::from_str::<T>(event.object.get()) else {
+                    return Ok(Ended::Relist);
                 };
                 let gone = event.kind == "DELETED";
+                log::debug!("kubernetes: {} {} {}", event.kind, T::WHAT, object.key());
                 shared.change(|o| {
                     let held = o.of::<T>();
+                    let key = object.key();
                     if gone {
-                        held.remove(&object.key());
-                    } else {
-                        held.insert(object.key(), object);
+                        held.remove(&key);
+                    } else if held.len() < MAX_OBJECTS || held.contains_key(&key) {
+                        held.insert(key, object);
                     }
                 });
             }
             "BOOKMARK" => {}
             // 410 Gone: the version is too old to watch from.
-            _ => return Ok(None),
+            _ => return Ok(Ended::Relist),
         }
-        if let Some(seen) = seen {
-            version = seen;
+        if let Ok(v) = serde_json::from_str::<Versioned>(event.object.get())
+            && !v.metadata.resource_version.is_empty()
+        {
+            version = v.metadata.resource_version;
         }
     }
 }
 
-/// Lists then watches `T` forever (a thread of its own); failures are
-/// logged, and the last good view kept.
+/// About `base`, give or take a quarter, so that the agents of a cluster
+/// do not all come back at once.
+fn jittered(base: Duration) -> Duration {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos());
+    let quarter = base / 4;
+    base - quarter + quarter.mul_f64(2.0 * f64::from(nanos) / 1e9)
+}
+
+/// Lists then watches `T` forever (a thread of its own): a watch goes on
+/// from where the last one ended, and the objects are listed again only
+/// when it cannot. Failures wait longer each time (to a minute, with
+/// jitter), are logged, and keep the last good view.
 fn keep_watching<T: Watched>(
     client: Arc<KubeClient>,
     shared: Shared,
@@ -616,6 +719,11 @@ fn keep_watching<T: Watched>(
     Objects: Holds<T>,
 {
     let warned = tangle_throttle::Throttled::default();
+    let mut wait = RETRY;
+    let back_off = |wait: &mut Duration| {
+        std::thread::sleep(jittered(*wait));
+        *wait = (*wait * 2).min(MAX_RETRY);
+    };
     loop {
         let at = match version.take() {
             Some(v) => v,
@@ -623,20 +731,28 @@ fn keep_watching<T: Watched>(
                 Ok(v) => v,
                 Err(e) => {
                     tangle_throttle::warn!(warned, "kubernetes: {e}");
-                    std::thread::sleep(RETRY);
+                    back_off(&mut wait);
                     continue;
                 }
             },
         };
-        match follow::<T>(&client, &shared, &selector, at) {
-            Ok(Some(next)) => version = Some(next),
-            Ok(None) => {
-                // Listed again, but not in a loop against a failing server.
-                std::thread::sleep(RETRY / 5);
+        let started = std::time::Instant::now();
+        match follow::<T>(&client, &shared, &selector, at.clone()) {
+            // A watch the server ends at once is not one to repeat at once.
+            Ok(Ended::At(v)) if started.elapsed() >= RETRY => {
+                version = Some(v);
+                wait = RETRY;
             }
+            Ok(Ended::At(v) | Ended::Broken(v)) => {
+                version = Some(v);
+                back_off(&mut wait);
+            }
+            Ok(Ended::Relist) => back_off(&mut wait),
             Err(e) => {
                 tangle_throttle::warn!(warned, "kubernetes: {e}");
-                std::thread::sleep(RETRY);
+                // From the same version: a list is what costs the API server.
+                version = Some(at);
+                back_off(&mut wait);
             }
         }
     }
@@ -651,12 +767,15 @@ pub fn watch(client: KubeClient, node: Option<&str>) -> Arc<RwLock<Cluster>> {
     let shared = Shared {
         objects: Default::default(),
         cluster: Default::default(),
+        dirty: Default::default(),
+        made: Default::default(),
     };
     let pod_selector = node.map_or_else(String::new, |n| {
         format!("?fieldSelector=spec.nodeName%3D{}", encode_query(n))
     });
     let pods = relist::<Pod>(&client, &shared, &pod_selector);
     let services = relist::<Service>(&client, &shared, "");
+    shared.rebuild();
     match (&pods, &services) {
         (Ok(_), Ok(_)) => {
             let (pods, addresses) = shared.cluster.read().map(|c| c.len()).unwrap_or_default();
@@ -666,10 +785,20 @@ pub fn watch(client: KubeClient, node: Option<&str>) -> Arc<RwLock<Cluster>> {
         (Err(e), _) | (_, Err(e)) => log::warn!("kubernetes: {e}"),
     }
     let cluster = shared.cluster.clone();
-    let (c, s) = (client.clone(), shared.clone());
+    let (c, s, view) = (client.clone(), shared.clone(), shared.clone());
     let spawned = std::thread::Builder::new()
-        .name("tangle-k8s-pods".into())
-        .spawn(move || keep_watching::<Pod>(c, s, pod_selector, pods.ok()))
+        .name("tangle-k8s-view".into())
+        .spawn(move || {
+            loop {
+                std::thread::sleep(REBUILD);
+                view.rebuild();
+            }
+        })
+        .and_then(|_| {
+            std::thread::Builder::new()
+                .name("tangle-k8s-pods".into())
+                .spawn(move || keep_watching::<Pod>(c, s, pod_selector, pods.ok()))
+        })
         .and_then(|_| {
             std::thread::Builder::new()
                 .name("tangle-k8s-svcs".into())

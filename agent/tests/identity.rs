@@ -262,8 +262,10 @@ fn pods_named_from_the_kubernetes_api() {
         ),
         "Serving HTTP",
     );
-    // The watch event may land a moment after the watch begins.
-    std::thread::sleep(Duration::from_millis(500));
+    // The event reaches the agent within the fixture's 0.1 s poll, and its
+    // view of the cluster is made again within a second (agent/src/kubernetes.rs,
+    // REBUILD): a process seen before that is named without its pod.
+    std::thread::sleep(Duration::from_millis(2500));
     curl(&format!("http://127.0.0.1:{port}/cart"), &[]);
     curl(&format!("http://127.0.0.1:{later_port}/pay"), &[]);
     wait_for("both servers' spans", Duration::from_secs(20), || {

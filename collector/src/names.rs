@@ -50,6 +50,8 @@ pub struct NameStats {
 pub fn cut(name: &mut String, max: usize, cut: &mut u64) {
     if name.len() > max {
         tangle_protocols::truncate_chars(name, max);
+        // What waits for assembly is what was kept, not what was sent.
+        name.shrink_to_fit();
         *cut += 1;
     }
 }

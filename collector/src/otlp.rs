@@ -353,8 +353,10 @@ fn is_subscription(operation: &str) -> bool {
         .is_some_and(|c| c.ends_with("SUBSCRIBE"))
 }
 
-/// One span, with its resource's `service.name`.
-pub fn map_span(service: &str, s: &SpanView) -> Option<Span> {
+/// One span, with its resource's `service.name`; the namespace a span
+/// names is cut to `max_name` bytes before it qualifies each table (a long
+/// one would be copied into every table name and the operation).
+pub fn map_span(service: &str, s: &SpanView, max_name: usize) -> Option<Span> {
     use Slot as S;
     let trace_id = id::<16>(s.trace_id)?;
     let span_id = id::<8>(s.span_id)?;
@@ -364,6 +366,11 @@ pub fn map_span(service: &str, s: &SpanView) -> Option<Span> {
     let db_system = a.string(&[S::DbSystem, S::DbSystemOld]);
     let query = a.text(&[S::Query, S::QueryOld]);
     let namespace = a.string(&[S::Namespace, S::NamespaceOld]);
+    // What qualifies each table: cut before it is copied into every one.
+    let qualifier = namespace.clone().map(|mut n| {
+        tangle_protocols::truncate_chars(&mut n, max_name);
+        n
+    });
     let server = match (
         a.text(&[S::ServerAddress, S::NetPeerName]),
         a.text(&[S::ServerPort, S::NetPeerPort]),
@@ -386,7 +393,7 @@ pub fn map_span(service: &str, s: &SpanView) -> Option<Span> {
             .unwrap_or_else(|| "/".into());
         format!("{m} {path}")
     } else if let Some(st) = &parsed {
-        let tables = st.qualified_tables(namespace.as_deref(), true);
+        let tables = st.qualified_tables(qualifier.as_deref(), true);
         sql::operation(&st.verb, &tables)
     } else if db_system.as_deref() == Some("redis") {
         // A command, not a statement: `redis GET`.
@@ -397,7 +404,7 @@ pub fn map_span(service: &str, s: &SpanView) -> Option<Span> {
     } else if db_system.is_some() {
         // A database call named by its statement: its verb and tables only.
         let st = sql::parse(s.name, dialect);
-        sql::operation(&st.verb, &st.qualified_tables(namespace.as_deref(), true))
+        sql::operation(&st.verb, &st.qualified_tables(qualifier.as_deref(), true))
     } else {
         words(s.name)
     };
@@ -442,7 +449,7 @@ pub fn map_span(service: &str, s: &SpanView) -> Option<Span> {
     };
     let (tables, writes) = match &parsed {
         Some(st) if db_system.is_some() => (
-            st.qualified_tables(namespace.as_deref(), true),
+            st.qualified_tables(qualifier.as_deref(), true),
             matches!(st.kind, sql::StatementKind::Write | sql::StatementKind::Ddl),
         ),
         _ => (Vec::new(), false),
@@ -496,7 +503,7 @@ pub fn map_into(
     stats: &mut MappingStats,
     max_name: usize,
 ) {
-    match map_span(service, s) {
+    match map_span(service, s, max_name) {
         Some(mut span) => {
             cut_span(&mut span, max_name, &mut stats.names_cut);
             stats.accepted += 1;

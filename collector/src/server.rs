@@ -28,6 +28,9 @@ use crate::{
     names::Names,
 };
 
+/// How the token `deploy/` ships begins: a trial's, never to be kept.
+const PLACEHOLDER_TOKEN: &str = "REPLACE-ME";
+
 /// Why the collector could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {
@@ -250,7 +253,17 @@ pub async fn run(
         config.limits.max_chain_depth.max(1),
     )));
     // Read and checked before anything listens: the errors name the file.
-    let auth = Auth::new(config.token()?);
+    let token = config.token()?;
+    if token
+        .as_deref()
+        .is_some_and(|t| t.starts_with(PLACEHOLDER_TOKEN))
+    {
+        log::warn!(
+            "the token is the placeholder deploy/ ships, the same for everyone: anyone who can \
+             reach the OTLP ports can send spans. Replace it (docs/kubernetes.md#your-own-overlay)"
+        );
+    }
+    let auth = Auth::new(token);
     let tls = config.tls.as_ref().map(crate::tls::configs).transpose()?;
     let grpc_listener = bind(config.otlp_grpc, "OTLP/gRPC").await?;
     let http_listener = bind(config.otlp_http, "OTLP/HTTP").await?;

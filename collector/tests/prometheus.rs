@@ -816,7 +816,7 @@ fn prometheus_scrapes_the_collector_alerts_fire_and_dashboards_evaluate() {
                     );
                     assert_eq!(
                         a["summary"],
-                        "1 service(s) access a database another service owns"
+                        "1 (database, service) pair(s): a service uses a database another service owns"
                     );
                 }
             }

@@ -78,13 +78,31 @@ fn stage(binary: &Path, context: &Path) -> anyhow::Result<()> {
 /// Builds both images from the binaries in `bin_dir`, tagged `tag`;
 /// returns the images' names.
 pub fn build(bin_dir: &Path, tag: &str) -> anyhow::Result<Vec<String>> {
+    let context = |image: &Image| root().join("target/image").join(image.binary);
+    for image in &IMAGES {
+        stage(&bin_dir.join(image.binary), &context(image))?;
+    }
     if which("podman").is_none() {
-        bail!("podman is not installed (cargo xtask setup --test-deps, or apt-get install podman)");
+        let how: Vec<String> = IMAGES
+            .iter()
+            .map(|i| {
+                format!(
+                    "  docker build --tag {}:{tag} --file deploy/images/{} {}",
+                    i.binary,
+                    i.containerfile,
+                    context(i).display()
+                )
+            })
+            .collect();
+        bail!(
+            "podman is not installed (apt-get install podman); the build contexts are laid \
+             out, and docker builds them the same way:\n{}",
+            how.join("\n")
+        );
     }
     let mut names = Vec::new();
     for image in &IMAGES {
-        let context = root().join("target/image").join(image.binary);
-        stage(&bin_dir.join(image.binary), &context)?;
+        let context = context(image);
         let name = format!("{}:{tag}", image.binary);
         run(Command::new("podman")
             .args(["build", "--quiet", "--tag", &name, "--file"])
@@ -245,37 +263,31 @@ fn serve_from(rootfs: &Path, entry: &str, config: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Host file systems lent to a root filesystem (as the DaemonSet does),
-/// unmounted when dropped.
-struct Lent(Vec<PathBuf>);
-
-impl Drop for Lent {
-    fn drop(&mut self) {
-        for at in self.0.iter().rev() {
-            let _ = Command::new("umount").arg("--lazy").arg(at).status();
-        }
-    }
-}
-
 /// The agent started from the image's file system, with the host's /proc
-/// and /sys lent to it, loads and attaches its programs and captures.
+/// and /sys lent to it (as the DaemonSet lends them), loads and attaches
+/// its programs and captures. The mounts are made in a mount namespace of
+/// the check's own: they end with it, however the check ends.
 fn capture_from(rootfs: &Path, entry: &str) -> anyhow::Result<()> {
-    let mut lent = Lent(Vec::new());
     for dir in ["proc", "sys"] {
-        let at = rootfs.join(dir);
-        std::fs::create_dir_all(&at)?;
-        run(Command::new("mount")
-            .arg("--rbind")
-            .arg(format!("/{dir}"))
-            .arg(&at))?;
-        // Unmounted below it first, then it.
-        run(Command::new("mount").arg("--make-rslave").arg(&at))?;
-        lent.0.push(at);
+        std::fs::create_dir_all(rootfs.join(dir))?;
     }
-    let out = in_rootfs(rootfs, &[entry, "capture", "--quiet", "--duration", "2s"])?;
-    drop(lent);
-    if !out.contains("\"kernel\"") {
-        bail!("the agent in the image printed no counters: {out}");
+    let out = Command::new("unshare")
+        .args(["--mount", "--propagation", "private", "sh", "-c"])
+        .arg(
+            "mount --rbind /proc \"$1/proc\" && mount --rbind /sys \"$1/sys\" && \
+             exec chroot \"$1\" \"$2\" capture --quiet --duration 2s",
+        )
+        .arg("sh")
+        .arg(rootfs)
+        .arg(entry)
+        .output()
+        .context("unshare")?;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    if !out.status.success() || !stdout.contains("\"kernel\"") {
+        bail!(
+            "the agent in the image did not capture: {stdout}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
     Ok(())
 }

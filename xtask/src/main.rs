@@ -15,7 +15,7 @@ use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(about = "Tangle's developer tasks: set-up, build, demo, tests, benchmarks")]
+#[command(about = "Tangle's developer tasks: set-up, build, demo, tests, benchmarks, images")]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -25,7 +25,9 @@ struct Cli {
 enum Command {
     /// Install what building eBPF needs (nightly rust-src, bpf-linker); idempotent.
     Setup {
-        /// Also install the Debian packages the tests and benchmarks use.
+        /// Also install what the tests and benchmarks use: Debian packages
+        /// (servers, clients, podman, promtool...), the shop's Python
+        /// drivers, and deploy/requirements.txt (PyYAML, kubernetes-validate).
         #[arg(long)]
         test_deps: bool,
     },
@@ -156,7 +158,17 @@ fn main() -> anyhow::Result<()> {
             }
             Ok(())
         }
-        Command::Images { check: true, .. } => images::check(),
+        Command::Images { check: true, .. } => {
+            // The binaries `cargo test` would build.
+            util::run(util::cargo().args([
+                "build",
+                "-p",
+                "tangle-agent",
+                "-p",
+                "tangle-collector",
+            ]))?;
+            images::check()
+        }
         Command::Images { tag, .. } => {
             util::build_agent()?;
             let collector = util::build_collector()?;

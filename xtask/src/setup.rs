@@ -182,14 +182,11 @@ pub fn python_packages() -> anyhow::Result<()> {
         return Ok(());
     }
     let pip_may = Command::new("python3")
-        .args([
-            "-c",
-            "import pip, sys, sysconfig, os; \
-             sys.exit(os.path.exists(os.path.join(sysconfig.get_path('stdlib'), 'EXTERNALLY-MANAGED')))",
-        ])
+        .args(["-c", "import pip"])
         .stderr(std::process::Stdio::null())
         .status()
-        .is_ok_and(|s| s.success());
+        .is_ok_and(|s| s.success())
+        && !externally_managed();
     if pip_may {
         eprintln!("setup: installing psycopg and redis from PyPI");
         util::run(Command::new("python3").args([
@@ -221,12 +218,23 @@ fn deploy_tools() -> anyhow::Result<()> {
             .is_ok_and(|s| s.success())
     };
     if !importable() {
+        let has_pip = Command::new("python3")
+            .args(["-m", "pip", "--version"])
+            .output()
+            .is_ok_and(|o| o.status.success());
+        if !has_pip {
+            install_debian(&["python3-pip"])?;
+        }
         eprintln!("setup: installing deploy/requirements.txt from PyPI");
-        util::run(
-            Command::new("python3")
-                .args(["-m", "pip", "install", "-q", "-r"])
-                .arg(util::root().join("deploy/requirements.txt")),
-        )?;
+        let mut pip = Command::new("python3");
+        pip.args(["-m", "pip", "install", "-q", "-r"])
+            .arg(util::root().join("deploy/requirements.txt"));
+        // Debian's own python3 refuses pip (PEP 668) unless told: this is a
+        // test machine, set up as root.
+        if externally_managed() {
+            pip.arg("--break-system-packages");
+        }
+        util::run(&mut pip)?;
     }
     if which("kubectl").is_none() {
         eprintln!(
@@ -235,6 +243,19 @@ fn deploy_tools() -> anyhow::Result<()> {
         );
     }
     Ok(())
+}
+
+/// Whether python3 is a distribution's, which refuses `pip install` (PEP 668).
+fn externally_managed() -> bool {
+    Command::new("python3")
+        .args([
+            "-c",
+            "import sys, sysconfig, os; \
+             sys.exit(not os.path.exists(os.path.join(sysconfig.get_path('stdlib'), 'EXTERNALLY-MANAGED')))",
+        ])
+        .stderr(std::process::Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
 }
 
 /// The Debian packages the tests and benchmarks use.

@@ -64,6 +64,16 @@ pub fn ebpf_unavailable() -> Option<String> {
     if !Path::new("/sys/kernel/btf/vmlinux").exists() {
         return Some("no kernel BTF at /sys/kernel/btf/vmlinux".into());
     }
+    let tracepoint = "events/sock/sock_send_length";
+    if !["/sys/kernel/tracing", "/sys/kernel/debug/tracing"]
+        .iter()
+        .any(|t| Path::new(t).join(tracepoint).exists())
+    {
+        return Some(
+            "no tracepoint sock:sock_send_length (Linux 6.3 or later needed), or tracefs not mounted"
+                .into(),
+        );
+    }
     None
 }
 

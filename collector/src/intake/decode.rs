@@ -262,6 +262,33 @@ fn span_view(b: &[u8]) -> Result<SpanView<'_>, DecodeError> {
     Ok(s)
 }
 
+/// Bytes a mapped span holds beyond its own size.
+fn heap_bytes(span: &Span) -> usize {
+    use crate::span::Peer;
+    let peer = match &span.peer {
+        Peer::Service { name } => name.capacity(),
+        Peer::Address { address } => address.capacity(),
+        Peer::Database {
+            system,
+            server,
+            namespace,
+        } => system.capacity() + server.capacity() + namespace.as_ref().map_or(0, String::capacity),
+        Peer::Topic {
+            system,
+            server,
+            name,
+        } => system.capacity() + server.capacity() + name.capacity(),
+        Peer::Unknown => 0,
+    };
+    let tables: usize = span.tables.iter().map(|t| t.capacity() + 24).sum();
+    span.service.capacity()
+        + span.operation.capacity()
+        + span.protocol.as_ref().map_or(0, String::capacity)
+        + peer
+        + tables
+        + span.tables.capacity() * 24
+}
+
 /// Spans mapped into one vector: vectors of a size the allocator reuses,
 /// where one per request would take fresh memory from the system each time.
 pub const CHUNK: usize = 256;
@@ -318,6 +345,8 @@ pub fn decode_protobuf(
                     continue;
                 };
                 map_into(&service, &span_view(span)?, out, &mut stats, max_name);
+                // What the span holds once mapped: its names and tables.
+                sizer.add(out.last().map_or(0, heap_bytes))?;
             }
         }
     }
@@ -542,6 +571,31 @@ mod tests {
         assert_eq!(
             chunks.iter().map(Vec::len).collect::<Vec<_>>(),
             [CHUNK, CHUNK, 600 - 2 * CHUNK]
+        );
+    }
+
+    /// A megabyte-long namespace before sixteen tables: what the span keeps
+    /// is its names cut to `max_name`, not sixteen copies of the namespace.
+    #[test]
+    fn a_long_namespace_is_not_copied_into_every_table() {
+        let tables: Vec<String> = (b'a'..=b'p').map(|c| char::from(c).to_string()).collect();
+        let attrs = vec![
+            kv("db.system.name", s("postgresql")),
+            kv("db.namespace", s(&"n".repeat(1 << 20))),
+            kv(
+                "db.query.text",
+                s(&format!("SELECT * FROM {}", tables.join(", "))),
+            ),
+        ];
+        let body = request(Some(s("db-user")), vec![span(1, 3, attrs)]).encode_to_vec();
+        let (chunks, stats) = decode_protobuf(&body, 64 << 20, 256).unwrap();
+        let span = &chunks[0][0];
+        assert_eq!(span.tables.len(), 16);
+        assert!(stats.names_cut > 0);
+        assert!(
+            heap_bytes(span) < 16 << 10,
+            "the span holds {} bytes",
+            heap_bytes(span)
         );
     }
 
