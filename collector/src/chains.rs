@@ -18,7 +18,7 @@ use serde::Serialize;
 use crate::span::{Peer, Span, SpanId};
 
 /// One service doing one operation: a node of a chain.
-#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, serde::Deserialize)]
 pub struct Hop {
     pub service: String,
     pub operation: String,

@@ -14,6 +14,7 @@
 //! - [`findings`]: the rules that make the model's measurements findings;
 //! - [`names`]: names bounded, the excess folded into `{other}`.
 
+pub mod api;
 pub mod assembly;
 pub mod baseline;
 pub mod chains;

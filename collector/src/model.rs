@@ -274,7 +274,7 @@ impl ServiceStats {
 }
 
 /// A database's owner and how it was decided.
-#[derive(Clone, Debug, PartialEq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, serde::Deserialize)]
 pub struct Owner {
     pub service: String,
     /// `configured`, or the inference made.

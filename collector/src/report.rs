@@ -7,7 +7,11 @@ use std::{
     time::Duration,
 };
 
-use serde_json::Value;
+use crate::{
+    api::{FindingsPage, Links},
+    chains::Hop,
+    findings::Finding,
+};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum Format {
@@ -28,7 +32,7 @@ pub enum ReportError {
 }
 
 /// GETs `/api/findings` from a running collector.
-pub fn fetch(url: &str) -> Result<Value, ReportError> {
+pub fn fetch(url: &str) -> Result<FindingsPage<'static>, ReportError> {
     let addr = url
         .strip_prefix("http://")
         .map(|a| a.trim_end_matches('/'))
@@ -60,6 +64,7 @@ pub fn fetch(url: &str) -> Result<Value, ReportError> {
         .map_err(|e| fail(e.to_string()))
 }
 
+/// The report's sections, in order: a finding kind and its title.
 const SECTIONS: &[(&str, &str)] = &[
     ("deep_sync_chain", "Deep synchronous chains"),
     (
@@ -78,155 +83,136 @@ const SECTIONS: &[(&str, &str)] = &[
     ("new_sync_chain", "New synchronous chains"),
 ];
 
-fn hops(v: &Value) -> String {
-    v.as_array()
-        .map(|h| {
-            h.iter()
-                .map(|h| {
-                    format!(
-                        "{} {}",
-                        h["service"].as_str().unwrap_or("?"),
-                        h["operation"].as_str().unwrap_or("")
-                    )
-                })
-                .collect::<Vec<_>>()
-                .join(" → ")
-        })
-        .unwrap_or_default()
+fn hops(hops: &[Hop]) -> String {
+    hops.iter().map(entry).collect::<Vec<_>>().join(" → ")
 }
 
-fn list(v: &Value) -> String {
-    v.as_array()
-        .map(|a| {
-            a.iter()
-                .filter_map(Value::as_str)
-                .collect::<Vec<_>>()
-                .join(", ")
-        })
-        .unwrap_or_default()
+fn list<'a>(names: impl IntoIterator<Item = &'a String>) -> String {
+    names
+        .into_iter()
+        .map(String::as_str)
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
-fn entry(v: &Value) -> String {
-    format!(
-        "{} {}",
-        v["service"].as_str().unwrap_or("?"),
-        v["operation"].as_str().unwrap_or("")
-    )
-}
-
-/// One line of evidence for a finding.
-fn evidence(f: &Value) -> String {
-    match f["kind"].as_str().unwrap_or("") {
-        "deep_sync_chain" => format!(
-            "{}: depth {} (p95 {}): {}",
-            entry(&f["entry"]),
-            f["depth"],
-            f["p95_depth"],
-            hops(&f["longest"])
-        ),
-        "wide_closure" => {
-            let n = f["services"].as_array().map_or(0, Vec::len);
-            let availability = f["availability"]
-                .as_f64()
-                .map(|a| format!("; implied availability {:.3}%", a * 100.0))
-                .unwrap_or_default();
-            format!(
-                "{} needs {n} services up: {}{availability}",
-                entry(&f["entry"]),
-                list(&f["services"])
-            )
-        }
-        "cycle" => list(&f["services"]).replace(", ", " → "),
-        "cascading_failure" => {
-            format!(
-                "{:.0}% of {} faults surface as {} faults ({} of {})",
-                f["ratio"].as_f64().unwrap_or(0.0) * 100.0,
-                f["callee"].as_str().unwrap_or("?"),
-                f["caller"].as_str().unwrap_or("?"),
-                f["propagated"],
-                f["callee_failures"]
-            ) + &heuristic(f)
-        }
-        "chatty_edge" => {
-            format!(
-                "{} calls {} up to {} times per request ({:.1} on average)",
-                f["caller"].as_str().unwrap_or("?"),
-                f["callee"].as_str().unwrap_or("?"),
-                f["max_calls_per_request"],
-                f["calls_per_request"].as_f64().unwrap_or(0.0)
-            ) + &heuristic(f)
-        }
-        "shared_database" => {
-            let owner = f
-                .pointer("/owner/service")
-                .and_then(|o| o.as_str())
-                .map(|o| {
-                    let source = f.pointer("/owner/source").and_then(|s| s.as_str());
-                    format!(" (owner {o}: {})", source.unwrap_or(""))
-                })
-                .unwrap_or_default();
-            format!(
-                "{} is used by {}{owner}",
-                f["database"].as_str().unwrap_or("?"),
-                list(&f["services"])
-            )
-        }
-        "cross_service_access" => {
-            let tables = f["tables"].as_object().map(|t| {
-                t.iter()
-                    .map(|(name, rw)| format!("{name} ({} reads, {} writes)", rw[0], rw[1]))
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            });
-            format!(
-                "{} uses {} of {}, owned by {}",
-                f["accessor"].as_str().unwrap_or("?"),
-                tables.unwrap_or_default(),
-                f["database"].as_str().unwrap_or("?"),
-                f.pointer("/owner/service")
-                    .and_then(|o| o.as_str())
-                    .unwrap_or("?")
-            )
-        }
-        "table_written_by_many" => {
-            format!(
-                "{} in {} is written by {}",
-                f["table"].as_str().unwrap_or("?"),
-                f["database"].as_str().unwrap_or("?"),
-                list(&f["services"])
-            )
-        }
-        "new_sync_chain" => format!(
-            "{} (signature {}, example trace {})",
-            hops(&f["chain"]),
-            f["signature"].as_str().unwrap_or(""),
-            f["example_trace"].as_str().unwrap_or("")
-        ),
-        other => format!("{other}: {f}"),
-    }
+fn entry(h: &Hop) -> String {
+    format!("{} {}", h.service, h.operation)
 }
 
 /// How much of an edge's evidence a heuristic linked, when any did.
-fn heuristic(f: &Value) -> String {
-    match f["inferred_calls"].as_u64() {
-        Some(n) if n > 0 => format!("; {n} of its calls linked by a heuristic, not exactly"),
-        _ => String::new(),
+fn heuristic(inferred_calls: u64) -> String {
+    if inferred_calls > 0 {
+        format!("; {inferred_calls} of its calls linked by a heuristic, not exactly")
+    } else {
+        String::new()
+    }
+}
+
+/// One line of evidence for a finding.
+fn evidence(f: &Finding) -> String {
+    match f {
+        Finding::DeepSyncChain {
+            entry: e,
+            depth,
+            p95_depth,
+            longest,
+        } => format!(
+            "{}: depth {depth} (p95 {p95_depth}): {}",
+            entry(e),
+            hops(longest)
+        ),
+        Finding::WideClosure {
+            entry: e,
+            services,
+            availability,
+        } => {
+            let availability = availability
+                .map(|a| format!("; implied availability {:.3}%", a * 100.0))
+                .unwrap_or_default();
+            format!(
+                "{} needs {} services up: {}{availability}",
+                entry(e),
+                services.len(),
+                list(services)
+            )
+        }
+        Finding::Cycle { services } => list(services).replace(", ", " → "),
+        Finding::CascadingFailure {
+            caller,
+            callee,
+            propagated,
+            callee_failures,
+            ratio,
+            inferred_calls,
+        } => {
+            format!(
+                "{:.0}% of {callee} faults surface as {caller} faults ({propagated} of {callee_failures})",
+                ratio * 100.0,
+            ) + &heuristic(*inferred_calls)
+        }
+        Finding::ChattyEdge {
+            caller,
+            callee,
+            max_calls_per_request,
+            calls_per_request,
+            inferred_calls,
+        } => {
+            format!(
+                "{caller} calls {callee} up to {max_calls_per_request} times per request ({calls_per_request:.1} on average)"
+            ) + &heuristic(*inferred_calls)
+        }
+        Finding::SharedDatabase {
+            database,
+            services,
+            owner,
+        } => {
+            let owner = owner
+                .as_ref()
+                .map(|o| format!(" (owner {}: {})", o.service, o.source))
+                .unwrap_or_default();
+            format!("{database} is used by {}{owner}", list(services))
+        }
+        Finding::CrossServiceAccess {
+            database,
+            owner,
+            accessor,
+            tables,
+        } => {
+            let tables = tables
+                .iter()
+                .map(|(name, (reads, writes))| format!("{name} ({reads} reads, {writes} writes)"))
+                .collect::<Vec<_>>()
+                .join(", ");
+            format!(
+                "{accessor} uses {tables} of {database}, owned by {}",
+                owner.service
+            )
+        }
+        Finding::TableWrittenByMany {
+            database,
+            table,
+            services,
+        } => format!("{table} in {database} is written by {}", list(services)),
+        Finding::NewSyncChain {
+            signature,
+            chain,
+            example_trace,
+            ..
+        } => format!(
+            "{} (signature {signature}, example trace {example_trace})",
+            hops(chain)
+        ),
     }
 }
 
 /// Renders `/api/findings`' answer.
-pub fn render(findings: &Value, format: Format) -> String {
-    let all: Vec<&Value> = findings["findings"]
-        .as_array()
-        .map(|a| a.iter().collect())
-        .unwrap_or_default();
+pub fn render(page: &FindingsPage<'_>, format: Format) -> String {
+    let all: &[Finding] = &page.findings;
     // New chains are news, not symptoms.
-    let symptoms = all.iter().filter(|f| f["kind"] != "new_sync_chain").count();
-    let kinds: std::collections::BTreeSet<&str> = all
-        .iter()
-        .filter(|f| f["kind"] != "new_sync_chain")
-        .filter_map(|f| f["kind"].as_str())
-        .collect();
+    let news = |f: &&Finding| matches!(f, Finding::NewSyncChain { .. });
+    let symptoms = all.iter().filter(|f| !news(f)).count();
+    let kinds: std::collections::BTreeSet<&str> =
+        all.iter().filter(|f| !news(f)).map(Finding::kind).collect();
     let verdict = if symptoms == 0 {
         "No distributed-monolith symptom found in the traffic seen so far.".to_owned()
     } else {
@@ -249,16 +235,13 @@ pub fn render(findings: &Value, format: Format) -> String {
     });
     out.push_str(&verdict);
     out.push('\n');
-    if let (Some(exact), Some(inferred)) = (
-        findings.pointer("/links/exact").and_then(Value::as_u64),
-        findings.pointer("/links/inferred").and_then(Value::as_u64),
-    ) {
+    if let Some(Links { exact, inferred }) = page.links {
         out.push_str(&format!(
             "Calls linked to the request they serve: {exact} exactly (propagated context, the thread rule, the wire join), {inferred} by a heuristic.\n"
         ));
     }
     for (kind, title) in SECTIONS {
-        let items: Vec<&&Value> = all.iter().filter(|f| f["kind"] == *kind).collect();
+        let items: Vec<&Finding> = all.iter().filter(|f| f.kind() == *kind).collect();
         if items.is_empty() {
             continue;
         }

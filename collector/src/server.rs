@@ -166,10 +166,11 @@ impl Collector {
             }),
             "findings" => {
                 let (exact, inferred) = m.links();
-                serde_json::json!({
-                    "findings": *inner.findings,
-                    "links": { "exact": exact, "inferred": inferred },
+                serde_json::to_value(crate::api::FindingsPage {
+                    findings: std::borrow::Cow::Borrowed(&inner.findings[..]),
+                    links: Some(crate::api::Links { exact, inferred }),
                 })
+                .ok()?
             }
             _ => return None,
         })

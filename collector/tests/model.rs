@@ -458,7 +458,10 @@ fn otlp_json_encoding() {
 
 #[test]
 fn the_coupling_report_shows_each_symptom_with_its_evidence() {
-    use tangle_collector::report::{Format, render};
+    use tangle_collector::{
+        api::{FindingsPage, Links},
+        report::{Format, render},
+    };
     let dir = data_dir("report");
     let mut m = Model::new(
         Baseline::open(&dir).unwrap(),
@@ -482,8 +485,20 @@ fn the_coupling_report_shows_each_symptom_with_its_evidence() {
         ),
         3,
     );
-    let findings = serde_json::json!({ "findings": m.findings() });
+    // As the API sends it and the report reads it back.
+    let sent = serde_json::to_string(&FindingsPage {
+        findings: m.findings().into(),
+        links: Some(Links {
+            exact: 3,
+            inferred: 1,
+        }),
+    })
+    .unwrap();
+    let findings: FindingsPage = serde_json::from_str(&sent).unwrap();
+    assert_eq!(findings.findings.len(), m.findings().len());
+    assert_eq!(findings.findings, m.findings());
     let text = render(&findings, Format::Text);
+    assert!(text.contains("3 exactly (propagated context"), "{text}");
     assert!(
         text.contains("distributed-monolith symptoms found"),
         "{text}"
@@ -508,7 +523,7 @@ fn the_coupling_report_shows_each_symptom_with_its_evidence() {
         json["symptoms"], 4,
         "deep chain, shared db, cross-service access, table written by many: {json}"
     );
-    let empty = render(&serde_json::json!({ "findings": [] }), Format::Text);
+    let empty = render(&FindingsPage::default(), Format::Text);
     assert!(empty.contains("No distributed-monolith symptom found"));
     let _ = std::fs::remove_dir_all(dir);
 }

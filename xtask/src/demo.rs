@@ -302,6 +302,12 @@ pub fn run(opts: &Options) -> anyhow::Result<()> {
         .args(["report", "--url", &format!("http://127.0.0.1:{API}")])
         .output()
         .context("running tangle-collector report")?;
+    if !report.status.success() {
+        bail!(
+            "tangle-collector report failed: {}",
+            String::from_utf8_lossy(&report.stderr)
+        );
+    }
     println!("\n{}", String::from_utf8_lossy(&report.stdout));
     let stats = last_json_line(&log);
     println!(
