@@ -56,6 +56,35 @@ pub enum ServerError {
     Thread(&'static str, #[source] std::io::Error),
 }
 
+/// Runs the collector until SIGTERM or Ctrl-C, on a runtime of its own
+/// (two worker threads: the receivers and pages; decoding and assembly have
+/// threads of their own), then analyses the traces still open.
+pub fn run_until_signalled(config: Config) -> Result<(), ServerError> {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .map_err(|e| ServerError::Thread("runtime", e))?;
+    rt.block_on(async move {
+        let shutdown = async {
+            let mut term =
+                match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                    Ok(t) => t,
+                    Err(e) => {
+                        log::error!("cannot watch SIGTERM: {e}");
+                        let _ = tokio::signal::ctrl_c().await;
+                        return;
+                    }
+                };
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {},
+                _ = term.recv() => {},
+            }
+        };
+        run(config, shutdown).await
+    })
+}
+
 /// How long a page, once rendered, is served as it is.
 const PAGE_TTL: std::time::Duration = std::time::Duration::from_secs(1);
 
