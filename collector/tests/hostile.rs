@@ -16,8 +16,7 @@ use std::{
 
 use opentelemetry_proto::tonic::{
     collector::trace::v1::{ExportTraceServiceRequest, trace_service_client::TraceServiceClient},
-    resource::v1::Resource,
-    trace::v1::{ResourceSpans, ScopeSpans, Span},
+    trace::v1::Span,
 };
 use prost::Message as _;
 use support::process::*;
@@ -79,23 +78,7 @@ fn send(c: &Collector, spans: Vec<(String, Span)>, per: usize) {
             for (svc, s) in chunk {
                 by_service.entry(svc).or_default().push(s.clone());
             }
-            let req = ExportTraceServiceRequest {
-                resource_spans: by_service
-                    .into_iter()
-                    .map(|(svc, spans)| ResourceSpans {
-                        resource: Some(Resource {
-                            attributes: vec![kv("service.name", svc)],
-                            ..Resource::default()
-                        }),
-                        scope_spans: vec![ScopeSpans {
-                            spans,
-                            ..ScopeSpans::default()
-                        }],
-                        ..ResourceSpans::default()
-                    })
-                    .collect(),
-            };
-            client.export(req).await.unwrap();
+            client.export(export_request(by_service)).await.unwrap();
         }
     });
 }
@@ -207,22 +190,14 @@ fn deep_wide_and_orphan_traces_cost_bounded_time_and_memory() {
     );
     c.stop();
     let _ = std::fs::remove_dir_all(dir);
-    report(&format!(
-        "5,000-deep, 50,000-wide (100,001 spans) and 5,000-orphan traces: cut at the limits, \
+    report(
+        "collector hostile",
+        &format!(
+            "5,000-deep, 50,000-wide (100,001 spans) and 5,000-orphan traces: cut at the limits, \
          the ordinary trace after them reported; collector RSS {} MiB",
-        rss / 1024
-    ));
-}
-
-/// Writes a line to the test report (`cargo xtask test` prints them).
-fn report(line: &str) {
-    if let Some(log) = std::env::var_os("TANGLE_REPORT_LOG") {
-        let _ = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(log)
-            .and_then(|mut f| writeln!(f, "collector hostile: {line}"));
-    }
+            rss / 1024
+        ),
+    );
 }
 
 /// POSTs `body` to `/v1/traces` as curl does a large body: the headers
@@ -365,12 +340,15 @@ fn big_messages_are_refused_before_they_are_decoded() {
     });
     c.stop();
     let _ = std::fs::remove_dir_all(dir);
-    report(&format!(
-        "4 MiB without a token, 3.9 MiB of empty spans and 5 MiB with it: refused (401/413, \
+    report(
+        "collector hostile",
+        &format!(
+            "4 MiB without a token, 3.9 MiB of empty spans and 5 MiB with it: refused (401/413, \
          UNAUTHENTICATED/RESOURCE_EXHAUSTED); RSS {} -> {} MiB",
-        before / 1024,
-        after / 1024
-    ));
+            before / 1024,
+            after / 1024
+        ),
+    );
 }
 
 /// 500 connections that send part of their headers and then nothing (250
@@ -497,12 +475,15 @@ fn connections_holding_headers_open_are_closed_and_counted() {
     });
     c.stop();
     let _ = std::fs::remove_dir_all(dir);
-    report(&format!(
-        "500 connections holding headers open, 100 past the limit: {timeouts} closed at the \
+    report(
+        "collector hostile",
+        &format!(
+            "500 connections holding headers open, 100 past the limit: {timeouts} closed at the \
          header deadline, {} at once; ordinary exports went through; RSS {} MiB",
-        over("over_address_limit"),
-        rss / 1024
-    ));
+            over("over_address_limit"),
+            rss / 1024
+        ),
+    );
 }
 
 /// A second collector on the same data folder says so and exits.

@@ -28,8 +28,7 @@ use std::{
 use opentelemetry_proto::tonic::{
     collector::trace::v1::ExportTraceServiceRequest,
     common::v1::{AnyValue, KeyValue, any_value::Value},
-    resource::v1::Resource,
-    trace::v1::{ResourceSpans, ScopeSpans, Span as OtlpSpan},
+    trace::v1::Span as OtlpSpan,
 };
 use prost::Message as _;
 use serde_json::Value as Json;
@@ -42,44 +41,6 @@ const CROSS: &str = "TangleCrossServiceDatabaseAccess";
 const QUIET: Duration = Duration::from_secs(20);
 /// The longest a rule's `for: 1m` may take to fire, scrapes and evaluations included.
 const FIRE: Duration = Duration::from_secs(90);
-
-// --- skipping, as the other tests do ----------------------------------------
-
-fn which(tool: &str) -> Option<PathBuf> {
-    let path = std::env::var_os("PATH")?;
-    std::env::split_paths(&path)
-        .map(|d| d.join(tool))
-        .find(|p| p.is_file())
-}
-
-/// Says loudly why the test is skipped; under CI (every tool installed by
-/// `cargo xtask setup --test-deps`) a skip is a failure.
-fn skip(reason: &str) {
-    assert!(
-        std::env::var_os("CI").is_none(),
-        "{TEST} cannot run in CI: {reason}"
-    );
-    eprintln!("SKIPPED {TEST}: {reason}");
-    append_line("TANGLE_SKIP_LOG", &format!("{TEST}: {reason}"));
-}
-
-/// What the test measured (`cargo xtask test` prints these at the end).
-fn report(what: &str) {
-    eprintln!("REPORT {TEST}: {what}");
-    append_line("TANGLE_REPORT_LOG", &format!("{TEST}: {what}"));
-}
-
-/// Appends `line` to the file the environment variable `var` names, if set.
-fn append_line(var: &str, line: &str) {
-    if let Some(log) = std::env::var_os(var)
-        && let Ok(mut f) = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(log)
-    {
-        let _ = writeln!(f, "{line}");
-    }
-}
 
 // --- traffic: call trees as OTLP ---------------------------------------------
 
@@ -199,23 +160,7 @@ fn export(trace: u64, root: &Node) -> ExportTraceServiceRequest {
         spans: BTreeMap::new(),
     };
     o.serve(&[], root, 0);
-    ExportTraceServiceRequest {
-        resource_spans: o
-            .spans
-            .into_iter()
-            .map(|(service, spans)| ResourceSpans {
-                resource: Some(Resource {
-                    attributes: vec![kv("service.name", &service)],
-                    ..Resource::default()
-                }),
-                scope_spans: vec![ScopeSpans {
-                    spans,
-                    ..ScopeSpans::default()
-                }],
-                ..ResourceSpans::default()
-            })
-            .collect(),
-    }
+    export_request(o.spans)
 }
 
 fn db(namespace: &str, table: &str, writes: bool) -> Call {
@@ -685,7 +630,10 @@ fn check_dashboards(p: &Prometheus, grafana: &Path) -> (usize, usize) {
 #[test]
 fn prometheus_scrapes_the_collector_alerts_fire_and_dashboards_evaluate() {
     if which("prometheus").is_none() {
-        skip("`prometheus` is not installed (cargo xtask setup --test-deps: Debian's prometheus)");
+        skip(
+            TEST,
+            "`prometheus` is not installed (cargo xtask setup --test-deps: Debian's prometheus)",
+        );
         return;
     }
     let t0 = Instant::now();
@@ -877,13 +825,16 @@ fn prometheus_scrapes_the_collector_alerts_fire_and_dashboards_evaluate() {
     assert_eq!(failed, 0, "traces the collector did not take");
     c.stop();
     drop(prom);
-    report(&format!(
-        "{alerts_in_file} shipped rules loaded; {NEW_CHAIN} quiet for {QUIET:?} of known chains, then pending \
+    report(
+        TEST,
+        &format!(
+            "{alerts_in_file} shipped rules loaded; {NEW_CHAIN} quiet for {QUIET:?} of known chains, then pending \
          {pending_after:.1?} and firing {firing:.1?} after a new chain; {CROSS} pending {:.1?} and firing \
          {cross_firing:.1?} after a cross-service write; {queries} dashboard queries evaluated, the {main} queries of \
          the {} main panels with data; {traces} traces sent; {:.0?} in all",
-        cross_pending.unwrap(),
-        MAIN_PANELS.iter().map(|(_, t)| t.len()).sum::<usize>(),
-        t0.elapsed()
-    ));
+            cross_pending.unwrap(),
+            MAIN_PANELS.iter().map(|(_, t)| t.len()).sum::<usize>(),
+            t0.elapsed()
+        ),
+    );
 }

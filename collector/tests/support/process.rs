@@ -146,6 +146,65 @@ pub fn kv(key: &str, v: &str) -> KeyValue {
     }
 }
 
+/// An export of `by_service`'s spans, a resource for each service.
+pub fn export_request<S: AsRef<str>>(
+    by_service: impl IntoIterator<Item = (S, Vec<Span>)>,
+) -> ExportTraceServiceRequest {
+    ExportTraceServiceRequest {
+        resource_spans: by_service
+            .into_iter()
+            .map(|(service, spans)| ResourceSpans {
+                resource: Some(Resource {
+                    attributes: vec![kv("service.name", service.as_ref())],
+                    ..Resource::default()
+                }),
+                scope_spans: vec![ScopeSpans {
+                    spans,
+                    ..ScopeSpans::default()
+                }],
+                ..ResourceSpans::default()
+            })
+            .collect(),
+    }
+}
+
+/// Where `tool` is on the PATH, if it is.
+pub fn which(tool: &str) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path)
+        .map(|d| d.join(tool))
+        .find(|p| p.is_file())
+}
+
+/// Says loudly why `test` is skipped; under CI (every tool installed by
+/// `cargo xtask setup --test-deps`) a skip is a failure.
+pub fn skip(test: &str, reason: &str) {
+    assert!(
+        std::env::var_os("CI").is_none(),
+        "{test} cannot run in CI: {reason}"
+    );
+    eprintln!("SKIPPED {test}: {reason}");
+    append_line("TANGLE_SKIP_LOG", &format!("{test}: {reason}"));
+}
+
+/// What `test` measured (`cargo xtask test` prints these at the end).
+pub fn report(test: &str, what: &str) {
+    eprintln!("REPORT {test}: {what}");
+    append_line("TANGLE_REPORT_LOG", &format!("{test}: {what}"));
+}
+
+/// Appends `line` to the file the environment variable `var` names, if set.
+fn append_line(var: &str, line: &str) {
+    if let Some(log) = std::env::var_os(var)
+        && let Ok(mut f) = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(log)
+    {
+        let _ = writeln!(f, "{line}");
+    }
+}
+
 /// gateway -> orders -> pricing, one trace; `trace` picks its id.
 pub fn checkout_trace(trace: u8) -> ExportTraceServiceRequest {
     let span = |id: u8, parent: u8, kind: i32, attrs: Vec<KeyValue>| Span {
@@ -162,40 +221,27 @@ pub fn checkout_trace(trace: u8) -> ExportTraceServiceRequest {
     let http = |method: &str, route: &str| {
         vec![kv("http.request.method", method), kv("http.route", route)]
     };
-    let service = |name: &str, spans: Vec<Span>| ResourceSpans {
-        resource: Some(Resource {
-            attributes: vec![kv("service.name", name)],
-            ..Resource::default()
-        }),
-        scope_spans: vec![ScopeSpans {
-            spans,
-            ..ScopeSpans::default()
-        }],
-        ..ResourceSpans::default()
-    };
     let mut to_orders = http("POST", "/orders");
     to_orders.push(kv("peer.service", "orders"));
     let mut to_pricing = http("GET", "/prices/{sku}");
     to_pricing.push(kv("peer.service", "pricing"));
-    ExportTraceServiceRequest {
-        resource_spans: vec![
-            service(
-                "gateway",
-                vec![
-                    span(1, 0, 2, http("POST", "/checkout")),
-                    span(2, 1, 3, to_orders),
-                ],
-            ),
-            service(
-                "orders",
-                vec![
-                    span(3, 2, 2, http("POST", "/orders")),
-                    span(4, 3, 3, to_pricing),
-                ],
-            ),
-            service("pricing", vec![span(5, 4, 2, http("GET", "/prices/{sku}"))]),
-        ],
-    }
+    export_request([
+        (
+            "gateway",
+            vec![
+                span(1, 0, 2, http("POST", "/checkout")),
+                span(2, 1, 3, to_orders),
+            ],
+        ),
+        (
+            "orders",
+            vec![
+                span(3, 2, 2, http("POST", "/orders")),
+                span(4, 3, 3, to_pricing),
+            ],
+        ),
+        ("pricing", vec![span(5, 4, 2, http("GET", "/prices/{sku}"))]),
+    ])
 }
 
 pub fn data_dir(name: &str) -> PathBuf {
