@@ -480,6 +480,8 @@ impl KubeClient {
 trait Watched: DeserializeOwned + Clone + Send + 'static {
     const WHAT: &'static str;
     fn key(&self) -> String;
+    /// Those of its kind among `objects`.
+    fn held(objects: &mut Objects) -> &mut HashMap<String, Self>;
 }
 
 impl Watched for Pod {
@@ -487,12 +489,18 @@ impl Watched for Pod {
     fn key(&self) -> String {
         self.metadata.uid.clone()
     }
+    fn held(objects: &mut Objects) -> &mut HashMap<String, Self> {
+        &mut objects.pods
+    }
 }
 
 impl Watched for Service {
     const WHAT: &'static str = "services";
     fn key(&self) -> String {
         format!("{}/{}", self.metadata.namespace, self.metadata.name)
+    }
+    fn held(objects: &mut Objects) -> &mut HashMap<String, Self> {
+        &mut objects.services
     }
 }
 
@@ -502,31 +510,6 @@ impl Watched for Service {
 struct Objects {
     pods: HashMap<String, Pod>,
     services: HashMap<String, Service>,
-}
-
-impl Objects {
-    fn of<T: Watched>(&mut self) -> &mut HashMap<String, T>
-    where
-        Self: Holds<T>,
-    {
-        Holds::held(self)
-    }
-}
-
-trait Holds<T> {
-    fn held(&mut self) -> &mut HashMap<String, T>;
-}
-
-impl Holds<Pod> for Objects {
-    fn held(&mut self) -> &mut HashMap<String, Pod> {
-        &mut self.pods
-    }
-}
-
-impl Holds<Service> for Objects {
-    fn held(&mut self) -> &mut HashMap<String, Service> {
-        &mut self.services
-    }
 }
 
 /// The cluster as the watches know it, shared with the identities.
@@ -588,10 +571,7 @@ fn relist<T: Watched>(
     client: &KubeClient,
     shared: &Shared,
     selector: &str,
-) -> Result<String, KubeError>
-where
-    Objects: Holds<T>,
-{
+) -> Result<String, KubeError> {
     let list: List<T> = client.list(&format!("/api/v1/{}{selector}", T::WHAT), T::WHAT)?;
     let version = list.metadata.resource_version;
     if list.items.len() > MAX_OBJECTS {
@@ -602,7 +582,7 @@ where
         );
     }
     shared.change(|o| {
-        *o.of::<T>() = list
+        *T::held(o) = list
             .items
             .into_iter()
             .take(MAX_OBJECTS)
@@ -628,10 +608,7 @@ fn follow<T: Watched>(
     shared: &Shared,
     selector: &str,
     mut version: String,
-) -> Result<Ended, KubeError>
-where
-    Objects: Holds<T>,
-{
+) -> Result<Ended, KubeError> {
     use std::io::BufRead as _;
     let sep = if selector.is_empty() { '?' } else { '&' };
     let path = format!(
@@ -675,7 +652,7 @@ where
                 let gone = event.kind == "DELETED";
                 log::debug!("kubernetes: {} {} {}", event.kind, T::WHAT, object.key());
                 shared.change(|o| {
-                    let held = o.of::<T>();
+                    let held = T::held(o);
                     let key = object.key();
                     if gone {
                         held.remove(&key);
@@ -715,9 +692,7 @@ fn keep_watching<T: Watched>(
     shared: Shared,
     selector: String,
     mut version: Option<String>,
-) where
-    Objects: Holds<T>,
-{
+) {
     let warned = tangle_throttle::Throttled::default();
     let mut wait = RETRY;
     let back_off = |wait: &mut Duration| {

@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::{
     chains::{Hop, TraceAnalysis, signature},
-    span::{Peer, Span},
+    span::Span,
 };
 
 /// What names beyond the limits become.
@@ -60,40 +60,7 @@ pub fn cut(name: &mut String, max: usize, cut: &mut u64) {
 /// for assembly, and what a trace holds while it is assembled, stays
 /// bounded. Each name cut is counted in `cuts`.
 pub fn cut_span(span: &mut Span, max: usize, cuts: &mut u64) {
-    let mut each = |name: &mut String| cut(name, max, cuts);
-    each(&mut span.service);
-    each(&mut span.operation);
-    match &mut span.peer {
-        Peer::Service { name } => each(name),
-        Peer::Address { address } => each(address),
-        Peer::Database {
-            system,
-            server,
-            namespace,
-        } => {
-            each(system);
-            each(server);
-            if let Some(ns) = namespace {
-                each(ns);
-            }
-        }
-        Peer::Topic {
-            system,
-            server,
-            name,
-        } => {
-            each(system);
-            each(server);
-            each(name);
-        }
-        Peer::Unknown => {}
-    }
-    for t in &mut span.tables {
-        each(t);
-    }
-    if let Some(p) = &mut span.protocol {
-        each(p);
-    }
+    span.each_name(|name| cut(name, max, cuts));
 }
 
 /// The names seen so far, per service.

@@ -367,10 +367,9 @@ pub fn map_span(service: &str, s: &SpanView, max_name: usize) -> Option<Span> {
     let query = a.text(&[S::Query, S::QueryOld]);
     let namespace = a.string(&[S::Namespace, S::NamespaceOld]);
     // What qualifies each table: cut before it is copied into every one.
-    let qualifier = namespace.clone().map(|mut n| {
-        tangle_protocols::truncate_chars(&mut n, max_name);
-        n
-    });
+    let qualifier = namespace
+        .as_deref()
+        .and_then(|n| n.get(..n.floor_char_boundary(max_name)));
     let server = match (
         a.text(&[S::ServerAddress, S::NetPeerName]),
         a.text(&[S::ServerPort, S::NetPeerPort]),
@@ -393,7 +392,7 @@ pub fn map_span(service: &str, s: &SpanView, max_name: usize) -> Option<Span> {
             .unwrap_or_else(|| "/".into());
         format!("{m} {path}")
     } else if let Some(st) = &parsed {
-        let tables = st.qualified_tables(qualifier.as_deref(), true);
+        let tables = st.qualified_tables(qualifier, true);
         sql::operation(&st.verb, &tables)
     } else if db_system.as_deref() == Some("redis") {
         // A command, not a statement: `redis GET`.
@@ -404,7 +403,7 @@ pub fn map_span(service: &str, s: &SpanView, max_name: usize) -> Option<Span> {
     } else if db_system.is_some() {
         // A database call named by its statement: its verb and tables only.
         let st = sql::parse(s.name, dialect);
-        sql::operation(&st.verb, &st.qualified_tables(qualifier.as_deref(), true))
+        sql::operation(&st.verb, &st.qualified_tables(qualifier, true))
     } else {
         words(s.name)
     };
@@ -449,7 +448,7 @@ pub fn map_span(service: &str, s: &SpanView, max_name: usize) -> Option<Span> {
     };
     let (tables, writes) = match &parsed {
         Some(st) if db_system.is_some() => (
-            st.qualified_tables(qualifier.as_deref(), true),
+            st.qualified_tables(qualifier, true),
             matches!(st.kind, sql::StatementKind::Write | sql::StatementKind::Ddl),
         ),
         _ => (Vec::new(), false),

@@ -83,6 +83,44 @@ pub struct Span {
 }
 
 impl Span {
+    /// Calls `f` on each of its names: service, operation, what it calls,
+    /// tables, protocol.
+    pub fn each_name(&mut self, mut f: impl FnMut(&mut String)) {
+        f(&mut self.service);
+        f(&mut self.operation);
+        match &mut self.peer {
+            Peer::Service { name } => f(name),
+            Peer::Address { address } => f(address),
+            Peer::Database {
+                system,
+                server,
+                namespace,
+            } => {
+                f(system);
+                f(server);
+                if let Some(ns) = namespace {
+                    f(ns);
+                }
+            }
+            Peer::Topic {
+                system,
+                server,
+                name,
+            } => {
+                f(system);
+                f(server);
+                f(name);
+            }
+            Peer::Unknown => {}
+        }
+        for t in &mut self.tables {
+            f(t);
+        }
+        if let Some(p) = &mut self.protocol {
+            f(p);
+        }
+    }
+
     /// A request/response call (client spans); publishes are not.
     pub fn is_sync_call(&self) -> bool {
         self.kind == SpanKind::Client

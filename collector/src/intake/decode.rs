@@ -262,31 +262,12 @@ fn span_view(b: &[u8]) -> Result<SpanView<'_>, DecodeError> {
     Ok(s)
 }
 
-/// Bytes a mapped span holds beyond its own size.
-fn heap_bytes(span: &Span) -> usize {
-    use crate::span::Peer;
-    let peer = match &span.peer {
-        Peer::Service { name } => name.capacity(),
-        Peer::Address { address } => address.capacity(),
-        Peer::Database {
-            system,
-            server,
-            namespace,
-        } => system.capacity() + server.capacity() + namespace.as_ref().map_or(0, String::capacity),
-        Peer::Topic {
-            system,
-            server,
-            name,
-        } => system.capacity() + server.capacity() + name.capacity(),
-        Peer::Unknown => 0,
-    };
-    let tables: usize = span.tables.iter().map(|t| t.capacity() + 24).sum();
-    span.service.capacity()
-        + span.operation.capacity()
-        + span.protocol.as_ref().map_or(0, String::capacity)
-        + peer
-        + tables
-        + span.tables.capacity() * 24
+/// Bytes a mapped span holds beyond its own size: its names, and its
+/// vector of tables.
+fn heap_bytes(span: &mut Span) -> usize {
+    let mut bytes = (span.tables.len() + span.tables.capacity()) * 24;
+    span.each_name(|name| bytes += name.capacity());
+    bytes
 }
 
 /// Spans mapped into one vector: vectors of a size the allocator reuses,
@@ -346,7 +327,7 @@ pub fn decode_protobuf(
                 };
                 map_into(&service, &span_view(span)?, out, &mut stats, max_name);
                 // What the span holds once mapped: its names and tables.
-                sizer.add(out.last().map_or(0, heap_bytes))?;
+                sizer.add(out.last_mut().map_or(0, heap_bytes))?;
             }
         }
     }
@@ -588,15 +569,12 @@ mod tests {
             ),
         ];
         let body = request(Some(s("db-user")), vec![span(1, 3, attrs)]).encode_to_vec();
-        let (chunks, stats) = decode_protobuf(&body, 64 << 20, 256).unwrap();
-        let span = &chunks[0][0];
+        let (mut chunks, stats) = decode_protobuf(&body, 64 << 20, 256).unwrap();
+        let span = &mut chunks[0][0];
         assert_eq!(span.tables.len(), 16);
         assert!(stats.names_cut > 0);
-        assert!(
-            heap_bytes(span) < 16 << 10,
-            "the span holds {} bytes",
-            heap_bytes(span)
-        );
+        let held = heap_bytes(span);
+        assert!(held < 16 << 10, "the span holds {held} bytes");
     }
 
     #[test]
