@@ -1,37 +1,37 @@
 //! Tangle's per-node agent: loads the eBPF programs, follows every TCP
-//! connection on the node and the bytes on it.
+//! connection on the node and the bytes on it. Its modules are the stages
+//! of the pipeline, in order:
 //!
-//! - [`probe`] loads and attaches the kernel side and reads its counters;
-//! - [`reader`] turns ring buffer records into events with their connection;
-//! - [`conntrack`] keeps who owns each connection;
-//! - [`identity`] names the service a process is (with [`kubernetes`]);
-//! - [`pipeline`] parses each connection's transfers into exchanges;
-//! - [`export`] is the span queue: on the capture thread each exchange
-//!   becomes a compact span record ([`spans`]) and is linked to the request
-//!   it serves ([`link`]); the export thread encodes spans as OTLP
-//!   ([`otlp`]) and sends them to the collector;
-//! - [`metrics`] serves the agent's own counters to Prometheus;
-//! - [`own_traffic`] says what is Tangle's own, never traced;
-//! - [`privileges`] drops what the agent no longer needs once attached;
-//! - [`config`] reads `run`'s configuration file;
-//! - [`output`] prints events and exchanges for the CLI;
-//! - [`replay`] runs the protocol parsers over a pcap file.
+//! - [`capture`]: the kernel side loaded and attached ([`capture::probe`],
+//!   [`capture::btf`]), its ring buffer read ([`capture::ring`]) and its
+//!   records decoded ([`capture::events`]); what is Tangle's own and never
+//!   traced ([`capture::own_traffic`]);
+//! - [`connections`]: the one table of live connections, each with who
+//!   owns it, both addresses, its role and its parsers' state;
+//! - [`identity`]: the service a process is (with
+//!   [`identity::kubernetes`]), resolved off the capture thread;
+//! - [`exchanges`]: each connection's transfers parsed into exchanges;
+//! - [`link`]: outbound calls linked to the requests they serve;
+//! - [`spans`]: the compact span record each exchange becomes;
+//! - [`export`]: the queue to the export thread, which encodes spans as
+//!   OTLP ([`export::otlp`]) and sends them to the collector;
+//! - [`metrics`]: the agent's own counters, served to Prometheus from a
+//!   thread of its own.
+//!
+//! Beside them: [`privileges`] drops what the agent no longer needs once
+//! attached; [`config`] reads `run`'s configuration file; [`output`] prints
+//! events and exchanges for the CLI; [`replay`] runs the protocol parsers
+//! over a pcap file.
 
-pub mod btf;
+pub mod capture;
 pub mod config;
-pub mod conntrack;
-pub mod events;
+pub mod connections;
+pub mod exchanges;
 pub mod export;
 pub mod identity;
-pub mod kubernetes;
 pub mod link;
 pub mod metrics;
-pub mod otlp;
 pub mod output;
-pub mod own_traffic;
-pub mod pipeline;
 pub mod privileges;
-pub mod probe;
-pub mod reader;
 pub mod replay;
 pub mod spans;

@@ -11,7 +11,7 @@ use std::time::Duration;
 use tangle_common::Role;
 
 use crate::{
-    conntrack::Connection,
+    connections::Connection,
     spans::{Outgoing, SpanRecord, TraceId},
 };
 

@@ -11,7 +11,8 @@ use std::{
 };
 
 use crate::{
-    export::ExportStats, pipeline::PipelineStats, probe::KernelStats, reader::ReaderStats,
+    capture::probe::KernelStats, connections::ReaderStats, exchanges::PipelineStats,
+    export::ExportStats,
 };
 
 /// The metrics endpoint could not start.
@@ -24,6 +25,9 @@ pub enum MetricsError {
         #[source]
         source: std::io::Error,
     },
+    /// The thread that serves the page could not start.
+    #[error("cannot start the metrics thread")]
+    Thread(#[source] std::io::Error),
 }
 
 /// A Prometheus text page being written.
@@ -102,6 +106,11 @@ impl Page {
             "tangle_agent_conns_evicted_total",
             "Connections the full userspace table forgot (least recently active) for new ones.",
             reader.evicted,
+        );
+        self.counter(
+            "tangle_agent_conns_replaced_total",
+            "Connections ended by a new open with their id before their close was seen.",
+            reader.replaced,
         );
         self.counter(
             "tangle_agent_own_conns_ignored_total",
@@ -244,16 +253,48 @@ impl Shared {
     }
 }
 
+/// The metrics address, bound: it fails at start, before anything loads.
+pub struct Bound(std::net::TcpListener);
+
+/// Binds `addr` for [`serve`].
+pub fn bind(addr: SocketAddr) -> Result<Bound, MetricsError> {
+    let bind = |source| MetricsError::Bind { addr, source };
+    // std sets SO_REUSEADDR on Unix, as tokio does: a restart rebinds at once.
+    let listener = std::net::TcpListener::bind(addr).map_err(bind)?;
+    listener.set_nonblocking(true).map_err(bind)?;
+    Ok(Bound(listener))
+}
+
 /// Serves `GET /metrics` (and `/healthz`: 200 once the capture runs, 503
-/// before) on `addr` from `page`.
-pub async fn serve(addr: SocketAddr, page: Shared) -> Result<(), MetricsError> {
+/// before) from `page`, on a thread of its own: a scraper never takes time
+/// from the capture. Start it once privileges are dropped: a thread keeps
+/// the capabilities it was created with.
+pub fn serve(bound: Bound, page: Shared) -> Result<(), MetricsError> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(MetricsError::Thread)?;
+    std::thread::Builder::new()
+        .name("metrics".into())
+        .spawn(move || {
+            rt.block_on(async move {
+                match tokio::net::TcpListener::from_std(bound.0) {
+                    Ok(listener) => serve_on(listener, page).await,
+                    Err(e) => log::error!("metrics: cannot serve: {e}"),
+                }
+            })
+        })
+        .map_err(MetricsError::Thread)?;
+    Ok(())
+}
+
+/// Serves the page on `listener` until the process ends.
+async fn serve_on(listener: tokio::net::TcpListener, page: Shared) {
     use axum::{Router, routing::get};
-    let listener = tokio::net::TcpListener::bind(addr)
-        .await
-        .map_err(|source| MetricsError::Bind { addr, source })?;
+    let addr = listener.local_addr();
     log::info!(
         "metrics on http://{}/metrics",
-        listener.local_addr().map_or(addr, |a| a)
+        addr.map_or_else(|e| e.to_string(), |a| a.to_string())
     );
     let ready = page.ready.clone();
     let app = Router::new()
@@ -298,20 +339,16 @@ pub async fn serve(addr: SocketAddr, page: Shared) -> Result<(), MetricsError> {
         max_streams: 1,
         max_header_bytes: 16 << 10,
     };
-    let (stop, stopped) = tokio::sync::watch::channel(false);
-    tokio::spawn(async move {
-        tangle_listener::serve(
-            listener,
-            None,
-            tangle_listener::Http::One,
-            limits,
-            hyper_util::service::TowerToHyperService::new(app),
-            conns,
-            stopped,
-        )
-        .await;
-        // Served until the runtime ends; `stop` lives as long.
-        drop(stop);
-    });
-    Ok(())
+    // Never stopped: the thread serves until the process ends.
+    let (_stop, stopped) = tokio::sync::watch::channel(false);
+    tangle_listener::serve(
+        listener,
+        None,
+        tangle_listener::Http::One,
+        limits,
+        hyper_util::service::TowerToHyperService::new(app),
+        conns,
+        stopped,
+    )
+    .await;
 }

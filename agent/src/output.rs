@@ -10,9 +10,9 @@ use tangle_common::{ConnEvent, DataHeader, Direction, Role, Syscall};
 use tangle_protocols::{Exchange, Status};
 
 use crate::{
-    conntrack::Connection,
-    pipeline::ExchangeSink,
-    reader::{Sink, close_reason},
+    connections::Connection,
+    connections::{Sink, close_reason},
+    exchanges::ExchangeSink,
 };
 
 /// Converts the kernel's monotonic timestamps to wall-clock time.
@@ -297,7 +297,9 @@ enum ExchangeTag {
 }
 
 impl<W: Write> Sink for LineWriter<W> {
-    fn open(&mut self, c: &Connection, ev: &ConnEvent) {
+    type State = ();
+
+    fn open(&mut self, c: &Connection, _: &mut (), ev: &ConnEvent) {
         self.emit(
             |clock| {
                 format!(
@@ -328,7 +330,8 @@ impl<W: Write> Sink for LineWriter<W> {
         );
     }
 
-    fn close(&mut self, c: Option<&Connection>, ev: &ConnEvent) {
+    fn close(&mut self, c: Option<(Connection, ())>, ev: &ConnEvent) {
+        let c = c.as_ref().map(|(c, ())| c);
         self.emit(
             |clock| {
                 format!(
@@ -360,7 +363,8 @@ impl<W: Write> Sink for LineWriter<W> {
         );
     }
 
-    fn data(&mut self, c: Option<&Connection>, h: &DataHeader, bytes: &[u8]) {
+    fn data(&mut self, c: Option<(&Connection, &mut ())>, h: &DataHeader, bytes: &[u8]) {
+        let c = c.map(|(c, _)| c);
         self.emit(
             |clock| {
                 format!(

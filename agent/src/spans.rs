@@ -1,6 +1,6 @@
 //! One span per exchange, as the capture thread makes it: fixed-size ids,
 //! the exchange's own fields moved in, nothing formatted and no attribute
-//! allocated. The export thread encodes it as OTLP ([`crate::otlp`]).
+//! allocated. The export thread encodes it as OTLP ([`crate::export::otlp`]).
 //!
 //! Each exchange is one span: CLIENT for the process that made the call,
 //! SERVER for the one that served it (PRODUCER for a publish, CONSUMER
@@ -14,7 +14,7 @@ use tangle_common::Role;
 use tangle_protocols::{Exchange, Fields, Status as ExStatus};
 use tangle_wire::{Outcome, SpanKind};
 
-use crate::conntrack::Connection;
+use crate::connections::Connection;
 
 pub type TraceId = [u8; 16];
 pub type SpanId = [u8; 8];

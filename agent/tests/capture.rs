@@ -12,7 +12,7 @@ use std::{
 };
 
 use support::*;
-use tangle_agent::{conntrack::Connection, probe::ProbeOptions};
+use tangle_agent::{capture::probe::ProbeOptions, connections::Connection};
 use tangle_common::{AF_INET6, Direction, Role, Syscall};
 
 fn options(port: u16) -> ProbeOptions {
@@ -418,7 +418,7 @@ fn cgroup_filter_keeps_only_that_cgroup() {
     let port = free_port();
     let group = root.join(format!("tangle-test-{port}"));
     std::fs::create_dir_all(&group).unwrap();
-    let id = tangle_agent::probe::cgroup_id(&group).unwrap();
+    let id = tangle_agent::capture::probe::cgroup_id(&group).unwrap();
     let mut cap = Capture::start(ProbeOptions {
         cgroup_id: Some(id),
         ..options(port)

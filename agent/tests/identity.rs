@@ -263,7 +263,7 @@ fn pods_named_from_the_kubernetes_api() {
         "Serving HTTP",
     );
     // The event reaches the agent within the fixture's 0.1 s poll, and its
-    // view of the cluster is made again within a second (agent/src/kubernetes.rs,
+    // view of the cluster is made again within a second (agent/src/identity/kubernetes.rs,
     // REBUILD): a process seen before that is named without its pod.
     std::thread::sleep(Duration::from_millis(2500));
     curl(&format!("http://127.0.0.1:{port}/cart"), &[]);

@@ -156,6 +156,9 @@ pub enum CloseReason {
     /// Another process moved bytes on the socket and took it over (a
     /// pre-fork server's child serving what its parent accepted).
     HandedOver = 5,
+    /// A new open came with its id before its close was seen (never sent
+    /// by the kernel side): the old connection ends there.
+    Replaced = 6,
 }
 
 /// A connection opened or closed.

@@ -14,9 +14,9 @@ use std::{
 };
 
 use tangle_agent::{
-    conntrack::Connection,
-    probe::{KernelStats, Probe, ProbeOptions},
-    reader::{Reader, Sink},
+    capture::probe::{KernelStats, Probe, ProbeOptions},
+    capture::ring::Reader,
+    connections::{Connection, Sink},
 };
 use tangle_common::{ConnEvent, DataHeader, Direction, Role};
 
@@ -126,22 +126,26 @@ pub enum Owned {
 struct Collect(Vec<Owned>);
 
 impl Sink for Collect {
-    fn open(&mut self, conn: &Connection, ev: &ConnEvent) {
+    type State = ();
+    fn open(&mut self, conn: &Connection, _: &mut (), ev: &ConnEvent) {
         self.0.push(Owned::Open(conn.clone(), *ev));
     }
-    fn close(&mut self, conn: Option<&Connection>, ev: &ConnEvent) {
-        self.0.push(Owned::Close(conn.cloned(), *ev));
+    fn close(&mut self, conn: Option<(Connection, ())>, ev: &ConnEvent) {
+        self.0.push(Owned::Close(conn.map(|(c, ())| c), *ev));
     }
-    fn data(&mut self, conn: Option<&Connection>, header: &DataHeader, bytes: &[u8]) {
-        self.0
-            .push(Owned::Data(conn.cloned(), *header, bytes.to_vec()));
+    fn data(&mut self, conn: Option<(&Connection, &mut ())>, header: &DataHeader, bytes: &[u8]) {
+        self.0.push(Owned::Data(
+            conn.map(|(c, _)| c.clone()),
+            *header,
+            bytes.to_vec(),
+        ));
     }
 }
 
 /// The real probe, loaded and attached, with everything it has sent so far.
 pub struct Capture {
     pub probe: Probe,
-    reader: Reader,
+    reader: Reader<()>,
     rt: tokio::runtime::Runtime,
     collected: Collect,
 }
@@ -392,7 +396,7 @@ pub fn redis_server(port: u16) -> Proc {
 
 /// The cgroup v2 mount, or None after saying why `test` skips.
 pub fn cgroup2_root_or_skip(test: &str) -> Option<PathBuf> {
-    let root = tangle_agent::probe::cgroup2_root();
+    let root = tangle_agent::capture::probe::cgroup2_root();
     if root.is_none() {
         skip(test, "no cgroup v2 hierarchy is mounted");
     }

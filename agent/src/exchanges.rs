@@ -7,7 +7,7 @@ use tangle_common::{ConnEvent, DataHeader, Direction, Role};
 use tangle_protocols::{Chunk, Connection as Parsers, Exchange, ParserStats, Protocol, Side};
 use tangle_throttle::Throttled;
 
-use crate::{conntrack::Connection, reader::Sink};
+use crate::connections::{ConnTable, Connection, Sink};
 
 /// Where finished exchanges go, with the connection they were seen on.
 pub trait ExchangeSink {
@@ -28,10 +28,6 @@ pub struct PipelineStats {
     pub exchanges: u64,
     /// Transfers on connections whose protocol was not recognised.
     pub undetected_transfers: u64,
-    /// Transfers on connections the pipeline had no open for.
-    pub orphan_transfers: u64,
-    /// Connections dropped because the parser table was full.
-    pub parser_table_full: u64,
     /// Bytes all connections' parsers hold now: partial messages, requests
     /// waiting for their responses, prepared statements, HPACK tables.
     pub parser_buffered_bytes: u64,
@@ -69,19 +65,21 @@ fn protocol_name(p: Protocol) -> &'static str {
 
 /// Hands the exchanges in `out` on.
 fn deliver(
-    t: &mut Tracked,
+    conn: &Connection,
+    t: &Parsing,
     out: &mut Vec<Exchange>,
     stats: &mut PipelineStats,
     sink: &mut impl ExchangeSink,
 ) {
     for e in out.drain(..) {
         stats.exchanges += 1;
-        sink.exchange(&t.conn, t.request_tid, e);
+        sink.exchange(conn, t.request_tid, e);
     }
 }
 
-struct Tracked {
-    conn: Connection,
+/// What the pipeline keeps per connection, in the connection table.
+#[derive(Default)]
+pub struct Parsing {
     parsers: Parsers,
     /// The thread of the last request-side transfer.
     request_tid: u32,
@@ -92,8 +90,6 @@ struct Tracked {
 /// A [`Sink`] that parses each connection's transfers and hands the
 /// exchanges to an [`ExchangeSink`].
 pub struct Pipeline<S> {
-    conns: HashMap<u64, Tracked>,
-    max_connections: usize,
     /// Most bytes all parsers may hold together.
     memory_budget: usize,
     /// Most bytes one connection's parsers may hold.
@@ -113,10 +109,8 @@ pub const DEFAULT_PARSER_MEMORY: usize = 256 << 20;
 pub const DEFAULT_CONNECTION_MEMORY: usize = 4 << 20;
 
 impl<S: ExchangeSink> Pipeline<S> {
-    pub fn new(sink: S, max_connections: usize) -> Self {
+    pub fn new(sink: S) -> Self {
         Self {
-            conns: HashMap::new(),
-            max_connections,
             memory_budget: DEFAULT_PARSER_MEMORY,
             connection_budget: DEFAULT_CONNECTION_MEMORY,
             out: Vec::new(),
@@ -147,13 +141,12 @@ impl<S: ExchangeSink> Pipeline<S> {
     /// Stops parsing the connections that hold most until all hold at most
     /// seven eighths of the budget: the cost falls on whoever holds the
     /// memory, not on whichever connection happens to grow next.
-    fn shed(&mut self) {
+    fn shed(&mut self, table: &mut ConnTable<Parsing>) {
         let target = self.memory_budget as u64 / 8 * 7;
-        let mut holders: Vec<(usize, u64)> = self
-            .conns
-            .iter()
+        let mut holders: Vec<(usize, u64)> = table
+            .states_mut()
             .filter(|(_, t)| t.buffered > 0)
-            .map(|(id, t)| (t.buffered, *id))
+            .map(|(id, t)| (t.buffered, id))
             .collect();
         holders.sort_unstable_by(|a, b| b.cmp(a));
         tangle_throttle::warn!(
@@ -166,7 +159,7 @@ impl<S: ExchangeSink> Pipeline<S> {
             if self.stats.parser_buffered_bytes <= target {
                 break;
             }
-            if let Some(t) = self.conns.get_mut(&id) {
+            if let Some(t) = table.state_mut(id) {
                 t.parsers.abandon();
                 t.buffered = 0;
                 self.stats.parser_buffered_bytes -= bytes as u64;
@@ -175,56 +168,46 @@ impl<S: ExchangeSink> Pipeline<S> {
         }
     }
 
-    /// The counters, with the parser counters of open connections added in.
-    pub fn stats_now(&self) -> PipelineStats {
+    /// The counters, with the parser counters of the connections open in
+    /// `table` added in.
+    pub fn stats_now(&self, table: &ConnTable<Parsing>) -> PipelineStats {
         let mut stats = self.stats.clone();
-        for t in self.conns.values() {
+        for t in table.states() {
             stats.add_parser(&t.parsers);
         }
         stats
     }
-
-    fn retire(&mut self, t: &Tracked) {
-        self.stats.parser_buffered_bytes -= t.buffered as u64;
-        self.stats.undetected_transfers += t.parsers.undetected_chunks;
-        self.stats.add_parser(&t.parsers);
-    }
 }
 
 impl<S: ExchangeSink> Sink for Pipeline<S> {
-    fn open(&mut self, conn: &Connection, _ev: &ConnEvent) {
-        if self.conns.len() >= self.max_connections {
-            self.stats.parser_table_full += 1;
-            return;
-        }
-        self.conns.insert(
-            conn.conn_id,
-            Tracked {
-                conn: conn.clone(),
-                parsers: Parsers::default(),
-                request_tid: 0,
-                buffered: 0,
-            },
-        );
-    }
+    type State = Parsing;
 
-    fn close(&mut self, _conn: Option<&Connection>, ev: &ConnEvent) {
-        let Some(mut t) = self.conns.remove(&ev.conn_id) else {
+    fn open(&mut self, _conn: &Connection, _state: &mut Parsing, _ev: &ConnEvent) {}
+
+    fn close(&mut self, conn: Option<(Connection, Parsing)>, ev: &ConnEvent) {
+        let Some((conn, mut t)) = conn else {
             return;
         };
         t.parsers.finish(ev.ts_ns, &mut self.out);
-        self.retire(&t);
-        deliver(&mut t, &mut self.out, &mut self.stats, &mut self.sink);
-        self.sink.closed(&t.conn);
+        self.stats.parser_buffered_bytes -= t.buffered as u64;
+        self.stats.undetected_transfers += t.parsers.undetected_chunks;
+        self.stats.add_parser(&t.parsers);
+        deliver(&conn, &t, &mut self.out, &mut self.stats, &mut self.sink);
+        self.sink.closed(&conn);
     }
 
     fn flush(&mut self) {
         self.sink.tick();
     }
 
-    fn data(&mut self, _conn: Option<&Connection>, h: &DataHeader, bytes: &[u8]) {
+    fn rebalance(&mut self, table: &mut ConnTable<Parsing>) {
+        if self.stats.parser_buffered_bytes > self.memory_budget as u64 {
+            self.shed(table);
+        }
+    }
+
+    fn data(&mut self, conn: Option<(&Connection, &mut Parsing)>, h: &DataHeader, bytes: &[u8]) {
         let Self {
-            conns,
             out,
             stats,
             sink,
@@ -232,21 +215,21 @@ impl<S: ExchangeSink> Sink for Pipeline<S> {
             connection_budget_warned,
             ..
         } = self;
-        let Some(t) = conns.get_mut(&h.conn_id) else {
-            stats.orphan_transfers += 1;
+        // Bytes of a connection whose open was not seen: no role, no parser.
+        let Some((conn, t)) = conn else {
             return;
         };
         // The client writes requests; the server reads them.
         let egress = h.direction == Direction::Egress as u8;
-        let side = if egress == (t.conn.role == Role::Client) {
+        let side = if egress == (conn.role == Role::Client) {
             Side::Request
         } else {
             Side::Response
         };
         if side == Side::Request {
             t.request_tid = h.tid;
-            if t.conn.role == Role::Server {
-                sink.inbound_read(&t.conn, h.tid);
+            if conn.role == Role::Server {
+                sink.inbound_read(conn, h.tid);
             }
         }
         t.parsers.feed(
@@ -268,24 +251,25 @@ impl<S: ExchangeSink> Sink for Pipeline<S> {
                 connection_budget_warned,
                 "{} -> {}: its parsers hold {buffered} bytes, past [parsing] connection_mib: \
                  no longer parsed (tangle_agent_parser_budget_drops_total)",
-                t.conn.local,
-                t.conn.remote
+                conn.local,
+                conn.remote
             );
             t.parsers.abandon();
             stats.parser_budget_drops += 1;
             stats.parser_buffered_bytes -= buffered as u64;
             t.buffered = 0;
         }
-        deliver(t, out, stats, sink);
-        if self.stats.parser_buffered_bytes > self.memory_budget as u64 {
-            self.shed();
-        }
+        deliver(conn, t, out, stats, sink);
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::{
+        capture::events::Event,
+        connections::{Connections, tests::open_event},
+    };
 
     #[derive(Default)]
     struct Collect(Vec<Exchange>);
@@ -295,90 +279,158 @@ mod tests {
         }
     }
 
-    fn conn(id: u64) -> Connection {
-        Connection::sample(
-            id,
-            Role::Server,
-            "127.0.0.1:80",
-            &format!("127.0.0.1:{}", 40000 + id),
-        )
+    struct Fed {
+        conns: Connections<Parsing>,
+        p: Pipeline<Collect>,
     }
 
-    fn data(p: &mut Pipeline<Collect>, id: u64, direction: Direction, ts: u64, bytes: &[u8]) {
-        let h = DataHeader {
-            conn_id: id,
-            direction: direction as u8,
-            ts_ns: ts,
-            total_len: bytes.len() as u64,
-            captured_len: bytes.len() as u32,
-            ..DataHeader::default()
-        };
-        p.data(None, &h, bytes);
+    impl Fed {
+        fn new(p: Pipeline<Collect>) -> Self {
+            Self {
+                conns: Connections::new(ConnTable::new(16)),
+                p,
+            }
+        }
+
+        fn open(&mut self, id: u64) {
+            let mut ev = open_event(id, u32::MAX);
+            ev.role = Role::Server as u8;
+            self.conns.event(Event::Open(ev), &mut self.p);
+        }
+
+        fn close(&mut self, id: u64) {
+            let ev = ConnEvent {
+                conn_id: id,
+                ..ConnEvent::default()
+            };
+            self.conns.event(Event::Close(ev), &mut self.p);
+        }
+
+        fn data(&mut self, id: u64, direction: Direction, ts: u64, bytes: &[u8]) {
+            let h = DataHeader {
+                conn_id: id,
+                direction: direction as u8,
+                ts_ns: ts,
+                total_len: bytes.len() as u64,
+                captured_len: bytes.len() as u32,
+                ..DataHeader::default()
+            };
+            self.conns.event(Event::Data(h, bytes), &mut self.p);
+        }
     }
+
+    fn head(n: usize) -> Vec<u8> {
+        let mut h = b"GET /a HTTP/1.1\r\nX-Pad: ".to_vec();
+        h.resize(n, b'x');
+        h
+    }
+
+    const RESPONSE: &[u8] = b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n";
 
     #[test]
     fn parsers_stay_within_the_memory_budget() {
-        let mut p = Pipeline::new(Collect::default(), 16).with_memory_budget(48 * 1024);
-        let ev = ConnEvent::default();
+        let mut f = Fed::new(Pipeline::new(Collect::default()).with_memory_budget(48 * 1024));
         // Each connection holds an unfinished request head of 20 KiB.
-        let mut head = b"GET /a HTTP/1.1\r\nX-Pad: ".to_vec();
-        head.resize(20 * 1024, b'x');
         for id in 1..=3 {
-            p.open(&conn(id), &ev);
-            data(&mut p, id, Direction::Ingress, id, &head);
+            f.open(id);
+            f.data(id, Direction::Ingress, id, &head(20 * 1024));
         }
-        assert_eq!(p.stats.parser_budget_drops, 1, "the third went over");
-        assert!(p.stats.parser_buffered_bytes <= 48 * 1024);
+        assert_eq!(f.p.stats.parser_budget_drops, 1, "the third went over");
+        assert!(f.p.stats.parser_buffered_bytes <= 48 * 1024);
         // The connections within the budget still parse.
         for id in 1..=2 {
-            data(&mut p, id, Direction::Ingress, 10, b"\r\n\r\n");
-            data(
-                &mut p,
-                id,
-                Direction::Egress,
-                11,
-                b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n",
-            );
+            f.data(id, Direction::Ingress, 10, b"\r\n\r\n");
+            f.data(id, Direction::Egress, 11, RESPONSE);
         }
-        assert_eq!(p.sink.0.len(), 2);
+        assert_eq!(f.p.sink.0.len(), 2);
         // An idle connection holds no head buffer; closes give the rest back.
         for id in 1..=3 {
-            p.close(None, &ConnEvent { conn_id: id, ..ev });
+            f.close(id);
         }
-        assert_eq!(p.stats.parser_buffered_bytes, 0);
+        assert_eq!(f.p.stats.parser_buffered_bytes, 0);
     }
 
     #[test]
     fn the_largest_holder_pays_not_the_one_that_grows() {
-        let mut p = Pipeline::new(Collect::default(), 16)
-            .with_memory_budget(64 * 1024)
-            .with_connection_budget(48 * 1024);
-        let ev = ConnEvent::default();
-        let head = |n: usize| {
-            let mut h = b"GET /a HTTP/1.1\r\nX-Pad: ".to_vec();
-            h.resize(n, b'x');
-            h
-        };
+        let mut f = Fed::new(
+            Pipeline::new(Collect::default())
+                .with_memory_budget(64 * 1024)
+                .with_connection_budget(48 * 1024),
+        );
         for id in 1..=3 {
-            p.open(&conn(id), &ev);
+            f.open(id);
         }
         // One connection alone past its share: dropped at once.
-        data(&mut p, 1, Direction::Ingress, 1, &head(50 * 1024));
-        assert_eq!(p.stats.parser_budget_drops, 1);
-        assert_eq!(p.stats.parser_buffered_bytes, 0);
+        f.data(1, Direction::Ingress, 1, &head(50 * 1024));
+        assert_eq!(f.p.stats.parser_budget_drops, 1);
+        assert_eq!(f.p.stats.parser_buffered_bytes, 0);
         // 2 holds 40 KiB, then 3 grows past the total: 2 goes, 3 stays.
-        data(&mut p, 2, Direction::Ingress, 2, &head(40 * 1024));
-        data(&mut p, 3, Direction::Ingress, 3, &head(30 * 1024));
-        assert_eq!(p.stats.parser_budget_drops, 2);
-        assert!(p.stats.parser_buffered_bytes <= 56 * 1024);
-        data(&mut p, 3, Direction::Ingress, 4, b"\r\n\r\n");
-        data(
-            &mut p,
-            3,
-            Direction::Egress,
-            5,
-            b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n",
+        f.data(2, Direction::Ingress, 2, &head(40 * 1024));
+        f.data(3, Direction::Ingress, 3, &head(30 * 1024));
+        assert_eq!(f.p.stats.parser_budget_drops, 2);
+        assert!(f.p.stats.parser_buffered_bytes <= 56 * 1024);
+        f.data(3, Direction::Ingress, 4, b"\r\n\r\n");
+        f.data(3, Direction::Egress, 5, RESPONSE);
+        assert_eq!(f.p.sink.0.len(), 1, "the one that grew still parses");
+    }
+
+    /// An id the kernel reuses before its close arrives: the old
+    /// connection's parsers are finished (its pending request is not
+    /// lost, its memory is given back), the new one starts clean.
+    #[test]
+    fn a_reused_id_ends_the_old_connection() {
+        let mut f = Fed::new(Pipeline::new(Collect::default()));
+        f.open(1);
+        f.data(
+            1,
+            Direction::Ingress,
+            1,
+            b"GET /old HTTP/1.1\r\nHost: a\r\n\r\n",
         );
-        assert_eq!(p.sink.0.len(), 1, "the one that grew still parses");
+        f.data(1, Direction::Ingress, 2, &head(1024));
+        assert!(f.p.stats.parser_buffered_bytes > 0);
+        f.open(1);
+        assert_eq!(f.conns.stats().replaced, 1);
+        assert_eq!(f.conns.stats().connections, 1);
+        assert_eq!(
+            f.p.stats.parser_buffered_bytes, 0,
+            "the old parsers' memory"
+        );
+        let old: Vec<_> = f.p.sink.0.iter().map(|e| e.operation.clone()).collect();
+        assert_eq!(old.len(), 1, "the old request, unanswered: {old:?}");
+        // The new connection parses from its own first bytes.
+        f.data(
+            1,
+            Direction::Ingress,
+            3,
+            b"GET /new HTTP/1.1\r\nHost: a\r\n\r\n",
+        );
+        f.data(1, Direction::Egress, 4, RESPONSE);
+        assert_eq!(f.p.sink.0.len(), 2);
+        assert_eq!(f.p.sink.0[1].operation, "GET /new");
+    }
+
+    /// Connections evicted or swept leave the table with their parsers:
+    /// nothing is held for them afterwards.
+    #[test]
+    fn evicted_connections_take_their_parsers_with_them() {
+        let mut f = Fed {
+            conns: Connections::new(ConnTable::new(2)),
+            p: Pipeline::new(Collect::default()),
+        };
+        for id in 1..=2 {
+            f.open(id);
+            f.data(id, Direction::Ingress, id, &head(1024));
+        }
+        f.open(3);
+        let stats = f.conns.stats();
+        assert_eq!((stats.evicted, stats.connections), (1, 2));
+        assert_eq!(f.p.stats.parser_buffered_bytes, 1024, "one head left");
+        let mut table_buffered = 0;
+        f.conns
+            .table
+            .states_mut()
+            .for_each(|(_, t)| table_buffered += t.buffered);
+        assert_eq!(table_buffered as u64, f.p.stats.parser_buffered_bytes);
     }
 }

@@ -22,7 +22,7 @@ use tangle_common::{
     KernelOffsets, MAX_CAPTURE, STAT_COUNT, Stat, SyscallNumbers,
 };
 
-use crate::btf::{Btf, BtfError, VMLINUX_BTF};
+use crate::capture::btf::{Btf, BtfError, VMLINUX_BTF};
 
 /// The compiled eBPF object, built by this crate's build script.
 static EBPF_OBJECT: &[u8] =

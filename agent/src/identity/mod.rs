@@ -17,6 +17,8 @@
 //! Only the two OpenTelemetry variables are read from the environment, and
 //! the command line is used for rules only: neither is exported.
 
+pub mod kubernetes;
+
 use std::{
     collections::HashMap,
     sync::{Arc, RwLock},
@@ -24,7 +26,7 @@ use std::{
 
 use crate::{
     config::NamingRule,
-    kubernetes::{Cluster, PodMeta},
+    identity::kubernetes::{Cluster, PodMeta},
 };
 
 /// Where a service name came from.
@@ -515,7 +517,7 @@ impl Identities {
             rules,
             cluster,
             known: HashMap::new(),
-            cgroup_root: crate::probe::cgroup2_root(),
+            cgroup_root: crate::capture::probe::cgroup2_root(),
             by_cgroup: HashMap::new(),
         }
     }

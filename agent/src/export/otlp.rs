@@ -400,7 +400,7 @@ mod tests {
         }
     }
     use crate::{
-        conntrack::Connection,
+        connections::Connection,
         spans::{SpanRecord, tests::ex},
     };
     use opentelemetry_proto::tonic::{

@@ -2,7 +2,9 @@
 //! collector is away the agent keeps capturing, memory stays bounded, and
 //! what is dropped is counted. The capture thread queues compact span
 //! records ([`crate::spans`]); the export thread encodes them
-//! ([`crate::otlp`]) and sends them.
+//! ([`crate::export::otlp`]) and sends them.
+
+pub mod otlp;
 
 use std::{
     sync::{
@@ -17,10 +19,10 @@ use tangle_throttle::Throttled;
 use tokio::sync::mpsc;
 
 use crate::{
-    conntrack::Connection,
+    connections::Connection,
+    exchanges::ExchangeSink,
+    export::otlp::{Batch, Encoder},
     link::Linker,
-    otlp::{Batch, Encoder},
-    pipeline::ExchangeSink,
     spans::{Outgoing, SpanRecord},
 };
 
