@@ -11,7 +11,7 @@ use tangle_common::{AF_INET, CloseReason, ConnEvent, DataHeader, Role, SockAddrs
 
 use crate::{
     capture::events::{Event, decode},
-    identity::{Identities, Identity},
+    identity::{Identities, Named},
 };
 
 /// A TCP connection seen from one process.
@@ -20,10 +20,9 @@ pub struct Connection {
     pub conn_id: u64,
     pub pid: u32,
     pub fd: u32,
-    /// The executable name (`comm`).
-    pub process: String,
-    /// Who the process is: its service name and where that came from.
-    pub identity: std::sync::Arc<Identity>,
+    /// Who the process is: its service name and where that came from,
+    /// filled in off the capture thread.
+    pub identity: std::sync::Arc<Named>,
     pub role: Role,
     /// For a client: the service at the remote address, when the cluster
     /// says (its end may be on a node this agent does not see).
@@ -35,6 +34,11 @@ pub struct Connection {
 }
 
 impl Connection {
+    /// The executable's name (resolved now if it is not yet).
+    pub fn process(&self) -> &str {
+        &self.identity.get().exe
+    }
+
     /// A connection of process 7 (`svc`) for unit tests.
     #[cfg(test)]
     pub(crate) fn sample(conn_id: u64, role: Role, local: &str, remote: &str) -> Self {
@@ -42,8 +46,7 @@ impl Connection {
             conn_id,
             pid: 7,
             fd: 3,
-            process: "svc".into(),
-            identity: std::sync::Arc::new(Identity::executable("svc")),
+            identity: Named::known(crate::identity::Identity::executable("svc")),
             peer_service: None,
             role,
             local: local.parse().expect("test address"),
@@ -122,6 +125,11 @@ pub struct ReaderStats {
     pub replaced: u64,
     /// Connections of Tangle's own processes, not followed.
     pub ignored: u64,
+    /// Processes named by the identity thread.
+    pub named_by_thread: u64,
+    /// Processes named where the name was first needed (before the
+    /// identity thread got to them, or without one).
+    pub named_on_demand: u64,
 }
 
 /// A connection the table let go of without a close from the kernel.
@@ -190,7 +198,10 @@ impl<S: Default> ConnTable<S> {
         let identity = self
             .identities
             .acquire(ev.tgid, &comm_str(&ev.comm), ev.cgroup_id);
-        if identity.tangle {
+        // Known already as Tangle's own (named on an earlier connection, or
+        // at once without an identity thread); otherwise found by the
+        // identity thread, and its spans dropped at export.
+        if identity.ready().is_some_and(|id| id.tangle) {
             self.identities.release(ev.tgid);
             self.ignored += 1;
             if self.ignored_new.len() < 1024 && !self.ignored_new.contains(&ev.tgid) {
@@ -207,7 +218,6 @@ impl<S: Default> ConnTable<S> {
             conn_id: ev.conn_id,
             pid: ev.tgid,
             fd: ev.fd,
-            process: identity.exe.clone(),
             identity,
             peer_service: (role == Role::Client)
                 .then(|| self.identities.peer(remote.ip()))
@@ -305,9 +315,19 @@ impl<S: Default> ConnTable<S> {
         dead.into_iter().filter_map(|id| self.close(id)).collect()
     }
 
-    /// Tangle's own processes seen with a connection since the last call.
+    /// Tangle's own processes seen with a connection since the last call
+    /// (at the open, or by the identity thread since).
     pub fn take_ignored(&mut self) -> Vec<u32> {
-        std::mem::take(&mut self.ignored_new)
+        let mut pids = std::mem::take(&mut self.ignored_new);
+        pids.extend(self.identities.take_tangle_found());
+        pids.sort_unstable();
+        pids.dedup();
+        pids
+    }
+
+    /// Counters of naming processes.
+    pub fn naming_stats(&self) -> crate::identity::NamingStats {
+        self.identities.stats()
     }
 
     pub fn len(&self) -> usize {
@@ -338,7 +358,10 @@ impl<S: Default> Connections<S> {
     }
 
     pub fn stats(&self) -> ReaderStats {
+        let naming = self.table.naming_stats();
         ReaderStats {
+            named_by_thread: naming.by_thread,
+            named_on_demand: naming.on_demand,
             connections: self.table.len() as u64,
             evicted: self.table.evicted,
             replaced: self.table.replaced,
@@ -447,6 +470,7 @@ pub fn close_reason(r: u8) -> &'static str {
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
+    use crate::identity::Identity;
 
     pub(crate) fn open_event(conn_id: u64, pid: u32) -> ConnEvent {
         let mut addrs = SockAddrs {
@@ -485,7 +509,7 @@ pub(crate) mod tests {
         let c = t.get(1).unwrap().clone();
         assert_eq!(c.local.to_string(), "127.0.0.1:40000");
         assert_eq!(c.remote.to_string(), "127.0.0.2:80");
-        assert_eq!(c.process, "worker");
+        assert_eq!(c.process(), "worker");
         assert!(t.open(&open_event(2, u32::MAX), &mut evicted));
         // 1 moved bytes since: 2 is the least recently active, and goes.
         assert!(t.touch(1, 10).is_some());

@@ -107,6 +107,12 @@ impl Page {
             "Connections the full userspace table forgot (least recently active) for new ones.",
             reader.evicted,
         );
+        self.counters(
+            "tangle_agent_processes_named_total",
+            "Processes named (service, pod, container): by the identity thread, or on demand where the name was needed first.",
+            "by",
+            [("thread", reader.named_by_thread), ("demand", reader.named_on_demand)],
+        );
         self.counter(
             "tangle_agent_conns_replaced_total",
             "Connections ended by a new open with their id before their close was seen.",

@@ -22,7 +22,8 @@ pub type SpanId = [u8; 8];
 /// A span and the process it belongs to (its OTLP resource).
 #[derive(Debug)]
 pub struct Outgoing {
-    pub identity: std::sync::Arc<crate::identity::Identity>,
+    /// Resolved where the span is encoded, off the capture thread.
+    pub identity: std::sync::Arc<crate::identity::Named>,
     pub span: SpanRecord,
 }
 

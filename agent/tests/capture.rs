@@ -111,11 +111,11 @@ fn curl_to_http_server_seen_from_both_processes() {
         .expect("the server's connection")
         .clone();
     let loopback = IpAddr::V4(Ipv4Addr::LOCALHOST);
-    assert_eq!(client.process, "curl");
+    assert_eq!(client.process(), "curl");
     assert!(
-        served.process.starts_with("python"),
+        served.process().starts_with("python"),
         "server process {}",
-        served.process
+        served.process()
     );
     assert_eq!(client.remote, format!("127.0.0.1:{port}").parse().unwrap());
     assert_eq!(client.local.ip(), loopback);
@@ -204,7 +204,7 @@ fn ipv6_keepalive_connection_to_nginx() {
     let server = cap
         .opens()
         .into_iter()
-        .find(|c| c.role == Role::Server && c.process == "nginx")
+        .find(|c| c.role == Role::Server && c.process() == "nginx")
         .expect("nginx worker's side")
         .clone();
     let v6 = IpAddr::V6(Ipv6Addr::LOCALHOST);

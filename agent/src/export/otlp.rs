@@ -280,8 +280,14 @@ pub struct Encoder {
 }
 
 impl Batch {
-    /// Encodes `o` into the batch.
+    /// Encodes `o` into the batch. A span of one of Tangle's own processes
+    /// (found by the identity thread after its first connection opened) is
+    /// left out: Tangle never traces itself.
     pub fn push(&mut self, o: Outgoing, enc: &mut Encoder) {
+        let identity = o.identity.get();
+        if identity.tangle {
+            return;
+        }
         enc.span.clear();
         SpanWriter {
             buf: &mut enc.span,
@@ -292,12 +298,12 @@ impl Batch {
         let at = match self
             .groups
             .iter()
-            .rposition(|g| Arc::ptr_eq(&g.identity, &o.identity))
+            .rposition(|g| Arc::ptr_eq(&g.identity, identity))
         {
             Some(at) => at,
             None => {
                 self.groups.push(Group {
-                    identity: o.identity,
+                    identity: identity.clone(),
                     bytes: Vec::new(),
                     ends: Vec::new(),
                 });
@@ -552,7 +558,7 @@ mod tests {
     fn a_batch_splits_into_halves_that_keep_their_processes() {
         let a = Connection::sample(1, Role::Client, "127.0.0.1:1", "127.0.0.1:80");
         let mut b_conn = a.clone();
-        b_conn.identity = Arc::new(Identity::executable("other"));
+        b_conn.identity = crate::identity::Named::known(Identity::executable("other"));
         let mut batch = Batch::default();
         let mut enc = Encoder::default();
         let mut ids = Vec::new();

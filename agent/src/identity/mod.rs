@@ -18,16 +18,13 @@
 //! the command line is used for rules only: neither is exported.
 
 pub mod kubernetes;
+mod resolver;
 
-use std::{
-    collections::HashMap,
-    sync::{Arc, RwLock},
-};
+pub use resolver::{Identities, Named, NamingStats};
 
-use crate::{
-    config::NamingRule,
-    identity::kubernetes::{Cluster, PodMeta},
-};
+use std::sync::Arc;
+
+use crate::{config::NamingRule, identity::kubernetes::PodMeta};
 
 /// Where a service name came from.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -486,137 +483,6 @@ fn cgroup_dir_of(root: &std::path::Path, id: u64) -> Option<std::path::PathBuf> 
         }
     }
     None
-}
-
-/// Identities by pid, kept while the process has open connections
-/// (counted, so a close costs no scan).
-pub struct Identities {
-    rules: Vec<NamingRule>,
-    cluster: Option<Arc<RwLock<Cluster>>>,
-    /// pid -> (identity, open connections).
-    known: HashMap<u32, (Arc<Identity>, usize)>,
-    /// The cgroup v2 mount, to find a cgroup by id.
-    cgroup_root: Option<std::path::PathBuf>,
-    /// Cgroup id -> what its path says, for processes gone before they
-    /// were looked at (short-lived clients).
-    by_cgroup: HashMap<u64, CgroupFacts>,
-}
-
-impl Default for Identities {
-    fn default() -> Self {
-        Self::new(Vec::new(), None)
-    }
-}
-
-impl Identities {
-    /// Most identities kept; past it the cache starts over.
-    const MAX: usize = 8192;
-
-    pub fn new(rules: Vec<NamingRule>, cluster: Option<Arc<RwLock<Cluster>>>) -> Self {
-        Self {
-            rules,
-            cluster,
-            known: HashMap::new(),
-            cgroup_root: crate::capture::probe::cgroup2_root(),
-            by_cgroup: HashMap::new(),
-        }
-    }
-
-    /// What the path of cgroup `id` says (cached).
-    fn cgroup_facts_by_id(&mut self, id: u64) -> CgroupFacts {
-        if let Some(f) = self.by_cgroup.get(&id) {
-            return f.clone();
-        }
-        let facts = self
-            .cgroup_root
-            .as_deref()
-            .and_then(|root| {
-                let dir = cgroup_dir_of(root, id)?;
-                let rel = dir.strip_prefix(root).ok()?;
-                Some(cgroup_facts(&format!("0::/{}\n", rel.display())))
-            })
-            .unwrap_or_default();
-        if self.by_cgroup.len() >= Self::MAX {
-            self.by_cgroup.clear();
-        }
-        self.by_cgroup.insert(id, facts.clone());
-        facts
-    }
-
-    /// The facts of `pid`; when it is gone, its cgroup's by id.
-    fn facts(&mut self, pid: u32, fallback: &str, cgroup_id: u64) -> ProcessFacts {
-        inspect(pid, fallback, || {
-            if cgroup_id == 0 {
-                CgroupFacts::default()
-            } else {
-                self.cgroup_facts_by_id(cgroup_id)
-            }
-        })
-    }
-
-    /// The pod of a process: by the pod uid in its cgroup path, else by
-    /// its container's id (layouts without the uid).
-    fn pod(&self, cgroup: &CgroupFacts) -> Option<Arc<PodMeta>> {
-        let cluster = self.cluster.as_ref()?.read().ok()?;
-        cgroup
-            .pod_uid
-            .as_deref()
-            .and_then(|uid| cluster.pod(uid))
-            .or_else(|| cluster.pod_of_container(&cgroup.container.as_ref()?.id))
-    }
-
-    /// Takes `identity` as `pid`'s, as if /proc had said so.
-    #[cfg(test)]
-    pub fn preset(&mut self, pid: u32, identity: Identity) {
-        self.known.insert(pid, (Arc::new(identity), 0));
-    }
-
-    /// The identity of `pid`, whose thread was in cgroup `cgroup_id`
-    /// (`fallback`: the kernel's name, if it is gone); counts one more open
-    /// connection of it.
-    pub fn acquire(&mut self, pid: u32, fallback: &str, cgroup_id: u64) -> Arc<Identity> {
-        if let Some((id, open)) = self.known.get_mut(&pid) {
-            *open += 1;
-            let id = id.clone();
-            // A pod the cluster did not list yet when the process was first seen.
-            if id.pod.is_none()
-                && (id.cgroup.pod_uid.is_some() || id.cgroup.container.is_some())
-                && let Some(pod) = self.pod(&id.cgroup)
-            {
-                let facts = self.facts(pid, fallback, cgroup_id);
-                let fresh = Arc::new(name(&self.rules, &facts, Some(&pod)));
-                if let Some(entry) = self.known.get_mut(&pid) {
-                    entry.0 = fresh.clone();
-                }
-                return fresh;
-            }
-            return id;
-        }
-        let facts = self.facts(pid, fallback, cgroup_id);
-        let pod = self.pod(&facts.cgroup);
-        let id = Arc::new(name(&self.rules, &facts, pod.as_ref()));
-        if self.known.len() >= Self::MAX {
-            self.known.clear();
-        }
-        self.known.insert(pid, (id.clone(), 1));
-        id
-    }
-
-    /// One connection of `pid` closed; its identity is dropped with the last.
-    pub fn release(&mut self, pid: u32) {
-        if let Some((_, open)) = self.known.get_mut(&pid) {
-            *open -= 1;
-            if *open == 0 {
-                self.known.remove(&pid);
-            }
-        }
-    }
-
-    /// The name of the service at `ip`, from the cluster (pods and
-    /// ClusterIP services on any node).
-    pub fn peer(&self, ip: std::net::IpAddr) -> Option<String> {
-        self.cluster.as_ref()?.read().ok()?.peer(ip)
-    }
 }
 
 #[cfg(test)]

@@ -230,7 +230,8 @@ pub fn capture(args: CaptureArgs, mode: Mode) -> anyhow::Result<()> {
             None => None,
         };
         let identities = match &mode {
-            Mode::Export(config) => Identities::new(
+            // Named off the capture thread: naming reads /proc and the cluster.
+            Mode::Export(config) => Identities::on_thread(
                 config.identity.rules.clone(),
                 kube.map(|k| {
                     tangle_agent::identity::kubernetes::watch(
@@ -238,7 +239,8 @@ pub fn capture(args: CaptureArgs, mode: Mode) -> anyhow::Result<()> {
                         config.identity.node_name.as_deref(),
                     )
                 }),
-            ),
+            )
+            .context("starting the identity thread")?,
             _ => Identities::default(),
         };
         let format = if args.json {

@@ -1,0 +1,376 @@
+//! Identities resolved off the capture thread. Naming a process reads
+//! /proc (its executable, command line, environment and cgroup), walks the
+//! cgroup tree and looks the pod up in the cluster's view: milliseconds the
+//! capture thread cannot spend per new process. So an open only asks: the
+//! connection holds a [`Named`] at once, the identity thread fills it in,
+//! and whoever needs the name first (the export thread encoding a span, the
+//! CLI printing a line) takes it, resolving it then if the identity thread
+//! has not yet.
+
+use std::{
+    collections::HashMap,
+    sync::{
+        Arc, Mutex, OnceLock, RwLock,
+        atomic::{AtomicU64, Ordering},
+        mpsc,
+    },
+};
+
+use super::{
+    CgroupFacts, Identity, ProcessFacts, cgroup_dir_of, cgroup_facts, inspect,
+    kubernetes::{Cluster, PodMeta},
+    name,
+};
+use crate::config::NamingRule;
+
+/// Most processes waiting for the identity thread; past it they are named
+/// on demand by whoever needs the name first.
+const QUEUE: usize = 4096;
+
+/// Most identities kept; past it the caches start over.
+const MAX: usize = 8192;
+
+/// What naming needs, shared by the identity thread and whoever resolves
+/// on demand.
+struct Naming {
+    rules: Vec<NamingRule>,
+    cluster: Option<Arc<RwLock<Cluster>>>,
+    /// The cgroup v2 mount, to find a cgroup by id.
+    cgroup_root: Option<std::path::PathBuf>,
+    /// Cgroup id -> what its path says, for processes gone before they
+    /// were looked at (short-lived clients).
+    by_cgroup: Mutex<HashMap<u64, CgroupFacts>>,
+    /// Tangle's own processes found, for the kernel side to stop following.
+    tangle_found: Mutex<Vec<u32>>,
+    /// Processes named by the identity thread, and on demand.
+    resolved_by_thread: AtomicU64,
+    resolved_on_demand: AtomicU64,
+}
+
+impl Naming {
+    /// What the path of cgroup `id` says (cached).
+    fn cgroup_facts_by_id(&self, id: u64) -> CgroupFacts {
+        if let Ok(cache) = self.by_cgroup.lock()
+            && let Some(f) = cache.get(&id)
+        {
+            return f.clone();
+        }
+        let facts = self
+            .cgroup_root
+            .as_deref()
+            .and_then(|root| {
+                let dir = cgroup_dir_of(root, id)?;
+                let rel = dir.strip_prefix(root).ok()?;
+                Some(cgroup_facts(&format!("0::/{}\n", rel.display())))
+            })
+            .unwrap_or_default();
+        if let Ok(mut cache) = self.by_cgroup.lock() {
+            if cache.len() >= MAX {
+                cache.clear();
+            }
+            cache.insert(id, facts.clone());
+        }
+        facts
+    }
+
+    /// The facts of `pid`; when it is gone, its cgroup's by id.
+    fn facts(&self, pid: u32, fallback: &str, cgroup_id: u64) -> ProcessFacts {
+        inspect(pid, fallback, || {
+            if cgroup_id == 0 {
+                CgroupFacts::default()
+            } else {
+                self.cgroup_facts_by_id(cgroup_id)
+            }
+        })
+    }
+
+    /// The pod of a process: by the pod uid in its cgroup path, else by
+    /// its container's id (layouts without the uid).
+    fn pod(&self, cgroup: &CgroupFacts) -> Option<Arc<PodMeta>> {
+        let cluster = self.cluster.as_ref()?.read().ok()?;
+        cgroup
+            .pod_uid
+            .as_deref()
+            .and_then(|uid| cluster.pod(uid))
+            .or_else(|| cluster.pod_of_container(&cgroup.container.as_ref()?.id))
+    }
+
+    fn resolve(&self, n: &Named) -> Arc<Identity> {
+        let facts = self.facts(n.pid, &n.comm, n.cgroup_id);
+        let pod = self.pod(&facts.cgroup);
+        let identity = Arc::new(name(&self.rules, &facts, pod.as_ref()));
+        if identity.tangle
+            && let Ok(mut found) = self.tangle_found.lock()
+            && found.len() < 1024
+            && !found.contains(&n.pid)
+        {
+            found.push(n.pid);
+        }
+        identity
+    }
+}
+
+/// A process's identity as its connections hold it: asked for at the
+/// open, filled in off the capture thread.
+pub struct Named {
+    pid: u32,
+    /// The kernel's name for it, if it is gone before it is looked at.
+    comm: String,
+    cgroup_id: u64,
+    identity: OnceLock<Arc<Identity>>,
+    naming: Arc<Naming>,
+}
+
+impl std::fmt::Debug for Named {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Named")
+            .field("pid", &self.pid)
+            .field("identity", &self.identity.get())
+            .finish()
+    }
+}
+
+impl PartialEq for Named {
+    fn eq(&self, other: &Self) -> bool {
+        self.pid == other.pid && self.identity.get() == other.identity.get()
+    }
+}
+
+impl Eq for Named {}
+
+impl Named {
+    /// An identity known already (tests, and processes named without /proc).
+    pub fn known(identity: Identity) -> Arc<Self> {
+        let named = Self {
+            pid: 0,
+            comm: identity.exe.clone(),
+            cgroup_id: 0,
+            identity: OnceLock::new(),
+            naming: Arc::new(Naming::new(Vec::new(), None)),
+        };
+        let _ = named.identity.set(Arc::new(identity));
+        Arc::new(named)
+    }
+
+    /// The identity, resolved now if the identity thread has not yet (it
+    /// then waits for the thread's answer rather than read /proc twice).
+    pub fn get(&self) -> &Arc<Identity> {
+        self.identity.get_or_init(|| {
+            self.naming
+                .resolved_on_demand
+                .fetch_add(1, Ordering::Relaxed);
+            self.naming.resolve(self)
+        })
+    }
+
+    /// The identity, if it is resolved already.
+    pub fn ready(&self) -> Option<&Arc<Identity>> {
+        self.identity.get()
+    }
+}
+
+impl Naming {
+    fn new(rules: Vec<NamingRule>, cluster: Option<Arc<RwLock<Cluster>>>) -> Self {
+        Self {
+            rules,
+            cluster,
+            cgroup_root: crate::capture::probe::cgroup2_root(),
+            by_cgroup: Mutex::new(HashMap::new()),
+            tangle_found: Mutex::new(Vec::new()),
+            resolved_by_thread: AtomicU64::new(0),
+            resolved_on_demand: AtomicU64::new(0),
+        }
+    }
+}
+
+/// Counters of naming.
+#[derive(Clone, Copy, Debug, Default, serde::Serialize)]
+pub struct NamingStats {
+    /// Processes named by the identity thread.
+    pub by_thread: u64,
+    /// Processes named where the name was first needed, before the
+    /// identity thread got to them (or without one).
+    pub on_demand: u64,
+}
+
+/// The capture thread's side: the identity of each process with open
+/// connections, by pid (counted, so a close costs no scan).
+pub struct Identities {
+    naming: Arc<Naming>,
+    /// pid -> (identity, open connections).
+    known: HashMap<u32, (Arc<Named>, usize)>,
+    /// To the identity thread; without one, a process is named when its
+    /// connection opens.
+    queue: Option<mpsc::SyncSender<Arc<Named>>>,
+}
+
+impl Default for Identities {
+    fn default() -> Self {
+        Self::new(Vec::new(), None)
+    }
+}
+
+impl Identities {
+    /// Identities named on the capture thread, at each process's first
+    /// open: for the CLI's `capture` and `exchanges`, and tests.
+    pub fn new(rules: Vec<NamingRule>, cluster: Option<Arc<RwLock<Cluster>>>) -> Self {
+        Self {
+            naming: Arc::new(Naming::new(rules, cluster)),
+            known: HashMap::new(),
+            queue: None,
+        }
+    }
+
+    /// Identities named on a thread of their own ("identity").
+    pub fn on_thread(
+        rules: Vec<NamingRule>,
+        cluster: Option<Arc<RwLock<Cluster>>>,
+    ) -> std::io::Result<Self> {
+        let naming = Arc::new(Naming::new(rules, cluster));
+        let (tx, rx) = mpsc::sync_channel::<Arc<Named>>(QUEUE);
+        let shared = naming.clone();
+        std::thread::Builder::new()
+            .name("identity".into())
+            .spawn(move || {
+                // Ends when the capture side lets go of the queue.
+                while let Ok(named) = rx.recv() {
+                    named.identity.get_or_init(|| {
+                        shared.resolved_by_thread.fetch_add(1, Ordering::Relaxed);
+                        shared.resolve(&named)
+                    });
+                }
+            })?;
+        Ok(Self {
+            naming,
+            known: HashMap::new(),
+            queue: Some(tx),
+        })
+    }
+
+    /// Takes `identity` as `pid`'s, as if /proc had said so.
+    #[cfg(test)]
+    pub fn preset(&mut self, pid: u32, identity: Identity) {
+        self.known.insert(pid, (Named::known(identity), 0));
+    }
+
+    /// The identity of `pid`, whose thread was in cgroup `cgroup_id`
+    /// (`comm`: the kernel's name, if it is gone); counts one more open
+    /// connection of it.
+    pub fn acquire(&mut self, pid: u32, comm: &str, cgroup_id: u64) -> Arc<Named> {
+        if let Some((named, open)) = self.known.get_mut(&pid) {
+            *open += 1;
+            // A pod the cluster did not list yet when the process was
+            // named: asked again once the cluster knows it (a map lookup).
+            let naming = &self.naming;
+            let stale = named.ready().is_some_and(|id| {
+                id.pod.is_none()
+                    && (id.cgroup.pod_uid.is_some() || id.cgroup.container.is_some())
+                    && naming.pod(&id.cgroup).is_some()
+            });
+            if !stale {
+                return named.clone();
+            }
+        }
+        let named = self.ask(pid, comm, cgroup_id);
+        match self.known.get_mut(&pid) {
+            Some((known, _)) => *known = named.clone(),
+            None => {
+                if self.known.len() >= MAX {
+                    self.known.clear();
+                }
+                self.known.insert(pid, (named.clone(), 1));
+            }
+        }
+        named
+    }
+
+    /// A new [`Named`] for `pid`, queued to the identity thread (or named
+    /// now, without one).
+    fn ask(&self, pid: u32, comm: &str, cgroup_id: u64) -> Arc<Named> {
+        let named = Arc::new(Named {
+            pid,
+            comm: comm.to_owned(),
+            cgroup_id,
+            identity: OnceLock::new(),
+            naming: self.naming.clone(),
+        });
+        match &self.queue {
+            // Queue full or thread gone: named on demand, later.
+            Some(q) => {
+                let _ = q.try_send(named.clone());
+            }
+            None => {
+                named.get();
+            }
+        }
+        named
+    }
+
+    /// One connection of `pid` closed; its identity is dropped with the last.
+    pub fn release(&mut self, pid: u32) {
+        if let Some((_, open)) = self.known.get_mut(&pid) {
+            *open = open.saturating_sub(1);
+            if *open == 0 {
+                self.known.remove(&pid);
+            }
+        }
+    }
+
+    /// The name of the service at `ip`, from the cluster (pods and
+    /// ClusterIP services on any node).
+    pub fn peer(&self, ip: std::net::IpAddr) -> Option<String> {
+        self.naming.cluster.as_ref()?.read().ok()?.peer(ip)
+    }
+
+    /// Tangle's own processes found since the last call.
+    pub fn take_tangle_found(&self) -> Vec<u32> {
+        self.naming
+            .tangle_found
+            .lock()
+            .map(|mut f| std::mem::take(&mut *f))
+            .unwrap_or_default()
+    }
+
+    pub fn stats(&self) -> NamingStats {
+        NamingStats {
+            by_thread: self.naming.resolved_by_thread.load(Ordering::Relaxed),
+            on_demand: self.naming.resolved_on_demand.load(Ordering::Relaxed),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// On its own thread: the open gets its handle at once, the thread
+    /// names the process, and the handle then says who it is.
+    #[test]
+    fn named_off_the_opening_thread() {
+        let mut ids = Identities::on_thread(Vec::new(), None).unwrap();
+        let me = std::process::id();
+        let named = ids.acquire(me, "fallback", 0);
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while named.ready().is_none() && std::time::Instant::now() < deadline {
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        let id = named.ready().expect("named by the identity thread");
+        assert_ne!(id.exe, "fallback", "read from /proc, not the comm");
+        assert_eq!(ids.stats().by_thread, 1);
+        assert_eq!(ids.stats().on_demand, 0);
+        // The same process's next connection shares it.
+        assert!(Arc::ptr_eq(&ids.acquire(me, "fallback", 0), &named));
+        ids.release(me);
+        ids.release(me);
+        assert!(ids.known.is_empty());
+    }
+
+    /// A process gone before it is looked at keeps the kernel's name.
+    #[test]
+    fn named_on_demand_when_needed_first() {
+        let mut ids = Identities::default();
+        let named = ids.acquire(u32::MAX, "worker", 0);
+        assert_eq!(named.get().exe, "worker");
+        assert_eq!(ids.stats().on_demand, 1);
+    }
+}
