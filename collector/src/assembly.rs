@@ -38,7 +38,7 @@ fn live(pending: &Map<TraceId, Box<Pending>>, stamp: u64, id: &TraceId) -> bool 
 /// Spans one trace may hold, by default.
 pub const DEFAULT_MAX_TRACE_SPANS: usize = 10_000;
 
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, serde::Deserialize)]
 pub struct AssemblyStats {
     pub spans: u64,
     pub duplicates: u64,

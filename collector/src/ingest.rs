@@ -13,9 +13,9 @@ use crate::{
     assembly::Assembler,
     chains::analyze_to_depth,
     intake::Batch,
+    intake::otlp::MappingStats,
     model::{Finding, Model},
     names::Names,
-    otlp::MappingStats,
     span::Span,
 };
 

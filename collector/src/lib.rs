@@ -25,8 +25,6 @@ pub mod intake;
 pub mod metrics;
 pub mod model;
 pub mod names;
-pub mod otlp;
 pub mod report;
 pub mod server;
 pub mod span;
-pub mod tls;

@@ -139,7 +139,7 @@ impl DbKey {
     }
 }
 
-#[derive(Clone, Debug, Default, Serialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, serde::Deserialize)]
 pub struct TableUse {
     pub reads: u64,
     pub writes: u64,
@@ -193,7 +193,7 @@ pub const LATENCY_BUCKETS: [f64; 12] = [
 
 /// A latency histogram: counts per bucket of [`LATENCY_BUCKETS`] (the last
 /// slot is +Inf), and the sum.
-#[derive(Clone, Debug, Default, Serialize)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, serde::Deserialize)]
 pub struct Latency {
     pub buckets: [u64; 13],
     pub sum_seconds: f64,

@@ -136,73 +136,27 @@ impl Collector {
         text
     }
 
-    pub fn api(&self, what: &str) -> Option<serde_json::Value> {
+    /// The JSON of `/api/{what}`, from the types of [`crate::api`].
+    pub fn api(&self, what: &str) -> Option<String> {
+        use crate::api::{ChainsPage, DatabasesPage, FindingsPage, GraphPage, Links};
         let inner = self.lock();
         let m = &inner.model;
-        Some(match what {
-            "chains" => serde_json::json!({
-                "chains": m.chains.iter().map(|(sig, c)| serde_json::json!({
-                    "signature": sig, "entry": c.entry, "hops": c.hops, "depth": c.depth, "traces": c.traces,
-                    "inferred_traces": c.inferred_traces,
-                    "first_seen_ns": c.first_seen_ns, "example_trace": c.example_trace, "new": c.new,
-                })).collect::<Vec<_>>(),
-                "entries": m.entries.iter().map(|(e, s)| serde_json::json!({
-                    "entry": e, "traces": s.traces, "max_depth": s.max_depth, "p95_depth": s.p95_depth(),
-                    "max_fan_out": s.max_fan_out, "closure": s.closure, "availability": m.availability(&s.closure),
-                })).collect::<Vec<_>>(),
-            }),
+        match what {
+            "chains" => serde_json::to_string(&ChainsPage::of(m)),
             "graph" => {
-                let edge = |(c, s): &(String, String), e: &crate::model::EdgeStats, kind: &str| {
-                    serde_json::json!({
-                        "client": c, "server": s, "kind": kind, "sync": kind != "async", "protocols": e.protocols,
-                        "calls": e.calls, "failed": e.callee_failures, "propagated": e.propagated,
-                        "max_calls_per_request": e.max_calls_per_trace,
-                        "client_seconds": e.client_latency, "server_seconds": e.server_latency,
-                        "exact": e.exact, "inferred": e.inferred,
-                    })
-                };
-                // Edges by kind: service to service (sync), a pure client to
-                // the service it calls (client), publisher to topic and topic
-                // to consumer (async), service to database or cache (data).
-                let mut edges: Vec<serde_json::Value> =
-                    m.edges.iter().map(|(k, e)| edge(k, e, "sync")).collect();
-                edges.extend(m.client_edges.iter().map(|(k, e)| edge(k, e, "client")));
-                edges.extend(m.async_edges.iter().map(|(k, e)| edge(k, e, "async")));
-                edges.extend(m.db_edges.iter().map(|(k, e)| edge(k, e, "data")));
-                let nodes: Vec<serde_json::Value> = m
-                    .nodes()
-                    .into_iter()
-                    .map(|(name, kind)| {
-                        let s = m.services.get(&name);
-                        serde_json::json!({
-                            "name": name, "kind": kind.as_str(),
-                            "served": s.map(|s| s.served), "faults": s.map(|s| s.failed),
-                            "success_rate": s.and_then(|s| s.success_rate()),
-                        })
-                    })
-                    .collect();
-                serde_json::json!({
-                    "nodes": nodes,
-                    "edges": edges,
-                    "assembly": inner.assembler.stats,
-                    "mapping": inner.mapping,
-                })
+                serde_json::to_string(&GraphPage::of(m, inner.assembler.stats, inner.mapping))
             }
-            "databases" => serde_json::json!({
-                "databases": m.databases.iter().map(|(db, users)| serde_json::json!({
-                    "database": db.name(), "system": db.system, "owner": m.owner(db), "accessors": users,
-                })).collect::<Vec<_>>(),
-            }),
+            "databases" => serde_json::to_string(&DatabasesPage::of(m)),
             "findings" => {
                 let (exact, inferred) = m.links();
-                serde_json::to_value(crate::api::FindingsPage {
+                serde_json::to_string(&FindingsPage {
                     findings: std::borrow::Cow::Borrowed(&inner.findings[..]),
-                    links: Some(crate::api::Links { exact, inferred }),
+                    links: Some(Links { exact, inferred }),
                 })
-                .ok()?
             }
             _ => return None,
-        })
+        }
+        .ok()
     }
 }
 
@@ -225,11 +179,7 @@ async fn api(
         )
             .into_response();
     };
-    let page = c
-        .page(name, move |c| {
-            c.api(name).map(|v| v.to_string()).unwrap_or_default()
-        })
-        .await;
+    let page = c.page(name, move |c| c.api(name).unwrap_or_default()).await;
     ([(header::CONTENT_TYPE, "application/json")], page).into_response()
 }
 
@@ -294,7 +244,11 @@ pub async fn run(
         );
     }
     let auth = Auth::new(token);
-    let tls = config.tls.as_ref().map(crate::tls::configs).transpose()?;
+    let tls = config
+        .tls
+        .as_ref()
+        .map(crate::intake::tls::configs)
+        .transpose()?;
     let grpc_listener = bind(config.otlp_grpc, "OTLP/gRPC").await?;
     let http_listener = bind(config.otlp_http, "OTLP/HTTP").await?;
     let api_listener = bind(config.http, "metrics and API").await?;

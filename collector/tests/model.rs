@@ -16,8 +16,8 @@ use support::*;
 use tangle_collector::{
     baseline::Baseline,
     chains::analyze,
+    intake::otlp::{MappingStats, map_request},
     model::{Finding, Model, Thresholds},
-    otlp::{MappingStats, map_request},
     span::{Peer, SpanKind},
 };
 

@@ -90,6 +90,24 @@ fn otlp_in_findings_and_metrics_out_and_the_baseline_survives() {
             ("pricing", "service")
         ]
     );
+    // The pages read back as the API's types, as `report` and clients read them.
+    let typed: tangle_collector::api::GraphPage = serde_json::from_value(graph).unwrap();
+    assert_eq!(typed.edges.len(), 2);
+    assert!(
+        typed
+            .edges
+            .iter()
+            .all(|e| e.kind == tangle_collector::api::EdgeKind::Sync
+                && e.sync
+                && e.client_seconds.count == 3)
+    );
+    let typed: tangle_collector::api::ChainsPage =
+        serde_json::from_value(get_json(c.http, "/api/chains")).unwrap();
+    assert_eq!(typed.chains.len(), 1);
+    assert_eq!(typed.entries[0].closure.len(), 3, "{:?}", typed.entries);
+    let typed: tangle_collector::api::DatabasesPage =
+        serde_json::from_value(get_json(c.http, "/api/databases")).unwrap();
+    assert!(typed.databases.is_empty(), "no database spans: {typed:?}");
     let (_, metrics) = request(c.http, "GET", "/metrics", "text/plain", b"").unwrap();
     let metrics = String::from_utf8(metrics).unwrap();
     assert!(

@@ -9,7 +9,7 @@ use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use prost::Message as _;
 use tangle_collector::{
     intake::decode::decode_protobuf,
-    otlp::{MappingStats, map_request},
+    intake::otlp::{MappingStats, map_request},
 };
 use tangle_collector_fuzz::ingest;
 

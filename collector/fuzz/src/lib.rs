@@ -6,7 +6,7 @@ use tangle_collector::{
     assembly::Assembler,
     chains::analyze,
     names::Names,
-    otlp::{MappingStats, map_request},
+    intake::otlp::{MappingStats, map_request},
     span::Span,
 };
 

@@ -17,7 +17,7 @@ use opentelemetry_proto::tonic::{
 };
 
 use crate::{
-    otlp::{Attrs, MappingStats, Slot, SpanView, Value, map_into, service_name},
+    intake::otlp::{Attrs, MappingStats, Slot, SpanView, Value, map_into, service_name},
     span::Span,
 };
 
@@ -344,7 +344,7 @@ pub fn decode_json(body: &[u8], limit: usize) -> Result<ExportTraceServiceReques
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::otlp::map_request;
+    use crate::intake::otlp::map_request;
     use opentelemetry_proto::tonic::{
         common::v1::{ArrayValue, any_value::Value as V},
         trace::v1::Status,

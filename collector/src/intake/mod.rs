@@ -14,6 +14,8 @@ pub mod auth;
 pub mod decode;
 pub mod grpc;
 pub mod http;
+pub mod otlp;
+pub mod tls;
 
 use std::{
     sync::{
@@ -27,10 +29,8 @@ use std::{
 use serde::Deserialize;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
-use crate::{
-    otlp::{MappingStats, map_request},
-    span::Span,
-};
+use self::otlp::{MappingStats, map_request};
+use crate::span::Span;
 
 /// What the receivers take, and how long they wait. Every refusal is
 /// counted in `tangle_intake_refused_total{receiver, reason}` (the reason

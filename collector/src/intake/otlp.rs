@@ -25,7 +25,7 @@ use crate::{
 };
 
 /// Spans rejected while mapping, and why; counted, never fatal.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct MappingStats {
     pub accepted: u64,
     /// Trace or span ids of the wrong length (or all zero).
