@@ -1,11 +1,10 @@
 //! The agent's own metrics in the Prometheus text format: events, lost
 //! events, connections, parse errors per protocol, spans exported and
 //! dropped. The capture loop renders the page once a second; the HTTP
-//! server only hands out the last one, so a scrape never touches the hot
-//! path.
+//! server, on a thread of its own, only hands out the last one, so a
+//! scrape never touches the hot path.
 
 use std::{
-    fmt::Write as _,
     net::SocketAddr,
     sync::{Arc, Mutex, atomic::Ordering},
 };
@@ -30,23 +29,18 @@ pub enum MetricsError {
     Thread(#[source] std::io::Error),
 }
 
-/// A Prometheus text page being written.
+/// The agent's metrics page being built (one exposition with the
+/// collector's: [`tangle_exposition`]).
 #[derive(Default)]
-pub struct Page(pub String);
+pub struct Page(tangle_exposition::Page);
 
 impl Page {
-    fn family(&mut self, name: &str, kind: &str, help: &str) {
-        let _ = writeln!(self.0, "# HELP {name} {help}\n# TYPE {name} {kind}");
-    }
-
     pub fn counter(&mut self, name: &str, help: &str, value: u64) {
-        self.family(name, "counter", help);
-        let _ = writeln!(self.0, "{name} {value}");
+        self.0.counter(name, help, value);
     }
 
     pub fn gauge(&mut self, name: &str, help: &str, value: u64) {
-        self.family(name, "gauge", help);
-        let _ = writeln!(self.0, "{name} {value}");
+        self.0.gauge(name, help, value as f64);
     }
 
     /// A counter family with one `label` (values sorted, so pages compare).
@@ -57,12 +51,7 @@ impl Page {
         label: &str,
         values: impl IntoIterator<Item = (&'a str, u64)>,
     ) {
-        let mut values: Vec<_> = values.into_iter().collect();
-        values.sort_unstable();
-        self.family(name, "counter", help);
-        for (l, v) in values {
-            let _ = writeln!(self.0, "{name}{{{label}=\"{l}\"}} {v}");
-        }
+        self.0.counters(name, help, label, values);
     }
 
     /// The capture's own counters.
@@ -253,7 +242,7 @@ impl Shared {
             self.conns.outcomes(),
         );
         if let Ok(mut p) = self.page.lock() {
-            *p = page.0.into();
+            *p = page.0.render().into();
         }
         self.ready.store(true, std::sync::atomic::Ordering::Relaxed);
     }

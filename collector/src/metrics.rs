@@ -2,9 +2,9 @@
 //! scrape. Cardinality is bounded by services, entry operations and chain
 //! signatures; chain details are in the JSON API.
 
-use std::fmt::Write as _;
-
 use std::sync::atomic::Ordering;
+
+use tangle_exposition::{Kind, Page};
 
 use crate::{
     ingest::State,
@@ -12,53 +12,59 @@ use crate::{
     model::{LATENCY_BUCKETS, Latency},
 };
 
-fn escape(v: &str) -> String {
-    v.replace('\\', "\\\\")
-        .replace('"', "\\\"")
-        .replace('\n', "\\n")
+/// A sample's value, as the exposition takes it.
+trait Sample: Copy {
+    fn f64(self) -> f64;
 }
 
-fn labels(pairs: &[(&str, &str)]) -> String {
-    let inner: Vec<String> = pairs
-        .iter()
-        .map(|(k, v)| format!("{k}=\"{}\"", escape(v)))
-        .collect();
-    format!("{{{}}}", inner.join(","))
-}
-
-struct Out(String);
-
-impl Out {
-    fn head(&mut self, name: &str, kind: &str, help: &str) {
-        let _ = writeln!(self.0, "# HELP {name} {help}\n# TYPE {name} {kind}");
+impl Sample for u64 {
+    fn f64(self) -> f64 {
+        self as f64
     }
-    fn line(&mut self, name: &str, l: &[(&str, &str)], v: impl std::fmt::Display) {
-        let l = if l.is_empty() {
-            String::new()
-        } else {
-            labels(l)
+}
+
+impl Sample for usize {
+    fn f64(self) -> f64 {
+        self as f64
+    }
+}
+
+impl Sample for f64 {
+    fn f64(self) -> f64 {
+        self
+    }
+}
+
+/// The page, written family head first, then its samples.
+struct Out<'a>(&'a mut Page);
+
+impl Out<'_> {
+    fn head(&mut self, name: &str, kind: &str, help: &str) {
+        let kind = match kind {
+            "counter" => Kind::Counter,
+            "histogram" => Kind::Histogram,
+            _ => Kind::Gauge,
         };
-        let _ = writeln!(self.0, "{name}{l} {v}");
+        self.0.family(name, kind, help);
+    }
+    fn line(&mut self, name: &str, l: &[(&str, &str)], v: impl Sample) {
+        self.0.sample(name, l, v.f64());
     }
     fn histogram(&mut self, name: &str, l: &[(&str, &str)], h: &Latency) {
-        let mut cumulative = 0;
-        for (i, n) in h.buckets.iter().enumerate() {
-            cumulative += n;
-            let le = LATENCY_BUCKETS
-                .get(i)
-                .map_or("+Inf".to_owned(), |b| b.to_string());
-            let mut with = l.to_vec();
-            with.push(("le", &le));
-            self.line(&format!("{name}_bucket"), &with, cumulative);
-        }
-        self.line(&format!("{name}_sum"), l, h.sum_seconds);
-        self.line(&format!("{name}_count"), l, h.count);
+        self.0.histogram(
+            name,
+            l,
+            &LATENCY_BUCKETS,
+            &h.buckets,
+            h.sum_seconds,
+            h.count,
+        );
     }
 }
 
 /// The receivers' counters: connections and refusals by reason.
-pub fn intake(text: &mut String, stats: &IntakeStats, queued_spans: usize) {
-    let mut o = Out(std::mem::take(text));
+pub fn intake(page: &mut Page, stats: &IntakeStats, queued_spans: usize) {
+    let mut o = Out(page);
     let receivers = [
         ("otlp_grpc", Some(&stats.grpc), &*stats.grpc.conns),
         ("otlp_http", Some(&stats.http), &*stats.http.conns),
@@ -132,12 +138,19 @@ pub fn intake(text: &mut String, stats: &IntakeStats, queued_spans: usize) {
         "Spans received and waiting to be assembled.",
     );
     o.line("tangle_intake_queued_spans", &[], queued_spans);
-    *text = o.0;
 }
 
+/// The model's page alone.
 pub fn render(state: &State) -> String {
+    let mut page = Page::default();
+    model(state, &mut page);
+    page.render()
+}
+
+/// The model's families: spans, traces, chains, edges, databases, findings.
+pub fn model(state: &State, page: &mut Page) {
     let (model, assembly, mapping) = (&state.model, &state.assembler.stats, &state.mapping);
-    let mut o = Out(String::new());
+    let mut o = Out(page);
     o.head(
         "tangle_spans_received_total",
         "counter",
@@ -374,7 +387,7 @@ pub fn render(state: &State) -> String {
         "Distributed-monolith findings now, by kind (details: /api/findings).",
     );
     for (k, n) in &by_kind {
-        o.line("tangle_findings", &[("kind", k)], n);
+        o.line("tangle_findings", &[("kind", k)], *n);
     }
 
     // Grafana's service graph, as Tempo and Beyla expose it: service to
@@ -467,5 +480,4 @@ pub fn render(state: &State) -> String {
             &e.server_latency,
         );
     }
-    o.0
 }

@@ -131,9 +131,10 @@ impl Collector {
 
     pub fn metrics(&self) -> String {
         let inner = self.lock();
-        let mut text = metrics::render(&inner);
-        metrics::intake(&mut text, &self.intake, (self.queued)());
-        text
+        let mut page = tangle_exposition::Page::default();
+        metrics::model(&inner, &mut page);
+        metrics::intake(&mut page, &self.intake, (self.queued)());
+        page.render()
     }
 
     /// The JSON of `/api/{what}`, from the types of [`crate::api`].
