@@ -98,7 +98,7 @@ impl Page {
         );
         self.counters(
             "tangle_agent_processes_named_total",
-            "Processes named (service, pod, container): by the identity thread, or on demand where the name was needed first.",
+            "Times a process was named (service, pod, container): by the identity thread (run), or at the open (capture, exchanges).",
             "by",
             [("thread", reader.named_by_thread), ("demand", reader.named_on_demand)],
         );
@@ -212,6 +212,21 @@ impl Page {
             "tangle_agent_spans_given_up_total",
             "Spans dropped after their batch was retried for a minute.",
             e.given_up.load(Ordering::Relaxed),
+        );
+        self.counter(
+            "tangle_agent_spans_own_total",
+            "Spans of Tangle's own processes, left out (found so after their first connection).",
+            e.own.load(Ordering::Relaxed),
+        );
+        self.counter(
+            "tangle_agent_spans_unnamed_total",
+            "Spans dropped because their process was not named in time (rather than sent under a wrong name).",
+            e.unnamed.load(Ordering::Relaxed),
+        );
+        self.gauge(
+            "tangle_agent_spans_naming",
+            "Spans waiting now for their process to be named.",
+            e.naming.load(Ordering::Relaxed),
         );
         self.counter(
             "tangle_agent_export_batches_split_total",

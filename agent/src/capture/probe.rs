@@ -553,7 +553,13 @@ impl Probe {
     /// has (Tangle's own processes). Fails when the kernel's table of them
     /// is full: the process is then traced (counted, logged by the caller).
     pub fn ignore_process(&mut self, tgid: u32) -> Result<(), ProbeError> {
+        use crate::identity::{executable_file, is_tangle};
         if !self.ignored.contains_key(&tgid) {
+            // Checked again here: a pid found Tangle's a moment ago may be
+            // another process's by now.
+            if !executable_file(tgid).is_some_and(|f| is_tangle(&f)) {
+                return Ok(());
+            }
             let Some(started) = process_start(tgid) else {
                 // Gone already: nothing left to ignore.
                 return Ok(());

@@ -43,6 +43,14 @@ pub struct ExportStats {
     pub split: AtomicU64,
     /// Outbound calls held now, waiting for the request they may belong to.
     pub held: AtomicU64,
+    /// Spans of Tangle's own processes (found so after their first
+    /// connection opened): left out, never exported.
+    pub own: AtomicU64,
+    /// Spans whose process the identity thread did not name in time
+    /// ([`NAME_WAIT`]): dropped rather than exported under a wrong name.
+    pub unnamed: AtomicU64,
+    /// Spans waiting now for their process's name.
+    pub naming: AtomicU64,
 }
 
 impl ExportStats {
@@ -56,6 +64,9 @@ impl ExportStats {
             "given_up": self.given_up.load(Ordering::Relaxed),
             "split": self.split.load(Ordering::Relaxed),
             "held": self.held.load(Ordering::Relaxed),
+            "own": self.own.load(Ordering::Relaxed),
+            "unnamed": self.unnamed.load(Ordering::Relaxed),
+            "naming": self.naming.load(Ordering::Relaxed),
         })
     }
 }
@@ -355,24 +366,108 @@ impl Incoming {
 /// Up to [`MAX_BATCH`] spans or [`MAX_BATCH_BYTES`] encoded: what is
 /// queued now, then what comes within [`BATCH_WAIT`] of the first. None
 /// once the queue is closed and empty.
-async fn next_batch(rx: &mut Incoming, enc: &mut Encoder) -> Option<Batch> {
-    let mut batch = Batch::default();
-    batch.push(rx.recv().await?, enc);
-    let deadline = tokio::time::Instant::now() + BATCH_WAIT;
-    while (batch.spans as usize) < MAX_BATCH && batch.bytes < MAX_BATCH_BYTES {
-        let next = match rx.try_recv() {
-            Ok(o) => o,
-            Err(mpsc::error::TryRecvError::Disconnected) => break,
-            Err(mpsc::error::TryRecvError::Empty) => {
-                match tokio::time::timeout_at(deadline, rx.recv()).await {
-                    Ok(Some(o)) => o,
-                    _ => break,
-                }
+/// How long a span waits for its process to be named before it is
+/// dropped (counted in [`ExportStats::unnamed`]).
+pub const NAME_WAIT: Duration = Duration::from_secs(10);
+
+/// Most spans waiting for their process's name; past it the oldest go.
+const MAX_UNNAMED: usize = 65_536;
+
+/// How often spans waiting for a name are looked at when nothing else comes.
+const NAME_POLL: Duration = Duration::from_millis(20);
+
+/// Spans whose process the identity thread has not named yet. The export
+/// thread never names a process itself (that reads /proc, which a hostile
+/// process can make slow): it waits for the name, a while.
+#[derive(Default)]
+struct Unnamed(std::collections::VecDeque<(tokio::time::Instant, Outgoing)>);
+
+impl Unnamed {
+    /// Puts `o` in `batch` if its process is named (left out if it is
+    /// Tangle's own), else waits with it.
+    fn place(&mut self, o: Outgoing, batch: &mut Batch, enc: &mut Encoder, stats: &ExportStats) {
+        match o.identity.ready().cloned() {
+            Some(id) if id.tangle => {
+                stats.own.fetch_add(1, Ordering::Relaxed);
             }
-        };
-        batch.push(next, enc);
+            Some(id) => batch.push(o, &id, enc),
+            None => {
+                if self.0.len() >= MAX_UNNAMED && self.0.pop_front().is_some() {
+                    stats.unnamed.fetch_add(1, Ordering::Relaxed);
+                }
+                self.0.push_back((tokio::time::Instant::now(), o));
+            }
+        }
+        stats.naming.store(self.0.len() as u64, Ordering::Relaxed);
     }
-    Some(batch)
+
+    /// Moves the spans named since into `batch`; drops those past
+    /// [`NAME_WAIT`] as of `now`.
+    fn release(
+        &mut self,
+        now: tokio::time::Instant,
+        batch: &mut Batch,
+        enc: &mut Encoder,
+        stats: &ExportStats,
+    ) {
+        if self.0.is_empty() {
+            return;
+        }
+        for (since, o) in std::mem::take(&mut self.0) {
+            if o.identity.ready().is_none() && now.duration_since(since) > NAME_WAIT {
+                stats.unnamed.fetch_add(1, Ordering::Relaxed);
+                continue;
+            }
+            if o.identity.ready().is_none() {
+                self.0.push_back((since, o));
+                continue;
+            }
+            self.place(o, batch, enc, stats);
+        }
+        stats.naming.store(self.0.len() as u64, Ordering::Relaxed);
+    }
+}
+
+async fn next_batch(
+    rx: &mut Incoming,
+    enc: &mut Encoder,
+    unnamed: &mut Unnamed,
+    stats: &ExportStats,
+) -> Option<Batch> {
+    loop {
+        let mut batch = Batch::default();
+        unnamed.release(tokio::time::Instant::now(), &mut batch, enc, stats);
+        if batch.spans == 0 {
+            // Wait for a span; with spans waiting for a name, not for long.
+            let first = if unnamed.0.is_empty() {
+                rx.recv().await?
+            } else {
+                match tokio::time::timeout(NAME_POLL, rx.recv()).await {
+                    Ok(Some(o)) => o,
+                    Ok(None) => return None,
+                    Err(_elapsed) => continue,
+                }
+            };
+            unnamed.place(first, &mut batch, enc, stats);
+        }
+        let deadline = tokio::time::Instant::now() + BATCH_WAIT;
+        while (batch.spans as usize) < MAX_BATCH && batch.bytes < MAX_BATCH_BYTES {
+            let next = match rx.try_recv() {
+                Ok(o) => o,
+                Err(mpsc::error::TryRecvError::Disconnected) => break,
+                Err(mpsc::error::TryRecvError::Empty) => {
+                    match tokio::time::timeout_at(deadline, rx.recv()).await {
+                        Ok(Some(o)) => o,
+                        _ => break,
+                    }
+                }
+            };
+            unnamed.place(next, &mut batch, enc, stats);
+        }
+        if batch.spans > 0 {
+            return Some(batch);
+        }
+    }
 }
 
 /// What an export's failure calls for.
@@ -504,6 +599,7 @@ async fn export_loop(mut target: Target, mut rx: Incoming, stats: Arc<ExportStat
     let mut ready: std::collections::VecDeque<Batch> = Default::default();
     let mut encoder = Encoder::default();
     let mut pending: Option<InFlight> = None;
+    let mut unnamed = Unnamed::default();
     let mut backoff = Duration::from_millis(200);
     // One throttle per kind of trouble: a steady one never hides another.
     let (unreachable, retrying, given_up, refused) = (
@@ -522,7 +618,7 @@ async fn export_loop(mut target: Target, mut rx: Incoming, stats: Arc<ExportStat
         if pending.is_none() {
             let batch = match ready.pop_front() {
                 Some(b) => b,
-                None => match next_batch(&mut rx, &mut encoder).await {
+                None => match next_batch(&mut rx, &mut encoder, &mut unnamed, &stats).await {
                     Some(b) => b,
                     None => return,
                 },
@@ -612,6 +708,64 @@ async fn export_loop(mut target: Target, mut rx: Incoming, stats: Arc<ExportStat
 
 #[cfg(test)]
 mod tests {
+    use crate::{connections::Connection, identity::Identity, spans::tests::ex};
+
+    /// A span waits for its process's name; it goes out once named, under
+    /// that name, and is dropped (counted) if the name never comes. Spans of
+    /// Tangle's own processes never go out.
+    #[tokio::test]
+    async fn spans_wait_for_their_name_and_never_go_out_unnamed() {
+        let conn = Connection::sample(
+            1,
+            tangle_common::Role::Server,
+            "127.0.0.1:80",
+            "127.0.0.1:5000",
+        );
+        let stats = ExportStats::default();
+        let mut enc = Encoder::default();
+        let mut unnamed = Unnamed::default();
+        let (waiting, slot) = crate::identity::Named::pending_for_tests();
+        let out = |identity| Outgoing {
+            identity,
+            span: crate::spans::SpanRecord::new(&conn, ex(1, 10), 0),
+        };
+        let mut batch = Batch::default();
+        unnamed.place(out(waiting.clone()), &mut batch, &mut enc, &stats);
+        unnamed.place(
+            out(crate::identity::Named::pending_for_tests().0),
+            &mut batch,
+            &mut enc,
+            &stats,
+        );
+        unnamed.place(
+            out(crate::identity::Named::known(Identity {
+                tangle: true,
+                ..Identity::executable("tangle-agent")
+            })),
+            &mut batch,
+            &mut enc,
+            &stats,
+        );
+        assert_eq!((batch.spans, stats.own.load(Ordering::Relaxed)), (0, 1));
+        assert_eq!(stats.naming.load(Ordering::Relaxed), 2);
+        // Named: the first goes out; the other waits on.
+        slot(Identity::executable("orders"));
+        let now = tokio::time::Instant::now();
+        unnamed.release(now, &mut batch, &mut enc, &stats);
+        assert_eq!(batch.spans, 1);
+        assert_eq!(stats.naming.load(Ordering::Relaxed), 1);
+        // Past the wait, the unnamed one is dropped, not sent under a guess.
+        unnamed.release(
+            now + NAME_WAIT + Duration::from_secs(1),
+            &mut batch,
+            &mut enc,
+            &stats,
+        );
+        assert_eq!(batch.spans, 1);
+        assert_eq!(stats.unnamed.load(Ordering::Relaxed), 1);
+        assert_eq!(stats.naming.load(Ordering::Relaxed), 0);
+    }
+
     use super::*;
 
     #[test]

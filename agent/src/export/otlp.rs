@@ -280,14 +280,8 @@ pub struct Encoder {
 }
 
 impl Batch {
-    /// Encodes `o` into the batch. A span of one of Tangle's own processes
-    /// (found by the identity thread after its first connection opened) is
-    /// left out: Tangle never traces itself.
-    pub fn push(&mut self, o: Outgoing, enc: &mut Encoder) {
-        let identity = o.identity.get();
-        if identity.tangle {
-            return;
-        }
+    /// Encodes `o`, of the process `identity` names, into the batch.
+    pub fn push(&mut self, o: Outgoing, identity: &Arc<Identity>, enc: &mut Encoder) {
         enc.span.clear();
         SpanWriter {
             buf: &mut enc.span,
@@ -469,6 +463,7 @@ mod tests {
                 identity: conn.identity.clone(),
                 span: rec,
             },
+            conn.identity.get(),
             &mut enc,
         );
         let req = decode(&b);
@@ -538,6 +533,7 @@ mod tests {
                 identity: conn.identity.clone(),
                 span: rec,
             },
+            conn.identity.get(),
             &mut Encoder::default(),
         );
         let req = decode(&b);
@@ -573,6 +569,7 @@ mod tests {
                     identity: c.identity.clone(),
                     span: rec,
                 },
+                c.identity.get(),
                 &mut enc,
             );
         }

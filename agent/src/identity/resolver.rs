@@ -1,11 +1,14 @@
-//! Identities resolved off the capture thread. Naming a process reads
-//! /proc (its executable, command line, environment and cgroup), walks the
-//! cgroup tree and looks the pod up in the cluster's view: milliseconds the
-//! capture thread cannot spend per new process. So an open only asks: the
-//! connection holds a [`Named`] at once, the identity thread fills it in,
-//! and whoever needs the name first (the export thread encoding a span, the
-//! CLI printing a line) takes it, resolving it then if the identity thread
-//! has not yet.
+//! Identities resolved off the capture thread (in `tangle-agent run`).
+//! Naming a process reads /proc (its executable, command line, environment
+//! and cgroup), walks the cgroup tree and looks the pod up in the cluster's
+//! view: milliseconds the capture thread cannot spend per new process. So
+//! an open only asks: the connection holds a [`Named`] at once, and the
+//! identity thread fills it in. The export thread waits for the name (a
+//! while: it never reads /proc itself, which a hostile process can make
+//! slow); an identity thread stuck on one process is replaced.
+//!
+//! Without an identity thread (`capture`, `exchanges`, tests) a process is
+//! named on the spot, when its first connection opens.
 
 use std::{
     collections::HashMap,
@@ -30,6 +33,19 @@ const QUEUE: usize = 4096;
 /// Most identities kept; past it the caches start over.
 const MAX: usize = 8192;
 
+/// An identity thread busy this long with one process is taken as stuck
+/// (its reads of /proc hang): a new one takes over the others.
+const STUCK_MS: u64 = 2_000;
+
+/// Identity threads started at most: each stuck one is left behind.
+const MAX_THREADS: u32 = 4;
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
 /// What naming needs, shared by the identity thread and whoever resolves
 /// on demand.
 struct Naming {
@@ -45,6 +61,9 @@ struct Naming {
     /// Processes named by the identity thread, and on demand.
     resolved_by_thread: AtomicU64,
     resolved_on_demand: AtomicU64,
+    /// Since when (ms) the identity thread has been naming `busy_pid`; 0 idle.
+    busy_since_ms: AtomicU64,
+    busy_pid: std::sync::atomic::AtomicU32,
 }
 
 impl Naming {
@@ -152,14 +171,30 @@ impl Named {
         Arc::new(named)
     }
 
-    /// The identity, resolved now if the identity thread has not yet (it
-    /// then waits for the thread's answer rather than read /proc twice).
+    /// The identity, resolved now if it is not yet (reading /proc): for the
+    /// CLI and tests, never on the export thread, which takes [`Named::ready`].
     pub fn get(&self) -> &Arc<Identity> {
         self.identity.get_or_init(|| {
             self.naming
                 .resolved_on_demand
                 .fetch_add(1, Ordering::Relaxed);
             self.naming.resolve(self)
+        })
+    }
+
+    /// A handle not named yet, and what names it (tests of what waits for a name).
+    #[cfg(test)]
+    pub fn pending_for_tests() -> (Arc<Self>, impl FnOnce(Identity)) {
+        let named = Arc::new(Self {
+            pid: u32::MAX,
+            comm: String::new(),
+            cgroup_id: 0,
+            identity: OnceLock::new(),
+            naming: Arc::new(Naming::new(Vec::new(), None)),
+        });
+        let slot = named.clone();
+        (named, move |id: Identity| {
+            let _ = slot.identity.set(Arc::new(id));
         })
     }
 
@@ -179,6 +214,8 @@ impl Naming {
             tangle_found: Mutex::new(Vec::new()),
             resolved_by_thread: AtomicU64::new(0),
             resolved_on_demand: AtomicU64::new(0),
+            busy_since_ms: AtomicU64::new(0),
+            busy_pid: std::sync::atomic::AtomicU32::new(0),
         }
     }
 }
@@ -202,6 +239,13 @@ pub struct Identities {
     /// To the identity thread; without one, a process is named when its
     /// connection opens.
     queue: Option<mpsc::SyncSender<Arc<Named>>>,
+    /// Asked while the queue was full: sent again with the next ask.
+    backlog: Vec<Arc<Named>>,
+    /// Identity threads started.
+    threads: u32,
+    /// Processes whose naming got an identity thread stuck: never asked again.
+    stuck: Vec<u32>,
+    stuck_warned: tangle_throttle::Throttled,
 }
 
 impl Default for Identities {
@@ -218,6 +262,10 @@ impl Identities {
             naming: Arc::new(Naming::new(rules, cluster)),
             known: HashMap::new(),
             queue: None,
+            backlog: Vec::new(),
+            threads: 0,
+            stuck: Vec::new(),
+            stuck_warned: tangle_throttle::Throttled::default(),
         }
     }
 
@@ -226,25 +274,71 @@ impl Identities {
         rules: Vec<NamingRule>,
         cluster: Option<Arc<RwLock<Cluster>>>,
     ) -> std::io::Result<Self> {
-        let naming = Arc::new(Naming::new(rules, cluster));
+        let mut ids = Self::new(rules, cluster);
+        ids.start_thread()?;
+        Ok(ids)
+    }
+
+    /// Starts an identity thread, which takes the queue from now on.
+    fn start_thread(&mut self) -> std::io::Result<()> {
         let (tx, rx) = mpsc::sync_channel::<Arc<Named>>(QUEUE);
-        let shared = naming.clone();
+        let naming = self.naming.clone();
         std::thread::Builder::new()
             .name("identity".into())
             .spawn(move || {
-                // Ends when the capture side lets go of the queue.
+                // Ends when the capture side lets go of its queue.
                 while let Ok(named) = rx.recv() {
+                    naming.busy_pid.store(named.pid, Ordering::Relaxed);
+                    naming.busy_since_ms.store(now_ms(), Ordering::Relaxed);
                     named.identity.get_or_init(|| {
-                        shared.resolved_by_thread.fetch_add(1, Ordering::Relaxed);
-                        shared.resolve(&named)
+                        naming.resolved_by_thread.fetch_add(1, Ordering::Relaxed);
+                        naming.resolve(&named)
                     });
+                    naming.busy_since_ms.store(0, Ordering::Relaxed);
                 }
             })?;
-        Ok(Self {
-            naming,
-            known: HashMap::new(),
-            queue: Some(tx),
-        })
+        self.queue = Some(tx);
+        self.threads += 1;
+        Ok(())
+    }
+
+    /// An identity thread stuck on one process (its /proc reads hang) is
+    /// left to it: a new one names the others, the process is not asked for
+    /// again, and its spans are dropped once they have waited long enough.
+    fn watch(&mut self) {
+        let since = self.naming.busy_since_ms.load(Ordering::Relaxed);
+        if since == 0 || now_ms().saturating_sub(since) < STUCK_MS || self.queue.is_none() {
+            return;
+        }
+        let pid = self.naming.busy_pid.load(Ordering::Relaxed);
+        if self.threads >= MAX_THREADS {
+            tangle_throttle::warn!(
+                self.stuck_warned,
+                "naming process {pid} has hung {MAX_THREADS} identity threads: processes \
+                 are no longer named, their spans are dropped (tangle_agent_spans_unnamed_total)"
+            );
+            return;
+        }
+        log::warn!(
+            "naming process {pid} hangs (reading its /proc): an identity thread is left to \
+             it, a new one names the others"
+        );
+        if self.stuck.len() < 1024 {
+            self.stuck.push(pid);
+        }
+        self.naming.busy_since_ms.store(0, Ordering::Relaxed);
+        if let Err(e) = self.start_thread() {
+            log::warn!("cannot start an identity thread: {e}");
+            self.queue = None;
+            return;
+        }
+        // What the stuck thread had queued goes to the new one.
+        for (named, _) in self.known.values() {
+            if named.ready().is_none() && named.pid != pid {
+                self.backlog.push(named.clone());
+            }
+        }
+        self.backlog.truncate(MAX);
     }
 
     /// Takes `identity` as `pid`'s, as if /proc had said so.
@@ -286,7 +380,7 @@ impl Identities {
 
     /// A new [`Named`] for `pid`, queued to the identity thread (or named
     /// now, without one).
-    fn ask(&self, pid: u32, comm: &str, cgroup_id: u64) -> Arc<Named> {
+    fn ask(&mut self, pid: u32, comm: &str, cgroup_id: u64) -> Arc<Named> {
         let named = Arc::new(Named {
             pid,
             comm: comm.to_owned(),
@@ -294,13 +388,34 @@ impl Identities {
             identity: OnceLock::new(),
             naming: self.naming.clone(),
         });
-        match &self.queue {
-            // Queue full or thread gone: named on demand, later.
-            Some(q) => {
-                let _ = q.try_send(named.clone());
-            }
-            None => {
-                named.get();
+        if self.queue.is_none() {
+            named.get();
+            return named;
+        }
+        // Tangle's own, at once (one readlink, which cannot hang): never
+        // traced, from its first connection.
+        if super::executable_file(pid).is_some_and(|f| super::is_tangle(&f)) {
+            let _ = named.identity.set(Arc::new(Identity {
+                tangle: true,
+                ..Identity::executable(comm)
+            }));
+            return named;
+        }
+        self.watch();
+        if self.stuck.contains(&pid) {
+            return named;
+        }
+        let Some(q) = &self.queue else {
+            return named;
+        };
+        let mut backlog = std::mem::take(&mut self.backlog);
+        backlog.push(named.clone());
+        for (i, n) in backlog.iter().enumerate() {
+            if q.try_send(n.clone()).is_err() {
+                // Full: the rest waits for the next ask.
+                self.backlog = backlog.split_off(i);
+                self.backlog.truncate(MAX);
+                break;
             }
         }
         named

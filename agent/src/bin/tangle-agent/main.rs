@@ -114,8 +114,9 @@ struct CaptureArgs {
     #[arg(long, env = "TANGLE_WAKEUP_KIB", default_value_t = tangle_common::DEFAULT_WAKEUP_BYTES / 1024)]
     wakeup_kib: u32,
     /// Most connections tracked at once; past it the least recently active
-    /// are forgotten for new ones (counted as evicted; their exchanges in
-    /// progress are lost).
+    /// are forgotten for new ones (counted as evicted; what their parsers
+    /// held is finished into exchanges, and bytes on them afterwards are
+    /// not parsed).
     #[arg(long, env = "TANGLE_MAX_CONNECTIONS", default_value_t = 65536)]
     max_connections: u32,
     /// Have the kernel time eBPF programs (node-wide while the agent runs;
