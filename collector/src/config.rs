@@ -60,14 +60,20 @@ pub struct Config {
     pub limits: Limits,
     /// Database owners: database (`server/namespace`, or the namespace alone) to service.
     pub owners: BTreeMap<String, String>,
-    /// Who may send spans.
+    /// Who may send spans: with a token, every export must carry
+    /// `authorization: Bearer TOKEN` (gRPC metadata or HTTP header); others
+    /// are refused and counted.
     pub auth: AuthConfig,
+    /// Who may read the map (`/`) and the JSON API (`/api/...`): with a
+    /// token, each request must carry it, as `authorization: Bearer TOKEN`
+    /// or as the password of HTTP Basic authentication (what a browser
+    /// asks for; any user name). `/metrics` and `/healthz` stay open.
+    pub api: AuthConfig,
     /// TLS on the OTLP receivers (gRPC and HTTP).
     pub tls: Option<TlsConfig>,
 }
 
-/// Exports must carry `authorization: Bearer TOKEN` (gRPC metadata or HTTP
-/// header) when a token is set; others are refused and counted.
+/// A token, given inline or in a file.
 #[derive(Clone, Debug, Default, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct AuthConfig {
@@ -76,6 +82,23 @@ pub struct AuthConfig {
     /// A file holding the token; surrounding white space is ignored. Read
     /// once, at start: a new token needs a restart.
     pub token_file: Option<PathBuf>,
+}
+
+impl AuthConfig {
+    /// The token, read from its file if need be.
+    pub fn read(&self) -> Result<Option<String>, ConfigError> {
+        match (&self.token, &self.token_file) {
+            (Some(t), _) => Ok(Some(t.trim().to_owned())),
+            (None, Some(path)) => {
+                let token = read(path)?.trim().to_owned();
+                if token.is_empty() {
+                    return Err(ConfigError::EmptyToken(path.display().to_string()));
+                }
+                Ok(Some(token))
+            }
+            (None, None) => Ok(None),
+        }
+    }
 }
 
 /// TLS for the OTLP receivers, PEM files.
@@ -186,6 +209,7 @@ impl Default for Config {
             limits: Limits::default(),
             owners: BTreeMap::new(),
             auth: AuthConfig::default(),
+            api: AuthConfig::default(),
             tls: None,
         }
     }
@@ -201,18 +225,17 @@ impl Config {
             path: path.to_owned(),
             message,
         };
-        if config.auth.token.is_some() && config.auth.token_file.is_some() {
-            return Err(bad(
-                "auth.token and auth.token_file: give one, not both".into()
-            ));
-        }
-        if config
-            .auth
-            .token
-            .as_deref()
-            .is_some_and(|t| t.trim().is_empty())
-        {
-            return Err(bad("auth.token is empty: give a token, or none".into()));
+        for (section, a) in [("auth", &config.auth), ("api", &config.api)] {
+            if a.token.is_some() && a.token_file.is_some() {
+                return Err(bad(format!(
+                    "{section}.token and {section}.token_file: give one, not both"
+                )));
+            }
+            if a.token.as_deref().is_some_and(|t| t.trim().is_empty()) {
+                return Err(bad(format!(
+                    "{section}.token is empty: give a token, or none"
+                )));
+            }
         }
         let (i, l) = (&config.intake, &config.limits);
         let at_least = [
@@ -267,17 +290,12 @@ impl Config {
 
     /// The token exports must carry, read from its file if need be.
     pub fn token(&self) -> Result<Option<String>, ConfigError> {
-        match (&self.auth.token, &self.auth.token_file) {
-            (Some(t), _) => Ok(Some(t.trim().to_owned())),
-            (None, Some(path)) => {
-                let token = read(path)?.trim().to_owned();
-                if token.is_empty() {
-                    return Err(ConfigError::EmptyToken(path.display().to_string()));
-                }
-                Ok(Some(token))
-            }
-            (None, None) => Ok(None),
-        }
+        self.auth.read()
+    }
+
+    /// The token the map and the API ask for, read from its file if need be.
+    pub fn api_token(&self) -> Result<Option<String>, ConfigError> {
+        self.api.read()
     }
 
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
@@ -288,8 +306,10 @@ impl Config {
     /// not shown.
     pub fn shown(&self) -> String {
         let mut shown = self.clone();
-        if shown.auth.token.is_some() {
-            shown.auth.token = Some("(set)".into());
+        for a in [&mut shown.auth, &mut shown.api] {
+            if a.token.is_some() {
+                a.token = Some("(set)".into());
+            }
         }
         format!("{shown:#?}")
     }

@@ -12,7 +12,9 @@
 //! - [`ingest`]: the thread that puts spans into the model;
 //! - [`model`]: services, edges, chains and databases, counted;
 //! - [`findings`]: the rules that make the model's measurements findings;
-//! - [`names`]: names bounded, the excess folded into `{other}`.
+//! - [`names`]: names bounded, the excess folded into `{other}`;
+//! - [`api`]: what the JSON API answers, as types;
+//! - [`web`]: the coupling map in a browser, embedded, at `/`.
 
 pub mod api;
 pub mod assembly;
@@ -28,3 +30,4 @@ pub mod names;
 pub mod report;
 pub mod server;
 pub mod span;
+pub mod web;

@@ -56,6 +56,9 @@ enum Command {
         url: String,
         #[arg(long, value_enum, default_value = "text")]
         format: report::Format,
+        /// The collector's API token (`[api] token`), if it has one.
+        #[arg(long, env = "TANGLE_API_TOKEN", hide_env_values = true)]
+        token: Option<String>,
     },
 }
 
@@ -71,9 +74,15 @@ fn main() -> ExitCode {
 }
 
 fn run(cli: Cli) -> anyhow::Result<()> {
-    if let Some(Command::Report { url, format }) = &cli.command {
-        let findings = report::fetch(url)?;
-        print!("{}", report::render(&findings, *format));
+    if let Some(Command::Report { url, format, token }) = &cli.command {
+        let token = token.as_deref();
+        if *format == report::Format::Html {
+            let snapshot = report::fetch_snapshot(url, token)?;
+            print!("{}", tangle_collector::web::report_html(&snapshot)?);
+        } else {
+            let findings = report::fetch(url, token)?;
+            print!("{}", report::render(&findings, *format));
+        }
         return Ok(());
     }
     let mut config = match &cli.config {
@@ -99,8 +108,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         config.thresholds.learning_seconds = s;
     }
     if matches!(cli.command, Some(Command::CheckConfig)) {
-        // A token file must be readable; an inline token is not printed.
+        // Token files must be readable; an inline token is not printed.
         config.token()?;
+        config.api_token()?;
         println!("{}", config.shown());
         return Ok(());
     }

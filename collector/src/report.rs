@@ -1,5 +1,6 @@
 //! The coupling report, "the honesty test": each distributed-monolith
-//! symptom found, with its evidence, as text, markdown or JSON.
+//! symptom found, with its evidence, as text, markdown or JSON; or the
+//! coupling map and the findings as one self-contained HTML file.
 
 use std::{
     io::{Read as _, Write as _},
@@ -8,7 +9,7 @@ use std::{
 };
 
 use crate::{
-    api::{FindingsPage, Links},
+    api::{ChainsPage, DatabasesPage, FindingsPage, GraphPage, Links},
     chains::Hop,
     findings::Finding,
 };
@@ -18,6 +19,9 @@ pub enum Format {
     Text,
     Markdown,
     Json,
+    /// The map and the panels of the collector's page, with the model as
+    /// it is now, in one file that opens offline.
+    Html,
 }
 
 /// Why the findings could not be fetched.
@@ -31,23 +35,25 @@ pub enum ReportError {
     Fetch { url: String, reason: String },
 }
 
-/// GETs `/api/findings` from a running collector.
-pub fn fetch(url: &str) -> Result<FindingsPage<'static>, ReportError> {
+/// GETs `path` from a running collector at `url`, with the API token if
+/// one is given: the body of a 200 answer.
+fn get(url: &str, path: &str, token: Option<&str>) -> Result<Vec<u8>, ReportError> {
     let addr = url
         .strip_prefix("http://")
         .map(|a| a.trim_end_matches('/'))
         .filter(|a| a.contains(':'));
     let addr = addr.ok_or_else(|| ReportError::Url(url.to_owned()))?;
     let fail = |reason: String| ReportError::Fetch {
-        url: url.to_owned(),
+        url: format!("{url}{path}"),
         reason,
     };
     let mut s = TcpStream::connect(addr).map_err(|e| fail(e.to_string()))?;
     s.set_read_timeout(Some(Duration::from_secs(30)))
         .map_err(|e| fail(e.to_string()))?;
+    let auth = token.map_or(String::new(), |t| format!("Authorization: Bearer {t}\r\n"));
     write!(
         s,
-        "GET /api/findings HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\n{auth}Connection: close\r\n\r\n"
     )
     .map_err(|e| fail(e.to_string()))?;
     let mut out = Vec::new();
@@ -60,8 +66,43 @@ pub fn fetch(url: &str) -> Result<FindingsPage<'static>, ReportError> {
         let head = out.get(..split).unwrap_or_default();
         return Err(fail(String::from_utf8_lossy(head).into_owned()));
     }
-    serde_json::from_slice(out.get(split + 4..).unwrap_or_default())
-        .map_err(|e| fail(e.to_string()))
+    Ok(out.get(split + 4..).unwrap_or_default().to_vec())
+}
+
+fn get_page<T: serde::de::DeserializeOwned>(
+    url: &str,
+    what: &str,
+    token: Option<&str>,
+) -> Result<T, ReportError> {
+    let path = format!("/api/{what}");
+    serde_json::from_slice(&get(url, &path, token)?).map_err(|e| ReportError::Fetch {
+        url: format!("{url}{path}"),
+        reason: e.to_string(),
+    })
+}
+
+/// GETs `/api/findings` from a running collector.
+pub fn fetch(url: &str, token: Option<&str>) -> Result<FindingsPage<'static>, ReportError> {
+    get_page(url, "findings", token)
+}
+
+/// The whole model of a running collector, as its page draws it.
+#[derive(Debug, serde::Serialize)]
+pub struct Snapshot {
+    pub graph: GraphPage,
+    pub chains: ChainsPage,
+    pub databases: DatabasesPage,
+    pub findings: FindingsPage<'static>,
+}
+
+/// GETs the four pages of the API from a running collector.
+pub fn fetch_snapshot(url: &str, token: Option<&str>) -> Result<Snapshot, ReportError> {
+    Ok(Snapshot {
+        graph: get_page(url, "graph", token)?,
+        chains: get_page(url, "chains", token)?,
+        databases: get_page(url, "databases", token)?,
+        findings: fetch(url, token)?,
+    })
 }
 
 /// The report's sections, in order: a finding kind and its title.

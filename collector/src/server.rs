@@ -95,6 +95,8 @@ type RenderedPages = BTreeMap<&'static str, (std::time::Instant, bytes::Bytes)>;
 #[derive(Clone)]
 pub struct Collector {
     inner: Arc<Mutex<Inner>>,
+    /// Who may read the map and the API.
+    access: crate::web::Access,
     intake: Arc<IntakeStats>,
     queued: Arc<dyn Fn() -> usize + Send + Sync>,
     /// Pages rendered in the last second, by name: however many clients
@@ -166,10 +168,33 @@ async fn metrics_page(State(c): State<Collector>) -> Response {
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], page).into_response()
 }
 
+/// `GET /`: the map, for those the API lets in.
+async fn page(State(c): State<Collector>, headers: header::HeaderMap) -> Response {
+    if !c.access.allows(&headers) {
+        return crate::web::Access::refusal();
+    }
+    crate::web::index().await
+}
+
+async fn asset(
+    State(c): State<Collector>,
+    headers: header::HeaderMap,
+    path: axum::extract::Path<String>,
+) -> Response {
+    if !c.access.allows(&headers) {
+        return crate::web::Access::refusal();
+    }
+    crate::web::asset(path).await
+}
+
 async fn api(
     State(c): State<Collector>,
+    headers: header::HeaderMap,
     axum::extract::Path(what): axum::extract::Path<String>,
 ) -> Response {
+    if !c.access.allows(&headers) {
+        return crate::web::Access::refusal();
+    }
     let Some(name) = ["graph", "chains", "databases", "findings"]
         .into_iter()
         .find(|n| *n == what)
@@ -245,6 +270,7 @@ pub async fn run(
         );
     }
     let auth = Auth::new(token);
+    let access = crate::web::Access::new(config.api_token()?);
     let tls = config
         .tls
         .as_ref()
@@ -282,6 +308,7 @@ pub async fn run(
     ));
     let collector = Collector {
         inner,
+        access,
         pages: Arc::default(),
         intake: stats.clone(),
         queued: {
@@ -317,6 +344,8 @@ pub async fn run(
     let pages = Router::new()
         .route("/metrics", get(metrics_page))
         .route("/api/{what}", get(api))
+        .route("/", get(page))
+        .route("/assets/{*path}", get(asset))
         .route("/healthz", get(|| async { "ok\n" }))
         .with_state(collector.clone());
     let pages = tokio::spawn(tangle_listener::serve(

@@ -309,6 +309,30 @@ pub fn run(opts: &Options) -> anyhow::Result<()> {
         );
     }
     println!("\n{}", String::from_utf8_lossy(&report.stdout));
+    // The map and the findings as one file, to open in a browser.
+    let html = Command::new(&collector)
+        .args([
+            "report",
+            "--format",
+            "html",
+            "--url",
+            &format!("http://127.0.0.1:{API}"),
+        ])
+        .output()
+        .context("running tangle-collector report --format html")?;
+    if !html.status.success() {
+        bail!(
+            "tangle-collector report --format html failed: {}",
+            String::from_utf8_lossy(&html.stderr)
+        );
+    }
+    let map_file = root().join("target/demo/map.html");
+    std::fs::create_dir_all(root().join("target/demo"))?;
+    std::fs::write(&map_file, &html.stdout).context("writing the map")?;
+    println!(
+        "The coupling map: open {} in a browser.",
+        map_file.display()
+    );
     let stats = last_json_line(&log);
     println!(
         "The agent saw {} events ({} lost) and exported {} spans; its counters are in {}.",

@@ -34,6 +34,8 @@ const TEST_PACKAGES: &[(&str, &str)] = &[
     ("nftables", "nft"),
     ("openssl", "openssl"),
     ("podman", "podman"),
+    // The coupling map's browser test (collector/tests/web.rs).
+    ("chromium", "chromium"),
 ];
 
 fn run_step(name: &str, f: impl FnOnce() -> anyhow::Result<()>) -> anyhow::Result<()> {
@@ -59,6 +61,7 @@ pub fn run(test_deps: bool) -> anyhow::Result<()> {
         run_step("Debian packages for tests", debian_packages)?;
         run_step("Python drivers of the example shop", python_packages)?;
         run_step("Python tools of the deploy/ checks", deploy_tools)?;
+        run_step("Playwright for the browser test", browser_tools)?;
     }
     eprintln!("setup: done");
     Ok(())
@@ -167,6 +170,26 @@ pub const SHOP_PACKAGES: &[(&str, &str)] = &[
 ];
 
 /// The PostgreSQL and Redis drivers the example shop's services use: from
+/// playwright-core (npm, the version `collector/tests/web/package-lock.json`
+/// pins), which drives Debian's Chromium in the coupling map's test.
+pub fn browser_tools() -> anyhow::Result<()> {
+    let dir = util::root().join("collector/tests/web");
+    if dir
+        .join("node_modules/playwright-core/package.json")
+        .is_file()
+    {
+        return Ok(());
+    }
+    if which("npm").is_none() {
+        bail!("npm is not installed (Debian: npm) and the browser test needs playwright-core");
+    }
+    util::run(
+        Command::new("npm")
+            .args(["ci", "--no-audit", "--no-fund"])
+            .current_dir(&dir),
+    )
+}
+
 /// PyPI where `python3` has pip and may install (a pyenv or venv Python),
 /// else Debian's (`python3-psycopg`, `python3-redis`) for Debian's Python,
 /// which refuses pip installs (PEP 668).

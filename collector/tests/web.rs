@@ -1,0 +1,458 @@
+//! The coupling map in real headless Chromium (Debian's), driven by
+//! Playwright (`collector/tests/web/map.mjs`): the page loads with no
+//! console error and no request elsewhere, the map has exactly the model's
+//! nodes and edges with their kinds, selecting a finding highlights its
+//! chain, and a new chain appears on the next poll without losing the zoom
+//! or the selection. Then a synthetic model of 300 services and 2,000
+//! edges: how long the first render and a redraw take.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)] // a panic here is a failed test
+
+mod support;
+
+use std::{
+    collections::BTreeSet,
+    io::{BufRead, BufReader, Write},
+    path::{Path, PathBuf},
+    process::{Command, Stdio},
+};
+
+use opentelemetry_proto::tonic::{
+    collector::trace::v1::ExportTraceServiceRequest, trace::v1::Span,
+};
+use prost::Message;
+use support::process::{
+    Collector, checkout_trace, data_dir, export_request, get_json, kv, report, request,
+    request_with, skip, wait_for, which,
+};
+
+const TOKEN: &str = "map-t0ken";
+
+/// What the browser test needs, or why it cannot run.
+fn browser() -> Result<(PathBuf, PathBuf), String> {
+    let node = which("node").ok_or("no node (Debian: nodejs)")?;
+    let chromium = which("chromium").ok_or("no chromium (Debian: chromium)")?;
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/web");
+    if !dir.join("node_modules/playwright-core").is_dir() {
+        return Err(format!(
+            "no playwright-core: run `npm ci` in {} (cargo xtask setup --test-deps does)",
+            dir.display()
+        ));
+    }
+    let _ = chromium;
+    Ok((node, dir))
+}
+
+fn artifacts() -> PathBuf {
+    let d = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/artifacts/web");
+    std::fs::create_dir_all(&d).unwrap();
+    d.canonicalize().unwrap()
+}
+
+fn post(c: &Collector, req: &ExportTraceServiceRequest) {
+    let (status, _) = request(
+        c.otlp_http,
+        "POST",
+        "/v1/traces",
+        "application/x-protobuf",
+        &req.encode_to_vec(),
+    )
+    .unwrap();
+    assert_eq!(status, 200);
+}
+
+fn span(trace: u8, id: u8, parent: u8, kind: i32, attrs: Vec<(&str, &str)>) -> Span {
+    Span {
+        trace_id: vec![trace; 16],
+        span_id: vec![id; 8],
+        parent_span_id: if parent == 0 { vec![] } else { vec![parent; 8] },
+        name: "op".into(),
+        kind,
+        start_time_unix_nano: 1_000_000,
+        end_time_unix_nano: 3_000_000,
+        attributes: attrs.into_iter().map(|(k, v)| kv(k, v)).collect(),
+        ..Span::default()
+    }
+}
+
+/// `service` serves `route`, and in it runs `sql` on the shop database.
+fn db_trace(trace: u8, service: &str, route: &str, sql: &str) -> ExportTraceServiceRequest {
+    export_request([(
+        service,
+        vec![
+            span(
+                trace,
+                1,
+                0,
+                2,
+                vec![("http.request.method", "POST"), ("http.route", route)],
+            ),
+            span(
+                trace,
+                2,
+                1,
+                3,
+                vec![
+                    ("db.system.name", "postgresql"),
+                    ("server.address", "10.0.0.5"),
+                    ("server.port", "5432"),
+                    ("db.namespace", "shop"),
+                    ("db.query.text", sql),
+                ],
+            ),
+        ],
+    )])
+}
+
+/// `from` calls `to` over HTTP: a chain of two services.
+fn call_trace(trace: u8, from: &str, to: &str) -> ExportTraceServiceRequest {
+    fn http(route: &str) -> Vec<(&str, &str)> {
+        vec![("http.request.method", "GET"), ("http.route", route)]
+    }
+    let mut call = http("/check");
+    call.push(("peer.service", to));
+    export_request([
+        (
+            from,
+            vec![
+                span(trace, 1, 0, 2, http("/start")),
+                span(trace, 2, 1, 3, call),
+            ],
+        ),
+        (to, vec![span(trace, 3, 2, 2, http("/check"))]),
+    ])
+}
+
+fn run_page(node: &Path, dir: &Path, url: &str, mode: &str) -> std::process::Child {
+    Command::new(node)
+        .arg(dir.join("map.mjs"))
+        .args([url, TOKEN, &artifacts().display().to_string(), mode])
+        .current_dir(dir)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap()
+}
+
+fn pairs(v: &serde_json::Value) -> BTreeSet<(String, String)> {
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|p| (p[0].as_str().unwrap().into(), p[1].as_str().unwrap().into()))
+        .collect()
+}
+
+fn strings(v: &serde_json::Value) -> BTreeSet<String> {
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s.as_str().unwrap().to_owned())
+        .collect()
+}
+
+fn config(dir: &Path) -> PathBuf {
+    std::fs::create_dir_all(dir).unwrap();
+    let path = dir.join("collector.toml");
+    std::fs::write(&path, format!("[api]\ntoken = \"{TOKEN}\"\n")).unwrap();
+    path
+}
+
+#[test]
+fn the_map_in_chromium() {
+    let name = "the_map_in_chromium";
+    let (node, dir) = match browser() {
+        Ok(b) => b,
+        Err(reason) => return skip(name, &reason),
+    };
+    let data = data_dir("web");
+    let cfg = config(&data);
+    let c = Collector::start_with(&data, &["--config", cfg.to_str().unwrap()]);
+    // The page and the API ask for the token; /metrics and /healthz do not.
+    for path in ["/", "/assets/app.js", "/api/graph"] {
+        let (status, _) = request(c.http, "GET", path, "text/plain", b"").unwrap();
+        assert_eq!(status, 401, "{path} without the token");
+    }
+    let (status, _) = request_with(
+        c.http,
+        "GET",
+        "/api/graph",
+        "text/plain",
+        b"",
+        &format!("Authorization: Bearer {TOKEN}\r\n"),
+    )
+    .unwrap();
+    assert_eq!(status, 200);
+    assert_eq!(request(c.http, "GET", "/metrics", "", b"").unwrap().0, 200);
+
+    post(&c, &checkout_trace(1));
+    post(
+        &c,
+        &db_trace(
+            2,
+            "orders",
+            "/orders/{id}",
+            "SELECT * FROM orders WHERE id = 1",
+        ),
+    );
+    post(
+        &c,
+        &db_trace(
+            3,
+            "payments",
+            "/pay",
+            "UPDATE orders SET paid = true WHERE id = 1",
+        ),
+    );
+    let authed = |path: &str| {
+        let (status, body) = request_with(
+            c.http,
+            "GET",
+            path,
+            "text/plain",
+            b"",
+            &format!("Authorization: Bearer {TOKEN}\r\n"),
+        )
+        .unwrap();
+        assert_eq!(status, 200, "{path}");
+        serde_json::from_slice::<serde_json::Value>(&body).unwrap()
+    };
+    wait_for("the model", || {
+        authed("/api/graph")["edges"].as_array().unwrap().len() == 4
+            && authed("/api/findings")["findings"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|f| f["kind"] == "shared_database")
+    });
+    let graph = authed("/api/graph");
+    let db = graph["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|n| n["kind"] == "database")
+        .expect("the shop database is a node of its own")["name"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+
+    let url = format!("http://127.0.0.1:{}/", c.http);
+    let mut page = run_page(&node, &dir, &url, "check");
+    let mut lines = BufReader::new(page.stdout.take().unwrap()).lines();
+    let waiting = lines.next().unwrap().unwrap();
+    assert_eq!(waiting, "WAITING", "the page did not load");
+    // A new chain while the page is open.
+    post(&c, &call_trace(4, "checkout-v2", "fraud"));
+    writeln!(page.stdin.take().unwrap(), "go").unwrap();
+    let seen: serde_json::Value = serde_json::from_str(&lines.next().unwrap().unwrap()).unwrap();
+    assert!(page.wait().unwrap().success());
+
+    assert_eq!(seen["status"], 200);
+    assert_eq!(seen["problems"], serde_json::json!([]), "{seen}");
+    let svc = |n: &str| (n.to_owned(), "service".to_owned());
+    // Exactly these nodes and edges, each of its kind: nothing else.
+    let want_nodes: BTreeSet<_> = [
+        svc("gateway"),
+        svc("orders"),
+        svc("pricing"),
+        svc("payments"),
+        (db.clone(), "database".into()),
+    ]
+    .into();
+    assert_eq!(pairs(&seen["before"]["nodes"]), want_nodes);
+    let edge = |a: &str, b: &str, kind: &str| (format!("{a}\u{2192}{b}"), kind.to_owned());
+    let want_edges: BTreeSet<_> = [
+        edge("gateway", "orders", "sync"),
+        edge("orders", "pricing", "sync"),
+        edge("orders", &db, "data"),
+        edge("payments", &db, "data"),
+    ]
+    .into();
+    assert_eq!(pairs(&seen["before"]["edges"]), want_edges);
+    assert_eq!(seen["before"]["symptoms"]["shared_database"], "red");
+    assert_eq!(seen["before"]["symptoms"]["cycle"], "green");
+    // The new-chain finding selected: its chain lit, nothing else.
+    let lit = &seen["selected"]["highlighted"];
+    let lit_nodes = strings(&lit["nodes"]);
+    assert!(
+        lit_nodes.len() >= 2 && lit_nodes.iter().all(|n| n != &db),
+        "{lit}"
+    );
+    assert_eq!(strings(&seen["selected"]["selected"]).len(), 1, "{seen}");
+    assert!(!strings(&lit["edges"]).is_empty(), "{lit}");
+    // The update brought the new chain and kept the zoom and the selection.
+    let after = pairs(&seen["after"]["nodes"]);
+    assert!(after.contains(&svc("checkout-v2")) && after.contains(&svc("fraud")));
+    assert_eq!(after.len(), want_nodes.len() + 2);
+    assert!(pairs(&seen["after"]["edges"]).contains(&edge("checkout-v2", "fraud", "sync")));
+    assert_eq!(seen["after"]["transform"], seen["selected"]["transform"]);
+    assert_ne!(
+        seen["selected"]["transform"], seen["before"]["transform"],
+        "zoomed"
+    );
+    assert_eq!(seen["after"]["selected"], seen["selected"]["selected"]);
+    assert_eq!(seen["after"]["highlighted"]["nodes"], lit["nodes"]);
+    report(
+        name,
+        &format!(
+            "first render {} ms; screenshots in target/artifacts/web",
+            seen["first_render_ms"]
+        ),
+    );
+    // The report as one file: it opens offline and shows the same map.
+    let out = Command::new(env!("CARGO_BIN_EXE_tangle-collector"))
+        .args(["report", "--format", "html", "--url"])
+        .arg(format!("http://127.0.0.1:{}", c.http))
+        .env("TANGLE_API_TOKEN", TOKEN)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let file = artifacts().join("report.html");
+    std::fs::write(&file, &out.stdout).unwrap();
+    let html = String::from_utf8(out.stdout).unwrap();
+    assert!(!html.contains("src=\"assets/") && !html.contains("href=\"assets/"));
+    let page = run_page(&node, &dir, &format!("file://{}", file.display()), "file");
+    let out = page.wait_with_output().unwrap();
+    assert!(out.status.success());
+    let shown: serde_json::Value =
+        serde_json::from_str(String::from_utf8(out.stdout).unwrap().trim()).unwrap();
+    assert_eq!(shown["problems"], serde_json::json!([]), "{shown}");
+    assert_eq!(pairs(&shown["map"]["nodes"]), after);
+    assert_eq!(
+        pairs(&shown["map"]["edges"]),
+        pairs(&seen["after"]["edges"])
+    );
+    // Without the token, no report.
+    let denied = Command::new(env!("CARGO_BIN_EXE_tangle-collector"))
+        .args(["report", "--url"])
+        .arg(format!("http://127.0.0.1:{}", c.http))
+        .env_remove("TANGLE_API_TOKEN")
+        .output()
+        .unwrap();
+    assert!(!denied.status.success());
+    assert!(String::from_utf8_lossy(&denied.stderr).contains("401"));
+    // The page's files are all the collector's own.
+    let (_, html) = request_with(
+        c.http,
+        "GET",
+        "/",
+        "",
+        b"",
+        &format!("Authorization: Bearer {TOKEN}\r\n"),
+    )
+    .unwrap();
+    let html = String::from_utf8(html).unwrap();
+    assert!(!html.contains("http://") && !html.contains("https://") && !html.contains("//cdn"));
+    let _ = get_json;
+    c.stop();
+}
+
+/// 300 services, 2,000 edges: the page stays usable.
+#[test]
+fn a_large_map_stays_responsive() {
+    let name = "a_large_map_stays_responsive";
+    let (node, dir) = match browser() {
+        Ok(b) => b,
+        Err(reason) => return skip(name, &reason),
+    };
+    let data = data_dir("web-large");
+    let cfg = config(&data);
+    let c = Collector::start_with(&data, &["--config", cfg.to_str().unwrap()]);
+    // Service i calls the next ones round a ring: 300 services, 2,000 edges,
+    // one trace per caller (a root span and its calls, each answered).
+    let services: Vec<String> = (0..300).map(|i| format!("svc-{i:03}")).collect();
+    let mut edges = 0;
+    for (i, from) in services.iter().enumerate() {
+        let calls = if i < 200 { 7 } else { 6 };
+        let trace = (i as u64 + 1).to_be_bytes();
+        let mut trace_id = vec![0u8; 8];
+        trace_id.extend_from_slice(&trace);
+        let sid = |n: u64| ((i as u64) << 16 | n).to_be_bytes().to_vec();
+        let http = |route: &str| vec![kv("http.request.method", "GET"), kv("http.route", route)];
+        let mut by_service: Vec<(String, Vec<Span>)> = vec![(
+            from.clone(),
+            vec![Span {
+                trace_id: trace_id.clone(),
+                span_id: sid(1),
+                name: "op".into(),
+                kind: 2,
+                start_time_unix_nano: 1,
+                end_time_unix_nano: 2,
+                attributes: http("/start"),
+                ..Span::default()
+            }],
+        )];
+        for k in 1..=calls {
+            let to = &services[(i + k) % services.len()];
+            let mut call = http("/work");
+            call.push(kv("peer.service", to));
+            by_service[0].1.push(Span {
+                trace_id: trace_id.clone(),
+                span_id: sid(1 + 2 * k as u64),
+                parent_span_id: sid(1),
+                name: "op".into(),
+                kind: 3,
+                start_time_unix_nano: 1,
+                end_time_unix_nano: 2,
+                attributes: call,
+                ..Span::default()
+            });
+            by_service.push((
+                to.clone(),
+                vec![Span {
+                    trace_id: trace_id.clone(),
+                    span_id: sid(2 + 2 * k as u64),
+                    parent_span_id: sid(1 + 2 * k as u64),
+                    name: "op".into(),
+                    kind: 2,
+                    start_time_unix_nano: 1,
+                    end_time_unix_nano: 2,
+                    attributes: http("/work"),
+                    ..Span::default()
+                }],
+            ));
+            edges += 1;
+        }
+        post(&c, &export_request(by_service));
+    }
+    assert_eq!(edges, 2000);
+    wait_for("the large model", || {
+        let (status, body) = request_with(
+            c.http,
+            "GET",
+            "/api/graph",
+            "",
+            b"",
+            &format!("Authorization: Bearer {TOKEN}\r\n"),
+        )
+        .unwrap();
+        status == 200
+            && serde_json::from_slice::<serde_json::Value>(&body).unwrap()["edges"]
+                .as_array()
+                .unwrap()
+                .len()
+                == 2000
+    });
+    let url = format!("http://127.0.0.1:{}/", c.http);
+    let page = run_page(&node, &dir, &url, "time");
+    let out = page.wait_with_output().unwrap();
+    assert!(out.status.success());
+    let seen: serde_json::Value =
+        serde_json::from_str(String::from_utf8(out.stdout).unwrap().trim()).unwrap();
+    assert_eq!(seen["problems"], serde_json::json!([]), "{seen}");
+    assert_eq!(seen["counts"], serde_json::json!([300, 2000]));
+    report(
+        name,
+        &format!(
+            "300 services, 2,000 edges: first render {} ms (load, fetch, layout, draw), \
+             a redraw {:.0} ms, a wheel zoom drawn in {} ms",
+            seen["first_render_ms"],
+            seen["update_ms"].as_f64().unwrap_or(f64::NAN),
+            seen["zoom_ms"]
+        ),
+    );
+    c.stop();
+}
