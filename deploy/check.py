@@ -76,7 +76,7 @@ def exported_metrics() -> set:
     for src in ("collector/src/metrics.rs", "agent/src/metrics.rs"):
         text = (ROOT / src).read_text()
         names |= set(re.findall(r'"((?:tangle|traces_service_graph)_[a-z0-9_]+)"', text))
-        for h in re.findall(r'head\(\s*"([a-z0-9_]+)",\s*"histogram"', text):
+        for h in re.findall(r'head\(\s*"([a-z0-9_]+)",\s*Kind::Histogram', text):
             names |= {h + "_bucket", h + "_sum", h + "_count"}
     return names
 

@@ -11,7 +11,7 @@ use tangle_common::{AF_INET, CloseReason, ConnEvent, DataHeader, Role, SockAddrs
 
 use crate::{
     capture::events::{Event, decode},
-    identity::{Identities, Named},
+    identity::{Identities, IdentityCell},
 };
 
 /// A TCP connection seen from one process.
@@ -22,7 +22,7 @@ pub struct Connection {
     pub fd: u32,
     /// Who the process is: its service name and where that came from,
     /// filled in off the capture thread.
-    pub identity: std::sync::Arc<Named>,
+    pub identity: std::sync::Arc<IdentityCell>,
     pub role: Role,
     /// For a client: the service at the remote address, when the cluster
     /// says (its end may be on a node this agent does not see).
@@ -46,7 +46,7 @@ impl Connection {
             conn_id,
             pid: 7,
             fd: 3,
-            identity: Named::known(crate::identity::Identity::executable("svc")),
+            identity: IdentityCell::known(crate::identity::Identity::executable("svc")),
             peer_service: None,
             role,
             local: local.parse().expect("test address"),
@@ -107,7 +107,7 @@ pub trait Sink {
 
 /// Counters of the connection table and the events through it.
 #[derive(Clone, Copy, Debug, Default, serde::Serialize)]
-pub struct ReaderStats {
+pub struct ConnStats {
     pub events: u64,
     pub opens: u64,
     pub closes: u64,
@@ -292,14 +292,14 @@ impl<S: Default> ConnTable<S> {
     }
 
     /// Records a close; returns the connection it ends, if it was known.
-    pub fn close(&mut self, conn_id: u64) -> Option<(Connection, S)> {
+    pub(crate) fn close(&mut self, conn_id: u64) -> Option<(Connection, S)> {
         let e = self.conns.remove(&conn_id)?;
         self.identities.release(e.conn.pid);
         Some((e.conn, e.state))
     }
 
     /// Drops connections of processes that no longer exist; returns them.
-    pub fn sweep_dead(&mut self) -> Vec<(Connection, S)> {
+    pub(crate) fn sweep_dead(&mut self) -> Vec<Ended<S>> {
         // One look at /proc per process, not per connection.
         let mut alive: HashMap<u32, bool> = HashMap::new();
         let dead: Vec<u64> = self
@@ -312,7 +312,14 @@ impl<S: Default> ConnTable<S> {
             })
             .map(|e| e.conn.conn_id)
             .collect();
-        dead.into_iter().filter_map(|id| self.close(id)).collect()
+        dead.into_iter()
+            .filter_map(|id| self.close(id))
+            .map(|(conn, state)| Ended {
+                conn,
+                state,
+                reason: CloseReason::ProcessGone,
+            })
+            .collect()
     }
 
     /// Tangle's own processes seen with a connection since the last call
@@ -339,27 +346,28 @@ impl<S: Default> ConnTable<S> {
     }
 }
 
-/// The table and the events through it: each decoded ring buffer record is
-/// applied to the table, then handed to a [`Sink`] with its connection.
-pub struct Connections<S> {
+/// Keeps the table up to date with the events through it: each decoded
+/// ring buffer record is applied to the table, then handed to a [`Sink`]
+/// with its connection and state.
+pub struct Tracker<S> {
     pub(crate) table: ConnTable<S>,
-    stats: ReaderStats,
+    stats: ConnStats,
     /// Connections ended by the last open (reused, not allocated per open).
     ended: Vec<Ended<S>>,
 }
 
-impl<S: Default> Connections<S> {
+impl<S: Default> Tracker<S> {
     pub fn new(table: ConnTable<S>) -> Self {
         Self {
             table,
-            stats: ReaderStats::default(),
+            stats: ConnStats::default(),
             ended: Vec::new(),
         }
     }
 
-    pub fn stats(&self) -> ReaderStats {
+    pub fn stats(&self) -> ConnStats {
         let naming = self.table.naming_stats();
-        ReaderStats {
+        ConnStats {
             named_by_thread: naming.by_thread,
             named_on_demand: naming.on_demand,
             connections: self.table.len() as u64,
@@ -427,9 +435,9 @@ impl<S: Default> Connections<S> {
     pub fn sweep(&mut self, sink: &mut impl Sink<State = S>, now_ns: u64) -> usize {
         let gone = self.table.sweep_dead();
         let n = gone.len();
-        for (conn, state) in gone {
-            let close = closing(&conn, now_ns, CloseReason::ProcessGone);
-            sink.close(Some((conn, state)), &close);
+        for e in gone {
+            let close = closing(&e.conn, now_ns, e.reason);
+            sink.close(Some((e.conn, e.state)), &close);
         }
         n
     }
@@ -541,7 +549,7 @@ pub(crate) mod tests {
         assert!(!t.open(&ev, &mut Vec::new()));
         assert_eq!(t.take_ignored(), [me]);
         assert!(t.is_empty());
-        // Named so by its comm only: traced.
+        // IdentityCell so by its comm only: traced.
         let mut ev = open_event(2, u32::MAX);
         ev.comm = *b"tangle-collecto\0";
         assert!(t.open(&ev, &mut Vec::new()));

@@ -66,7 +66,7 @@ fn protocol_name(p: Protocol) -> &'static str {
 /// Hands the exchanges in `out` on.
 fn deliver(
     conn: &Connection,
-    t: &Parsing,
+    t: &ParseState,
     out: &mut Vec<Exchange>,
     stats: &mut PipelineStats,
     sink: &mut impl ExchangeSink,
@@ -79,7 +79,7 @@ fn deliver(
 
 /// What the pipeline keeps per connection, in the connection table.
 #[derive(Default)]
-pub struct Parsing {
+pub struct ParseState {
     parsers: Parsers,
     /// The thread of the last request-side transfer.
     request_tid: u32,
@@ -141,7 +141,7 @@ impl<S: ExchangeSink> Pipeline<S> {
     /// Stops parsing the connections that hold most until all hold at most
     /// seven eighths of the budget: the cost falls on whoever holds the
     /// memory, not on whichever connection happens to grow next.
-    fn shed(&mut self, table: &mut ConnTable<Parsing>) {
+    fn shed(&mut self, table: &mut ConnTable<ParseState>) {
         let target = self.memory_budget as u64 / 8 * 7;
         let mut holders: Vec<(usize, u64)> = table
             .states_mut()
@@ -170,7 +170,7 @@ impl<S: ExchangeSink> Pipeline<S> {
 
     /// The counters, with the parser counters of the connections open in
     /// `table` added in.
-    pub fn stats_now(&self, table: &ConnTable<Parsing>) -> PipelineStats {
+    pub fn stats_now(&self, table: &ConnTable<ParseState>) -> PipelineStats {
         let mut stats = self.stats.clone();
         for t in table.states() {
             stats.add_parser(&t.parsers);
@@ -180,11 +180,11 @@ impl<S: ExchangeSink> Pipeline<S> {
 }
 
 impl<S: ExchangeSink> Sink for Pipeline<S> {
-    type State = Parsing;
+    type State = ParseState;
 
-    fn open(&mut self, _conn: &Connection, _state: &mut Parsing, _ev: &ConnEvent) {}
+    fn open(&mut self, _conn: &Connection, _state: &mut ParseState, _ev: &ConnEvent) {}
 
-    fn close(&mut self, conn: Option<(Connection, Parsing)>, ev: &ConnEvent) {
+    fn close(&mut self, conn: Option<(Connection, ParseState)>, ev: &ConnEvent) {
         let Some((conn, mut t)) = conn else {
             return;
         };
@@ -200,13 +200,13 @@ impl<S: ExchangeSink> Sink for Pipeline<S> {
         self.sink.tick();
     }
 
-    fn rebalance(&mut self, table: &mut ConnTable<Parsing>) {
+    fn rebalance(&mut self, table: &mut ConnTable<ParseState>) {
         if self.stats.parser_buffered_bytes > self.memory_budget as u64 {
             self.shed(table);
         }
     }
 
-    fn data(&mut self, conn: Option<(&Connection, &mut Parsing)>, h: &DataHeader, bytes: &[u8]) {
+    fn data(&mut self, conn: Option<(&Connection, &mut ParseState)>, h: &DataHeader, bytes: &[u8]) {
         let Self {
             out,
             stats,
@@ -268,7 +268,7 @@ mod tests {
     use super::*;
     use crate::{
         capture::events::Event,
-        connections::{Connections, tests::open_event},
+        connections::{Tracker, tests::open_event},
     };
 
     #[derive(Default)]
@@ -280,14 +280,14 @@ mod tests {
     }
 
     struct Fed {
-        conns: Connections<Parsing>,
+        conns: Tracker<ParseState>,
         p: Pipeline<Collect>,
     }
 
     impl Fed {
         fn new(p: Pipeline<Collect>) -> Self {
             Self {
-                conns: Connections::new(ConnTable::new(16)),
+                conns: Tracker::new(ConnTable::new(16)),
                 p,
             }
         }
@@ -415,7 +415,7 @@ mod tests {
     #[test]
     fn evicted_connections_take_their_parsers_with_them() {
         let mut f = Fed {
-            conns: Connections::new(ConnTable::new(2)),
+            conns: Tracker::new(ConnTable::new(2)),
             p: Pipeline::new(Collect::default()),
         };
         for id in 1..=2 {

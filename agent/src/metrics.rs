@@ -10,7 +10,7 @@ use std::{
 };
 
 use crate::{
-    capture::probe::KernelStats, connections::ReaderStats, exchanges::PipelineStats,
+    capture::probe::KernelStats, connections::ConnStats, exchanges::PipelineStats,
     export::ExportStats,
 };
 
@@ -55,7 +55,7 @@ impl Page {
     }
 
     /// The capture's own counters.
-    pub fn capture(&mut self, kernel: &KernelStats, reader: &ReaderStats) {
+    pub fn capture(&mut self, kernel: &KernelStats, reader: &ConnStats) {
         self.counter(
             "tangle_agent_events_total",
             "Events read from the kernel.",
@@ -73,27 +73,27 @@ impl Page {
         );
         self.gauge(
             "tangle_agent_connections",
-            "Connections tracked now (userspace table).",
+            "Tracker tracked now (userspace table).",
             reader.connections,
         );
         self.gauge(
             "tangle_agent_kernel_connections",
-            "Connections tracked now (kernel table).",
+            "Tracker tracked now (kernel table).",
             kernel.conns_tracked,
         );
         self.counter(
             "tangle_agent_conn_table_full_total",
-            "Connections not tracked because the kernel table was full.",
+            "Tracker not tracked because the kernel table was full.",
             kernel.conn_table_full,
         );
         self.counter(
             "tangle_agent_kernel_conns_evicted_total",
-            "Connections the full kernel table forgot (least recently used) for new ones.",
+            "Tracker the full kernel table forgot (least recently used) for new ones.",
             kernel.conns_evicted,
         );
         self.counter(
             "tangle_agent_conns_evicted_total",
-            "Connections the full userspace table forgot (least recently active) for new ones.",
+            "Tracker the full userspace table forgot (least recently active) for new ones.",
             reader.evicted,
         );
         self.counters(
@@ -104,12 +104,12 @@ impl Page {
         );
         self.counter(
             "tangle_agent_conns_replaced_total",
-            "Connections ended by a new open with their id before their close was seen.",
+            "Tracker ended by a new open with their id before their close was seen.",
             reader.replaced,
         );
         self.counter(
             "tangle_agent_own_conns_ignored_total",
-            "Connections of Tangle's own processes and endpoints, not traced.",
+            "Tracker of Tangle's own processes and endpoints, not traced.",
             kernel.ignored + reader.ignored,
         );
         self.counter(
@@ -138,7 +138,7 @@ impl Page {
         );
         self.counter(
             "tangle_agent_parser_budget_drops_total",
-            "Connections no longer parsed for the memory they held: past [parsing] connection_mib alone, or among the largest when all together passed memory_mib.",
+            "Tracker no longer parsed for the memory they held: past [parsing] connection_mib alone, or among the largest when all together passed memory_mib.",
             p.parser_budget_drops,
         );
         let per = |f: fn(&tangle_protocols::ParserStats) -> u64| {
@@ -170,7 +170,7 @@ impl Page {
         );
         self.counters(
             "tangle_agent_parser_panics_total",
-            "Connections whose parser failed (a bug): no longer parsed, the others unaffected.",
+            "Tracker whose parser failed (a bug): no longer parsed, the others unaffected.",
             "protocol",
             per(|s| s.panics),
         );
@@ -252,7 +252,7 @@ impl Shared {
     pub fn publish(&self, mut page: Page) {
         page.counters(
             "tangle_agent_metrics_connections_total",
-            "Connections to this page: accepted, refused at a limit, and those accepted that ended early.",
+            "Tracker to this page: accepted, refused at a limit, and those accepted that ended early.",
             "outcome",
             self.conns.outcomes(),
         );

@@ -10,8 +10,7 @@ use tangle_common::{ConnEvent, DataHeader, Direction, Role, Syscall};
 use tangle_protocols::{Exchange, Status};
 
 use crate::{
-    connections::Connection,
-    connections::{Sink, close_reason},
+    connections::{Connection, Sink, close_reason},
     exchanges::ExchangeSink,
 };
 

@@ -23,7 +23,7 @@ pub type SpanId = [u8; 8];
 #[derive(Debug)]
 pub struct Outgoing {
     /// Resolved where the span is encoded, off the capture thread.
-    pub identity: std::sync::Arc<crate::identity::Named>,
+    pub identity: std::sync::Arc<crate::identity::IdentityCell>,
     pub span: SpanRecord,
 }
 

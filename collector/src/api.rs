@@ -84,7 +84,8 @@ pub struct Edge {
     pub client: String,
     pub server: String,
     pub kind: EdgeKind,
-    /// Whether the caller waits for the answer (all but `async`).
+    /// Whether the caller waits for the answer (all but `async`): what
+    /// `kind` says, kept for clients that read it before `kind` was typed.
     pub sync: bool,
     pub protocols: BTreeSet<String>,
     pub calls: u64,

@@ -1,5 +1,5 @@
-//! `/metrics`: Prometheus text exposition, rendered from the model on each
-//! scrape. Cardinality is bounded by services, entry operations and chain
+//! `/metrics`: Prometheus text exposition, rendered from the model (at
+//! most once a second, however many scrape). Cardinality is bounded by services, entry operations and chain
 //! signatures; chain details are in the JSON API.
 
 use std::sync::atomic::Ordering;
@@ -39,12 +39,7 @@ impl Sample for f64 {
 struct Out<'a>(&'a mut Page);
 
 impl Out<'_> {
-    fn head(&mut self, name: &str, kind: &str, help: &str) {
-        let kind = match kind {
-            "counter" => Kind::Counter,
-            "histogram" => Kind::Histogram,
-            _ => Kind::Gauge,
-        };
+    fn head(&mut self, name: &str, kind: Kind, help: &str) {
         self.0.family(name, kind, help);
     }
     fn line(&mut self, name: &str, l: &[(&str, &str)], v: impl Sample) {
@@ -72,7 +67,7 @@ pub fn intake(page: &mut Page, stats: &IntakeStats, queued_spans: usize) {
     ];
     o.head(
         "tangle_intake_connections_total",
-        "counter",
+        Kind::Counter,
         "Connections to each listener: accepted, refused at a limit (over_limit, over_address_limit), and those accepted that ended early (tls_failed, header_timeout, idle_closed, http_error).",
     );
     for (r, _, c) in &receivers {
@@ -86,7 +81,7 @@ pub fn intake(page: &mut Page, stats: &IntakeStats, queued_spans: usize) {
     }
     o.head(
         "tangle_intake_connections_open",
-        "gauge",
+        Kind::Gauge,
         "Connections open now, per receiver.",
     );
     for (r, _, c) in &receivers {
@@ -98,12 +93,12 @@ pub fn intake(page: &mut Page, stats: &IntakeStats, queued_spans: usize) {
     }
     o.head(
         "tangle_intake_requests_total",
-        "counter",
+        Kind::Counter,
         "OTLP export requests taken, per receiver.",
     );
     o.head(
         "tangle_intake_refused_total",
-        "counter",
+        Kind::Counter,
         "OTLP export requests (or connections) refused, per receiver and reason.",
     );
     let mut unauthenticated = 0;
@@ -127,14 +122,14 @@ pub fn intake(page: &mut Page, stats: &IntakeStats, queued_spans: usize) {
     }
     o.head(
         "tangle_exports_refused_total",
-        "counter",
+        Kind::Counter,
         "Exports refused for a missing or wrong token: the sum of \
          tangle_intake_refused_total{reason=\"unauthenticated\"} over both receivers.",
     );
     o.line("tangle_exports_refused_total", &[], unauthenticated);
     o.head(
         "tangle_intake_queued_spans",
-        "gauge",
+        Kind::Gauge,
         "Spans received and waiting to be assembled.",
     );
     o.line("tangle_intake_queued_spans", &[], queued_spans);
@@ -153,68 +148,68 @@ pub fn model(state: &State, page: &mut Page) {
     let mut o = Out(page);
     o.head(
         "tangle_spans_received_total",
-        "counter",
+        Kind::Counter,
         "Spans received and kept.",
     );
     o.line("tangle_spans_received_total", &[], mapping.accepted);
     o.head(
         "tangle_spans_rejected_total",
-        "counter",
+        Kind::Counter,
         "Spans rejected for bad trace or span ids.",
     );
     o.line("tangle_spans_rejected_total", &[], mapping.bad_ids);
     o.head(
         "tangle_spans_duplicate_total",
-        "counter",
+        Kind::Counter,
         "Spans received twice, dropped.",
     );
     o.line("tangle_spans_duplicate_total", &[], assembly.duplicates);
     o.head(
         "tangle_traces_assembled_total",
-        "counter",
+        Kind::Counter,
         "Traces assembled and analysed.",
     );
     o.line("tangle_traces_assembled_total", &[], assembly.traces);
     o.head(
         "tangle_traces_evicted_total",
-        "counter",
+        Kind::Counter,
         "Traces closed early because the spans in flight reached max_spans_in_flight (oldest first).",
     );
     o.line("tangle_traces_evicted_total", &[], assembly.evicted);
     o.head(
         "tangle_spans_joined_total",
-        "counter",
+        Kind::Counter,
         "Server spans joined under their client span by the agents' join keys.",
     );
     o.line("tangle_spans_joined_total", &[], assembly.joined);
     o.head(
         "tangle_join_keys_unmatched_total",
-        "counter",
+        Kind::Counter,
         "Join keys whose other end never came within the trace window.",
     );
     o.line("tangle_join_keys_unmatched_total", &[], assembly.unjoined);
     o.head(
         "tangle_spans_in_flight",
-        "gauge",
+        Kind::Gauge,
         "Spans held while their traces are assembled.",
     );
     o.line("tangle_spans_in_flight", &[], assembly.spans_in_flight);
     o.head(
         "tangle_new_sync_chains_total",
-        "counter",
+        Kind::Counter,
         "Synchronous chains never seen before (against the persisted baseline).",
     );
     o.line("tangle_new_sync_chains_total", &[], model.new_chains);
     o.head(
         "tangle_sync_chains",
-        "gauge",
+        Kind::Gauge,
         "Distinct synchronous chains seen by this collector.",
     );
     o.line("tangle_sync_chains", &[], model.chains.len());
 
     o.head(
         "tangle_entry_traces_total",
-        "counter",
+        Kind::Counter,
         "Traces per entry operation.",
     );
     for (e, s) in &model.entries {
@@ -245,7 +240,7 @@ pub fn model(state: &State, page: &mut Page) {
             "Services the entry operation needs up.",
         ),
     ] {
-        o.head(name, "gauge", help);
+        o.head(name, Kind::Gauge, help);
         for (e, s) in &model.entries {
             let v = match name {
                 "tangle_sync_depth_max" => s.max_depth,
@@ -265,7 +260,7 @@ pub fn model(state: &State, page: &mut Page) {
     }
     o.head(
         "tangle_sync_closure_availability",
-        "gauge",
+        Kind::Gauge,
         "Availability the closure implies: product of its services' success rates.",
     );
     for (e, s) in &model.entries {
@@ -282,7 +277,7 @@ pub fn model(state: &State, page: &mut Page) {
     }
     o.head(
         "tangle_sync_chain_traces_total",
-        "counter",
+        Kind::Counter,
         "Traces per synchronous chain (details: /api/chains).",
     );
     for (sig, c) in &model.chains {
@@ -300,7 +295,7 @@ pub fn model(state: &State, page: &mut Page) {
     }
     o.head(
         "tangle_database_accessors",
-        "gauge",
+        Kind::Gauge,
         "Services that access each database.",
     );
     for (db, users) in &model.databases {
@@ -312,7 +307,7 @@ pub fn model(state: &State, page: &mut Page) {
     }
     o.head(
         "tangle_spans_over_trace_limit_total",
-        "counter",
+        Kind::Counter,
         "Spans dropped because their trace held the most spans a trace may.",
     );
     o.line(
@@ -323,7 +318,7 @@ pub fn model(state: &State, page: &mut Page) {
     let n = &state.names.stats;
     o.head(
         "tangle_names_folded_total",
-        "counter",
+        Kind::Counter,
         "Names past [limits] max_services or max_operations_per_service, folded into {other}, by kind.",
     );
     for (kind, v) in [
@@ -334,13 +329,13 @@ pub fn model(state: &State, page: &mut Page) {
     }
     o.head(
         "tangle_names_cut_total",
-        "counter",
+        Kind::Counter,
         "Names longer than [limits] max_name_bytes, cut to it.",
     );
     o.line("tangle_names_cut_total", &[], mapping.names_cut);
     o.head(
         "tangle_model_overflow_total",
-        "counter",
+        Kind::Counter,
         "What the model's limits turned away (folded into {other}, or cut), by kind.",
     );
     let of = &model.overflow;
@@ -358,7 +353,7 @@ pub fn model(state: &State, page: &mut Page) {
     let b = model.baseline_stats();
     o.head(
         "tangle_baseline_write_errors_total",
-        "counter",
+        Kind::Counter,
         "Chains that could not be written to the baseline (or were dropped, the writer being behind).",
     );
     o.line(
@@ -368,7 +363,7 @@ pub fn model(state: &State, page: &mut Page) {
     );
     o.head(
         "tangle_baseline_skipped_lines",
-        "gauge",
+        Kind::Gauge,
         "Lines of the baseline file that did not parse when it was read, skipped.",
     );
     o.line(
@@ -383,7 +378,7 @@ pub fn model(state: &State, page: &mut Page) {
     }
     o.head(
         "tangle_findings",
-        "gauge",
+        Kind::Gauge,
         "Distributed-monolith findings now, by kind (details: /api/findings).",
     );
     for (k, n) in &by_kind {
@@ -415,7 +410,7 @@ pub fn model(state: &State, page: &mut Page) {
         .collect();
     o.head(
         "traces_service_graph_request_total",
-        "counter",
+        Kind::Counter,
         "Requests between two services.",
     );
     for ((c, s), e, t) in &graph {
@@ -427,7 +422,7 @@ pub fn model(state: &State, page: &mut Page) {
     }
     o.head(
         "tangle_edge_links_total",
-        "counter",
+        Kind::Counter,
         "Calls on each edge by how they were linked to the caller's request: exact (propagated context, the thread rule, the wire join) or inferred (a heuristic).",
     );
     for ((c, s), e, t) in &graph {
@@ -446,7 +441,7 @@ pub fn model(state: &State, page: &mut Page) {
     }
     o.head(
         "traces_service_graph_request_failed_total",
-        "counter",
+        Kind::Counter,
         "Failed requests between two services.",
     );
     for ((c, s), e, t) in &graph {
@@ -458,7 +453,7 @@ pub fn model(state: &State, page: &mut Page) {
     }
     o.head(
         "traces_service_graph_request_client_seconds",
-        "histogram",
+        Kind::Histogram,
         "Request time as the client measured it.",
     );
     for ((c, s), e, t) in &graph {
@@ -470,7 +465,7 @@ pub fn model(state: &State, page: &mut Page) {
     }
     o.head(
         "traces_service_graph_request_server_seconds",
-        "histogram",
+        Kind::Histogram,
         "Request time as the server measured it.",
     );
     for ((c, s), e, t) in &graph {

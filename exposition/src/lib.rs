@@ -71,7 +71,7 @@ impl Page {
     }
 
     /// A sample of counter or gauge family `name` (declared before; one of
-    /// an undeclared family is dropped).
+    /// an undeclared family, or of a histogram family, is dropped).
     pub fn sample(&mut self, name: &str, labels: &[(&str, &str)], value: f64) {
         let Some(kind) = self
             .by_name
@@ -83,6 +83,7 @@ impl Page {
         };
         let mut m = Metric::from_label(label_pairs(labels));
         match kind {
+            MetricType::HISTOGRAM => return,
             MetricType::COUNTER => {
                 let mut c = Counter::default();
                 c.set_value(value);
@@ -126,7 +127,8 @@ impl Page {
     }
 
     /// A sample of histogram family `name`: `counts` per bucket of
-    /// `bounds` (not cumulative), the last one past them all (`+Inf`).
+    /// `bounds`, not cumulative (a count past the last bound is not read:
+    /// `+Inf` is `count`, all of them).
     pub fn histogram(
         &mut self,
         name: &str,

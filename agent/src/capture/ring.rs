@@ -6,7 +6,7 @@ use std::io;
 use aya::maps::{MapData, RingBuf};
 use tokio::io::unix::AsyncFd;
 
-use crate::connections::{ConnTable, Connections, ReaderStats, Sink};
+use crate::connections::{ConnStats, ConnTable, Sink, Tracker};
 
 /// The longest a ready event waits for the reader.
 pub const POLL_INTERVAL: std::time::Duration = std::time::Duration::from_millis(20);
@@ -15,7 +15,7 @@ pub const POLL_INTERVAL: std::time::Duration = std::time::Duration::from_millis(
 /// is what the sink keeps per connection.
 pub struct Reader<S> {
     ring: AsyncFd<RingBuf<MapData>>,
-    connections: Connections<S>,
+    connections: Tracker<S>,
 }
 
 impl<S: Default> Reader<S> {
@@ -30,11 +30,11 @@ impl<S: Default> Reader<S> {
             .map_err(|e| e.into_parts().1)?;
         Ok(Self {
             ring,
-            connections: Connections::new(ConnTable::with_identities(max_connections, identities)),
+            connections: Tracker::new(ConnTable::with_identities(max_connections, identities)),
         })
     }
 
-    pub fn stats(&self) -> ReaderStats {
+    pub fn stats(&self) -> ConnStats {
         self.connections.stats()
     }
 

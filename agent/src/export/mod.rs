@@ -724,7 +724,7 @@ mod tests {
         let stats = ExportStats::default();
         let mut enc = Encoder::default();
         let mut unnamed = Unnamed::default();
-        let (waiting, slot) = crate::identity::Named::pending_for_tests();
+        let (waiting, slot) = crate::identity::IdentityCell::pending_for_tests();
         let out = |identity| Outgoing {
             identity,
             span: crate::spans::SpanRecord::new(&conn, ex(1, 10), 0),
@@ -732,13 +732,13 @@ mod tests {
         let mut batch = Batch::default();
         unnamed.place(out(waiting.clone()), &mut batch, &mut enc, &stats);
         unnamed.place(
-            out(crate::identity::Named::pending_for_tests().0),
+            out(crate::identity::IdentityCell::pending_for_tests().0),
             &mut batch,
             &mut enc,
             &stats,
         );
         unnamed.place(
-            out(crate::identity::Named::known(Identity {
+            out(crate::identity::IdentityCell::known(Identity {
                 tangle: true,
                 ..Identity::executable("tangle-agent")
             })),
@@ -748,7 +748,7 @@ mod tests {
         );
         assert_eq!((batch.spans, stats.own.load(Ordering::Relaxed)), (0, 1));
         assert_eq!(stats.naming.load(Ordering::Relaxed), 2);
-        // Named: the first goes out; the other waits on.
+        // IdentityCell: the first goes out; the other waits on.
         slot(Identity::executable("orders"));
         let now = tokio::time::Instant::now();
         unnamed.release(now, &mut batch, &mut enc, &stats);

@@ -554,7 +554,7 @@ mod tests {
     fn a_batch_splits_into_halves_that_keep_their_processes() {
         let a = Connection::sample(1, Role::Client, "127.0.0.1:1", "127.0.0.1:80");
         let mut b_conn = a.clone();
-        b_conn.identity = crate::identity::Named::known(Identity::executable("other"));
+        b_conn.identity = crate::identity::IdentityCell::known(Identity::executable("other"));
         let mut batch = Batch::default();
         let mut enc = Encoder::default();
         let mut ids = Vec::new();

@@ -20,7 +20,7 @@
 pub mod kubernetes;
 mod resolver;
 
-pub use resolver::{Identities, Named, NamingStats};
+pub use resolver::{Identities, IdentityCell, NamingStats};
 
 use std::sync::Arc;
 

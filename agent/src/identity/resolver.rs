@@ -2,7 +2,7 @@
 //! Naming a process reads /proc (its executable, command line, environment
 //! and cgroup), walks the cgroup tree and looks the pod up in the cluster's
 //! view: milliseconds the capture thread cannot spend per new process. So
-//! an open only asks: the connection holds a [`Named`] at once, and the
+//! an open only asks: the connection holds a [`IdentityCell`] at once, and the
 //! identity thread fills it in. The export thread waits for the name (a
 //! while: it never reads /proc itself, which a hostile process can make
 //! slow); an identity thread stuck on one process is replaced.
@@ -114,7 +114,7 @@ impl Naming {
             .or_else(|| cluster.pod_of_container(&cgroup.container.as_ref()?.id))
     }
 
-    fn resolve(&self, n: &Named) -> Arc<Identity> {
+    fn resolve(&self, n: &IdentityCell) -> Arc<Identity> {
         let facts = self.facts(n.pid, &n.comm, n.cgroup_id);
         let pod = self.pod(&facts.cgroup);
         let identity = Arc::new(name(&self.rules, &facts, pod.as_ref()));
@@ -131,7 +131,7 @@ impl Naming {
 
 /// A process's identity as its connections hold it: asked for at the
 /// open, filled in off the capture thread.
-pub struct Named {
+pub struct IdentityCell {
     pid: u32,
     /// The kernel's name for it, if it is gone before it is looked at.
     comm: String,
@@ -140,25 +140,26 @@ pub struct Named {
     naming: Arc<Naming>,
 }
 
-impl std::fmt::Debug for Named {
+impl std::fmt::Debug for IdentityCell {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Named")
+        f.debug_struct("IdentityCell")
             .field("pid", &self.pid)
             .field("identity", &self.identity.get())
             .finish()
     }
 }
 
-impl PartialEq for Named {
+impl PartialEq for IdentityCell {
     fn eq(&self, other: &Self) -> bool {
         self.pid == other.pid && self.identity.get() == other.identity.get()
     }
 }
 
-impl Eq for Named {}
+impl Eq for IdentityCell {}
 
-impl Named {
-    /// An identity known already (tests, and processes named without /proc).
+impl IdentityCell {
+    /// An identity known already, as if /proc had said so (tests).
+    #[cfg(test)]
     pub fn known(identity: Identity) -> Arc<Self> {
         let named = Self {
             pid: 0,
@@ -172,7 +173,7 @@ impl Named {
     }
 
     /// The identity, resolved now if it is not yet (reading /proc): for the
-    /// CLI and tests, never on the export thread, which takes [`Named::ready`].
+    /// CLI and tests, never on the export thread, which takes [`IdentityCell::ready`].
     pub fn get(&self) -> &Arc<Identity> {
         self.identity.get_or_init(|| {
             self.naming
@@ -235,12 +236,12 @@ pub struct NamingStats {
 pub struct Identities {
     naming: Arc<Naming>,
     /// pid -> (identity, open connections).
-    known: HashMap<u32, (Arc<Named>, usize)>,
+    known: HashMap<u32, (Arc<IdentityCell>, usize)>,
     /// To the identity thread; without one, a process is named when its
     /// connection opens.
-    queue: Option<mpsc::SyncSender<Arc<Named>>>,
+    queue: Option<mpsc::SyncSender<Arc<IdentityCell>>>,
     /// Asked while the queue was full: sent again with the next ask.
-    backlog: Vec<Arc<Named>>,
+    backlog: Vec<Arc<IdentityCell>>,
     /// Identity threads started.
     threads: u32,
     /// Processes whose naming got an identity thread stuck: never asked again.
@@ -281,7 +282,7 @@ impl Identities {
 
     /// Starts an identity thread, which takes the queue from now on.
     fn start_thread(&mut self) -> std::io::Result<()> {
-        let (tx, rx) = mpsc::sync_channel::<Arc<Named>>(QUEUE);
+        let (tx, rx) = mpsc::sync_channel::<Arc<IdentityCell>>(QUEUE);
         let naming = self.naming.clone();
         std::thread::Builder::new()
             .name("identity".into())
@@ -344,13 +345,13 @@ impl Identities {
     /// Takes `identity` as `pid`'s, as if /proc had said so.
     #[cfg(test)]
     pub fn preset(&mut self, pid: u32, identity: Identity) {
-        self.known.insert(pid, (Named::known(identity), 0));
+        self.known.insert(pid, (IdentityCell::known(identity), 0));
     }
 
     /// The identity of `pid`, whose thread was in cgroup `cgroup_id`
     /// (`comm`: the kernel's name, if it is gone); counts one more open
     /// connection of it.
-    pub fn acquire(&mut self, pid: u32, comm: &str, cgroup_id: u64) -> Arc<Named> {
+    pub fn acquire(&mut self, pid: u32, comm: &str, cgroup_id: u64) -> Arc<IdentityCell> {
         if let Some((named, open)) = self.known.get_mut(&pid) {
             *open += 1;
             // A pod the cluster did not list yet when the process was
@@ -378,10 +379,10 @@ impl Identities {
         named
     }
 
-    /// A new [`Named`] for `pid`, queued to the identity thread (or named
+    /// A new [`IdentityCell`] for `pid`, queued to the identity thread (or named
     /// now, without one).
-    fn ask(&mut self, pid: u32, comm: &str, cgroup_id: u64) -> Arc<Named> {
-        let named = Arc::new(Named {
+    fn ask(&mut self, pid: u32, comm: &str, cgroup_id: u64) -> Arc<IdentityCell> {
+        let named = Arc::new(IdentityCell {
             pid,
             comm: comm.to_owned(),
             cgroup_id,

@@ -11,7 +11,7 @@ use tangle_agent::{
         ring::Reader,
     },
     connections::{ConnTable, Sink},
-    exchanges::{Parsing, Pipeline},
+    exchanges::{ParseState, Pipeline},
     identity::Identities,
     output::{Format, LineWriter},
     privileges,
@@ -77,10 +77,10 @@ impl<W: std::io::Write> CliSink for Pipeline<LineWriter<W>> {
     fn note(&mut self, human: &str, json: &serde_json::Value) {
         self.sink.note(human, json);
     }
-    fn stats(&self, table: &ConnTable<Parsing>) -> serde_json::Value {
+    fn stats(&self, table: &ConnTable<ParseState>) -> serde_json::Value {
         serde_json::to_value(self.stats_now(table)).unwrap_or_default()
     }
-    fn metrics(&self, page: &mut tangle_agent::metrics::Page, table: &ConnTable<Parsing>) {
+    fn metrics(&self, page: &mut tangle_agent::metrics::Page, table: &ConnTable<ParseState>) {
         page.parsing(&self.stats_now(table));
     }
 }
@@ -120,14 +120,14 @@ impl CliSink for Pipeline<Exporting> {
     fn note(&mut self, human: &str, json: &serde_json::Value) {
         self.sink.out.note(human, json);
     }
-    fn stats(&self, table: &ConnTable<Parsing>) -> serde_json::Value {
+    fn stats(&self, table: &ConnTable<ParseState>) -> serde_json::Value {
         let mut v = serde_json::to_value(self.stats_now(table)).unwrap_or_default();
         if let Some(o) = v.as_object_mut() {
             o.insert("export".into(), self.sink.stats.snapshot());
         }
         v
     }
-    fn metrics(&self, page: &mut tangle_agent::metrics::Page, table: &ConnTable<Parsing>) {
+    fn metrics(&self, page: &mut tangle_agent::metrics::Page, table: &ConnTable<ParseState>) {
         page.parsing(&self.stats_now(table));
         page.export(&self.sink.stats);
     }
@@ -230,7 +230,7 @@ pub fn capture(args: CaptureArgs, mode: Mode) -> anyhow::Result<()> {
             None => None,
         };
         let identities = match &mode {
-            // Named off the capture thread: naming reads /proc and the cluster.
+            // IdentityCell off the capture thread: naming reads /proc and the cluster.
             Mode::Export(config) => Identities::on_thread(
                 config.identity.rules.clone(),
                 kube.map(|k| {
