@@ -122,16 +122,52 @@ fn call_trace(trace: u8, from: &str, to: &str) -> ExportTraceServiceRequest {
     ])
 }
 
-fn run_page(node: &Path, dir: &Path, url: &str, mode: &str) -> std::process::Child {
-    Command::new(node)
-        .arg(dir.join("map.mjs"))
-        .args([url, TOKEN, &artifacts().display().to_string(), mode])
-        .current_dir(dir)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .unwrap()
+/// The page open in Chromium, driven by `map.mjs`'s commands.
+struct Page {
+    child: std::process::Child,
+    lines: std::io::Lines<BufReader<std::process::ChildStdout>>,
+    stdin: std::process::ChildStdin,
+    /// What the page said when it loaded.
+    loaded: serde_json::Value,
+}
+
+impl Page {
+    fn open(node: &Path, dir: &Path, url: &str, token: &str) -> Self {
+        let mut child = Command::new(node)
+            .arg(dir.join("map.mjs"))
+            .args([url, token, &artifacts().display().to_string()])
+            .current_dir(dir)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap();
+        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+        let stdin = child.stdin.take().unwrap();
+        let loaded = serde_json::from_str(&lines.next().unwrap().unwrap()).unwrap();
+        Self {
+            child,
+            lines,
+            stdin,
+            loaded,
+        }
+    }
+
+    fn ask(&mut self, command: &str) -> serde_json::Value {
+        writeln!(self.stdin, "{command}").unwrap();
+        let answer: serde_json::Value =
+            serde_json::from_str(&self.lines.next().unwrap().unwrap()).unwrap();
+        assert_ne!(answer["event"], "error", "{answer}");
+        answer
+    }
+
+    /// What went wrong on the page, and the browser closed.
+    fn quit(mut self) -> serde_json::Value {
+        let problems = self.ask("quit")["problems"].clone();
+        drop(self.stdin);
+        assert!(self.child.wait().unwrap().success());
+        problems
+    }
 }
 
 fn pairs(v: &serde_json::Value) -> BTreeSet<(String, String)> {
@@ -235,19 +271,24 @@ fn the_map_in_chromium() {
         .unwrap()
         .to_owned();
 
+    let findings = authed("/api/findings");
+    let databases = authed("/api/databases");
     let url = format!("http://127.0.0.1:{}/", c.http);
-    let mut page = run_page(&node, &dir, &url, "check");
-    let mut lines = BufReader::new(page.stdout.take().unwrap()).lines();
-    let waiting = lines.next().unwrap().unwrap();
-    assert_eq!(waiting, "WAITING", "the page did not load");
-    // A new chain while the page is open.
+    let mut page = Page::open(&node, &dir, &url, TOKEN);
+    let before = page.loaded["map"].clone();
+    let first_render_ms = page.loaded["first_render_ms"].clone();
+    assert_eq!(page.loaded["status"], 200);
+    page.ask("shot map");
+    page.ask("zoom");
+    let selected = page.ask("select new_sync_chain")["map"].clone();
+    page.ask("shot map-selected");
+    // A new chain while the page is open: it comes with a later poll.
     post(&c, &call_trace(4, "checkout-v2", "fraud"));
-    writeln!(page.stdin.take().unwrap(), "go").unwrap();
-    let seen: serde_json::Value = serde_json::from_str(&lines.next().unwrap().unwrap()).unwrap();
-    assert!(page.wait().unwrap().success());
-
-    assert_eq!(seen["status"], 200);
-    assert_eq!(seen["problems"], serde_json::json!([]), "{seen}");
+    let n = before["nodes"].as_array().unwrap().len();
+    let after = page.ask(&format!("grown {n}"))["map"].clone();
+    page.ask("shot map-updated");
+    let problems = page.quit();
+    assert_eq!(problems, serde_json::json!([]));
     let svc = |n: &str| (n.to_owned(), "service".to_owned());
     // Exactly these nodes and edges, each of its kind: nothing else.
     let want_nodes: BTreeSet<_> = [
@@ -258,7 +299,7 @@ fn the_map_in_chromium() {
         (db.clone(), "database".into()),
     ]
     .into();
-    assert_eq!(pairs(&seen["before"]["nodes"]), want_nodes);
+    assert_eq!(pairs(&before["nodes"]), want_nodes);
     let edge = |a: &str, b: &str, kind: &str| (format!("{a}\u{2192}{b}"), kind.to_owned());
     let want_edges: BTreeSet<_> = [
         edge("gateway", "orders", "sync"),
@@ -267,36 +308,63 @@ fn the_map_in_chromium() {
         edge("payments", &db, "data"),
     ]
     .into();
-    assert_eq!(pairs(&seen["before"]["edges"]), want_edges);
-    assert_eq!(seen["before"]["symptoms"]["shared_database"], "red");
-    assert_eq!(seen["before"]["symptoms"]["cycle"], "green");
-    // The new-chain finding selected: its chain lit, nothing else.
-    let lit = &seen["selected"]["highlighted"];
-    let lit_nodes = strings(&lit["nodes"]);
-    assert!(
-        lit_nodes.len() >= 2 && lit_nodes.iter().all(|n| n != &db),
-        "{lit}"
+    assert_eq!(pairs(&before["edges"]), want_edges);
+    assert_eq!(before["symptoms"]["shared_database"], "red");
+    assert_eq!(before["symptoms"]["cycle"], "green");
+    // The first new-chain finding selected: exactly its chain lit.
+    let chain: Vec<String> = findings["findings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|f| f["kind"] == "new_sync_chain")
+        .unwrap()["chain"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|h| h["service"].as_str().unwrap().to_owned())
+        .collect();
+    let lit = &selected["highlighted"];
+    assert_eq!(strings(&lit["nodes"]), chain.iter().cloned().collect());
+    assert_eq!(
+        strings(&lit["edges"]),
+        chain
+            .windows(2)
+            .map(|w| format!("{}\u{2192}{}", w[0], w[1]))
+            .collect()
     );
-    assert_eq!(strings(&seen["selected"]["selected"]).len(), 1, "{seen}");
-    assert!(!strings(&lit["edges"]).is_empty(), "{lit}");
+    assert_eq!(strings(&selected["selected"]).len(), 1, "{selected}");
+    // Data edges into a database another service owns are marked.
+    let cross: BTreeSet<String> = databases["databases"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|d| !d["owner"].is_null())
+        .flat_map(|d| {
+            let owner = d["owner"]["service"].as_str().unwrap().to_owned();
+            let name = d["database"].as_str().unwrap().to_owned();
+            d["accessors"]
+                .as_object()
+                .unwrap()
+                .keys()
+                .filter(move |s| **s != owner)
+                .map(move |s| format!("{s}\u{2192}{name}"))
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    assert!(!cross.is_empty());
+    assert_eq!(strings(&before["cross"]), cross);
     // The update brought the new chain and kept the zoom and the selection.
-    let after = pairs(&seen["after"]["nodes"]);
-    assert!(after.contains(&svc("checkout-v2")) && after.contains(&svc("fraud")));
-    assert_eq!(after.len(), want_nodes.len() + 2);
-    assert!(pairs(&seen["after"]["edges"]).contains(&edge("checkout-v2", "fraud", "sync")));
-    assert_eq!(seen["after"]["transform"], seen["selected"]["transform"]);
-    assert_ne!(
-        seen["selected"]["transform"], seen["before"]["transform"],
-        "zoomed"
-    );
-    assert_eq!(seen["after"]["selected"], seen["selected"]["selected"]);
-    assert_eq!(seen["after"]["highlighted"]["nodes"], lit["nodes"]);
+    let after_nodes = pairs(&after["nodes"]);
+    assert!(after_nodes.contains(&svc("checkout-v2")) && after_nodes.contains(&svc("fraud")));
+    assert_eq!(after_nodes.len(), want_nodes.len() + 2);
+    assert!(pairs(&after["edges"]).contains(&edge("checkout-v2", "fraud", "sync")));
+    assert_eq!(after["transform"], selected["transform"]);
+    assert_ne!(selected["transform"], before["transform"], "zoomed");
+    assert_eq!(after["selected"], selected["selected"]);
+    assert_eq!(after["highlighted"]["nodes"], lit["nodes"]);
     report(
         name,
-        &format!(
-            "first render {} ms; screenshots in target/artifacts/web",
-            seen["first_render_ms"]
-        ),
+        &format!("first render {first_render_ms} ms; screenshots in target/artifacts/web"),
     );
     // The report as one file: it opens offline and shows the same map.
     let out = Command::new(env!("CARGO_BIN_EXE_tangle-collector"))
@@ -314,17 +382,12 @@ fn the_map_in_chromium() {
     std::fs::write(&file, &out.stdout).unwrap();
     let html = String::from_utf8(out.stdout).unwrap();
     assert!(!html.contains("src=\"assets/") && !html.contains("href=\"assets/"));
-    let page = run_page(&node, &dir, &format!("file://{}", file.display()), "file");
-    let out = page.wait_with_output().unwrap();
-    assert!(out.status.success());
-    let shown: serde_json::Value =
-        serde_json::from_str(String::from_utf8(out.stdout).unwrap().trim()).unwrap();
-    assert_eq!(shown["problems"], serde_json::json!([]), "{shown}");
-    assert_eq!(pairs(&shown["map"]["nodes"]), after);
-    assert_eq!(
-        pairs(&shown["map"]["edges"]),
-        pairs(&seen["after"]["edges"])
-    );
+    let mut report_page = Page::open(&node, &dir, &format!("file://{}", file.display()), "");
+    let shown = report_page.loaded["map"].clone();
+    report_page.ask("shot report");
+    assert_eq!(report_page.quit(), serde_json::json!([]));
+    assert_eq!(pairs(&shown["nodes"]), after_nodes);
+    assert_eq!(pairs(&shown["edges"]), pairs(&after["edges"]));
     // Without the token, no report.
     let denied = Command::new(env!("CARGO_BIN_EXE_tangle-collector"))
         .args(["report", "--url"])
@@ -437,21 +500,22 @@ fn a_large_map_stays_responsive() {
                 == 2000
     });
     let url = format!("http://127.0.0.1:{}/", c.http);
-    let page = run_page(&node, &dir, &url, "time");
-    let out = page.wait_with_output().unwrap();
-    assert!(out.status.success());
-    let seen: serde_json::Value =
-        serde_json::from_str(String::from_utf8(out.stdout).unwrap().trim()).unwrap();
-    assert_eq!(seen["problems"], serde_json::json!([]), "{seen}");
-    assert_eq!(seen["counts"], serde_json::json!([300, 2000]));
+    let mut page = Page::open(&node, &dir, &url, TOKEN);
+    let map = page.loaded["map"].clone();
+    assert_eq!(map["nodes"].as_array().unwrap().len(), 300);
+    assert_eq!(map["edges"].as_array().unwrap().len(), 2000);
+    let first_render_ms = page.loaded["first_render_ms"].clone();
+    let timed = page.ask("time");
+    page.ask("shot map-large");
+    assert_eq!(page.quit(), serde_json::json!([]));
     report(
         name,
         &format!(
             "300 services, 2,000 edges: first render {} ms (load, fetch, layout, draw), \
              a redraw {:.0} ms, a wheel zoom drawn in {} ms",
-            seen["first_render_ms"],
-            seen["update_ms"].as_f64().unwrap_or(f64::NAN),
-            seen["zoom_ms"]
+            first_render_ms,
+            timed["redraw_ms"].as_f64().unwrap_or(f64::NAN),
+            timed["zoom_ms"]
         ),
     );
     c.stop();

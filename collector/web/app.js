@@ -206,9 +206,20 @@ function tooltip(evt, lines) {
   t.hidden = false;
 }
 
+// Data edges from a service into a database another service owns.
+function crossEdges() {
+  const cross = new Set();
+  for (const d of state.databases.databases) {
+    if (!d.owner) continue;
+    for (const s of Object.keys(d.accessors)) if (s !== d.owner.service) cross.add(edgeKey(s, d.database));
+  }
+  return cross;
+}
+
 function drawMap() {
   const { nodes, edges } = state.graph;
   layout(nodes, edges);
+  const cross = crossEdges();
   const edgesG = $("edges");
   const nodesG = $("nodes");
   edgesG.replaceChildren();
@@ -226,7 +237,7 @@ function drawMap() {
     const mx = (a.x + ex) / 2 - (dy / len) * 12;
     const my = (a.y + ey) / 2 + (dx / len) * 12;
     const path = svgEl("path", {
-      class: `edge kind-${e.kind}${e.failed > 0 ? " failing" : ""}`,
+      class: `edge kind-${e.kind}${e.failed > 0 ? " failing" : ""}${cross.has(edgeKey(e.client, e.server)) ? " cross" : ""}`,
       d: `M ${a.x} ${a.y} Q ${mx} ${my} ${ex} ${ey}`,
       "data-edge": edgeKey(e.client, e.server),
       "data-kind": e.kind,
@@ -238,6 +249,7 @@ function drawMap() {
       `latency (client) ${average(e.client_seconds)}`,
       `at most ${e.max_calls_per_request} calls per request`,
       e.inferred ? `${e.inferred} calls linked by inference` : "linked exactly",
+      ...(cross.has(edgeKey(e.client, e.server)) ? ["into a database another service owns"] : []),
     ]));
     path.addEventListener("mouseleave", () => { $("tooltip").hidden = true; });
     edgesG.append(path);
@@ -455,11 +467,20 @@ function drawPanels() {
   }
   const dbs = $("databases");
   dbs.replaceChildren();
+  if (!state.databases.databases.length) dbs.append(el("li", { class: "muted" }, "none"));
   for (const d of state.databases.databases) {
     const owner = d.owner ? d.owner.service : null;
-    const cross = Object.keys(d.accessors).filter((s) => owner && s !== owner);
-    const li = item(dbs, `database:${d.database}`, `${d.database}: ${Object.keys(d.accessors).join(", ")}` +
-      (owner ? ` (owner ${owner})` : ""), cross.length ? el("span", { class: "cross" }, `cross-service: ${cross.join(", ")}`) : undefined);
+    const li = item(dbs, `database:${d.database}`, `${d.database} (${d.system})` +
+      (owner ? `, owned by ${owner} (${d.owner.source})` : ", no owner known"));
+    const ul = el("ul");
+    for (const [service, tables] of Object.entries(d.accessors)) {
+      const uses = Object.entries(tables)
+        .map(([t, u]) => `${t} (${u.reads} reads, ${u.writes} writes)`)
+        .join(", ");
+      const crossing = owner && service !== owner;
+      ul.append(el("li", crossing ? { class: "cross" } : {}, `${service}${crossing ? " (cross-service)" : ""}: ${uses || "no table named"}`));
+    }
+    li.append(ul);
     li.addEventListener("click", () => select({ what: "database", key: d.database }));
   }
 }

@@ -270,6 +270,25 @@ pub fn run(opts: &Options) -> anyhow::Result<()> {
     let learned = Duration::from_secs(LEARNING_SECONDS + 2);
     std::thread::sleep(learned.saturating_sub(started.elapsed()));
     let healthy = fetch_json(&format!("127.0.0.1:{API}"), "/api/chains")?;
+    // With --check, the map is watched in a browser from here on: the new
+    // chain of phase 2 must appear on it.
+    let mut page = match (opts.check, crate::browser::available()) {
+        (false, _) => None,
+        (true, Ok(_)) => {
+            eprintln!("demo: opening the map in Chromium");
+            Some(crate::browser::Page::open(
+                &format!("http://127.0.0.1:{API}/"),
+                &dir,
+            )?)
+        }
+        (true, Err(reason)) if std::env::var_os("CI").is_some() => {
+            bail!("the map's browser check cannot run in CI: {reason}")
+        }
+        (true, Err(reason)) => {
+            eprintln!("demo: SKIPPED the map's browser check: {reason}");
+            None
+        }
+    };
     std::fs::write(shop_dir.join("fraud.on"), "")?;
     load(
         "phase 2, payments now calls fraud: a new synchronous chain",
@@ -352,7 +371,10 @@ pub fn run(opts: &Options) -> anyhow::Result<()> {
         } else {
             healthy
         };
-        let problems = compare(&truth, &graph, &chains, &databases, &findings, &healthy);
+        let mut problems = compare(&truth, &graph, &chains, &databases, &findings, &healthy);
+        if let Some(page) = &mut page {
+            problems.extend(check_page(page, &graph, &findings)?);
+        }
         let a = &graph["assembly"];
         println!(
             "check: {} server spans joined to their client span; left unjoined: {} calls, {} served spans",
@@ -367,8 +389,123 @@ pub fn run(opts: &Options) -> anyhow::Result<()> {
             );
         }
         println!("check: the map, chains, databases and findings equal examples/shop/truth.json");
+        if page.is_some() {
+            println!(
+                "check: the map in Chromium showed them, the new chain appeared on it, and its \
+                 finding lit it (screenshot: target/demo/shop-map.png)"
+            );
+        }
     }
     Ok(())
+}
+
+/// What the page in the browser got wrong: it must show exactly the
+/// graph's nodes and edges with their kinds (the graph is checked against
+/// the truth), must have gained the new chain's services since phase 1,
+/// must light exactly that chain when its finding is selected, and must
+/// have had no console error and made no request elsewhere.
+fn check_page(
+    page: &mut crate::browser::Page,
+    graph: &Value,
+    findings: &Value,
+) -> anyhow::Result<Vec<String>> {
+    let pairs = |v: &Value| -> BTreeSet<(String, String)> {
+        v.as_array()
+            .into_iter()
+            .flatten()
+            .map(|p| {
+                (
+                    p[0].as_str().unwrap_or("").into(),
+                    p[1].as_str().unwrap_or("").into(),
+                )
+            })
+            .collect()
+    };
+    let strings = |v: &Value| -> BTreeSet<String> {
+        v.as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|s| s.as_str().map(str::to_owned))
+            .collect()
+    };
+    let before = page.loaded["map"].clone();
+    // A poll after the last traces closed: the final model.
+    let now = page.ask("next")?["map"].clone();
+    let selected = page.ask("select new_sync_chain")?["map"].clone();
+    page.ask("shot shop-map")?;
+    let troubles = page.ask("quit")?["problems"].clone();
+    let mut problems = Vec::new();
+    for t in strings(&troubles) {
+        problems.push(format!("the page: {t}"));
+    }
+    let api_nodes: BTreeSet<(String, String)> = graph["nodes"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|n| {
+            (
+                n["name"].as_str().unwrap_or("").into(),
+                n["kind"].as_str().unwrap_or("").into(),
+            )
+        })
+        .collect();
+    let api_edges: BTreeSet<(String, String)> = graph["edges"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|e| {
+            (
+                format!(
+                    "{}\u{2192}{}",
+                    e["client"].as_str().unwrap_or(""),
+                    e["server"].as_str().unwrap_or("")
+                ),
+                e["kind"].as_str().unwrap_or("").into(),
+            )
+        })
+        .collect();
+    if pairs(&now["nodes"]) != api_nodes {
+        problems.push(format!(
+            "the page's nodes {:?} are not the graph's {api_nodes:?}",
+            pairs(&now["nodes"])
+        ));
+    }
+    if pairs(&now["edges"]) != api_edges {
+        problems.push(format!(
+            "the page's edges {:?} are not the graph's {api_edges:?}",
+            pairs(&now["edges"])
+        ));
+    }
+    let chain: Vec<String> = findings["findings"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|f| f["kind"] == "new_sync_chain")
+        .map(|f| {
+            f["chain"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|h| h["service"].as_str().map(str::to_owned))
+                .collect()
+        })
+        .unwrap_or_default();
+    let had: BTreeSet<String> = pairs(&before["nodes"])
+        .into_iter()
+        .map(|(n, _)| n)
+        .collect();
+    if chain.is_empty() || chain.iter().all(|s| had.contains(s)) {
+        problems.push(format!(
+            "the new chain {chain:?} brought no service the page did not show in phase 1"
+        ));
+    }
+    let lit = strings(&selected["highlighted"]["nodes"]);
+    if lit != chain.iter().cloned().collect() {
+        problems.push(format!(
+            "selecting the new chain's finding lit {lit:?}, not {chain:?}"
+        ));
+    }
+    Ok(problems)
 }
 
 /// Starts the shop in the cgroup and waits for `shop: ready`.

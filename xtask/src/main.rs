@@ -4,6 +4,7 @@
 #![allow(clippy::indexing_slicing)]
 
 mod bench;
+mod browser;
 mod demo;
 mod images;
 mod setup;
