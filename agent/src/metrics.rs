@@ -34,26 +34,20 @@ pub enum MetricsError {
 #[derive(Default)]
 pub struct Page(tangle_exposition::Page);
 
+impl std::ops::Deref for Page {
+    type Target = tangle_exposition::Page;
+    fn deref(&self) -> &Self::Target {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Page {
+    fn deref_mut(&mut self) -> &mut Self::Target {
+        &mut self.0
+    }
+}
+
 impl Page {
-    pub fn counter(&mut self, name: &str, help: &str, value: u64) {
-        self.0.counter(name, help, value);
-    }
-
-    pub fn gauge(&mut self, name: &str, help: &str, value: u64) {
-        self.0.gauge(name, help, value as f64);
-    }
-
-    /// A counter family with one `label` (values sorted, so pages compare).
-    pub fn counters<'a>(
-        &mut self,
-        name: &str,
-        help: &str,
-        label: &str,
-        values: impl IntoIterator<Item = (&'a str, u64)>,
-    ) {
-        self.0.counters(name, help, label, values);
-    }
-
     /// The capture's own counters.
     pub fn capture(&mut self, kernel: &KernelStats, reader: &ConnStats) {
         self.counter(
@@ -74,12 +68,12 @@ impl Page {
         self.gauge(
             "tangle_agent_connections",
             "Tracker tracked now (userspace table).",
-            reader.connections,
+            reader.connections as f64,
         );
         self.gauge(
             "tangle_agent_kernel_connections",
             "Tracker tracked now (kernel table).",
-            kernel.conns_tracked,
+            kernel.conns_tracked as f64,
         );
         self.counter(
             "tangle_agent_conn_table_full_total",
@@ -134,7 +128,7 @@ impl Page {
         self.gauge(
             "tangle_agent_parser_buffered_bytes",
             "Bytes the parsers hold now: partial messages, requests waiting for their responses, prepared statements, HPACK tables.",
-            p.parser_buffered_bytes,
+            p.parser_buffered_bytes as f64,
         );
         self.counter(
             "tangle_agent_parser_budget_drops_total",
@@ -196,7 +190,7 @@ impl Page {
         self.gauge(
             "tangle_agent_spans_held",
             "Outbound calls held now, waiting for the inbound request they may belong to.",
-            e.held.load(Ordering::Relaxed),
+            e.held.load(Ordering::Relaxed) as f64,
         );
         self.counter(
             "tangle_agent_export_failures_total",
@@ -226,7 +220,7 @@ impl Page {
         self.gauge(
             "tangle_agent_spans_naming",
             "Spans waiting now for their process to be named.",
-            e.naming.load(Ordering::Relaxed),
+            e.naming.load(Ordering::Relaxed) as f64,
         );
         self.counter(
             "tangle_agent_export_batches_split_total",

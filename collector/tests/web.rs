@@ -21,7 +21,7 @@ use opentelemetry_proto::tonic::{
 };
 use prost::Message;
 use support::process::{
-    Collector, checkout_trace, data_dir, export_request, get_json, kv, report, request,
+    Collector, checkout_trace, data_dir, export_request, kv, otlp_span, report, request,
     request_with, skip, wait_for, which,
 };
 
@@ -61,17 +61,8 @@ fn post(c: &Collector, req: &ExportTraceServiceRequest) {
 }
 
 fn span(trace: u8, id: u8, parent: u8, kind: i32, attrs: Vec<(&str, &str)>) -> Span {
-    Span {
-        trace_id: vec![trace; 16],
-        span_id: vec![id; 8],
-        parent_span_id: if parent == 0 { vec![] } else { vec![parent; 8] },
-        name: "op".into(),
-        kind,
-        start_time_unix_nano: 1_000_000,
-        end_time_unix_nano: 3_000_000,
-        attributes: attrs.into_iter().map(|(k, v)| kv(k, v)).collect(),
-        ..Span::default()
-    }
+    let attrs = attrs.into_iter().map(|(k, v)| kv(k, v)).collect();
+    otlp_span(trace, id, parent, kind, attrs)
 }
 
 /// `service` serves `route`, and in it runs `sql` on the shop database.
@@ -409,7 +400,6 @@ fn the_map_in_chromium() {
     .unwrap();
     let html = String::from_utf8(html).unwrap();
     assert!(!html.contains("http://") && !html.contains("https://") && !html.contains("//cdn"));
-    let _ = get_json;
     c.stop();
 }
 

@@ -205,9 +205,10 @@ fn append_line(var: &str, line: &str) {
     }
 }
 
-/// gateway -> orders -> pricing, one trace; `trace` picks its id.
-pub fn checkout_trace(trace: u8) -> ExportTraceServiceRequest {
-    let span = |id: u8, parent: u8, kind: i32, attrs: Vec<KeyValue>| Span {
+/// A span of trace `trace` (every id byte the same), with `parent` 0 for
+/// none; `kind` as OTLP numbers it (2 server, 3 client).
+pub fn otlp_span(trace: u8, id: u8, parent: u8, kind: i32, attributes: Vec<KeyValue>) -> Span {
+    Span {
         trace_id: vec![trace; 16],
         span_id: vec![id; 8],
         parent_span_id: if parent == 0 { vec![] } else { vec![parent; 8] },
@@ -215,9 +216,14 @@ pub fn checkout_trace(trace: u8) -> ExportTraceServiceRequest {
         kind,
         start_time_unix_nano: 1_000_000,
         end_time_unix_nano: 3_000_000,
-        attributes: attrs,
+        attributes,
         ..Span::default()
-    };
+    }
+}
+
+/// gateway -> orders -> pricing, one trace; `trace` picks its id.
+pub fn checkout_trace(trace: u8) -> ExportTraceServiceRequest {
+    let span = |id, parent, kind, attrs| otlp_span(trace, id, parent, kind, attrs);
     let http = |method: &str, route: &str| {
         vec![kv("http.request.method", method), kv("http.route", route)]
     };
