@@ -120,6 +120,14 @@ pub fn intake(page: &mut Page, stats: &IntakeStats, queued_spans: usize) {
             );
         }
     }
+    o.line(
+        "tangle_intake_refused_total",
+        &[
+            ("receiver", "pages"),
+            ("reason", Reason::Unauthenticated.label()),
+        ],
+        stats.pages_unauthenticated.load(Ordering::Relaxed),
+    );
     o.head(
         "tangle_exports_refused_total",
         Kind::Counter,

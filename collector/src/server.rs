@@ -168,9 +168,23 @@ async fn metrics_page(State(c): State<Collector>) -> Response {
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], page).into_response()
 }
 
+impl Collector {
+    /// Whether a request for the map or the API may be answered; a refusal
+    /// is counted.
+    fn admits(&self, headers: &header::HeaderMap) -> bool {
+        let ok = self.access.allows(headers);
+        if !ok {
+            self.intake
+                .pages_unauthenticated
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+        ok
+    }
+}
+
 /// `GET /`: the map, for those the API lets in.
 async fn page(State(c): State<Collector>, headers: header::HeaderMap) -> Response {
-    if !c.access.allows(&headers) {
+    if !c.admits(&headers) {
         return crate::web::Access::refusal();
     }
     crate::web::index().await
@@ -181,7 +195,7 @@ async fn asset(
     headers: header::HeaderMap,
     path: axum::extract::Path<String>,
 ) -> Response {
-    if !c.access.allows(&headers) {
+    if !c.admits(&headers) {
         return crate::web::Access::refusal();
     }
     crate::web::asset(path).await
@@ -192,7 +206,7 @@ async fn api(
     headers: header::HeaderMap,
     axum::extract::Path(what): axum::extract::Path<String>,
 ) -> Response {
-    if !c.access.allows(&headers) {
+    if !c.admits(&headers) {
         return crate::web::Access::refusal();
     }
     let Some(name) = ["graph", "chains", "databases", "findings"]

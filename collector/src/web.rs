@@ -125,7 +125,8 @@ pub fn report_html(snapshot: &crate::report::Snapshot) -> Result<String, ReportH
         );
     for (path, _, _) in ASSETS.iter().filter(|(p, _, _)| p.ends_with(".js")) {
         let js = text(path);
-        if js.to_ascii_lowercase().contains("</script") {
+        let lower = js.to_ascii_lowercase();
+        if lower.contains("</script") || lower.contains("<!--") {
             return Err(ReportHtmlError::Inline(path));
         }
         let tag = format!(r#"<script src="assets/{path}"></script>"#);

@@ -209,7 +209,14 @@ fn the_map_in_chromium() {
     )
     .unwrap();
     assert_eq!(status, 200);
-    assert_eq!(request(c.http, "GET", "/metrics", "", b"").unwrap().0, 200);
+    let (status, metrics) = request(c.http, "GET", "/metrics", "", b"").unwrap();
+    assert_eq!(status, 200);
+    assert!(
+        String::from_utf8(metrics).unwrap().contains(
+            "tangle_intake_refused_total{receiver=\"pages\",reason=\"unauthenticated\"} 3"
+        ),
+        "the three refusals counted"
+    );
 
     post(&c, &checkout_trace(1));
     post(
@@ -302,25 +309,31 @@ fn the_map_in_chromium() {
     assert_eq!(pairs(&before["edges"]), want_edges);
     assert_eq!(before["symptoms"]["shared_database"], "red");
     assert_eq!(before["symptoms"]["cycle"], "green");
-    // The first new-chain finding selected: exactly its chain lit.
-    let chain: Vec<String> = findings["findings"]
+    // The new-chain symptom selected: exactly the new chains lit.
+    let chains: Vec<Vec<String>> = findings["findings"]
         .as_array()
         .unwrap()
         .iter()
-        .find(|f| f["kind"] == "new_sync_chain")
-        .unwrap()["chain"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|h| h["service"].as_str().unwrap().to_owned())
+        .filter(|f| f["kind"] == "new_sync_chain")
+        .map(|f| {
+            f["chain"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|h| h["service"].as_str().unwrap().to_owned())
+                .collect()
+        })
         .collect();
     let lit = &selected["highlighted"];
-    assert_eq!(strings(&lit["nodes"]), chain.iter().cloned().collect());
+    assert_eq!(
+        strings(&lit["nodes"]),
+        chains.iter().flatten().cloned().collect()
+    );
     assert_eq!(
         strings(&lit["edges"]),
-        chain
-            .windows(2)
-            .map(|w| format!("{}\u{2192}{}", w[0], w[1]))
+        chains
+            .iter()
+            .flat_map(|c| c.windows(2).map(|w| format!("{}\u{2192}{}", w[0], w[1])))
             .collect()
     );
     assert_eq!(strings(&selected["selected"]).len(), 1, "{selected}");
@@ -352,7 +365,10 @@ fn the_map_in_chromium() {
     assert_eq!(after["transform"], selected["transform"]);
     assert_ne!(selected["transform"], before["transform"], "zoomed");
     assert_eq!(after["selected"], selected["selected"]);
-    assert_eq!(after["highlighted"]["nodes"], lit["nodes"]);
+    // Still the new chains lit: now with the one that just appeared.
+    let mut lit_now = strings(&lit["nodes"]);
+    lit_now.extend(["checkout-v2".to_owned(), "fraud".to_owned()]);
+    assert_eq!(strings(&after["highlighted"]["nodes"]), lit_now);
     report(
         name,
         &format!("first render {first_render_ms} ms; screenshots in target/artifacts/web"),

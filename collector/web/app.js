@@ -27,7 +27,10 @@ const state = {
   findings: { findings: [] },
   // Where each node was put: kept across updates so the picture holds still.
   positions: new Map(),
-  view: { k: 1, x: 0, y: 0, fitted: false },
+  // The view is fitted to the map until the user zooms or moves it.
+  view: { k: 1, x: 0, y: 0, touched: false },
+  lastUpdate: null,
+  loading: false,
   // What is highlighted: { what: "finding"|"entry"|"database"|"node", key }.
   selected: null,
   updates: 0,
@@ -75,27 +78,36 @@ const SNAPSHOT = document.getElementById("snapshot");
 
 async function getJson(path) {
   const r = await fetch(path, { credentials: "same-origin", cache: "no-store" });
-  if (!r.ok) throw new Error(`${path}: HTTP ${r.status}`);
+  if (!r.ok) throw Object.assign(new Error(`${path}: HTTP ${r.status}`), { status: r.status });
   return r.json();
 }
 
 async function load() {
+  if (state.loading) return;
+  state.loading = true;
+  const s = $("status");
   try {
     const [graph, chains, databases, findings] = SNAPSHOT
       ? (({ graph, chains, databases, findings }) => [graph, chains, databases, findings])(JSON.parse(SNAPSHOT.textContent))
       : await Promise.all(["graph", "chains", "databases", "findings"].map((p) => getJson(`api/${p}`)));
     Object.assign(state, { graph, chains, databases, findings });
     state.updates += 1;
+    state.lastUpdate = new Date();
     render();
-    const s = $("status");
     s.classList.remove("error");
     s.dataset.updates = String(state.updates);
-    s.textContent = `${graph.nodes.length} nodes, ${graph.edges.length} edges, ` +
-      `${findings.findings.length} findings · ${SNAPSHOT ? "a snapshot (report)" : `updated ${new Date().toLocaleTimeString()}`}`;
+    s.textContent = graph.nodes.length === 0
+      ? "no traffic yet: is an agent (or an instrumented service) exporting to this collector?"
+      : `${graph.nodes.length} nodes, ${graph.edges.length} edges, ${findings.findings.length} findings · ` +
+        (SNAPSHOT ? "a snapshot (report)" : `updated ${state.lastUpdate.toLocaleTimeString()}`);
   } catch (e) {
-    const s = $("status");
     s.classList.add("error");
-    s.textContent = `cannot reach the collector: ${e.message}`;
+    const since = state.lastUpdate ? ` (the map is from ${state.lastUpdate.toLocaleTimeString()})` : "";
+    s.textContent = e.status === 401
+      ? "the collector asks for its API token: reload the page to give it"
+      : `cannot reach the collector: ${e.message}${since}`;
+  } finally {
+    state.loading = false;
   }
 }
 
@@ -111,10 +123,11 @@ function layers(nodes, edges) {
     out.get(e.client).push(e.server);
     incoming.set(e.server, (incoming.get(e.server) || 0) + 1);
   }
+  const asyncIn = new Set(edges.filter((e) => e.kind === "async" && kind.get(e.client) === "topic").map((e) => e.server));
   const layer = new Map();
   const queue = [];
   for (const n of nodes) {
-    if (n.kind === "external_client" || (n.kind === "service" && !incoming.has(n.name))) {
+    if (n.kind === "external_client" || (n.kind === "service" && !incoming.has(n.name) && !asyncIn.has(n.name))) {
       layer.set(n.name, n.kind === "external_client" ? 0 : 1);
       queue.push(n.name);
     }
@@ -130,11 +143,13 @@ function layers(nodes, edges) {
   }
   let deepest = 1;
   for (const [name, l] of layer) if (kind.get(name) === "service") deepest = Math.max(deepest, l);
+  // Topics after the services that publish, their consumers after them,
+  // data stores last.
   for (const n of nodes) {
     if (layer.has(n.name) && n.kind !== "database" && n.kind !== "cache" && n.kind !== "topic") continue;
     if (n.kind === "topic") layer.set(n.name, deepest + 1);
-    else if (n.kind === "database" || n.kind === "cache") layer.set(n.name, deepest + 2);
-    else if (!layer.has(n.name)) layer.set(n.name, deepest + 1);
+    else if (n.kind === "database" || n.kind === "cache") layer.set(n.name, deepest + 3);
+    else if (!layer.has(n.name)) layer.set(n.name, asyncIn.has(n.name) ? deepest + 2 : deepest + 1);
   }
   return layer;
 }
@@ -224,6 +239,7 @@ function drawMap() {
   const nodesG = $("nodes");
   edgesG.replaceChildren();
   nodesG.replaceChildren();
+  $("tooltip").hidden = true;
   for (const e of edges) {
     const a = state.positions.get(e.client);
     const b = state.positions.get(e.server);
@@ -242,17 +258,19 @@ function drawMap() {
       "data-edge": edgeKey(e.client, e.server),
       "data-kind": e.kind,
     });
-    path.addEventListener("mousemove", (evt) => tooltip(evt, [
+    // A wide invisible twin catches the mouse: a thin line is hard to hover.
+    const hit = svgEl("path", { class: "edge-hit", d: path.getAttribute("d") });
+    hit.addEventListener("mousemove", (evt) => tooltip(evt, [
       `${e.client} \u2192 ${e.server}`,
       `${e.kind} · ${e.protocols.join(", ") || "?"}`,
-      `calls ${e.calls}, failed ${e.failed} (of which ${e.propagated} made the caller fail)`,
+      `calls ${e.calls}, faults of the callee ${e.failed} (of which ${e.propagated} made the caller fail too)`,
       `latency (client) ${average(e.client_seconds)}`,
       `at most ${e.max_calls_per_request} calls per request`,
       e.inferred ? `${e.inferred} calls linked by inference` : "linked exactly",
       ...(cross.has(edgeKey(e.client, e.server)) ? ["into a database another service owns"] : []),
     ]));
-    path.addEventListener("mouseleave", () => { $("tooltip").hidden = true; });
-    edgesG.append(path);
+    hit.addEventListener("mouseleave", () => { $("tooltip").hidden = true; });
+    edgesG.append(path, hit);
   }
   for (const n of nodes) {
     const p = state.positions.get(n.name);
@@ -269,7 +287,7 @@ function drawMap() {
     g.append(label);
     g.addEventListener("mousemove", (evt) => tooltip(evt, [
       n.name,
-      n.kind.replace("_", " "),
+      { external_client: "external client", external_endpoint: "outside endpoint" }[n.kind] || n.kind,
       ...(n.served != null ? [`served ${n.served}, faults ${n.faults}, success ${pct(n.success_rate)}`] : []),
     ]));
     g.addEventListener("mouseleave", () => { $("tooltip").hidden = true; });
@@ -279,7 +297,7 @@ function drawMap() {
     });
     nodesG.append(g);
   }
-  if (!state.view.fitted && nodes.length) fit();
+  if (!state.view.touched && nodes.length) fit();
   applyView();
 }
 
@@ -293,7 +311,7 @@ function fit() {
   const minY = Math.min(...xs.map((p) => p.y)) - 40;
   const maxY = Math.max(...xs.map((p) => p.y)) + 50;
   const k = Math.min(2, box.width / (maxX - minX), box.height / (maxY - minY));
-  state.view = { k, x: box.width / 2 - k * (minX + maxX) / 2, y: box.height / 2 - k * (minY + maxY) / 2, fitted: true };
+  state.view = { k, x: box.width / 2 - k * (minX + maxX) / 2, y: box.height / 2 - k * (minY + maxY) / 2, touched: false };
 }
 
 function applyView() {
@@ -313,7 +331,7 @@ function panAndZoom() {
     v.x = px - (px - v.x) * (k / v.k);
     v.y = py - (py - v.y) * (k / v.k);
     v.k = k;
-    v.fitted = true;
+    v.touched = true;
     applyView();
   }, { passive: false });
   let drag = null;
@@ -328,6 +346,7 @@ function panAndZoom() {
     if (Math.abs(dx) + Math.abs(dy) > 3) drag.moved = true;
     state.view.x = drag.vx + dx;
     state.view.y = drag.vy + dy;
+    if (drag.moved) state.view.touched = true;
     applyView();
   });
   window.addEventListener("mouseup", () => {
@@ -335,7 +354,10 @@ function panAndZoom() {
     drag = null;
     svg.classList.remove("dragging");
   });
-  window.addEventListener("keydown", (evt) => { if (evt.key === "Escape") select(null); });
+  window.addEventListener("keydown", (evt) => {
+    if (evt.key === "Escape") select(null);
+    if (evt.key === "f" && evt.target === document.body) { fit(); applyView(); }
+  });
 }
 
 // What a finding, an entry, a database or a node points at on the map.
@@ -354,7 +376,13 @@ function involved(sel) {
     for (const s of services) { nodes.add(s); edges.add(edgeKey(s, db)); }
   };
   if (!sel) return { nodes, edges };
-  if (sel.what === "node") {
+  if (sel.what === "symptom") {
+    for (const f of state.findings.findings.filter((x) => x.kind === sel.key)) {
+      const part = involved({ what: "finding", key: findingKey(f) });
+      part.nodes.forEach((n) => nodes.add(n));
+      part.edges.forEach((e) => edges.add(e));
+    }
+  } else if (sel.what === "node") {
     nodes.add(sel.key);
     for (const e of state.graph.edges) {
       if (e.client === sel.key || e.server === sel.key) {
@@ -392,8 +420,20 @@ function involved(sel) {
   return { nodes, edges };
 }
 
+// Whether what `sel` points at is still in the model.
+function present(sel) {
+  switch (sel.what) {
+    case "finding": return state.findings.findings.some((f) => findingKey(f) === sel.key);
+    case "symptom": return state.findings.findings.some((f) => f.kind === sel.key);
+    case "entry": return state.chains.entries.some((e) => hop(e.entry) === sel.key);
+    case "database": return state.databases.databases.some((d) => d.database === sel.key);
+    default: return state.graph.nodes.some((n) => n.name === sel.key);
+  }
+}
+
 function select(sel) {
-  state.selected = sel;
+  state.selected = sel && present(sel) ? sel : null;
+  sel = state.selected;
   highlight();
   for (const li of document.querySelectorAll("aside li[data-select]")) {
     li.classList.toggle("selected", !!sel && li.dataset.select === `${sel.what}:${sel.key}`);
@@ -415,7 +455,7 @@ function describe(f) {
     case "deep_sync_chain": return `Deep chain from ${hop(f.entry)}: depth ${f.depth} (p95 ${f.p95_depth})`;
     case "wide_closure": return `${hop(f.entry)} needs ${f.services.length} services up (availability ${pct(f.availability)})`;
     case "cycle": return `Cycle: ${f.services.join(" \u2192 ")}`;
-    case "cascading_failure": return `${f.callee}'s failures cascade to ${f.caller}: ${f.propagated} of ${f.callee_failures}`;
+    case "cascading_failure": return `${f.callee}'s faults cascade to ${f.caller}: ${f.propagated} of ${f.callee_failures}`;
     case "chatty_edge": return `${f.caller} \u2192 ${f.callee}: up to ${f.max_calls_per_request} calls per request`;
     case "shared_database": return `${f.database} shared by ${f.services.join(", ")}`;
     case "cross_service_access": return `${f.accessor} uses ${Object.keys(f.tables).join(", ")} in ${f.database}, owned by ${f.owner.service}`;
@@ -425,7 +465,8 @@ function describe(f) {
 }
 
 function item(list, key, text, extra) {
-  const li = el("li", { "data-select": key }, text);
+  const li = el("li", { "data-select": key, tabindex: "0" }, text);
+  li.addEventListener("keydown", (evt) => { if (evt.key === "Enter") li.click(); });
   if (extra) li.append(" ", extra);
   list.append(li);
   return li;
@@ -437,13 +478,12 @@ function drawPanels() {
   symptoms.replaceChildren();
   for (const [kind, text] of SYMPTOMS) {
     const of = findings.filter((f) => f.kind === kind);
-    const li = el("li", { class: of.length ? "red" : "green", "data-symptom": kind }, of.length ? `${text}: ${of.length}` : text);
+    // New chains are news, not a symptom; nothing is measured without traffic.
+    const color = state.graph.nodes.length === 0 ? "unknown" : of.length ? (kind === "new_sync_chain" ? "news" : "red") : "green";
+    const li = el("li", { class: color, "data-symptom": kind }, of.length ? `${text}: ${of.length}` : text);
     if (of.length) {
-      const key = findingKey(of[0]);
-      li.addEventListener("click", () => {
-        select({ what: "finding", key });
-        document.querySelector(`[data-select="${CSS.escape(`finding:${key}`)}"]`)?.scrollIntoView({ block: "nearest" });
-      });
+      li.dataset.select = `symptom:${kind}`;
+      li.addEventListener("click", () => select({ what: "symptom", key: kind }));
     }
     symptoms.append(li);
   }
@@ -458,6 +498,7 @@ function drawPanels() {
   }
   const entries = $("entries");
   entries.replaceChildren();
+  if (!state.chains.entries.length) entries.append(el("li", { class: "muted" }, "none yet"));
   const newChains = new Set(state.chains.chains.filter((c) => c.new).map((c) => hop(c.entry)));
   for (const e of [...state.chains.entries].sort((a, b) => b.max_depth - a.max_depth)) {
     const key = hop(e.entry);
@@ -515,6 +556,6 @@ function render() {
 }
 
 panAndZoom();
-window.addEventListener("resize", () => { if (!state.selected) { state.view.fitted = false; fit(); applyView(); } });
+window.addEventListener("resize", () => { if (!state.view.touched) { fit(); applyView(); } });
 load();
 if (!SNAPSHOT) setInterval(load, POLL_MS);

@@ -184,6 +184,7 @@ pub fn run(opts: &Options) -> anyhow::Result<()> {
             .stderr(std::fs::File::create(dir.join("collector.log"))?),
     )?;
     wait_port(API, "the collector")?;
+    eprintln!("demo: the map, live while the demo runs: http://127.0.0.1:{API}/");
 
     // A cgroup keeps the capture to the demo's own processes.
     let cgroup = cgroup2_root().and_then(|r| {
@@ -476,11 +477,11 @@ fn check_page(
             pairs(&now["edges"])
         ));
     }
-    let chain: Vec<String> = findings["findings"]
+    let chains: Vec<Vec<String>> = findings["findings"]
         .as_array()
         .into_iter()
         .flatten()
-        .find(|f| f["kind"] == "new_sync_chain")
+        .filter(|f| f["kind"] == "new_sync_chain")
         .map(|f| {
             f["chain"]
                 .as_array()
@@ -489,7 +490,8 @@ fn check_page(
                 .filter_map(|h| h["service"].as_str().map(str::to_owned))
                 .collect()
         })
-        .unwrap_or_default();
+        .collect();
+    let chain: Vec<String> = chains.iter().flatten().cloned().collect();
     let had: BTreeSet<String> = pairs(&before["nodes"])
         .into_iter()
         .map(|(n, _)| n)
@@ -502,7 +504,7 @@ fn check_page(
     let lit = strings(&selected["highlighted"]["nodes"]);
     if lit != chain.iter().cloned().collect() {
         problems.push(format!(
-            "selecting the new chain's finding lit {lit:?}, not {chain:?}"
+            "selecting the new chains lit {lit:?}, not {chain:?}"
         ));
     }
     Ok(problems)

@@ -36,6 +36,7 @@ const TEST_PACKAGES: &[(&str, &str)] = &[
     ("podman", "podman"),
     // The coupling map's browser test (collector/tests/web.rs).
     ("chromium", "chromium"),
+    ("npm", "npm"),
 ];
 
 fn run_step(name: &str, f: impl FnOnce() -> anyhow::Result<()>) -> anyhow::Result<()> {
@@ -169,7 +170,6 @@ pub const SHOP_PACKAGES: &[(&str, &str)] = &[
     ("iproute2", "ip"),
 ];
 
-/// The PostgreSQL and Redis drivers the example shop's services use: from
 /// playwright-core (npm, the version `collector/tests/web/package-lock.json`
 /// pins), which drives Debian's Chromium in the coupling map's test.
 pub fn browser_tools() -> anyhow::Result<()> {
@@ -183,6 +183,22 @@ pub fn browser_tools() -> anyhow::Result<()> {
     if which("npm").is_none() {
         bail!("npm is not installed (Debian: npm) and the browser test needs playwright-core");
     }
+    // playwright-core needs Node.js 20 or later (Debian 12's own is 18).
+    let version = output(Command::new("node").arg("--version")).unwrap_or_default();
+    let major: u32 = version
+        .trim()
+        .trim_start_matches('v')
+        .split('.')
+        .next()
+        .and_then(|m| m.parse().ok())
+        .unwrap_or(0);
+    if major < 20 {
+        bail!(
+            "the browser test's playwright-core needs Node.js 20 or later, this is {}: \
+             install a newer one (NodeSource, or Debian 13's)",
+            version.trim()
+        );
+    }
     util::run(
         Command::new("npm")
             .args(["ci", "--no-audit", "--no-fund"])
@@ -190,6 +206,7 @@ pub fn browser_tools() -> anyhow::Result<()> {
     )
 }
 
+/// The PostgreSQL and Redis drivers the example shop's services use: from
 /// PyPI where `python3` has pip and may install (a pyenv or venv Python),
 /// else Debian's (`python3-psycopg`, `python3-redis`) for Debian's Python,
 /// which refuses pip installs (PEP 668).

@@ -370,11 +370,12 @@ impl Incoming {
 /// dropped (counted in [`ExportStats::unnamed`]).
 pub const NAME_WAIT: Duration = Duration::from_secs(10);
 
-/// Most spans waiting for their process's name; past it the oldest go.
-const MAX_UNNAMED: usize = 65_536;
+/// Most spans waiting for their process's name (beyond the export queue's
+/// own bound); past it the oldest go, counted.
+const MAX_UNNAMED: usize = 16_384;
 
 /// How often spans waiting for a name are looked at when nothing else comes.
-const NAME_POLL: Duration = Duration::from_millis(20);
+const NAME_POLL: Duration = Duration::from_millis(100);
 
 /// Spans whose process the identity thread has not named yet. The export
 /// thread never names a process itself (that reads /proc, which a hostile

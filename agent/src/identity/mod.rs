@@ -226,7 +226,9 @@ pub fn executable_file(pid: u32) -> Option<String> {
 
 /// Whether an executable is Tangle's own, by its file name. Not the
 /// `comm`, which any process may set to anything: a service cannot hide
-/// its traffic by naming itself `tangle-agent`.
+/// its traffic by calling itself `tangle-agent`. A program whose file is
+/// named so is taken at its word, though (known limit: the file's identity
+/// is not checked).
 pub fn is_tangle(executable_file: &str) -> bool {
     matches!(executable_file, "tangle-agent" | "tangle-collector")
 }

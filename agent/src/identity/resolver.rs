@@ -2,10 +2,15 @@
 //! Naming a process reads /proc (its executable, command line, environment
 //! and cgroup), walks the cgroup tree and looks the pod up in the cluster's
 //! view: milliseconds the capture thread cannot spend per new process. So
-//! an open only asks: the connection holds a [`IdentityCell`] at once, and the
-//! identity thread fills it in. The export thread waits for the name (a
-//! while: it never reads /proc itself, which a hostile process can make
-//! slow); an identity thread stuck on one process is replaced.
+//! an open only asks: the connection holds an [`IdentityCell`] at once, and
+//! the identity thread fills it in. The export thread waits for the name (a
+//! while: it never reads /proc itself).
+//!
+//! A process can make reads of its own command line and environment hang
+//! (they wait on its memory). An identity thread busy that long with one
+//! process is left to it: a new one takes the queue, and that process is
+//! named from what cannot hang (its executable's name, its cgroup, its
+//! pod). At most [`MAX_STUCK`] threads are left stuck at once.
 //!
 //! Without an identity thread (`capture`, `exchanges`, tests) a process is
 //! named on the spot, when its first connection opens.
@@ -26,8 +31,8 @@ use super::{
 };
 use crate::config::NamingRule;
 
-/// Most processes waiting for the identity thread; past it they are named
-/// on demand by whoever needs the name first.
+/// Most processes waiting in the identity thread's queue; more wait in a
+/// backlog, sent on at the next tick.
 const QUEUE: usize = 4096;
 
 /// Most identities kept; past it the caches start over.
@@ -37,13 +42,31 @@ const MAX: usize = 8192;
 /// (its reads of /proc hang): a new one takes over the others.
 const STUCK_MS: u64 = 2_000;
 
-/// Identity threads started at most: each stuck one is left behind.
-const MAX_THREADS: u32 = 4;
+/// Identity threads stuck at once, at most; past it the current one is
+/// waited for.
+const MAX_STUCK: usize = 4;
 
+/// Milliseconds since the first call, monotonic (never 0).
 fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
+    static START: OnceLock<std::time::Instant> = OnceLock::new();
+    let start = START.get_or_init(std::time::Instant::now);
+    start.elapsed().as_millis() as u64 + 1
+}
+
+/// What one identity thread is doing: naming `pid` since `since_ms`, or
+/// idle (0). Each thread has its own, so one left behind never speaks for
+/// the one that replaced it.
+#[derive(Default)]
+struct Busy {
+    since_ms: AtomicU64,
+    pid: std::sync::atomic::AtomicU32,
+}
+
+/// A process for the identity thread to name.
+struct Ask {
+    cell: Arc<IdentityCell>,
+    /// Only from what cannot hang: the process got a thread stuck before.
+    safe: bool,
 }
 
 /// What naming needs, shared by the identity thread and whoever resolves
@@ -61,9 +84,6 @@ struct Naming {
     /// Processes named by the identity thread, and on demand.
     resolved_by_thread: AtomicU64,
     resolved_on_demand: AtomicU64,
-    /// Since when (ms) the identity thread has been naming `busy_pid`; 0 idle.
-    busy_since_ms: AtomicU64,
-    busy_pid: std::sync::atomic::AtomicU32,
 }
 
 impl Naming {
@@ -114,8 +134,25 @@ impl Naming {
             .or_else(|| cluster.pod_of_container(&cgroup.container.as_ref()?.id))
     }
 
-    fn resolve(&self, n: &IdentityCell) -> Arc<Identity> {
-        let facts = self.facts(n.pid, &n.comm, n.cgroup_id);
+    /// Names `n`; `safe`: only from what cannot hang (the executable's
+    /// file name, the cgroup by id, the pod), never its memory.
+    fn resolve(&self, n: &IdentityCell, safe: bool) -> Arc<Identity> {
+        let facts = if safe {
+            let exe = super::executable_file(n.pid).unwrap_or_else(|| n.comm.clone());
+            ProcessFacts {
+                program: exe.clone(),
+                executable_file: Some(exe.clone()),
+                exe,
+                cgroup: if n.cgroup_id == 0 {
+                    CgroupFacts::default()
+                } else {
+                    self.cgroup_facts_by_id(n.cgroup_id)
+                },
+                ..ProcessFacts::default()
+            }
+        } else {
+            self.facts(n.pid, &n.comm, n.cgroup_id)
+        };
         let pod = self.pod(&facts.cgroup);
         let identity = Arc::new(name(&self.rules, &facts, pod.as_ref()));
         if identity.tangle
@@ -138,6 +175,8 @@ pub struct IdentityCell {
     cgroup_id: u64,
     identity: OnceLock<Arc<Identity>>,
     naming: Arc<Naming>,
+    /// In an identity thread's queue (or being named) now.
+    queued: std::sync::atomic::AtomicBool,
 }
 
 impl std::fmt::Debug for IdentityCell {
@@ -167,6 +206,7 @@ impl IdentityCell {
             cgroup_id: 0,
             identity: OnceLock::new(),
             naming: Arc::new(Naming::new(Vec::new(), None)),
+            queued: Default::default(),
         };
         let _ = named.identity.set(Arc::new(identity));
         Arc::new(named)
@@ -179,7 +219,7 @@ impl IdentityCell {
             self.naming
                 .resolved_on_demand
                 .fetch_add(1, Ordering::Relaxed);
-            self.naming.resolve(self)
+            self.naming.resolve(self, false)
         })
     }
 
@@ -192,6 +232,7 @@ impl IdentityCell {
             cgroup_id: 0,
             identity: OnceLock::new(),
             naming: Arc::new(Naming::new(Vec::new(), None)),
+            queued: Default::default(),
         });
         let slot = named.clone();
         (named, move |id: Identity| {
@@ -215,8 +256,6 @@ impl Naming {
             tangle_found: Mutex::new(Vec::new()),
             resolved_by_thread: AtomicU64::new(0),
             resolved_on_demand: AtomicU64::new(0),
-            busy_since_ms: AtomicU64::new(0),
-            busy_pid: std::sync::atomic::AtomicU32::new(0),
         }
     }
 }
@@ -237,16 +276,21 @@ pub struct Identities {
     naming: Arc<Naming>,
     /// pid -> (identity, open connections).
     known: HashMap<u32, (Arc<IdentityCell>, usize)>,
-    /// To the identity thread; without one, a process is named when its
-    /// connection opens.
-    queue: Option<mpsc::SyncSender<Arc<IdentityCell>>>,
-    /// Asked while the queue was full: sent again with the next ask.
+    /// To the current identity thread, and what it is doing; without one,
+    /// a process is named when its connection opens.
+    queue: Option<(mpsc::SyncSender<Ask>, Arc<Busy>)>,
+    /// Asked while the queue was full: sent on at the next tick.
     backlog: Vec<Arc<IdentityCell>>,
-    /// Identity threads started.
-    threads: u32,
-    /// Processes whose naming got an identity thread stuck: never asked again.
+    /// Threads left stuck, each on its process.
+    stuck_threads: Vec<Arc<Busy>>,
+    /// Processes that got a thread stuck: named from what cannot hang
+    /// while they live.
     stuck: Vec<u32>,
     stuck_warned: tangle_throttle::Throttled,
+    /// When [`Identities::tick`] last did its work.
+    ticked_ms: u64,
+    /// Busy this long with one process, a thread is stuck ([`STUCK_MS`]).
+    stuck_after_ms: u64,
 }
 
 impl Default for Identities {
@@ -264,9 +308,11 @@ impl Identities {
             known: HashMap::new(),
             queue: None,
             backlog: Vec::new(),
-            threads: 0,
+            stuck_threads: Vec::new(),
             stuck: Vec::new(),
             stuck_warned: tangle_throttle::Throttled::default(),
+            ticked_ms: 0,
+            stuck_after_ms: STUCK_MS,
         }
     }
 
@@ -282,64 +328,99 @@ impl Identities {
 
     /// Starts an identity thread, which takes the queue from now on.
     fn start_thread(&mut self) -> std::io::Result<()> {
-        let (tx, rx) = mpsc::sync_channel::<Arc<IdentityCell>>(QUEUE);
+        let (tx, rx) = mpsc::sync_channel::<Ask>(QUEUE);
         let naming = self.naming.clone();
+        let busy = Arc::new(Busy::default());
+        let mine = busy.clone();
         std::thread::Builder::new()
             .name("identity".into())
             .spawn(move || {
                 // Ends when the capture side lets go of its queue.
-                while let Ok(named) = rx.recv() {
-                    naming.busy_pid.store(named.pid, Ordering::Relaxed);
-                    naming.busy_since_ms.store(now_ms(), Ordering::Relaxed);
-                    named.identity.get_or_init(|| {
-                        naming.resolved_by_thread.fetch_add(1, Ordering::Relaxed);
-                        naming.resolve(&named)
-                    });
-                    naming.busy_since_ms.store(0, Ordering::Relaxed);
+                while let Ok(ask) = rx.recv() {
+                    let cell = &ask.cell;
+                    if cell.ready().is_none() {
+                        mine.pid.store(cell.pid, Ordering::Relaxed);
+                        mine.since_ms.store(now_ms(), Ordering::Relaxed);
+                        // Named into a value, then set: a cell being named
+                        // never blocks anyone, here or elsewhere.
+                        let identity = naming.resolve(cell, ask.safe);
+                        if cell.identity.set(identity).is_ok() {
+                            naming.resolved_by_thread.fetch_add(1, Ordering::Relaxed);
+                        }
+                        mine.since_ms.store(0, Ordering::Relaxed);
+                    }
+                    cell.queued.store(false, Ordering::Relaxed);
                 }
             })?;
-        self.queue = Some(tx);
-        self.threads += 1;
+        self.queue = Some((tx, busy));
         Ok(())
     }
 
-    /// An identity thread stuck on one process (its /proc reads hang) is
-    /// left to it: a new one names the others, the process is not asked for
-    /// again, and its spans are dropped once they have waited long enough.
-    fn watch(&mut self) {
-        let since = self.naming.busy_since_ms.load(Ordering::Relaxed);
-        if since == 0 || now_ms().saturating_sub(since) < STUCK_MS || self.queue.is_none() {
+    /// Time-based work, called often from the capture loop: an identity
+    /// thread stuck on one process is replaced, processes that could not
+    /// be queued are queued, the stuck processes that are gone forgotten.
+    pub fn tick(&mut self) {
+        // Four times a second is often enough.
+        let now = now_ms();
+        if self.queue.is_none() || (self.ticked_ms != 0 && now.saturating_sub(self.ticked_ms) < 250)
+        {
             return;
         }
-        let pid = self.naming.busy_pid.load(Ordering::Relaxed);
-        if self.threads >= MAX_THREADS {
+        self.ticked_ms = now;
+        self.watch();
+        self.stuck_threads
+            .retain(|b| b.since_ms.load(Ordering::Relaxed) != 0);
+        self.stuck
+            .retain(|pid| std::path::Path::new(&format!("/proc/{pid}")).exists());
+        let waiting: Vec<Arc<IdentityCell>> = self
+            .known
+            .values()
+            .map(|(cell, _)| cell)
+            .filter(|c| c.ready().is_none() && !c.queued.load(Ordering::Relaxed))
+            .cloned()
+            .collect();
+        self.send(waiting);
+    }
+
+    /// An identity thread stuck on one process (its /proc reads hang) is
+    /// left to it: a new one names the others, and that process is named
+    /// from what cannot hang.
+    fn watch(&mut self) {
+        let Some((_, busy)) = &self.queue else {
+            return;
+        };
+        let since = busy.since_ms.load(Ordering::Relaxed);
+        if since == 0 || now_ms().saturating_sub(since) < self.stuck_after_ms {
+            return;
+        }
+        let pid = busy.pid.load(Ordering::Relaxed);
+        self.stuck_threads
+            .retain(|b| b.since_ms.load(Ordering::Relaxed) != 0);
+        if self.stuck_threads.len() >= MAX_STUCK {
             tangle_throttle::warn!(
                 self.stuck_warned,
-                "naming process {pid} has hung {MAX_THREADS} identity threads: processes \
-                 are no longer named, their spans are dropped (tangle_agent_spans_unnamed_total)"
+                "naming process {pid} hangs, as do {MAX_STUCK} identity threads already: \
+                 naming waits for them (spans wait, then tangle_agent_spans_unnamed_total)"
             );
             return;
         }
         log::warn!(
             "naming process {pid} hangs (reading its /proc): an identity thread is left to \
-             it, a new one names the others"
+             it, a new one names the others; {pid} is named from its executable and cgroup"
         );
         if self.stuck.len() < 1024 {
             self.stuck.push(pid);
         }
-        self.naming.busy_since_ms.store(0, Ordering::Relaxed);
+        let busy = busy.clone();
+        self.stuck_threads.push(busy);
         if let Err(e) = self.start_thread() {
             log::warn!("cannot start an identity thread: {e}");
-            self.queue = None;
             return;
         }
         // What the stuck thread had queued goes to the new one.
-        for (named, _) in self.known.values() {
-            if named.ready().is_none() && named.pid != pid {
-                self.backlog.push(named.clone());
-            }
+        for (cell, _) in self.known.values() {
+            cell.queued.store(false, Ordering::Relaxed);
         }
-        self.backlog.truncate(MAX);
     }
 
     /// Takes `identity` as `pid`'s, as if /proc had said so.
@@ -388,6 +469,7 @@ impl Identities {
             cgroup_id,
             identity: OnceLock::new(),
             naming: self.naming.clone(),
+            queued: Default::default(),
         });
         if self.queue.is_none() {
             named.get();
@@ -402,24 +484,36 @@ impl Identities {
             }));
             return named;
         }
-        self.watch();
-        if self.stuck.contains(&pid) {
-            return named;
-        }
-        let Some(q) = &self.queue else {
-            return named;
+        self.send(vec![named.clone()]);
+        named
+    }
+
+    /// Queues `cells` (after the backlog) to the identity thread; what does
+    /// not fit waits in the backlog.
+    fn send(&mut self, cells: Vec<Arc<IdentityCell>>) {
+        let Some((q, _)) = &self.queue else {
+            return;
         };
-        let mut backlog = std::mem::take(&mut self.backlog);
-        backlog.push(named.clone());
-        for (i, n) in backlog.iter().enumerate() {
-            if q.try_send(n.clone()).is_err() {
-                // Full: the rest waits for the next ask.
-                self.backlog = backlog.split_off(i);
+        let mut all = std::mem::take(&mut self.backlog);
+        all.extend(cells);
+        for (i, cell) in all.iter().enumerate() {
+            if cell.ready().is_some() || cell.queued.load(Ordering::Relaxed) {
+                continue;
+            }
+            let ask = Ask {
+                cell: cell.clone(),
+                safe: self.stuck.contains(&cell.pid),
+            };
+            cell.queued.store(true, Ordering::Relaxed);
+            if q.try_send(ask).is_err() {
+                cell.queued.store(false, Ordering::Relaxed);
+                // Full: the rest waits for the next tick (still unnamed, not
+                // queued: the tick finds them again if the backlog is cut).
+                self.backlog = all.split_off(i);
                 self.backlog.truncate(MAX);
-                break;
+                return;
             }
         }
-        named
     }
 
     /// One connection of `pid` closed; its identity is dropped with the last.
@@ -479,6 +573,40 @@ mod tests {
         ids.release(me);
         ids.release(me);
         assert!(ids.known.is_empty());
+    }
+
+    /// A thread stuck on a process is replaced: the new one names the
+    /// others, and names that process from what cannot hang.
+    #[test]
+    fn a_stuck_identity_thread_is_replaced() {
+        let mut ids = Identities::on_thread(Vec::new(), None).unwrap();
+        ids.stuck_after_ms = 0;
+        let me = std::process::id();
+        // The thread looks busy with this process, as if its reads hung.
+        let first = ids.queue.as_ref().unwrap().1.clone();
+        first.pid.store(me, Ordering::Relaxed);
+        first.since_ms.store(now_ms(), Ordering::Relaxed);
+        ids.tick();
+        assert_eq!(ids.stuck, [me]);
+        assert_eq!(ids.stuck_threads.len(), 1);
+        let second = ids.queue.as_ref().unwrap().1.clone();
+        assert!(!Arc::ptr_eq(&first, &second), "a new thread took the queue");
+        let named = ids.acquire(me, "fallback", 0);
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while named.ready().is_none() && std::time::Instant::now() < deadline {
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        let id = named.ready().expect("named by the new thread");
+        assert_eq!(
+            Some(id.exe.clone()),
+            super::super::executable_file(me),
+            "from the executable alone"
+        );
+        // Once the stuck thread moves on, it no longer counts.
+        first.since_ms.store(0, Ordering::Relaxed);
+        ids.ticked_ms = 0;
+        ids.tick();
+        assert!(ids.stuck_threads.is_empty());
     }
 
     /// A process gone before it is looked at keeps the kernel's name.

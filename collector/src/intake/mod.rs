@@ -219,6 +219,8 @@ pub struct IntakeStats {
     pub grpc: ReceiverStats,
     pub http: ReceiverStats,
     pub pages: Arc<tangle_listener::ConnStats>,
+    /// Requests for the map or the API without the `[api]` token.
+    pub pages_unauthenticated: std::sync::atomic::AtomicU64,
 }
 
 impl Default for IntakeStats {
@@ -227,6 +229,7 @@ impl Default for IntakeStats {
             grpc: ReceiverStats::new("OTLP/gRPC receiver"),
             http: ReceiverStats::new("OTLP/HTTP receiver"),
             pages: Default::default(),
+            pages_unauthenticated: Default::default(),
         }
     }
 }
