@@ -378,6 +378,10 @@ fn token_and_mutual_tls_guard_the_receivers() {
             tonic::Code::Unauthenticated,
             "certificate but no token"
         );
+        // The refused client's connection is closed by the collector: the
+        // next export goes on a connection of its own (on the old one it
+        // could be cancelled as the close lands).
+        let mut client = TraceServiceClient::new(endpoint(true).connect().await.unwrap());
         let mut req = tonic::Request::new(checkout_trace(3));
         req.metadata_mut()
             .insert("authorization", "Bearer collector-Token".parse().unwrap());
