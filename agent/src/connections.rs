@@ -325,13 +325,16 @@ impl<S: Default> ConnTable<S> {
     /// Tangle's own processes seen with a connection since the last call
     /// (at the open, or by the identity thread since).
     pub fn take_ignored(&mut self) -> Vec<u32> {
-        // Called after every batch of events: the identity threads' upkeep.
-        self.identities.tick();
         let mut pids = std::mem::take(&mut self.ignored_new);
         pids.extend(self.identities.take_tangle_found());
         pids.sort_unstable();
         pids.dedup();
         pids
+    }
+
+    /// Time-based work of naming processes ([`Identities::tick`]).
+    pub fn tick(&mut self) {
+        self.identities.tick();
     }
 
     /// Counters of naming processes.

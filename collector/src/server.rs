@@ -168,47 +168,26 @@ async fn metrics_page(State(c): State<Collector>) -> Response {
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], page).into_response()
 }
 
-impl Collector {
-    /// Whether a request for the map or the API may be answered; a refusal
-    /// is counted.
-    fn admits(&self, headers: &header::HeaderMap) -> bool {
-        let ok = self.access.allows(headers);
-        if !ok {
-            self.intake
-                .pages_unauthenticated
-                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        }
-        ok
-    }
-}
-
-/// `GET /`: the map, for those the API lets in.
-async fn page(State(c): State<Collector>, headers: header::HeaderMap) -> Response {
-    if !c.admits(&headers) {
-        return crate::web::Access::refusal();
-    }
-    crate::web::index().await
-}
-
-async fn asset(
+/// Lets a request for the map or the API through with the `[api]` token
+/// (or when there is none); a refusal is counted.
+async fn admit(
     State(c): State<Collector>,
-    headers: header::HeaderMap,
-    path: axum::extract::Path<String>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
 ) -> Response {
-    if !c.admits(&headers) {
-        return crate::web::Access::refusal();
+    if c.access.allows(req.headers()) {
+        return next.run(req).await;
     }
-    crate::web::asset(path).await
+    c.intake
+        .pages_unauthenticated
+        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    crate::web::Access::refusal()
 }
 
 async fn api(
     State(c): State<Collector>,
-    headers: header::HeaderMap,
     axum::extract::Path(what): axum::extract::Path<String>,
 ) -> Response {
-    if !c.admits(&headers) {
-        return crate::web::Access::refusal();
-    }
     let Some(name) = ["graph", "chains", "databases", "findings"]
         .into_iter()
         .find(|n| *n == what)
@@ -355,12 +334,19 @@ pub async fn run(
         stop_rx.clone(),
     ));
     drop(intake);
+    // The map and the API ask for the token; /metrics and /healthz do not.
+    let guarded = Router::new()
+        .route("/api/{what}", get(api))
+        .route("/", get(crate::web::index))
+        .route("/assets/{*path}", get(crate::web::asset))
+        .route_layer(axum::middleware::from_fn_with_state(
+            collector.clone(),
+            admit,
+        ));
     let pages = Router::new()
         .route("/metrics", get(metrics_page))
-        .route("/api/{what}", get(api))
-        .route("/", get(page))
-        .route("/assets/{*path}", get(asset))
         .route("/healthz", get(|| async { "ok\n" }))
+        .merge(guarded)
         .with_state(collector.clone());
     let pages = tokio::spawn(tangle_listener::serve(
         api_listener,

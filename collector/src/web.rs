@@ -63,18 +63,26 @@ const CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self'; \
     connect-src 'self'; img-src 'self'; base-uri 'none'; form-action 'none'; \
     frame-ancestors 'none'";
 
+/// The asset at `path`: its type and bytes.
+fn find(path: &str) -> Option<(&'static str, &'static [u8])> {
+    ASSETS
+        .iter()
+        .find(|(p, _, _)| *p == path)
+        .map(|(_, kind, bytes)| (*kind, *bytes))
+}
+
 fn file(path: &str) -> Response {
-    let Some((_, kind, bytes)) = ASSETS.iter().find(|(p, _, _)| *p == path) else {
+    let Some((kind, bytes)) = find(path) else {
         return (StatusCode::NOT_FOUND, "no such file\n").into_response();
     };
     (
         [
-            (header::CONTENT_TYPE, *kind),
+            (header::CONTENT_TYPE, kind),
             (header::CONTENT_SECURITY_POLICY, CSP),
             (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
             (header::CACHE_CONTROL, "no-cache"),
         ],
-        *bytes,
+        bytes,
     )
         .into_response()
 }
@@ -101,10 +109,8 @@ pub enum ReportHtmlError {
 }
 
 fn text(path: &str) -> &'static str {
-    ASSETS
-        .iter()
-        .find(|(p, _, _)| *p == path)
-        .and_then(|(_, _, b)| std::str::from_utf8(b).ok())
+    find(path)
+        .and_then(|(_, b)| std::str::from_utf8(b).ok())
         .unwrap_or_default()
 }
 

@@ -160,16 +160,11 @@ impl Page {
     }
 
     /// The page in the text format.
-    pub fn render(&self) -> String {
-        let families: Vec<MetricFamily> = self
-            .families
-            .iter()
-            .filter(|f| !f.get_metric().is_empty())
-            .cloned()
-            .collect();
+    pub fn render(mut self) -> String {
+        self.families.retain(|f| !f.get_metric().is_empty());
         let mut out = Vec::new();
         // Refused only for empty families, left out above.
-        if TextEncoder::new().encode(&families, &mut out).is_err() {
+        if TextEncoder::new().encode(&self.families, &mut out).is_err() {
             return String::new();
         }
         String::from_utf8(out).unwrap_or_default()

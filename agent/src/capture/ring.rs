@@ -63,6 +63,7 @@ impl<S: Default> Reader<S> {
             n += 1;
             connections.record(&item, sink);
         }
+        connections.table.tick();
         sink.flush();
         n
     }

@@ -363,9 +363,6 @@ impl Incoming {
     }
 }
 
-/// Up to [`MAX_BATCH`] spans or [`MAX_BATCH_BYTES`] encoded: what is
-/// queued now, then what comes within [`BATCH_WAIT`] of the first. None
-/// once the queue is closed and empty.
 /// How long a span waits for its process to be named before it is
 /// dropped (counted in [`ExportStats::unnamed`]).
 pub const NAME_WAIT: Duration = Duration::from_secs(10);
@@ -415,20 +412,21 @@ impl Unnamed {
             return;
         }
         for (since, o) in std::mem::take(&mut self.0) {
-            if o.identity.ready().is_none() && now.duration_since(since) > NAME_WAIT {
+            if o.identity.ready().is_some() {
+                self.place(o, batch, enc, stats);
+            } else if now.duration_since(since) > NAME_WAIT {
                 stats.unnamed.fetch_add(1, Ordering::Relaxed);
-                continue;
-            }
-            if o.identity.ready().is_none() {
+            } else {
                 self.0.push_back((since, o));
-                continue;
             }
-            self.place(o, batch, enc, stats);
         }
         stats.naming.store(self.0.len() as u64, Ordering::Relaxed);
     }
 }
 
+/// Up to [`MAX_BATCH`] spans or [`MAX_BATCH_BYTES`] encoded, of processes
+/// named: those named since, what is queued now, then what comes within
+/// [`BATCH_WAIT`] of the first. None once the queue is closed and empty.
 async fn next_batch(
     rx: &mut Incoming,
     enc: &mut Encoder,

@@ -31,8 +31,8 @@ use super::{
 };
 use crate::config::NamingRule;
 
-/// Most processes waiting in the identity thread's queue; more wait in a
-/// backlog, sent on at the next tick.
+/// Most processes waiting in the identity thread's queue; more wait,
+/// unqueued, for the next tick.
 const QUEUE: usize = 4096;
 
 /// Most identities kept; past it the caches start over.
@@ -87,6 +87,18 @@ struct Naming {
 }
 
 impl Naming {
+    fn new(rules: Vec<NamingRule>, cluster: Option<Arc<RwLock<Cluster>>>) -> Self {
+        Self {
+            rules,
+            cluster,
+            cgroup_root: crate::capture::probe::cgroup2_root(),
+            by_cgroup: Mutex::new(HashMap::new()),
+            tangle_found: Mutex::new(Vec::new()),
+            resolved_by_thread: AtomicU64::new(0),
+            resolved_on_demand: AtomicU64::new(0),
+        }
+    }
+
     /// What the path of cgroup `id` says (cached).
     fn cgroup_facts_by_id(&self, id: u64) -> CgroupFacts {
         if let Ok(cache) = self.by_cgroup.lock()
@@ -197,19 +209,24 @@ impl PartialEq for IdentityCell {
 impl Eq for IdentityCell {}
 
 impl IdentityCell {
+    /// A cell for `pid`, not named yet.
+    fn new(pid: u32, comm: &str, cgroup_id: u64, naming: Arc<Naming>) -> Arc<Self> {
+        Arc::new(Self {
+            pid,
+            comm: comm.to_owned(),
+            cgroup_id,
+            identity: OnceLock::new(),
+            naming,
+            queued: Default::default(),
+        })
+    }
+
     /// An identity known already, as if /proc had said so (tests).
     #[cfg(test)]
     pub fn known(identity: Identity) -> Arc<Self> {
-        let named = Self {
-            pid: 0,
-            comm: identity.exe.clone(),
-            cgroup_id: 0,
-            identity: OnceLock::new(),
-            naming: Arc::new(Naming::new(Vec::new(), None)),
-            queued: Default::default(),
-        };
-        let _ = named.identity.set(Arc::new(identity));
-        Arc::new(named)
+        let (cell, name) = Self::pending_for_tests();
+        name(identity);
+        cell
     }
 
     /// The identity, resolved now if it is not yet (reading /proc): for the
@@ -226,14 +243,7 @@ impl IdentityCell {
     /// A handle not named yet, and what names it (tests of what waits for a name).
     #[cfg(test)]
     pub fn pending_for_tests() -> (Arc<Self>, impl FnOnce(Identity)) {
-        let named = Arc::new(Self {
-            pid: u32::MAX,
-            comm: String::new(),
-            cgroup_id: 0,
-            identity: OnceLock::new(),
-            naming: Arc::new(Naming::new(Vec::new(), None)),
-            queued: Default::default(),
-        });
+        let named = Self::new(u32::MAX, "", 0, Arc::new(Naming::new(Vec::new(), None)));
         let slot = named.clone();
         (named, move |id: Identity| {
             let _ = slot.identity.set(Arc::new(id));
@@ -243,20 +253,6 @@ impl IdentityCell {
     /// The identity, if it is resolved already.
     pub fn ready(&self) -> Option<&Arc<Identity>> {
         self.identity.get()
-    }
-}
-
-impl Naming {
-    fn new(rules: Vec<NamingRule>, cluster: Option<Arc<RwLock<Cluster>>>) -> Self {
-        Self {
-            rules,
-            cluster,
-            cgroup_root: crate::capture::probe::cgroup2_root(),
-            by_cgroup: Mutex::new(HashMap::new()),
-            tangle_found: Mutex::new(Vec::new()),
-            resolved_by_thread: AtomicU64::new(0),
-            resolved_on_demand: AtomicU64::new(0),
-        }
     }
 }
 
@@ -279,8 +275,6 @@ pub struct Identities {
     /// To the current identity thread, and what it is doing; without one,
     /// a process is named when its connection opens.
     queue: Option<(mpsc::SyncSender<Ask>, Arc<Busy>)>,
-    /// Asked while the queue was full: sent on at the next tick.
-    backlog: Vec<Arc<IdentityCell>>,
     /// Threads left stuck, each on its process.
     stuck_threads: Vec<Arc<Busy>>,
     /// Processes that got a thread stuck: named from what cannot hang
@@ -307,7 +301,6 @@ impl Identities {
             naming: Arc::new(Naming::new(rules, cluster)),
             known: HashMap::new(),
             queue: None,
-            backlog: Vec::new(),
             stuck_threads: Vec::new(),
             stuck: Vec::new(),
             stuck_warned: tangle_throttle::Throttled::default(),
@@ -367,9 +360,10 @@ impl Identities {
             return;
         }
         self.ticked_ms = now;
-        self.watch();
+        // A stuck thread that moved on no longer counts.
         self.stuck_threads
             .retain(|b| b.since_ms.load(Ordering::Relaxed) != 0);
+        self.watch();
         self.stuck
             .retain(|pid| std::path::Path::new(&format!("/proc/{pid}")).exists());
         let waiting: Vec<Arc<IdentityCell>> = self
@@ -394,8 +388,6 @@ impl Identities {
             return;
         }
         let pid = busy.pid.load(Ordering::Relaxed);
-        self.stuck_threads
-            .retain(|b| b.since_ms.load(Ordering::Relaxed) != 0);
         if self.stuck_threads.len() >= MAX_STUCK {
             tangle_throttle::warn!(
                 self.stuck_warned,
@@ -463,14 +455,7 @@ impl Identities {
     /// A new [`IdentityCell`] for `pid`, queued to the identity thread (or named
     /// now, without one).
     fn ask(&mut self, pid: u32, comm: &str, cgroup_id: u64) -> Arc<IdentityCell> {
-        let named = Arc::new(IdentityCell {
-            pid,
-            comm: comm.to_owned(),
-            cgroup_id,
-            identity: OnceLock::new(),
-            naming: self.naming.clone(),
-            queued: Default::default(),
-        });
+        let named = IdentityCell::new(pid, comm, cgroup_id, self.naming.clone());
         if self.queue.is_none() {
             named.get();
             return named;
@@ -488,15 +473,13 @@ impl Identities {
         named
     }
 
-    /// Queues `cells` (after the backlog) to the identity thread; what does
-    /// not fit waits in the backlog.
-    fn send(&mut self, cells: Vec<Arc<IdentityCell>>) {
+    /// Queues `cells` to the identity thread. What does not fit stays
+    /// unqueued: [`Identities::tick`] finds it among the known cells.
+    fn send(&self, cells: Vec<Arc<IdentityCell>>) {
         let Some((q, _)) = &self.queue else {
             return;
         };
-        let mut all = std::mem::take(&mut self.backlog);
-        all.extend(cells);
-        for (i, cell) in all.iter().enumerate() {
+        for cell in cells {
             if cell.ready().is_some() || cell.queued.load(Ordering::Relaxed) {
                 continue;
             }
@@ -506,11 +489,8 @@ impl Identities {
             };
             cell.queued.store(true, Ordering::Relaxed);
             if q.try_send(ask).is_err() {
+                // Full: the rest waits for the next tick.
                 cell.queued.store(false, Ordering::Relaxed);
-                // Full: the rest waits for the next tick (still unnamed, not
-                // queued: the tick finds them again if the backlog is cut).
-                self.backlog = all.split_off(i);
-                self.backlog.truncate(MAX);
                 return;
             }
         }
